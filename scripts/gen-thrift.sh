@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Regenerates the checked-in Rust code under src/gen/ from the Thrift IDL files.
+# With --check, regenerates into a temp dir and fails if the checked-in copy differs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v thrift >/dev/null || { echo "thrift compiler not found (apt-get install thrift-compiler)" >&2; exit 1; }
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+thrift --gen rs -out "$out" cache.thrift
+thrift --gen rs -out "$out" src/network/peer.thrift
+if [ "${1:-}" = "--check" ]; then
+  for f in cache.rs peer.rs; do
+    if ! diff -u "src/gen/$f" "$out/$f"; then
+      echo "src/gen/$f is out of date with its IDL: run scripts/gen-thrift.sh" >&2
+      exit 1
+    fi
+  done
+  echo "generated thrift code matches the IDL"
+else
+  cp "$out/cache.rs" "$out/peer.rs" src/gen/
+  echo "regenerated src/gen/cache.rs and src/gen/peer.rs"
+fi

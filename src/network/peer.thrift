@@ -1,0 +1,17 @@
+// raftcache peer RPC: what nodes say to each other on the peer port.
+//
+// Each call carries one bincode-encoded payload (an openraft request, or a raftcache
+// forward/read-index request) and returns one bincode-encoded `Result`; Thrift only frames
+// the bytes. Clients never speak this service.
+
+namespace rs peer
+
+service RaftPeer {
+    binary append_entries(1: binary request),
+    binary vote(1: binary request),
+    binary install_snapshot(1: binary request),
+    /// A client write that reached a follower, forwarded to the leader.
+    binary forward(1: binary request),
+    /// Ask the leader for a read index (for a linearizable read on a follower).
+    binary read_index(1: binary request),
+}
