@@ -1,1 +1,60 @@
-fn main() {}
+//! The `raftcache` binary: parses the command line, starts tracing, and hands over to the
+//! library (a node for `serve`, the client for everything else).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use raftcache::cli::{run_client, Cli, Command};
+use raftcache::config::NodeConfig;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(config) => serve(config),
+        other => run_client(other),
+    }
+}
+
+fn serve(config: NodeConfig) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async {
+        let node = match raftcache::node::start(config).await {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::error!(error = %e, "node failed to start");
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        wait_for_signal().await;
+        node.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -28,9 +28,19 @@ impl LogStore {
         Self { db, log, meta }
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+    /// The database this store lives in (shared with the state machine).
+    pub fn db(&self) -> sled::Db {
+        self.db.clone()
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
         let raw = self.meta.get(key).map_err(|e| StorageIOError::read(&e))?;
-        raw.map(|raw| decode(&raw)).transpose().map_err(|e| StorageIOError::read(&e).into())
+        raw.map(|raw| decode(&raw))
+            .transpose()
+            .map_err(|e| StorageIOError::read(&e).into())
     }
 
     /// Makes everything written so far durable. Called before any write is reported done.
@@ -73,11 +83,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged_log_id: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
         let last = self.log.last().map_err(|e| StorageIOError::read_logs(&e))?;
         let last_log_id = match last {
-            Some((_, raw)) => Some(decode::<Entry>(&raw).map_err(|e| StorageIOError::read_logs(&e))?.log_id),
+            Some((_, raw)) => Some(
+                decode::<Entry>(&raw)
+                    .map_err(|e| StorageIOError::read_logs(&e))?
+                    .log_id,
+            ),
             // An empty log (all purged) still reports the purged id, or a restart would lose it.
             None => last_purged_log_id,
         };
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -85,9 +102,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.meta.insert(KEY_VOTE, encode(vote)).map_err(|e| StorageIOError::write_vote(&e))?;
+        self.meta
+            .insert(KEY_VOTE, encode(vote))
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         // A vote is a promise to other nodes: it must survive a crash before it is answered.
-        self.flush().await.map_err(|e| StorageIOError::write_vote(&e))?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
@@ -98,7 +119,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not flushed on its own: it is a hint that lets a restarted node apply sooner, and it is
         // never ahead of the durable log. It becomes durable with the next flush.
-        self.meta.insert(KEY_COMMITTED, encode(&committed)).map_err(|e| StorageIOError::write(&e))?;
+        self.meta
+            .insert(KEY_COMMITTED, encode(&committed))
+            .map_err(|e| StorageIOError::write(&e))?;
         Ok(())
     }
 
@@ -106,7 +129,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -115,7 +142,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             batch.insert(&index_key(entry.log_id.index), encode(&entry));
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         // The entries are readable now; openraft hears they are durable only once the flush has
         // returned. One flush covers the whole batch openraft handed over (group commit).
         let flushed = self.flush().await.map_err(std::io::Error::other);
@@ -128,8 +157,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for key in self.log.range(index_key(log_id.index)..).keys() {
             batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush().await.map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
@@ -137,13 +170,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point durably first, so a crash mid-purge never leaves a log whose
         // start is unknown. The flush also makes the state machine durable up to `log_id`
         // (sled flushes all trees), so the purged entries are never needed again.
-        self.meta.insert(KEY_LAST_PURGED, encode(&log_id)).map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush().await.map_err(|e| StorageIOError::write_logs(&e))?;
+        self.meta
+            .insert(KEY_LAST_PURGED, encode(&log_id))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         let mut batch = sled::Batch::default();
         for key in self.log.range(..=index_key(log_id.index)).keys() {
             batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }

@@ -30,7 +30,11 @@ pub enum OpenError {
     Sled { path: PathBuf, source: sled::Error },
     /// The data dir was created by another node.
     #[error("the data directory {path} belongs to node {found}, not node {expected}: use --id {found}, or another --data-dir")]
-    WrongNode { path: PathBuf, found: NodeId, expected: NodeId },
+    WrongNode {
+        path: PathBuf,
+        found: NodeId,
+        expected: NodeId,
+    },
     /// Reading the stores' own metadata failed.
     #[error("cannot read the data directory {path}: {source}")]
     Storage { path: PathBuf, source: StorageError },
@@ -45,41 +49,77 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { cache_capacity_bytes: 256 * 1024 * 1024 }
+        Self {
+            cache_capacity_bytes: 256 * 1024 * 1024,
+        }
     }
 }
 
 /// Opens (creating on first use) the node's database under `dir` and returns its log store and
 /// state machine. Refuses a data dir that belongs to another node id.
-pub async fn open(dir: &Path, id: NodeId, opts: &StoreOptions) -> Result<(LogStore, StateMachine), OpenError> {
+pub async fn open(
+    dir: &Path,
+    id: NodeId,
+    opts: &StoreOptions,
+) -> Result<(LogStore, StateMachine), OpenError> {
     let db_path = dir.join("db");
     let db = sled::Config::new()
         .path(&db_path)
         .cache_capacity(opts.cache_capacity_bytes)
         .open()
-        .map_err(|source| OpenError::Sled { path: db_path.clone(), source })?;
-    let open_tree = |name: &str| db.open_tree(name).map_err(|source| OpenError::Sled { path: db_path.clone(), source });
+        .map_err(|source| OpenError::Sled {
+            path: db_path.clone(),
+            source,
+        })?;
+    let open_tree = |name: &str| {
+        db.open_tree(name).map_err(|source| OpenError::Sled {
+            path: db_path.clone(),
+            source,
+        })
+    };
     let log = LogStore::new(db.clone(), open_tree(TREE_LOG)?, open_tree(TREE_RAFT_META)?);
     let sm_meta = open_tree(TREE_SM_META)?;
     check_node_id(&db, &sm_meta, &db_path, id)?;
-    let sm = StateMachine::open(db.clone(), open_tree(TREE_DATA)?, sm_meta, dir.join("snapshots"))
-        .await
-        .map_err(|source| OpenError::Storage { path: db_path.clone(), source })?;
+    let sm = StateMachine::open(
+        db.clone(),
+        open_tree(TREE_DATA)?,
+        sm_meta,
+        dir.join("snapshots"),
+    )
+    .await
+    .map_err(|source| OpenError::Storage {
+        path: db_path.clone(),
+        source,
+    })?;
     Ok((log, sm))
 }
 
 /// Records the node id in a fresh data dir, or checks it matches an existing one.
-fn check_node_id(db: &sled::Db, sm_meta: &sled::Tree, path: &Path, id: NodeId) -> Result<(), OpenError> {
-    let sled_err = |source| OpenError::Sled { path: path.to_path_buf(), source };
+fn check_node_id(
+    db: &sled::Db,
+    sm_meta: &sled::Tree,
+    path: &Path,
+    id: NodeId,
+) -> Result<(), OpenError> {
+    let sled_err = |source| OpenError::Sled {
+        path: path.to_path_buf(),
+        source,
+    };
     match sm_meta.get(KEY_NODE_ID).map_err(sled_err)? {
         Some(raw) => {
             let found = u64::from_be_bytes(raw.as_ref().try_into().unwrap_or([0; 8]));
             if found != id {
-                return Err(OpenError::WrongNode { path: path.to_path_buf(), found, expected: id });
+                return Err(OpenError::WrongNode {
+                    path: path.to_path_buf(),
+                    found,
+                    expected: id,
+                });
             }
         }
         None => {
-            sm_meta.insert(KEY_NODE_ID, &id.to_be_bytes()).map_err(sled_err)?;
+            sm_meta
+                .insert(KEY_NODE_ID, &id.to_be_bytes())
+                .map_err(sled_err)?;
             db.flush().map_err(sled_err)?;
         }
     }

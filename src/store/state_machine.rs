@@ -18,7 +18,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::{decode, encode};
 use crate::types::{
-    Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
 };
 
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -36,7 +37,10 @@ pub struct StateReader {
 impl StateReader {
     /// The value stored under `key` on this replica, as of its last applied entry.
     pub fn get(&self, key: &str) -> Result<Option<String>, sled::Error> {
-        Ok(self.data.get(key.as_bytes())?.map(|raw| String::from_utf8_lossy(&raw).into_owned()))
+        Ok(self
+            .data
+            .get(key.as_bytes())?
+            .map(|raw| String::from_utf8_lossy(&raw).into_owned()))
     }
 
     /// Number of keys held on this replica.
@@ -77,12 +81,27 @@ impl StateMachine {
         meta: sled::Tree,
         snapshot_dir: PathBuf,
     ) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(&snapshot_dir).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let mut sm = Self { db, data, meta, snapshot_dir };
-        if sm.meta.contains_key(KEY_INSTALLING).map_err(|e| StorageIOError::read_state_machine(&e))? {
-            tracing::warn!("a snapshot install was interrupted; installing it again from the snapshot file");
+        std::fs::create_dir_all(&snapshot_dir)
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let mut sm = Self {
+            db,
+            data,
+            meta,
+            snapshot_dir,
+        };
+        if sm
+            .meta
+            .contains_key(KEY_INSTALLING)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?
+        {
+            tracing::warn!(
+                "a snapshot install was interrupted; installing it again from the snapshot file"
+            );
             let file = sm.read_snapshot_file()?.ok_or_else(|| {
-                StorageIOError::read_snapshot(None, &std::io::Error::other("interrupted install but no snapshot file"))
+                StorageIOError::read_snapshot(
+                    None,
+                    &std::io::Error::other("interrupted install but no snapshot file"),
+                )
             })?;
             sm.install_image(&file.meta, &file.data)?;
         }
@@ -91,12 +110,22 @@ impl StateMachine {
 
     /// A handle for local reads.
     pub fn reader(&self) -> StateReader {
-        StateReader { data: self.data.clone() }
+        StateReader {
+            data: self.data.clone(),
+        }
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        let raw = self.meta.get(key).map_err(|e| StorageIOError::read_state_machine(&e))?;
-        raw.map(|raw| decode(&raw)).transpose().map_err(|e| StorageIOError::read_state_machine(&e).into())
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let raw = self
+            .meta
+            .get(key)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        raw.map(|raw| decode(&raw))
+            .transpose()
+            .map_err(|e| StorageIOError::read_state_machine(&e).into())
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -109,15 +138,21 @@ impl StateMachine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
         };
-        decode(&raw).map(Some).map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+        decode(&raw)
+            .map(Some)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 
     /// Replaces the whole state with a snapshot image. Marked in `sm_meta` (and flushed) before
     /// `sm_data` is touched, and unmarked in the same batch that records the new `last_applied`.
     fn install_image(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let write_err = |e: &sled::Error| -> StorageError { StorageIOError::write_state_machine(e).into() };
-        let image: SnapshotImage = decode(data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        self.meta.insert(KEY_INSTALLING, meta.snapshot_id.as_bytes()).map_err(|e| write_err(&e))?;
+        let write_err =
+            |e: &sled::Error| -> StorageError { StorageIOError::write_state_machine(e).into() };
+        let image: SnapshotImage =
+            decode(data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        self.meta
+            .insert(KEY_INSTALLING, meta.snapshot_id.as_bytes())
+            .map_err(|e| write_err(&e))?;
         self.db.flush().map_err(|e| write_err(&e))?;
         self.data.clear().map_err(|e| write_err(&e))?;
         for chunk in image.pairs.chunks(4096) {
@@ -148,8 +183,14 @@ fn write_snapshot_file(dir: &std::path::Path, file: &SnapshotFile) -> std::io::R
 }
 
 /// Applies one batch of entries in a single transaction and returns one response per entry.
-fn apply_batch(data: &sled::Tree, meta: &sled::Tree, entries: &[Entry]) -> Result<Vec<Response>, StorageError> {
-    let Some(last) = entries.last() else { return Ok(Vec::new()) };
+fn apply_batch(
+    data: &sled::Tree,
+    meta: &sled::Tree,
+    entries: &[Entry],
+) -> Result<Vec<Response>, StorageError> {
+    let Some(last) = entries.last() else {
+        return Ok(Vec::new());
+    };
     let result = (data, meta).transaction(|(data, meta)| {
         let mut responses = Vec::with_capacity(entries.len());
         let mut membership = None;
@@ -160,9 +201,9 @@ fn apply_batch(data: &sled::Tree, meta: &sled::Tree, entries: &[Entry]) -> Resul
                     data.insert(key.as_bytes(), value.as_bytes())?;
                     Response::Put
                 }
-                EntryPayload::Normal(Request::Remove { key }) => {
-                    Response::Removed { existed: data.remove(key.as_bytes())?.is_some() }
-                }
+                EntryPayload::Normal(Request::Remove { key }) => Response::Removed {
+                    existed: data.remove(key.as_bytes())?.is_some(),
+                },
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                     Response::Applied
@@ -176,7 +217,9 @@ fn apply_batch(data: &sled::Tree, meta: &sled::Tree, entries: &[Entry]) -> Resul
         }
         Ok::<_, ConflictableTransactionError<()>>(responses)
     });
-    result.map_err(|e: TransactionError<()>| StorageIOError::apply(last.log_id, &std::io::Error::other(format!("{e:?}"))).into())
+    result.map_err(|e: TransactionError<()>| {
+        StorageIOError::apply(last.log_id, &std::io::Error::other(format!("{e:?}"))).into()
+    })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -221,15 +264,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
-        let file = SnapshotFile { meta: meta.clone(), data: snapshot.into_inner() };
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
         // The file first: it is what an interrupted install is finished from.
-        write_snapshot_file(&self.snapshot_dir, &file).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        write_snapshot_file(&self.snapshot_dir, &file)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.install_image(&file.meta, &file.data)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(self.read_snapshot_file()?.map(|file| Snapshot { meta: file.meta, snapshot: Box::new(Cursor::new(file.data)) }))
+        Ok(self.read_snapshot_file()?.map(|file| Snapshot {
+            meta: file.meta,
+            snapshot: Box::new(Cursor::new(file.data)),
+        }))
     }
 }
 
@@ -243,14 +297,31 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let snapshot_id = match self.last_applied {
-            Some(id) => format!("{}-{}-{}-{nanos}", id.leader_id.term, id.leader_id.node_id, id.index),
+            Some(id) => format!(
+                "{}-{}-{}-{nanos}",
+                id.leader_id.term, id.leader_id.node_id, id.index
+            ),
             None => format!("empty-{nanos}"),
         };
-        let meta = SnapshotMeta { last_log_id: self.last_applied, last_membership: self.membership.clone(), snapshot_id };
-        let file = SnapshotFile { meta: meta.clone(), data: encode(&self.image) };
-        write_snapshot_file(&self.snapshot_dir, &file).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(file.data)) })
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: encode(&self.image),
+        };
+        write_snapshot_file(&self.snapshot_dir, &file)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(file.data)),
+        })
     }
 }

@@ -1,0 +1,92 @@
+//! A blocking Rust client for the `CacheService`, over buffered transport and binary protocol
+//! (the seed's configuration). Used by the CLI and by tests.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
+use thrift::transport::{TBufferedReadTransport, TBufferedWriteTransport};
+
+use crate::gen::cache::{
+    CacheEntry, CacheServiceSyncClient, Consistency, KeyNotFound, NodeStatus, ReadOptions,
+    TCacheServiceSyncClient,
+};
+
+type Inner = CacheServiceSyncClient<
+    TBinaryInputProtocol<TBufferedReadTransport<TcpStream>>,
+    TBinaryOutputProtocol<TBufferedWriteTransport<TcpStream>>,
+>;
+
+/// One connection to one node.
+pub struct CacheClient {
+    inner: Inner,
+}
+
+impl CacheClient {
+    /// Connects to `addr`; every call then waits at most `timeout` for its answer.
+    pub fn connect(addr: &str, timeout: Duration) -> std::io::Result<Self> {
+        let sock = addr.to_socket_addrs()?.next().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{addr} resolves to nothing"),
+            )
+        })?;
+        let stream = TcpStream::connect_timeout(&sock, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let input =
+            TBinaryInputProtocol::new(TBufferedReadTransport::new(stream.try_clone()?), true);
+        let output = TBinaryOutputProtocol::new(TBufferedWriteTransport::new(stream), true);
+        Ok(Self {
+            inner: CacheServiceSyncClient::new(input, output),
+        })
+    }
+
+    /// The value of `key`, `None` when absent.
+    pub fn get(&mut self, key: &str, linearizable: bool) -> thrift::Result<Option<String>> {
+        let consistency = if linearizable {
+            Consistency::LINEARIZABLE
+        } else {
+            Consistency::LOCAL
+        };
+        let options = ReadOptions {
+            consistency: Some(consistency),
+        };
+        match self.inner.get_with(key.to_string(), options) {
+            Ok(entry) => Ok(Some(entry.value)),
+            Err(thrift::Error::User(e)) if e.is::<KeyNotFound>() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn put(&mut self, key: &str, value: &str) -> thrift::Result<bool> {
+        self.inner.put(CacheEntry {
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+    }
+
+    /// Whether the key existed.
+    pub fn remove(&mut self, key: &str) -> thrift::Result<bool> {
+        self.inner.remove(key.to_string())
+    }
+
+    pub fn status(&mut self) -> thrift::Result<NodeStatus> {
+        self.inner.status()
+    }
+}
+
+/// A readable one-line description of a client-side error, naming declared exceptions.
+pub fn describe_error(e: &thrift::Error) -> String {
+    use crate::gen::cache::{InvalidRequest, Unavailable};
+    if let thrift::Error::User(user) = e {
+        if let Some(x) = user.downcast_ref::<Unavailable>() {
+            return format!("unavailable: {}", x.message);
+        }
+        if let Some(x) = user.downcast_ref::<InvalidRequest>() {
+            return format!("invalid request: {}", x.message);
+        }
+    }
+    e.to_string()
+}

@@ -1,0 +1,76 @@
+//! Peer network: how nodes talk to each other over Thrift on the peer port.
+//!
+//! - `client.rs`: the outgoing side: openraft's `RaftNetworkFactory`, and the forward and
+//!   read-index calls the router makes to the leader.
+//! - `service.rs`: the incoming side: the `RaftPeer` Thrift handler.
+//! - `Faults` (here): the seam where tests cut links between nodes.
+//!
+//! Payloads are bincode-encoded openraft messages; Thrift carries them as `binary`.
+
+mod client;
+mod service;
+
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+pub use client::{Method as PeerMethod, PeerClients, PeerError, PeerNetwork};
+pub use service::PeerService;
+
+use crate::types::{NodeId, Request};
+
+/// A write forwarded from a follower to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    pub request: Request,
+    /// How long the leader may spend on it, in milliseconds (the rest of the client's deadline).
+    pub deadline_ms: u64,
+}
+
+/// Why the leader did not carry out a forwarded write or a read-index request.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The receiver is not the leader; `leader` is who it thinks leads, if anyone.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// A condition that may clear (no quorum confirmed yet); the caller may retry.
+    #[error("{0}")]
+    TryAgain(String),
+    /// The request failed for good on this node (shutting down, or the deadline passed with the
+    /// outcome unknown).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Links cut by tests: a message from `a` to `b` is dropped while `(a, b)` is blocked.
+/// Empty in a real node.
+#[derive(Debug, Default)]
+pub struct Faults {
+    blocked: RwLock<HashSet<(NodeId, NodeId)>>,
+}
+
+impl Faults {
+    /// Cuts both directions between `node` and every node in `others`.
+    pub fn isolate(&self, node: NodeId, others: &[NodeId]) {
+        let mut blocked = self.blocked.write().expect("faults lock");
+        for &other in others {
+            blocked.insert((node, other));
+            blocked.insert((other, node));
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        self.blocked.write().expect("faults lock").clear();
+    }
+
+    /// Whether a message from `from` to `to` may be sent.
+    pub fn allows(&self, from: NodeId, to: NodeId) -> bool {
+        !self
+            .blocked
+            .read()
+            .expect("faults lock")
+            .contains(&(from, to))
+    }
+}

@@ -1,0 +1,252 @@
+//! Wiring: everything one node is made of, put together in `start`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::SnapshotPolicy;
+use tokio::runtime::Handle;
+
+use crate::api::{ApiLimits, CacheApi};
+use crate::config::{NodeConfig, MAX_ENTRIES_PER_APPEND};
+use crate::gen::cache::{CacheServiceSyncProcessor, NodeStatus};
+use crate::gen::peer::RaftPeerSyncProcessor;
+use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
+use crate::router::Router;
+use crate::server::{self, ConnectionLimits, ServerHandle};
+use crate::store::{self, OpenError, StateReader, StoreOptions};
+use crate::types::{Node, NodeId, Raft};
+
+/// Why a node could not start. Each message names what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("cannot start a server thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// A running node. Stop it with `shutdown`.
+pub struct RunningNode {
+    id: NodeId,
+    raft: Raft,
+    state: StateReader,
+    db: sled::Db,
+    client_server: ServerHandle,
+    peer_server: ServerHandle,
+}
+
+/// Binds the configured addresses and starts the node.
+pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
+    let bind = |what, addr| {
+        TcpListener::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let client = bind("clients", config.listen)?;
+    let peer = bind("peers", config.peer_listen)?;
+    start_with_listeners(config, client, peer, Arc::new(Faults::default())).await
+}
+
+/// Starts a node on listeners the caller bound (tests bind port 0), with a fault seam.
+pub async fn start_with_listeners(
+    config: NodeConfig,
+    client_listener: TcpListener,
+    peer_listener: TcpListener,
+    faults: Arc<Faults>,
+) -> Result<RunningNode, StartError> {
+    let id = config.id;
+    let data_dir = config.data_dir();
+    let peer_addr = peer_listener.local_addr()?;
+    let (log, sm) = store::open(
+        &data_dir,
+        id,
+        &StoreOptions {
+            cache_capacity_bytes: config.cache_capacity_bytes,
+        },
+    )
+    .await?;
+    let db = log.db();
+    let state = sm.reader();
+
+    let peers = PeerClients::new(
+        id,
+        faults,
+        Duration::from_secs(1),
+        config.peer_max_message_bytes(),
+    );
+    let raft = Raft::new(
+        id,
+        raft_config(&config)?,
+        PeerNetwork::new(peers.clone()),
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+    bootstrap(&raft, &config, peer_addr).await?;
+
+    let router = Arc::new(Router::new(
+        id,
+        raft.clone(),
+        state.clone(),
+        peers,
+        config.request_deadline(),
+    ));
+    let runtime = Handle::current();
+    let peer_service = PeerService::new(raft.clone(), router.clone(), runtime.clone());
+    let peer_limits = ConnectionLimits {
+        max_connections: config.max_connections,
+        max_message_bytes: config.peer_max_message_bytes(),
+        read_timeout: Duration::from_millis(config.read_timeout_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+    };
+    let peer_server = server::spawn(
+        "peer",
+        peer_listener,
+        peer_limits,
+        RaftPeerSyncProcessor::new(peer_service),
+    )?;
+    let api_limits = ApiLimits {
+        max_key_bytes: config.max_key_bytes,
+        max_value_bytes: config.max_value_bytes,
+    };
+    let api = CacheApi::new(id, raft.clone(), router, api_limits, runtime);
+    let client_limits = ConnectionLimits {
+        max_connections: config.max_connections,
+        max_message_bytes: config.max_message_bytes,
+        read_timeout: Duration::from_millis(config.read_timeout_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+    };
+    let client_server = server::spawn(
+        "client",
+        client_listener,
+        client_limits,
+        CacheServiceSyncProcessor::new(api),
+    )?;
+    tracing::info!(
+        id,
+        client_addr = %client_server.local_addr(),
+        peer_addr = %peer_server.local_addr(),
+        data_dir = %data_dir.display(),
+        "raftcache node started"
+    );
+    Ok(RunningNode {
+        id,
+        raft,
+        state,
+        db,
+        client_server,
+        peer_server,
+    })
+}
+
+fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, StartError> {
+    let raft_config = openraft::Config {
+        cluster_name: "raftcache".into(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        // A follower that is slow to answer (fsync stall) gets the same time as a heartbeat.
+        install_snapshot_timeout: config.heartbeat_ms.max(1000),
+        max_payload_entries: MAX_ENTRIES_PER_APPEND,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        snapshot_max_chunk_size: config.snapshot_chunk_bytes,
+        ..Default::default()
+    };
+    raft_config
+        .validate()
+        .map(Arc::new)
+        .map_err(|e| StartError::Config(e.to_string()))
+}
+
+/// On first start (empty data dir), proposes the initial membership. Every node of a new
+/// cluster may do this with the same members; a node that already heard from a leader is told
+/// it is not allowed, which is fine.
+async fn bootstrap(
+    raft: &Raft,
+    config: &NodeConfig,
+    own_peer_addr: SocketAddr,
+) -> Result<(), StartError> {
+    if raft
+        .is_initialized()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?
+    {
+        tracing::info!(
+            id = config.id,
+            "data dir holds state: resuming, --initial-cluster ignored"
+        );
+        return Ok(());
+    }
+    let members = config
+        .bootstrap_members(own_peer_addr)
+        .map_err(StartError::Config)?;
+    let nodes = members
+        .into_iter()
+        .map(|(id, peer_addr)| (id, Node { peer_addr }));
+    match raft
+        .initialize(nodes.collect::<std::collections::BTreeMap<_, _>>())
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(StartError::Raft(format!("bootstrap failed: {e}"))),
+    }
+}
+
+impl RunningNode {
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_server.local_addr()
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_server.local_addr()
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// This replica's local state, for tests that compare replicas.
+    pub fn state(&self) -> &StateReader {
+        &self.state
+    }
+
+    /// Open client connections.
+    pub fn open_client_connections(&self) -> usize {
+        self.client_server.open_connections()
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        crate::api::node_status(self.id, &self.raft)
+    }
+
+    /// Stops the node: no new client requests, in-flight ones answered or failed, Raft stopped,
+    /// everything flushed.
+    pub async fn shutdown(mut self) {
+        tracing::info!(id = self.id, "node stopping");
+        self.client_server.stop();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(id = self.id, error = %e, "raft did not stop cleanly");
+        }
+        self.peer_server.stop();
+        if let Err(e) = self.db.flush_async().await {
+            tracing::error!(id = self.id, error = %e, "final flush failed");
+        }
+        tracing::info!(id = self.id, "node stopped");
+    }
+}
