@@ -1,0 +1,250 @@
+//! 3-node clusters in one process: replication, follower forwarding, linearizable reads on a
+//! follower, leader failover, a stopped node catching up, and a partitioned leader.
+
+mod common;
+
+use common::{phase, TestCluster};
+use raftcache::gen::cache::Unavailable;
+use raftcache::types::NodeId;
+
+fn followers(cluster: &TestCluster, leader: NodeId) -> Vec<NodeId> {
+    cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect()
+}
+
+fn is_unavailable(e: &thrift::Error) -> bool {
+    matches!(e, thrift::Error::User(u) if u.is::<Unavailable>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_on_any_node_replicate_to_every_replica() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+
+    phase("a write on each node, leader and followers alike");
+    for id in [1, 2, 3] {
+        let key = format!("from-{id}");
+        assert!(cluster
+            .client(id)
+            .put(&key, &format!("value-{id}"))
+            .await
+            .expect("put"));
+    }
+
+    phase("every replica's local state holds every write");
+    for reader in [1, 2, 3] {
+        for writer in [1, 2, 3] {
+            cluster
+                .wait_local_value(
+                    reader,
+                    &format!("from-{writer}"),
+                    Some(&format!("value-{writer}")),
+                )
+                .await;
+        }
+    }
+
+    phase("a remove through a follower reports whether the key existed");
+    let follower = followers(&cluster, leader)[0];
+    assert!(cluster
+        .client(follower)
+        .remove("from-1")
+        .await
+        .expect("remove"));
+    assert!(!cluster
+        .client(follower)
+        .remove("from-1")
+        .await
+        .expect("remove again"));
+    for id in [1, 2, 3] {
+        cluster.wait_local_value(id, "from-1", None).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn linearizable_read_on_a_follower_sees_a_write_made_elsewhere() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let f = followers(&cluster, leader);
+    let (writer, reader) = (f[0], f[1]);
+
+    phase("write on one follower, read linearizably on the other, immediately, 50 times");
+    for i in 0..50 {
+        let value = format!("v{i}");
+        cluster
+            .client(writer)
+            .put("counter", &value)
+            .await
+            .expect("put");
+        let seen = cluster
+            .client(reader)
+            .get("counter", true)
+            .await
+            .expect("linearizable get");
+        assert_eq!(
+            seen.as_deref(),
+            Some(value.as_str()),
+            "round {i}: stale linearizable read"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn isolated_follower_refuses_linearizable_reads_instead_of_serving_stale_data() {
+    let cluster = TestCluster::start(3, &["--request-deadline-ms=1500"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let f = followers(&cluster, leader);
+    let (cut, other) = (f[0], f[1]);
+    cluster.client(leader).put("k", "old").await.expect("put");
+    cluster.wait_local_value(cut, "k", Some("old")).await;
+
+    phase("cut one follower off, then overwrite the key through the majority");
+    cluster.faults.isolate(cut, &[leader, other]);
+    cluster
+        .client(leader)
+        .put("k", "new")
+        .await
+        .expect("put with a majority");
+
+    phase("the cut follower still holds the old value locally, but a linearizable read fails");
+    assert_eq!(
+        cluster
+            .client(cut)
+            .get("k", false)
+            .await
+            .expect("local get")
+            .as_deref(),
+        Some("old")
+    );
+    let err = cluster
+        .client(cut)
+        .get("k", true)
+        .await
+        .expect_err("a linearizable read must not return stale data");
+    assert!(is_unavailable(&err), "expected Unavailable, got {err:?}");
+
+    phase("after healing, the follower catches up and serves the new value");
+    cluster.faults.heal();
+    cluster.wait_local_value(cut, "k", Some("new")).await;
+    assert_eq!(
+        cluster
+            .client(cut)
+            .get("k", true)
+            .await
+            .expect("linearizable get")
+            .as_deref(),
+        Some("new")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_failover_and_the_old_leader_catches_up_after_restart() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    let old_leader = cluster.wait_for_leader().await;
+    for i in 0..20 {
+        cluster
+            .client(old_leader)
+            .put(&format!("before-{i}"), "x")
+            .await
+            .expect("put");
+    }
+
+    phase("stop the leader; the two others elect a new one");
+    cluster.stop(old_leader).await;
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, old_leader);
+
+    phase("writes through either survivor succeed");
+    for id in followers(&cluster, old_leader) {
+        for i in 0..20 {
+            cluster
+                .client(id)
+                .put(&format!("after-{id}-{i}"), "y")
+                .await
+                .expect("put after failover");
+        }
+    }
+
+    phase("restart the old leader: it catches up on what it missed");
+    cluster.restart(old_leader).await;
+    for id in followers(&cluster, old_leader) {
+        cluster
+            .wait_local_value(old_leader, &format!("after-{id}-19"), Some("y"))
+            .await;
+    }
+    cluster
+        .wait_local_value(old_leader, "before-0", Some("x"))
+        .await;
+    let leader_state = cluster.node(new_leader).state();
+    assert_eq!(cluster.node(old_leader).state().len(), leader_state.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_leader_stops_accepting_writes_and_majority_carries_on() {
+    let cluster = TestCluster::start(3, &["--request-deadline-ms=1500"]).await;
+    let old_leader = cluster.wait_for_leader().await;
+    let f = followers(&cluster, old_leader);
+
+    phase("isolate the leader from both followers");
+    cluster.faults.isolate(old_leader, &f);
+
+    phase("a write to the isolated leader fails with Unavailable within its deadline");
+    let err = cluster
+        .client(old_leader)
+        .put("p", "minority")
+        .await
+        .expect_err("no quorum");
+    assert!(is_unavailable(&err), "expected Unavailable, got {err:?}");
+
+    phase("the majority elects a leader and accepts writes");
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        match cluster.client(f[0]).put("p", "majority").await {
+            Ok(_) => break,
+            Err(e) if is_unavailable(&e) && tokio::time::Instant::now() < deadline => continue,
+            Err(e) => panic!("majority never accepted the write: {e:?}"),
+        }
+    }
+
+    phase("after healing, all three hold the majority's value");
+    cluster.faults.heal();
+    for id in [1, 2, 3] {
+        cluster.wait_local_value(id, "p", Some("majority")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_cluster_restart_keeps_every_write() {
+    let mut cluster = TestCluster::start(3, &[]).await;
+    cluster.wait_for_leader().await;
+    for i in 0..100 {
+        cluster
+            .client(1 + i % 3)
+            .put(&format!("k{i}"), &format!("v{i}"))
+            .await
+            .expect("put");
+    }
+
+    phase("stop all three, start all three");
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+    for id in [1, 2, 3] {
+        cluster.restart(id).await;
+    }
+    cluster.wait_for_leader().await;
+
+    phase("every write is there, on every node");
+    for i in 0..100 {
+        let got = cluster
+            .client(1 + (i + 1) % 3)
+            .get(&format!("k{i}"), true)
+            .await
+            .expect("get");
+        assert_eq!(got, Some(format!("v{i}")));
+    }
+}
