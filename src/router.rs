@@ -39,6 +39,15 @@ pub enum RouteError {
     Storage(String),
 }
 
+/// Whether a request to the leader that got no answer may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads: asking again changes nothing.
+    Safe,
+    /// Writes: only a request that was never delivered is sent again.
+    OnlyIfUndelivered,
+}
+
 /// Longest wait between two attempts while no leader is known.
 const LEADER_POLL: Duration = Duration::from_millis(100);
 
@@ -171,7 +180,7 @@ impl Router {
                     leader: Some(leader),
                 }) if leader != self.id => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    self.ask_leader(leader, Method::ReadIndex, &(), remaining)
+                    self.ask_leader(leader, Method::ReadIndex, &(), remaining, Retry::Safe)
                         .await
                 }
                 other => other,
@@ -201,18 +210,26 @@ impl Router {
             request: request.clone(),
             deadline_ms: remaining.as_millis() as u64,
         };
-        self.ask_leader(leader, Method::Forward, &forward, remaining)
-            .await
+        self.ask_leader(
+            leader,
+            Method::Forward,
+            &forward,
+            remaining,
+            Retry::OnlyIfUndelivered,
+        )
+        .await
     }
 
-    /// Sends a request to the leader. A request that never left this node may be retried; one
-    /// that got no answer may have been carried out, so the caller is told the outcome is unknown.
+    /// Sends a request to the leader. A request that never left this node may always be retried;
+    /// a write that got no answer may have been carried out, so its caller is told the outcome
+    /// is unknown, while a read-index request can simply be asked again.
     async fn ask_leader<Req, Resp>(
         &self,
         leader: NodeId,
         method: Method,
         request: &Req,
         remaining: Duration,
+        retry: Retry,
     ) -> Result<Resp, ForwardError>
     where
         Req: serde::Serialize,
@@ -228,6 +245,7 @@ impl Router {
         match self.peers.rpc::<Req, Result<Resp, ForwardError>>(leader, &addr, method, request, timeout).await {
             Ok(answer) => answer,
             Err(e @ PeerError::Unreachable { .. }) => Err(ForwardError::TryAgain(e.to_string())),
+            Err(e @ PeerError::NoAnswer { .. }) if retry == Retry::Safe => Err(ForwardError::TryAgain(e.to_string())),
             Err(e @ PeerError::NoAnswer { .. }) => Err(ForwardError::Failed(format!(
                 "lost contact with the leader after sending the request; it may or may not have been applied: {e}"
             ))),

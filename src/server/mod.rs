@@ -22,6 +22,9 @@ use thrift::server::TProcessor;
 use thrift::transport::{TBufferedReadTransport, TBufferedWriteTransport};
 use thrift::TConfiguration;
 
+mod watched;
+use watched::WatchedInput;
+
 /// Limits applied to every connection of one server.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
@@ -215,17 +218,22 @@ impl<P: TProcessor + Send + Sync + 'static> Server<P> {
             inner: read_half,
             budget: budget.clone(),
         };
-        let mut input = TBinaryInputProtocol::with_config(
+        let (mut input, input_failed) = WatchedInput::new(TBinaryInputProtocol::with_config(
             TBufferedReadTransport::new(reader),
             true,
             self.thrift_config(),
-        );
+        ));
         let mut output = TBinaryOutputProtocol::new(TBufferedWriteTransport::new(write_half), true);
         loop {
             budget.start_message();
-            if let Err(e) = self.processor.process(&mut input, &mut output) {
-                log_connection_end(self.name, peer, &e);
-                return;
+            let result = self.processor.process(&mut input, &mut output);
+            if let Err(e) = result {
+                return log_connection_end(self.name, peer, &e);
+            }
+            // The processor answered a request it could not decode with an exception; the
+            // stream is now mid-message, so the connection cannot be used further.
+            if let Some(reason) = input_failed.take() {
+                return tracing::info!(server = self.name, ?peer, %reason, "connection closed: undecodable request");
             }
         }
     }

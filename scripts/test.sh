@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every raftcache test, after setting up what the tests need:
+#   - Debian's thrift-compiler (to check the generated code and to generate Python code),
+#   - a Python venv with thriftpy2, Apache thrift and pytest (scripts/python-env.sh),
+#   - the raftcache binary (debug build).
+# Then: the check that src/gen matches the IDL, the Rust tests (unit, storage conformance,
+# in-process clusters, bad input, multi-process crash tests), and the Python client tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { echo "== test.sh: $*"; }
+
+if ! command -v thrift >/dev/null; then
+  say "installing thrift-compiler"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq thrift-compiler >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq thrift-compiler >/dev/null; fi
+fi
+
+say "generated thrift code matches the IDL"
+scripts/gen-thrift.sh --check
+
+say "python venv"
+bash scripts/python-env.sh
+
+say "build"
+cargo build --all-targets --quiet
+
+say "rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast
+else
+  cargo test --no-fail-fast
+fi
+
+say "python client tests"
+RAFTCACHE_BIN="$PWD/target/debug/raftcache" .venv-test/bin/pytest tests/python -q
