@@ -64,6 +64,18 @@ pub struct NodeConfig {
     #[arg(long, default_value_t = 5_000)]
     pub request_deadline_ms: u64,
 
+    /// Most client writes proposed together as one Raft log entry (group commit).
+    #[arg(long, default_value_t = 1024)]
+    pub batch_max_requests: usize,
+
+    /// Most write batches proposed but not yet committed at once.
+    #[arg(long, default_value_t = 4)]
+    pub batch_max_in_flight: usize,
+
+    /// Most writes waiting to join a batch; further writers wait (within their deadline).
+    #[arg(long, default_value_t = 4096)]
+    pub max_pending_writes: usize,
+
     /// Leader heartbeat interval; also the time a follower has to answer one append RPC.
     #[arg(long, default_value_t = 150)]
     pub heartbeat_ms: u64,
@@ -151,9 +163,15 @@ impl NodeConfig {
         }
     }
 
-    /// Largest message accepted on the peer port: a full append RPC of maximal entries.
+    /// Largest encoded batch of writes in one log entry: one maximal write.
+    pub fn batch_max_bytes(&self) -> usize {
+        self.max_key_bytes + self.max_value_bytes + 1024
+    }
+
+    /// Largest message accepted on the peer port: a full append RPC of maximal entries (each
+    /// a batch of at most `batch_max_bytes`, plus per-request framing).
     pub fn peer_max_message_bytes(&self) -> usize {
-        let per_entry = self.max_key_bytes + self.max_value_bytes + 1024;
+        let per_entry = self.batch_max_bytes() + 32 * self.batch_max_requests + 1024;
         let append = MAX_ENTRIES_PER_APPEND as usize * per_entry;
         let snapshot_chunk = self.snapshot_chunk_bytes as usize;
         append.max(snapshot_chunk).max(self.max_message_bytes) + 1024 * 1024

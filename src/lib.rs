@@ -9,6 +9,7 @@
 //! - `api`: the client `CacheService` handler: checks limits, maps errors to declared exceptions.
 //! - `router`: the one place that decides how a request is served: local read, linearizable
 //!   read, write proposal, or forward to the leader.
+//! - `proposer`: group commit: concurrent writes on the leader become one Raft log entry.
 //! - `network`: the peer RPC (openraft's messages, forwarding, read index), with a fault seam.
 //! - `store`: the sled log store and state machine, and snapshots.
 //! - `node`: wires one node together; `config`: its flags; `types`: the Raft type config.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod gen;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod router;
 pub mod server;
 pub mod store;

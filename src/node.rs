@@ -13,6 +13,7 @@ use crate::config::{NodeConfig, MAX_ENTRIES_PER_APPEND};
 use crate::gen::cache::{CacheServiceSyncProcessor, NodeStatus};
 use crate::gen::peer::RaftPeerSyncProcessor;
 use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
+use crate::proposer::{BatchLimits, Proposer};
 use crate::router::Router;
 use crate::server::{self, ConnectionLimits, ServerHandle};
 use crate::store::{self, OpenError, StateReader, StoreOptions};
@@ -95,11 +96,19 @@ pub async fn start_with_listeners(
     .map_err(|e| StartError::Raft(e.to_string()))?;
     bootstrap(&raft, &config, peer_addr).await?;
 
+    let batch_limits = BatchLimits {
+        max_requests: config.batch_max_requests,
+        max_bytes: config.batch_max_bytes(),
+        max_in_flight: config.batch_max_in_flight,
+        max_pending: config.max_pending_writes,
+    };
+    let proposer = Proposer::spawn(id, raft.clone(), batch_limits);
     let router = Arc::new(Router::new(
         id,
         raft.clone(),
         state.clone(),
         peers,
+        proposer,
         config.request_deadline(),
     ));
     let runtime = Handle::current();

@@ -10,11 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::time::Instant;
 
 use crate::network::PeerMethod as Method;
 use crate::network::{ForwardError, ForwardRequest, PeerClients, PeerError};
+use crate::proposer::Proposer;
 use crate::store::StateReader;
 use crate::types::{NodeId, Raft, Request, Response};
 
@@ -57,6 +58,8 @@ pub struct Router {
     raft: Raft,
     state: StateReader,
     peers: Arc<PeerClients>,
+    /// Batches this node's proposals (group commit).
+    proposer: Proposer,
     /// How long a request may wait for a leader, a quorum or a catch-up.
     request_deadline: Duration,
 }
@@ -67,6 +70,7 @@ impl Router {
         raft: Raft,
         state: StateReader,
         peers: Arc<PeerClients>,
+        proposer: Proposer,
         request_deadline: Duration,
     ) -> Self {
         Self {
@@ -74,6 +78,7 @@ impl Router {
             raft,
             state,
             peers,
+            proposer,
             request_deadline,
         }
     }
@@ -140,11 +145,8 @@ impl Router {
         request: Request,
         deadline: Duration,
     ) -> Result<Response, ForwardError> {
-        match tokio::time::timeout(deadline, self.raft.client_write(request)).await {
-            Ok(Ok(written)) => Ok(written.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(ForwardError::NotLeader { leader: f.leader_id }),
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => Err(ForwardError::Failed(e.to_string())),
-            Ok(Err(RaftError::Fatal(e))) => Err(ForwardError::Failed(format!("node {} is stopping: {e}", self.id))),
+        match tokio::time::timeout(deadline, self.proposer.propose(request)).await {
+            Ok(outcome) => outcome,
             Err(_) => Err(ForwardError::Failed(format!(
                 "the write was proposed but not committed within the request deadline of {} ms (no quorum?); it may or may not be applied",
                 deadline.as_millis()

@@ -1,5 +1,5 @@
-//! The Raft type configuration: what a log entry carries (`Request`), what applying it returns
-//! (`Response`), and how a node is addressed (`Node`). Everything that goes through the log or
+//! The Raft type configuration: what a log entry carries (a `Batch` of `Request`s), what
+//! applying it returns (a `BatchResponse`), and how a node is addressed (`Node`). Everything that goes through the log or
 //! over the peer RPC is defined here, so the on-disk and on-wire formats have one home.
 
 use std::fmt;
@@ -22,29 +22,51 @@ impl fmt::Display for Node {
     }
 }
 
-/// A mutation of the cache: one Raft log entry each.
+/// One client mutation of the cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Put { key: String, value: String },
     Remove { key: String },
 }
 
-/// The result of applying one log entry to the state machine.
+impl Request {
+    /// Approximate encoded size, for bounding batches.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Request::Put { key, value } => key.len() + value.len() + 16,
+            Request::Remove { key } => key.len() + 16,
+        }
+    }
+}
+
+/// The result of one `Request`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// A blank or membership entry: nothing for a client.
-    Applied,
     /// A `Put` was stored.
     Put,
     /// A `Remove`: whether the key existed.
     Removed { existed: bool },
 }
 
+/// The payload of one Raft log entry: requests proposed together (group commit), applied in
+/// order, all in one atomic step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub requests: Vec<Request>,
+}
+
+/// The result of applying one log entry: one `Response` per request of its `Batch` (none for
+/// blank and membership entries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    pub responses: Vec<Response>,
+}
+
 openraft::declare_raft_types!(
     /// raftcache's choice of types for openraft.
     pub TypeConfig:
-        D = Request,
-        R = Response,
+        D = Batch,
+        R = BatchResponse,
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,

@@ -18,8 +18,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::{decode, encode};
 use crate::types::{
-    Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig,
+    BatchResponse, Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
 };
 
 const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -182,12 +182,12 @@ fn write_snapshot_file(dir: &std::path::Path, file: &SnapshotFile) -> std::io::R
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Applies one batch of entries in a single transaction and returns one response per entry.
+/// Applies entries in a single transaction and returns one response per entry.
 fn apply_batch(
     data: &sled::Tree,
     meta: &sled::Tree,
     entries: &[Entry],
-) -> Result<Vec<Response>, StorageError> {
+) -> Result<Vec<BatchResponse>, StorageError> {
     let Some(last) = entries.last() else {
         return Ok(Vec::new());
     };
@@ -195,21 +195,29 @@ fn apply_batch(
         let mut responses = Vec::with_capacity(entries.len());
         let mut membership = None;
         for entry in entries {
-            let response = match &entry.payload {
-                EntryPayload::Blank => Response::Applied,
-                EntryPayload::Normal(Request::Put { key, value }) => {
-                    data.insert(key.as_bytes(), value.as_bytes())?;
-                    Response::Put
+            let mut entry_responses = Vec::new();
+            match &entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(batch) => {
+                    for request in &batch.requests {
+                        entry_responses.push(match request {
+                            Request::Put { key, value } => {
+                                data.insert(key.as_bytes(), value.as_bytes())?;
+                                Response::Put
+                            }
+                            Request::Remove { key } => Response::Removed {
+                                existed: data.remove(key.as_bytes())?.is_some(),
+                            },
+                        });
+                    }
                 }
-                EntryPayload::Normal(Request::Remove { key }) => Response::Removed {
-                    existed: data.remove(key.as_bytes())?.is_some(),
-                },
                 EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
-                    Response::Applied
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()))
                 }
-            };
-            responses.push(response);
+            }
+            responses.push(BatchResponse {
+                responses: entry_responses,
+            });
         }
         meta.insert(KEY_LAST_APPLIED, encode(&Some(last.log_id)))?;
         if let Some(m) = &membership {
@@ -231,7 +239,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((last_applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResponse>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
