@@ -177,6 +177,17 @@ impl NodeConfig {
         append.max(snapshot_chunk).max(self.max_message_bytes) + 1024 * 1024
     }
 
+    /// The cluster id implied by `--initial-cluster`: the same on every node bootstrapped
+    /// together, different for a cluster of other members. None without the flag.
+    pub fn cluster_id(&self) -> Option<String> {
+        let members = self.initial_cluster.as_ref()?;
+        let text: Vec<String> = members
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect();
+        Some(format!("{:016x}", crate::store::fnv1a(&text.join(","))))
+    }
+
     pub fn request_deadline(&self) -> Duration {
         Duration::from_millis(self.request_deadline_ms)
     }

@@ -68,9 +68,11 @@ pub async fn start_with_listeners(
     let id = config.id;
     let data_dir = config.data_dir();
     let peer_addr = peer_listener.local_addr()?;
+    let cluster_id = config.cluster_id();
     let (log, sm) = store::open(
         &data_dir,
         id,
+        cluster_id.as_deref(),
         &StoreOptions {
             cache_capacity_bytes: config.cache_capacity_bytes,
         },

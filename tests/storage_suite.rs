@@ -11,7 +11,7 @@ struct SledBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = TempDir::new().expect("temp dir");
-        let (log, sm) = store::open(dir.path(), 1, &StoreOptions::default())
+        let (log, sm) = store::open(dir.path(), 1, None, &StoreOptions::default())
             .await
             .expect("open stores");
         Ok((dir, log, sm))

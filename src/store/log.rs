@@ -8,6 +8,7 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError};
 
+use super::integrity::{Durable, Watermark};
 use super::{decode, encode};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -21,11 +22,48 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    /// Records what each flush made durable, so damage is detected on the next open.
+    watermark: Watermark,
 }
 
 impl LogStore {
-    pub(super) fn new(db: sled::Db, log: sled::Tree, meta: sled::Tree) -> Self {
-        Self { db, log, meta }
+    pub(super) fn new(
+        db: sled::Db,
+        log: sled::Tree,
+        meta: sled::Tree,
+        watermark: Watermark,
+    ) -> Self {
+        Self {
+            db,
+            log,
+            meta,
+            watermark,
+        }
+    }
+
+    /// What sled holds now: the last log index (or the purge point) and the vote's term.
+    pub(super) fn held(&self) -> Result<Durable, StorageError> {
+        let last = self.log.last().map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_log_index = match last {
+            Some((key, _)) => Some(u64::from_be_bytes(
+                key.as_ref().try_into().expect("log keys are 8 bytes"),
+            )),
+            None => self.read_meta::<LogId>(KEY_LAST_PURGED)?.map(|id| id.index),
+        };
+        let vote_term = self
+            .read_meta::<Vote>(KEY_VOTE)?
+            .map(|v| v.leader_id.term)
+            .unwrap_or(0);
+        Ok(Durable {
+            last_log_index,
+            vote_term,
+        })
+    }
+
+    fn record(&self, update: impl FnOnce(&mut Durable)) -> Result<(), StorageError> {
+        self.watermark
+            .record(update)
+            .map_err(|e| StorageIOError::write(&e).into())
     }
 
     /// The database this store lives in (shared with the state machine).
@@ -109,6 +147,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.flush()
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.record(|d| d.vote_term = d.vote_term.max(vote.leader_id.term))?;
         Ok(())
     }
 
@@ -139,20 +178,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut batch = sled::Batch::default();
+        let mut last = None;
         for entry in entries {
             batch.insert(&index_key(entry.log_id.index), encode(&entry));
+            last = Some(entry.log_id.index);
         }
         self.log
             .apply_batch(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         // The entries are readable now; openraft hears they are durable only once the flush has
-        // returned. One flush covers the whole batch openraft handed over (group commit).
+        // returned. One flush covers the whole batch openraft handed over.
         let flushed = self.flush().await.map_err(std::io::Error::other);
+        if flushed.is_ok() && last.is_some() {
+            self.record(|d| d.last_log_index = last)?;
+        }
         callback.log_io_completed(flushed);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Lower the watermark first: it must never claim entries sled may no longer hold.
+        self.record(|d| d.last_log_index = log_id.index.checked_sub(1))?;
         let mut batch = sled::Batch::default();
         for key in self.log.range(index_key(log_id.index)..).keys() {
             batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);

@@ -4,11 +4,15 @@
 //! Durability rule (see `docs/durability.md`): nothing is reported written to openraft before
 //! sled's `flush` returned. sled's own background flush (every 500 ms) is never relied on.
 
+mod integrity;
 mod log;
 mod state_machine;
 
 use std::path::{Path, PathBuf};
 
+use integrity::{Identity, Watermark, FORMAT_VERSION};
+
+pub use integrity::fnv1a;
 pub use log::LogStore;
 pub use state_machine::{StateMachine, StateReader};
 
@@ -35,6 +39,16 @@ pub enum OpenError {
         found: NodeId,
         expected: NodeId,
     },
+    /// The data dir belongs to another cluster.
+    #[error("the data directory {path} belongs to cluster {found}, but --initial-cluster describes cluster {expected}: use the data dir of this cluster, or an empty one")]
+    WrongCluster {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    /// sled opened, but holds less than was flushed, or its files are missing or unreadable.
+    #[error("the data directory {path} is damaged: {reason}. Do not serve from it: remove this node from the cluster and add a fresh one in its place (docs/durability.md)")]
+    Damaged { path: PathBuf, reason: String },
     /// Reading the stores' own metadata failed.
     #[error("cannot read the data directory {path}: {source}")]
     Storage { path: PathBuf, source: StorageError },
@@ -56,17 +70,33 @@ impl Default for StoreOptions {
 }
 
 /// Opens (creating on first use) the node's database under `dir` and returns its log store and
-/// state machine. Refuses a data dir that belongs to another node id.
+/// state machine. Refuses a data dir that belongs to another node or cluster, and one whose
+/// database holds less than its watermark says was flushed.
+///
+/// `cluster_id` is the id this start implies (from `--initial-cluster`), if any; a fresh data dir
+/// without one gets a random id.
 pub async fn open(
     dir: &Path,
     id: NodeId,
+    cluster_id: Option<&str>,
     opts: &StoreOptions,
 ) -> Result<(LogStore, StateMachine), OpenError> {
     let db_path = dir.join("db");
-    let db = sled::Config::new()
+    let damaged = |reason: String| OpenError::Damaged {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| damaged(format!("cannot create it: {e}")))?;
+    let fresh = check_identity(dir, &db_path, id, cluster_id)?;
+    let (watermark, flushed) = Watermark::open(dir).map_err(|e| damaged(e.to_string()))?;
+
+    let config = sled::Config::new()
         .path(&db_path)
-        .cache_capacity(opts.cache_capacity_bytes)
-        .open()
+        .cache_capacity(opts.cache_capacity_bytes);
+    let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+        .map_err(|_| {
+            damaged("the database could not be read (sled failed while opening it)".into())
+        })?
         .map_err(|source| OpenError::Sled {
             path: db_path.clone(),
             source,
@@ -77,9 +107,30 @@ pub async fn open(
             source,
         })
     };
-    let log = LogStore::new(db.clone(), open_tree(TREE_LOG)?, open_tree(TREE_RAFT_META)?);
+    let log = LogStore::new(
+        db.clone(),
+        open_tree(TREE_LOG)?,
+        open_tree(TREE_RAFT_META)?,
+        watermark.clone(),
+    );
     let sm_meta = open_tree(TREE_SM_META)?;
-    check_node_id(&db, &sm_meta, &db_path, id)?;
+
+    let storage = |source| OpenError::Storage {
+        path: db_path.clone(),
+        source,
+    };
+    let held = log.held().map_err(storage)?;
+    if held.last_log_index < flushed.last_log_index || held.vote_term < flushed.vote_term {
+        return Err(damaged(format!(
+            "the database holds {} and a vote of term {}, but {} and a vote of term {} were flushed ({} says so)",
+            describe_log(held.last_log_index),
+            held.vote_term,
+            describe_log(flushed.last_log_index),
+            flushed.vote_term,
+            watermark.path().display()
+        )));
+    }
+    check_node_id(&db, &sm_meta, &db_path, id, fresh)?;
     let sm = StateMachine::open(
         db.clone(),
         open_tree(TREE_DATA)?,
@@ -87,19 +138,101 @@ pub async fn open(
         dir.join("snapshots"),
     )
     .await
-    .map_err(|source| OpenError::Storage {
-        path: db_path.clone(),
-        source,
-    })?;
+    .map_err(storage)?;
     Ok((log, sm))
 }
 
-/// Records the node id in a fresh data dir, or checks it matches an existing one.
+/// Checks (or, for a fresh data dir, writes) the identity file. Returns whether the dir is fresh.
+fn check_identity(
+    dir: &Path,
+    db_path: &Path,
+    id: NodeId,
+    cluster_id: Option<&str>,
+) -> Result<bool, OpenError> {
+    let damaged = |reason: String| OpenError::Damaged {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let identity = Identity::read(dir)
+        .map_err(|e| damaged(format!("unreadable {}: {e}", integrity::IDENTITY_FILE)))?;
+    match identity {
+        None if db_path.exists() => Err(damaged(format!(
+            "it holds a database but no {}",
+            integrity::IDENTITY_FILE
+        ))),
+        None => {
+            let cluster_id = cluster_id
+                .map(str::to_string)
+                .unwrap_or_else(|| random_cluster_id(dir));
+            let identity = Identity {
+                format: FORMAT_VERSION,
+                node_id: id,
+                cluster_id,
+            };
+            identity
+                .write(dir)
+                .map_err(|e| damaged(format!("cannot write {}: {e}", integrity::IDENTITY_FILE)))?;
+            tracing::info!(node_id = id, cluster_id = %identity.cluster_id, dir = %dir.display(), "new data directory");
+            Ok(true)
+        }
+        Some(identity) => {
+            if identity.format != FORMAT_VERSION {
+                return Err(damaged(format!(
+                    "its format version is {}, this raftcache reads {FORMAT_VERSION}",
+                    identity.format
+                )));
+            }
+            if identity.node_id != id {
+                return Err(OpenError::WrongNode {
+                    path: dir.to_path_buf(),
+                    found: identity.node_id,
+                    expected: id,
+                });
+            }
+            if let Some(expected) = cluster_id.filter(|c| *c != identity.cluster_id) {
+                return Err(OpenError::WrongCluster {
+                    path: dir.to_path_buf(),
+                    found: identity.cluster_id,
+                    expected: expected.to_string(),
+                });
+            }
+            if !db_path.exists() {
+                return Err(damaged(format!(
+                    "its database {} is missing",
+                    db_path.display()
+                )));
+            }
+            Ok(false)
+        }
+    }
+}
+
+fn describe_log(last_index: Option<u64>) -> String {
+    match last_index {
+        Some(index) => format!("the log up to index {index}"),
+        None => "no log at all".into(),
+    }
+}
+
+fn random_cluster_id(dir: &Path) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:016x}",
+        fnv1a(&format!("{nanos}/{}/{}", std::process::id(), dir.display()))
+    )
+}
+
+/// Records the node id in a fresh database, or checks an existing one still holds it (a
+/// database that lost it lost everything).
 fn check_node_id(
     db: &sled::Db,
     sm_meta: &sled::Tree,
     path: &Path,
     id: NodeId,
+    fresh: bool,
 ) -> Result<(), OpenError> {
     let sled_err = |source| OpenError::Sled {
         path: path.to_path_buf(),
@@ -115,6 +248,12 @@ fn check_node_id(
                     expected: id,
                 });
             }
+        }
+        None if !fresh => {
+            return Err(OpenError::Damaged {
+                path: path.to_path_buf(),
+                reason: "the database has lost its contents (no node id)".into(),
+            });
         }
         None => {
             sm_meta

@@ -1,0 +1,176 @@
+//! A damaged or foreign data dir stops the node with a message naming the path and what to do;
+//! it is never opened and served. Each case damages a real data dir that held acknowledged
+//! writes, the way an operator or a disk would.
+
+mod common;
+
+use std::path::Path;
+
+use common::TestCluster;
+use raftcache::config::NodeConfig;
+use raftcache::node::{self, StartError};
+
+/// Runs a one-node cluster, writes some keys, stops it, and returns the data dir's parent.
+async fn data_dir_with_writes() -> (tempfile::TempDir, std::path::PathBuf) {
+    let mut cluster = TestCluster::start(1, &[]).await;
+    cluster.wait_for_leader().await;
+    for i in 0..50 {
+        cluster
+            .client(1)
+            .put(&format!("k{i}"), "v")
+            .await
+            .expect("put");
+    }
+    cluster.stop(1).await;
+    let dir = cluster.dir.path().join("node-1");
+    let keep = std::mem::replace(&mut cluster.dir, tempfile::TempDir::new().unwrap());
+    (keep, dir)
+}
+
+async fn start_on(dir: &Path, extra: &[&str]) -> Result<(), StartError> {
+    let mut args = vec![
+        "--listen=127.0.0.1:0".to_string(),
+        "--peer-listen=127.0.0.1:0".to_string(),
+        format!("--data-dir={}", dir.display()),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let node = node::start(NodeConfig::from_args(args).expect("flags")).await?;
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn expect_refusal(dir: &Path, extra: &[&str], says: &[&str]) {
+    let err = start_on(dir, extra)
+        .await
+        .expect_err("a damaged or foreign data dir must not start");
+    let message = err.to_string();
+    assert!(
+        message.contains(&dir.display().to_string()),
+        "message names the path: {message}"
+    );
+    for s in says {
+        assert!(message.contains(s), "message should say {s:?}: {message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_intact_data_dir_restarts() {
+    let (_keep, dir) = data_dir_with_writes().await;
+    start_on(&dir, &[])
+        .await
+        .expect("an intact data dir starts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_node_id_is_refused() {
+    let (_keep, dir) = data_dir_with_writes().await;
+    expect_refusal(&dir, &["--id=2"], &["belongs to node 1", "--id 1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_dir_of_another_cluster_is_refused() {
+    let (_keep, dir) = data_dir_with_writes().await;
+    let other = "--initial-cluster=1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3";
+    expect_refusal(&dir, &[other], &["belongs to cluster", "describes cluster"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_truncated_database_file_is_refused() {
+    let (_keep, dir) = data_dir_with_writes().await;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("db/db"))
+        .expect("sled file");
+    file.set_len(100).expect("truncate");
+    expect_refusal(
+        &dir,
+        &[],
+        &[
+            "is damaged",
+            "remove this node from the cluster and add a fresh one",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupted_database_file_is_refused() {
+    let (_keep, dir) = data_dir_with_writes().await;
+    let path = dir.join("db/db");
+    let mut bytes = std::fs::read(&path).expect("read sled file");
+    for i in (200..bytes.len()).step_by(7) {
+        bytes[i] ^= 0xff;
+    }
+    std::fs::write(&path, bytes).expect("write");
+    expect_refusal(&dir, &[], &["is damaged", "add a fresh one"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_database_is_refused() {
+    let (_keep, dir) = data_dir_with_writes().await;
+    std::fs::remove_dir_all(dir.join("db")).expect("remove db");
+    expect_refusal(&dir, &[], &["is damaged", "is missing"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_without_its_identity_file_is_refused() {
+    let (_keep, dir) = data_dir_with_writes().await;
+    std::fs::remove_file(dir.join("raftcache.json")).expect("remove identity");
+    expect_refusal(&dir, &[], &["is damaged", "raftcache.json"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_older_than_what_was_flushed_is_refused() {
+    let (_keep, dir) = data_dir_with_writes().await;
+    // Keep a copy of the database as it is, write more, then put the old copy back: sled
+    // opens it happily, but it lacks entries that were acknowledged.
+    let old = dir.parent().unwrap().join("db-old");
+    copy_dir(&dir.join("db"), &old);
+    {
+        let mut cluster_args = vec![];
+        cluster_args.push(format!("--data-dir={}", dir.display()));
+        let node = node::start(
+            NodeConfig::from_args([
+                "--listen=127.0.0.1:0",
+                "--peer-listen=127.0.0.1:0",
+                &cluster_args[0],
+            ])
+            .unwrap(),
+        )
+        .await
+        .expect("start");
+        node.raft()
+            .wait(Some(common::WAIT))
+            .current_leader(1, "leader")
+            .await
+            .expect("leader");
+        let addr = node.client_addr().to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut c =
+                raftcache::client::CacheClient::connect(&addr, std::time::Duration::from_secs(10))
+                    .unwrap();
+            for i in 0..20 {
+                c.put(&format!("later{i}"), "v").unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        node.shutdown().await;
+    }
+    std::fs::remove_dir_all(dir.join("db")).unwrap();
+    std::fs::rename(&old, dir.join("db")).unwrap();
+    expect_refusal(&dir, &[], &["is damaged", "were flushed"]).await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
