@@ -92,6 +92,11 @@ pub struct NodeConfig {
     #[arg(long, default_value_t = 50_000)]
     pub snapshot_every: u64,
 
+    /// Log entries kept behind a snapshot, so a follower that lags by less than this catches up
+    /// from the log instead of receiving a whole snapshot.
+    #[arg(long, default_value_t = 1000)]
+    pub snapshot_keep_log: u64,
+
     /// Largest piece of a snapshot sent to a follower in one RPC, in bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub snapshot_chunk_bytes: u64,

@@ -171,6 +171,7 @@ fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, StartError>
         install_snapshot_timeout: config.heartbeat_ms.max(1000),
         max_payload_entries: MAX_ENTRIES_PER_APPEND,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        max_in_snapshot_log_to_keep: config.snapshot_keep_log,
         snapshot_max_chunk_size: config.snapshot_chunk_bytes,
         ..Default::default()
     };

@@ -333,3 +333,70 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+    use crate::store::{self, StoreOptions};
+
+    fn image(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let pairs = pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        encode(&SnapshotImage { pairs })
+    }
+
+    #[tokio::test]
+    async fn an_install_interrupted_by_a_crash_is_finished_on_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = LogId::new(CommittedLeaderId::new(3, 1), 40);
+        let membership = StoredMembership::new(
+            Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
+            Membership::new(vec![Default::default()], None),
+        );
+        let meta = SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: membership,
+            snapshot_id: "test".into(),
+        };
+        let pairs: Vec<(String, String)> = (0..100)
+            .map(|i| (format!("k{i}"), format!("v{i}")))
+            .collect();
+        let refs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        {
+            let (_log, mut sm) = store::open(dir.path(), 1, None, &StoreOptions::default())
+                .await
+                .unwrap();
+            sm.install_snapshot(&meta, Box::new(Cursor::new(image(&refs))))
+                .await
+                .unwrap();
+            // Simulate a crash half-way through a (re)install: the marker is set, the data is
+            // half cleared, last_applied is stale.
+            sm.meta.insert(KEY_INSTALLING, b"test".as_slice()).unwrap();
+            for i in 0..50 {
+                sm.data.remove(format!("k{i}").as_bytes()).unwrap();
+            }
+            sm.meta
+                .insert(KEY_LAST_APPLIED, encode(&None::<LogId>))
+                .unwrap();
+            sm.db.flush().unwrap();
+        }
+        let (_log, mut sm) = store::open(dir.path(), 1, None, &StoreOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            !sm.meta.contains_key(KEY_INSTALLING).unwrap(),
+            "the install was finished"
+        );
+        assert_eq!(sm.reader().len(), 100);
+        assert_eq!(sm.reader().get("k7").unwrap().as_deref(), Some("v7"));
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(last));
+    }
+}

@@ -1,0 +1,89 @@
+//! Snapshots and log compaction: a follower that was down while the leader compacted its log
+//! past the follower's last entry catches up from a snapshot, and ends with the same data.
+
+mod common;
+
+use common::{phase, TestCluster, WAIT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    let mut cluster =
+        TestCluster::start(3, &["--snapshot-every=50", "--snapshot-keep-log=10"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let lagging = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster
+        .client(leader)
+        .put("before", "stop")
+        .await
+        .expect("put");
+    cluster
+        .wait_local_value(lagging, "before", Some("stop"))
+        .await;
+    let lagging_last = cluster
+        .node(lagging)
+        .raft()
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap_or(0);
+
+    phase("stop a follower, then write 400 entries one by one, with overwrites and removes");
+    cluster.stop(lagging).await;
+    let writer = cluster.client(leader);
+    for i in 0..400 {
+        writer
+            .put(&format!("k{}", i % 300), &format!("v{i}"))
+            .await
+            .expect("put");
+    }
+    for i in 0..20 {
+        assert!(writer.remove(&format!("k{i}")).await.expect("remove"));
+    }
+
+    phase("the leader has purged its log past the stopped follower's last entry");
+    let purged = cluster
+        .node(leader)
+        .raft()
+        .metrics()
+        .borrow()
+        .purged
+        .map(|p| p.index);
+    assert!(
+        purged.is_some_and(|p| p > lagging_last),
+        "leader purged up to {purged:?}; the follower holds up to {lagging_last}: the test would not need a snapshot"
+    );
+
+    phase("restart the follower: it installs a snapshot and catches up");
+    cluster.restart(lagging).await;
+    let leader_applied = cluster
+        .node(leader)
+        .raft()
+        .metrics()
+        .borrow()
+        .last_applied
+        .map(|l| l.index);
+    cluster
+        .node(lagging)
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.snapshot.is_some() && m.last_applied.map(|l| l.index) >= leader_applied,
+            "snapshot installed",
+        )
+        .await
+        .expect("the follower installs a snapshot and applies up to the leader's index");
+
+    phase("its local data equals the leader's, key by key");
+    let (ours, theirs) = (cluster.node(lagging).state(), cluster.node(leader).state());
+    for i in 0..300 {
+        let key = format!("k{i}");
+        assert_eq!(
+            ours.get(&key).unwrap(),
+            theirs.get(&key).unwrap(),
+            "key {key}"
+        );
+    }
+    assert_eq!(ours.len(), theirs.len());
+    assert_eq!(ours.get("k5").unwrap(), None, "a removed key stays removed");
+    assert_eq!(ours.get("k299").unwrap().as_deref(), Some("v299"));
+}
