@@ -36,7 +36,7 @@ type ThriftClient = RaftPeerSyncClient<
 /// lands on a connection the peer has already closed for idleness.
 const POOL_MAX_IDLE: Duration = Duration::from_secs(30);
 /// Idle connections kept per peer address.
-const POOL_MAX_PER_PEER: usize = 16;
+const POOL_MAX_PER_PEER: usize = 64;
 
 /// The peer RPC methods.
 #[derive(Debug, Clone, Copy)]
@@ -172,7 +172,7 @@ impl PeerClients {
         let mut pools = self.pools.lock().expect("pool lock");
         let pool = pools.get_mut(addr)?;
         while let Some(conn) = pool.pop() {
-            if conn.last_used.elapsed() < POOL_MAX_IDLE {
+            if conn.last_used.elapsed() < POOL_MAX_IDLE && still_open(&conn.stream) {
                 return Some(conn);
             }
         }
@@ -213,6 +213,19 @@ impl PeerClients {
             last_used: Instant::now(),
         })
     }
+}
+
+/// Whether an idle pooled connection can still carry a request: the peer has not closed it (a
+/// crashed or restarted peer leaves end-of-file behind) and sent nothing unasked. Sending on a
+/// closed connection would turn a request that was never delivered into one whose outcome is
+/// unknown.
+fn still_open(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let open =
+        matches!(stream.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    open && stream.set_nonblocking(false).is_ok()
 }
 
 /// openraft's view of the peer network: one `PeerConnection` per target node.
