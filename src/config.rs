@@ -81,11 +81,13 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
 
     /// Shortest time a follower waits without hearing from a leader before it calls an election.
-    #[arg(long, default_value_t = 750)]
+    #[arg(long, default_value_t = 500)]
     pub election_timeout_min_ms: u64,
 
-    /// Longest such time (each wait is random between the two).
-    #[arg(long, default_value_t = 1500)]
+    /// Longest such time (each wait is random between the two). openraft also uses it as the
+    /// leader lease: no vote is granted until this long after the last heartbeat, so it bounds
+    /// how fast a dead leader is replaced.
+    #[arg(long, default_value_t = 1000)]
     pub election_timeout_max_ms: u64,
 
     /// Build a snapshot (and compact the log behind it) every this many applied entries.
