@@ -56,6 +56,8 @@ struct NodeStatus {
     5: required i64 last_log_index,
     6: required i64 last_applied,
     7: required list<Member> members,
+    /// Log flushes (fsyncs) this node has made since it started.
+    8: optional i64 log_flushes,
 }
 
 service CacheService {

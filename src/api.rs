@@ -2,6 +2,7 @@
 //! limits, hands it to the router, and turns every error into a declared Thrift exception with a
 //! message a person can act on.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::ServerState;
@@ -29,6 +30,8 @@ pub struct CacheApi {
     limits: ApiLimits,
     /// Runs the router's async calls from the server's connection threads.
     runtime: Handle,
+    /// The log store's flush counter, reported by `status`.
+    flushes: Arc<AtomicU64>,
 }
 
 fn user_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> thrift::Error {
@@ -53,6 +56,7 @@ impl CacheApi {
         router: Arc<Router>,
         limits: ApiLimits,
         runtime: Handle,
+        flushes: Arc<AtomicU64>,
     ) -> Self {
         Self {
             id,
@@ -60,6 +64,7 @@ impl CacheApi {
             router,
             limits,
             runtime,
+            flushes,
         }
     }
 
@@ -134,7 +139,9 @@ impl CacheServiceSyncHandler for CacheApi {
     }
 
     fn handle_status(&self) -> thrift::Result<NodeStatus> {
-        Ok(node_status(self.id, &self.raft))
+        let mut status = node_status(self.id, &self.raft);
+        status.log_flushes = Some(self.flushes.load(Ordering::Relaxed) as i64);
+        Ok(status)
     }
 }
 
@@ -167,5 +174,6 @@ pub fn node_status(id: NodeId, raft: &Raft) -> NodeStatus {
         last_log_index: metrics.last_log_index.unwrap_or(0) as i64,
         last_applied: metrics.last_applied.map(|l| l.index).unwrap_or(0) as i64,
         members,
+        log_flushes: None,
     }
 }

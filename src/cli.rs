@@ -144,6 +144,7 @@ pub fn status_json(s: &NodeStatus) -> serde_json::Value {
         "last_log_index": s.last_log_index,
         "last_applied": s.last_applied,
         "members": members,
+        "log_flushes": s.log_flushes,
     })
 }
 

@@ -41,6 +41,8 @@ pub enum StartError {
 /// A running node. Stop it with `shutdown`.
 pub struct RunningNode {
     id: NodeId,
+    /// Log flushes made since start.
+    flushes: Arc<std::sync::atomic::AtomicU64>,
     raft: Raft,
     state: StateReader,
     db: sled::Db,
@@ -79,6 +81,7 @@ pub async fn start_with_listeners(
     )
     .await?;
     let db = log.db();
+    let flushes = log.flush_counter();
     let state = sm.reader();
 
     let peers = PeerClients::new(
@@ -131,7 +134,14 @@ pub async fn start_with_listeners(
         max_key_bytes: config.max_key_bytes,
         max_value_bytes: config.max_value_bytes,
     };
-    let api = CacheApi::new(id, raft.clone(), router, api_limits, runtime);
+    let api = CacheApi::new(
+        id,
+        raft.clone(),
+        router,
+        api_limits,
+        runtime,
+        flushes.clone(),
+    );
     let client_limits = ConnectionLimits {
         max_connections: config.max_connections,
         max_message_bytes: config.max_message_bytes,
@@ -153,6 +163,7 @@ pub async fn start_with_listeners(
     );
     Ok(RunningNode {
         id,
+        flushes,
         raft,
         state,
         db,
@@ -244,7 +255,9 @@ impl RunningNode {
     }
 
     pub fn status(&self) -> NodeStatus {
-        crate::api::node_status(self.id, &self.raft)
+        let mut status = crate::api::node_status(self.id, &self.raft);
+        status.log_flushes = Some(self.flushes.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        status
     }
 
     /// Stops the node: no new client requests, in-flight ones answered or failed, Raft stopped,

@@ -512,10 +512,11 @@ pub struct NodeStatus {
   pub last_log_index: i64,
   pub last_applied: i64,
   pub members: Vec<Member>,
+  pub log_flushes: Option<i64>,
 }
 
 impl NodeStatus {
-  pub fn new<F3>(id: i64, role: String, leader: F3, term: i64, last_log_index: i64, last_applied: i64, members: Vec<Member>) -> NodeStatus where F3: Into<Option<i64>> {
+  pub fn new<F3, F8>(id: i64, role: String, leader: F3, term: i64, last_log_index: i64, last_applied: i64, members: Vec<Member>, log_flushes: F8) -> NodeStatus where F3: Into<Option<i64>>, F8: Into<Option<i64>> {
     NodeStatus {
       id,
       role,
@@ -524,6 +525,7 @@ impl NodeStatus {
       last_log_index,
       last_applied,
       members,
+      log_flushes: log_flushes.into(),
     }
   }
 }
@@ -538,6 +540,7 @@ impl TSerializable for NodeStatus {
     let mut f_5: Option<i64> = None;
     let mut f_6: Option<i64> = None;
     let mut f_7: Option<Vec<Member>> = None;
+    let mut f_8: Option<i64> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -579,6 +582,10 @@ impl TSerializable for NodeStatus {
           i_prot.read_list_end()?;
           f_7 = Some(val);
         },
+        8 => {
+          let val = i_prot.read_i64()?;
+          f_8 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -600,6 +607,7 @@ impl TSerializable for NodeStatus {
       last_log_index: f_5.expect("auto-generated code should have checked for presence of required fields"),
       last_applied: f_6.expect("auto-generated code should have checked for presence of required fields"),
       members: f_7.expect("auto-generated code should have checked for presence of required fields"),
+      log_flushes: f_8,
     };
     Ok(ret)
   }
@@ -633,6 +641,11 @@ impl TSerializable for NodeStatus {
     }
     o_prot.write_list_end()?;
     o_prot.write_field_end()?;
+    if let Some(fld_var) = self.log_flushes {
+      o_prot.write_field_begin(&TFieldIdentifier::new("log_flushes", TType::I64, 8))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }

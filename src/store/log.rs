@@ -4,6 +4,8 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError};
@@ -24,6 +26,8 @@ pub struct LogStore {
     meta: sled::Tree,
     /// Records what each flush made durable, so damage is detected on the next open.
     watermark: Watermark,
+    /// Flushes made since the node started (reported by `status`).
+    flushes: Arc<AtomicU64>,
 }
 
 impl LogStore {
@@ -38,6 +42,7 @@ impl LogStore {
             log,
             meta,
             watermark,
+            flushes: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -83,7 +88,13 @@ impl LogStore {
 
     /// Makes everything written so far durable. Called before any write is reported done.
     async fn flush(&self) -> Result<(), sled::Error> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         self.db.flush_async().await.map(|_| ())
+    }
+
+    /// A counter of the flushes this store makes.
+    pub fn flush_counter(&self) -> Arc<AtomicU64> {
+        self.flushes.clone()
     }
 }
 
