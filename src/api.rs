@@ -2,7 +2,7 @@
 //! limits, hands it to the router, and turns every error into a declared Thrift exception with a
 //! message a person can act on.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use openraft::ServerState;
@@ -13,6 +13,7 @@ use crate::gen::cache::{
     KeyNotFound, Member, NodeStatus, ReadOptions, Unavailable,
 };
 use crate::router::{Consistency, RouteError, Router};
+use crate::store::FlushStats;
 use crate::types::{NodeId, Raft, Request, Response};
 
 /// Size limits on what a client may write.
@@ -31,7 +32,7 @@ pub struct CacheApi {
     /// Runs the router's async calls from the server's connection threads.
     runtime: Handle,
     /// The log store's flush counter, reported by `status`.
-    flushes: Arc<AtomicU64>,
+    flushes: Arc<FlushStats>,
 }
 
 fn user_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> thrift::Error {
@@ -56,7 +57,7 @@ impl CacheApi {
         router: Arc<Router>,
         limits: ApiLimits,
         runtime: Handle,
-        flushes: Arc<AtomicU64>,
+        flushes: Arc<FlushStats>,
     ) -> Self {
         Self {
             id,
@@ -140,7 +141,7 @@ impl CacheServiceSyncHandler for CacheApi {
 
     fn handle_status(&self) -> thrift::Result<NodeStatus> {
         let mut status = node_status(self.id, &self.raft);
-        status.log_flushes = Some(self.flushes.load(Ordering::Relaxed) as i64);
+        status.log_flushes = Some(self.flushes.count.load(Ordering::Relaxed) as i64);
         Ok(status)
     }
 }

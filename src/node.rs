@@ -1,6 +1,7 @@
 //! Wiring: everything one node is made of, put together in `start`.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
 use crate::proposer::{BatchLimits, Proposer};
 use crate::router::Router;
 use crate::server::{self, ConnectionLimits, ServerHandle};
-use crate::store::{self, OpenError, StateReader, StoreOptions};
+use crate::store::{self, FlushStats, OpenError, StateReader, StoreOptions};
 use crate::types::{Node, NodeId, Raft};
 
 /// Why a node could not start. Each message names what to change.
@@ -41,8 +42,8 @@ pub enum StartError {
 /// A running node. Stop it with `shutdown`.
 pub struct RunningNode {
     id: NodeId,
-    /// Log flushes made since start.
-    flushes: Arc<std::sync::atomic::AtomicU64>,
+    /// The log store's flush counters.
+    flushes: Arc<FlushStats>,
     raft: Raft,
     state: StateReader,
     db: sled::Db,
@@ -81,7 +82,7 @@ pub async fn start_with_listeners(
     )
     .await?;
     let db = log.db();
-    let flushes = log.flush_counter();
+    let flushes = log.flush_stats();
     let state = sm.reader();
 
     let peers = PeerClients::new(
@@ -256,22 +257,55 @@ impl RunningNode {
 
     pub fn status(&self) -> NodeStatus {
         let mut status = crate::api::node_status(self.id, &self.raft);
-        status.log_flushes = Some(self.flushes.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        status.log_flushes = Some(self.flushes.count.load(Ordering::Relaxed) as i64);
         status
     }
 
     /// Stops the node: no new client requests, in-flight ones answered or failed, Raft stopped,
-    /// everything flushed.
+    /// everything flushed. When it returns, nothing holds the data dir any more, so the same
+    /// data dir can be opened again (a restart in the same process).
     pub async fn shutdown(mut self) {
         tracing::info!(id = self.id, "node stopping");
         self.client_server.stop();
+        wait_until("client connections to finish", || {
+            self.client_server.drained()
+        })
+        .await;
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(id = self.id, error = %e, "raft did not stop cleanly");
         }
         self.peer_server.stop();
-        if let Err(e) = self.db.flush_async().await {
-            tracing::error!(id = self.id, error = %e, "final flush failed");
+        wait_until("peer connections to finish", || self.peer_server.drained()).await;
+        let flushes = self.flushes.clone();
+        wait_until("log flushes to finish", || {
+            flushes.in_flight.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        let db = self.db.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            let flushed = db.flush();
+            drop(db);
+            flushed
+        })
+        .await;
+        if !matches!(flushed, Ok(Ok(_))) {
+            tracing::error!(id = self.id, result = ?flushed, "final flush failed");
         }
         tracing::info!(id = self.id, "node stopped");
     }
 }
+
+/// Polls `done` until it holds, for at most `SHUTDOWN_WAIT`.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+    while !done() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("gave up waiting for {what} after {SHUTDOWN_WAIT:?}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Longest a shutdown step waits (a client request in flight may wait for its deadline).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);

@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,9 @@ pub struct ServerHandle {
     accept_thread: Option<JoinHandle<()>>,
     /// Open connections, so `stop` can end them.
     connections: Arc<Connections>,
+    /// Dead once the server and every connection thread are gone (and with them the processor
+    /// and whatever it holds, such as the node's storage).
+    alive: Weak<()>,
 }
 
 /// The sockets of open connections, by a per-server serial number.
@@ -85,6 +88,11 @@ impl ServerHandle {
         }
     }
 
+    /// Whether every connection thread has finished since `stop`.
+    pub fn drained(&self) -> bool {
+        self.alive.strong_count() == 0
+    }
+
     /// Number of connections open now.
     pub fn open_connections(&self) -> usize {
         self.connections
@@ -114,7 +122,9 @@ where
         processor,
         open: AtomicUsize::new(0),
         connections: connections.clone(),
+        alive: Arc::new(()),
     });
+    let alive = Arc::downgrade(&server.alive);
     let flag = stopping.clone();
     let accept_thread = std::thread::Builder::new()
         .name(format!("{name}-accept"))
@@ -124,6 +134,7 @@ where
         stopping,
         accept_thread: Some(accept_thread),
         connections,
+        alive,
     })
 }
 
@@ -137,6 +148,8 @@ struct Server<P> {
     open: AtomicUsize,
     /// Their sockets, shared with the handle for `stop`.
     connections: Arc<Connections>,
+    /// Held only here; the handle watches it to know when the server is gone.
+    alive: Arc<()>,
 }
 
 impl<P: TProcessor + Send + Sync + 'static> Server<P> {

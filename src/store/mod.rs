@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use integrity::{Identity, Watermark, FORMAT_VERSION};
 
 pub use integrity::fnv1a;
-pub use log::LogStore;
+pub use log::{FlushStats, LogStore};
 pub use state_machine::{StateMachine, StateReader};
 
 use crate::types::{NodeId, StorageError};
