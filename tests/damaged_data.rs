@@ -174,3 +174,11 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_dir_in_use_by_a_running_node_is_refused() {
+    let cluster = TestCluster::start(1, &[]).await;
+    cluster.wait_for_leader().await;
+    let dir = cluster.dir.path().join("node-1");
+    expect_refusal(&dir, &[], &["in use by another process", "--data-dir"]).await;
+}

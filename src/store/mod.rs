@@ -46,6 +46,9 @@ pub enum OpenError {
         found: String,
         expected: String,
     },
+    /// Another process holds the database.
+    #[error("the database {path} is in use by another process: is another raftcache node running with this --data-dir?")]
+    Locked { path: PathBuf },
     /// sled opened, but holds less than was flushed, or its files are missing or unreadable.
     #[error("the data directory {path} is damaged: {reason}. Do not serve from it: remove this node from the cluster and add a fresh one in its place (docs/durability.md)")]
     Damaged { path: PathBuf, reason: String },
@@ -90,17 +93,18 @@ pub async fn open(
     let fresh = check_identity(dir, &db_path, id, cluster_id)?;
     let (watermark, flushed) = Watermark::open(dir).map_err(|e| damaged(e.to_string()))?;
 
-    let config = sled::Config::new()
-        .path(&db_path)
-        .cache_capacity(opts.cache_capacity_bytes);
-    let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
-        .map_err(|_| {
+    let db = open_sled(&db_path, opts).await.map_err(|e| match e {
+        SledOpen::Panicked => {
             damaged("the database could not be read (sled failed while opening it)".into())
-        })?
-        .map_err(|source| OpenError::Sled {
+        }
+        SledOpen::Locked => OpenError::Locked {
+            path: db_path.clone(),
+        },
+        SledOpen::Failed(source) => OpenError::Sled {
             path: db_path.clone(),
             source,
-        })?;
+        },
+    })?;
     let open_tree = |name: &str| {
         db.open_tree(name).map_err(|source| OpenError::Sled {
             path: db_path.clone(),
@@ -140,6 +144,37 @@ pub async fn open(
     .await
     .map_err(storage)?;
     Ok((log, sm))
+}
+
+enum SledOpen {
+    Panicked,
+    Locked,
+    Failed(sled::Error),
+}
+
+/// How long to wait for sled's file lock: a node stopped in this same process (a restart in a
+/// test) releases it a moment after it stopped, when sled's last I/O thread lets go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens sled, waiting a little for its file lock, and never letting a panic inside sled out.
+async fn open_sled(db_path: &Path, opts: &StoreOptions) -> Result<sled::Db, SledOpen> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let config = sled::Config::new()
+            .path(db_path)
+            .cache_capacity(opts.cache_capacity_bytes);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+            Err(_) => return Err(SledOpen::Panicked),
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(SledOpen::Locked);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Ok(Err(e)) => return Err(SledOpen::Failed(e)),
+        }
+    }
 }
 
 /// Checks (or, for a fresh data dir, writes) the identity file. Returns whether the dir is fresh.
