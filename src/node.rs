@@ -107,8 +107,9 @@ pub async fn start_with_listeners(
         max_bytes: config.batch_max_bytes(),
         max_in_flight: config.batch_max_in_flight,
         max_pending: config.max_pending_writes,
+        forward_timeout: config.request_deadline(),
     };
-    let proposer = Proposer::spawn(id, raft.clone(), batch_limits);
+    let proposer = Proposer::spawn(id, raft.clone(), peers.clone(), batch_limits);
     let router = Arc::new(Router::new(
         id,
         raft.clone(),

@@ -1,19 +1,25 @@
-//! Group commit: writes that arrive on the leader while earlier ones are being committed are
-//! proposed to Raft together, as one log entry. openraft 0.9 appends each proposal and waits
-//! for its flush before it takes the next one, so without batching every client write costs
-//! its own fsync on the leader (and its own append on each follower); with it, one flush covers
-//! every write that queued up meanwhile, and throughput grows with the number of clients.
+//! Group commit: writes that arrive while earlier ones are being committed are proposed to
+//! Raft together, as one log entry. openraft 0.9 appends each proposal and waits for its flush
+//! before it takes the next one, so without batching every client write costs its own fsync on
+//! the leader (and its own append on each follower); with it, one flush covers every write that
+//! queued up meanwhile, and throughput grows with the number of clients.
+//!
+//! On a follower the same batch is forwarded to the leader in one peer call, where it joins the
+//! leader's own batching. Requests that arrived from a peer are never forwarded again, so two
+//! nodes with stale views of who leads cannot bounce them between each other.
 //!
 //! A batch is bounded by a number of requests and by bytes (never more than one maximal single
 //! write, so peer messages keep their bound). A few batches may be in flight at once, so the
 //! next batch is appended while the previous one is being replicated.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::network::ForwardError;
+use crate::network::{ForwardError, ForwardRequest, PeerClients, PeerError, PeerMethod};
 use crate::types::{Batch, NodeId, Raft, Request, Response};
 
 /// Bounds on proposal batching.
@@ -23,15 +29,30 @@ pub struct BatchLimits {
     pub max_requests: usize,
     /// Most bytes of requests in one log entry (one maximal write: key + value limits).
     pub max_bytes: usize,
-    /// Batches proposed but not yet committed, at most (`--batch-max-in-flight`).
+    /// Batches proposed or forwarded but not yet answered, at most (`--batch-max-in-flight`).
     pub max_in_flight: usize,
     /// Writes waiting to be batched, at most; more wait to enqueue (`--max-pending-writes`).
     pub max_pending: usize,
+    /// How long a batch forwarded to the leader may take (the request deadline).
+    pub forward_timeout: Duration,
 }
+
+/// Where a write came from, which decides whether it may be forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client of this node: forwarded to the leader if this node does not lead.
+    Client,
+    /// Forwarded here by a peer: proposed here or refused, never forwarded again.
+    Peer,
+}
+
+/// The answer to one proposed write.
+pub type Answer = oneshot::Receiver<Result<Response, ForwardError>>;
 
 /// A write waiting to be proposed, and where its answer goes.
 struct Pending {
     request: Request,
+    origin: Origin,
     reply: oneshot::Sender<Result<Response, ForwardError>>,
 }
 
@@ -41,48 +62,205 @@ pub struct Proposer {
     queue: mpsc::Sender<Pending>,
 }
 
+fn stopping() -> ForwardError {
+    ForwardError::Failed("this node is stopping".into())
+}
+
 impl Proposer {
     /// Starts the batching task for node `id`.
-    pub fn spawn(id: NodeId, raft: Raft, limits: BatchLimits) -> Self {
+    pub fn spawn(id: NodeId, raft: Raft, peers: Arc<PeerClients>, limits: BatchLimits) -> Self {
         let (queue, pending) = mpsc::channel(limits.max_pending.max(1));
-        tokio::spawn(run(id, raft, pending, limits));
+        let batcher = Batcher {
+            id,
+            raft,
+            peers,
+            limits,
+        };
+        tokio::spawn(batcher.run(pending));
         Self { queue }
     }
 
-    /// Proposes `request` and returns its result once its batch is committed and applied here.
-    pub async fn propose(&self, request: Request) -> Result<Response, ForwardError> {
-        let stopping = || ForwardError::Failed("this node is stopping".into());
+    /// Queues `request`; the answer arrives once its batch is committed and applied (here or on
+    /// the leader), or refused.
+    pub async fn submit(&self, request: Request, origin: Origin) -> Result<Answer, ForwardError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Pending { request, reply })
+            .send(Pending {
+                request,
+                origin,
+                reply,
+            })
             .await
             .map_err(|_| stopping())?;
-        answer.await.map_err(|_| stopping())?
+        Ok(answer)
+    }
+
+    /// Proposes `request` and waits for its answer.
+    pub async fn propose(
+        &self,
+        request: Request,
+        origin: Origin,
+    ) -> Result<Response, ForwardError> {
+        self.submit(request, origin)
+            .await?
+            .await
+            .map_err(|_| stopping())?
     }
 }
 
-async fn run(id: NodeId, raft: Raft, mut queue: mpsc::Receiver<Pending>, limits: BatchLimits) {
-    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
-    let mut carried: Option<Pending> = None;
-    loop {
-        let first = match carried.take() {
-            Some(pending) => pending,
-            None => match queue.recv().await {
+/// The task that turns queued writes into batches.
+struct Batcher {
+    id: NodeId,
+    raft: Raft,
+    peers: Arc<PeerClients>,
+    limits: BatchLimits,
+}
+
+impl Batcher {
+    async fn run(self, mut queue: mpsc::Receiver<Pending>) {
+        let this = Arc::new(self);
+        let in_flight = Arc::new(Semaphore::new(this.limits.max_in_flight.max(1)));
+        let mut carried: Option<Pending> = None;
+        loop {
+            let first = match carried.take() {
                 Some(pending) => pending,
-                None => return,
-            },
+                None => match queue.recv().await {
+                    Some(pending) => pending,
+                    None => return,
+                },
+            };
+            // Waiting for a slot is what lets the next batch grow.
+            let Ok(slot) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let (batch, rest) = take_batch(first, &mut queue, &this.limits);
+            carried = rest;
+            let this = this.clone();
+            tokio::spawn(async move {
+                this.dispatch(batch).await;
+                drop(slot);
+            });
+        }
+    }
+
+    /// Proposes the batch if this node leads, else forwards what may be forwarded.
+    async fn dispatch(&self, batch: Vec<Pending>) {
+        let (leader, state) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.current_leader, m.state)
         };
-        // Waiting for a slot is what lets the next batch grow.
-        let Ok(slot) = in_flight.clone().acquire_owned().await else {
-            return;
+        if leader == Some(self.id) && state == ServerState::Leader {
+            return self.commit(batch).await;
+        }
+        let (forward, refuse): (Vec<Pending>, Vec<Pending>) =
+            batch.into_iter().partition(|p| p.origin == Origin::Client);
+        for pending in refuse {
+            let _ = pending.reply.send(Err(ForwardError::NotLeader { leader }));
+        }
+        match leader {
+            Some(leader) if leader != self.id && !forward.is_empty() => {
+                self.forward(leader, forward).await
+            }
+            _ => {
+                for pending in forward {
+                    let _ = pending.reply.send(Err(ForwardError::NotLeader { leader }));
+                }
+            }
+        }
+    }
+
+    async fn commit(&self, batch: Vec<Pending>) {
+        let (requests, replies): (Vec<Request>, Vec<_>) =
+            batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+        let count = requests.len();
+        match self.raft.client_write(Batch { requests }).await {
+            Ok(written) => {
+                let responses = written.data.responses;
+                assert_eq!(
+                    responses.len(),
+                    count,
+                    "the state machine answers every request of a batch"
+                );
+                for (reply, response) in replies.into_iter().zip(responses) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Err(e) => {
+                let error = match e {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                        ForwardError::NotLeader {
+                            leader: f.leader_id,
+                        }
+                    }
+                    RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                        ForwardError::Failed(e.to_string())
+                    }
+                    RaftError::Fatal(e) => {
+                        ForwardError::Failed(format!("node {} is stopping: {e}", self.id))
+                    }
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    /// Sends the batch to the leader in one peer call and hands each request its answer.
+    async fn forward(&self, leader: NodeId, batch: Vec<Pending>) {
+        let (requests, replies): (Vec<Request>, Vec<_>) =
+            batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+        let count = requests.len();
+        let addr = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.peer_addr.clone())
         };
-        let (batch, rest) = take_batch(first, &mut queue, &limits);
-        carried = rest;
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            commit(id, &raft, batch).await;
-            drop(slot);
-        });
+        let answers: Result<Vec<Result<Response, ForwardError>>, ForwardError> = match addr {
+            None => Err(ForwardError::TryAgain(format!(
+                "leader {leader} is not in this node's membership yet"
+            ))),
+            Some(addr) => {
+                let request = ForwardRequest {
+                    requests,
+                    deadline_ms: self.limits.forward_timeout.as_millis() as u64,
+                };
+                // A little longer than the leader's own deadline, so its answer can arrive.
+                let timeout = self.limits.forward_timeout + Duration::from_millis(500);
+                match self.peers.rpc(leader, &addr, PeerMethod::Forward, &request, timeout).await {
+                    Ok(answers) => Ok(answers),
+                    Err(e @ PeerError::Unreachable { .. }) => Err(ForwardError::TryAgain(e.to_string())),
+                    Err(e @ PeerError::NoAnswer { .. }) => Err(ForwardError::Failed(format!(
+                        "lost contact with the leader after sending the request; it may or may not have been applied: {e}"
+                    ))),
+                }
+            }
+        };
+        match answers {
+            Ok(answers) if answers.len() == count => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
+                }
+            }
+            Ok(answers) => {
+                let e = ForwardError::Failed(format!(
+                    "the leader answered {} of {count} forwarded writes",
+                    answers.len()
+                ));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -107,41 +285,6 @@ fn take_batch(
     (batch, None)
 }
 
-async fn commit(id: NodeId, raft: &Raft, batch: Vec<Pending>) {
-    let (requests, replies): (Vec<Request>, Vec<_>) =
-        batch.into_iter().map(|p| (p.request, p.reply)).unzip();
-    let count = requests.len();
-    match raft.client_write(Batch { requests }).await {
-        Ok(written) => {
-            let responses = written.data.responses;
-            assert_eq!(
-                responses.len(),
-                count,
-                "the state machine answers every request of a batch"
-            );
-            for (reply, response) in replies.into_iter().zip(responses) {
-                let _ = reply.send(Ok(response));
-            }
-        }
-        Err(e) => {
-            let error = match e {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                    ForwardError::NotLeader {
-                        leader: f.leader_id,
-                    }
-                }
-                RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                    ForwardError::Failed(e.to_string())
-                }
-                RaftError::Fatal(e) => ForwardError::Failed(format!("node {id} is stopping: {e}")),
-            };
-            for reply in replies {
-                let _ = reply.send(Err(error.clone()));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +296,7 @@ mod tests {
                 key: key.into(),
                 value: "v".repeat(value_len),
             },
+            origin: Origin::Client,
             reply,
         }
     }
@@ -163,6 +307,7 @@ mod tests {
             max_bytes,
             max_in_flight: 1,
             max_pending: 64,
+            forward_timeout: Duration::from_secs(1),
         }
     }
 

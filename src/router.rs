@@ -3,9 +3,9 @@
 //! - A local read is answered from this replica's state machine.
 //! - A linearizable read gets a read index (from openraft if this node leads, else from the
 //!   leader over the peer RPC), waits until this replica has applied it, then reads locally.
-//! - A write is proposed to openraft if this node leads, else forwarded to the leader, whose
-//!   answer is returned. While no leader is known the router waits for one, up to the request
-//!   deadline, then answers `Unavailable`.
+//! - A write goes to the proposer, which batches it and proposes it to openraft if this node
+//!   leads, or forwards the batch to the leader (`proposer.rs`). While no leader is known the
+//!   router waits for one, up to the request deadline, then answers `Unavailable`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +13,8 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::time::Instant;
 
-use crate::network::PeerMethod as Method;
-use crate::network::{ForwardError, ForwardRequest, PeerClients, PeerError};
-use crate::proposer::Proposer;
+use crate::network::{ForwardError, PeerClients, PeerMethod};
+use crate::proposer::{Origin, Proposer};
 use crate::store::StateReader;
 use crate::types::{NodeId, Raft, Request, Response};
 
@@ -40,15 +39,6 @@ pub enum RouteError {
     Storage(String),
 }
 
-/// Whether a request to the leader that got no answer may be sent again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// Reads: asking again changes nothing.
-    Safe,
-    /// Writes: only a request that was never delivered is sent again.
-    OnlyIfUndelivered,
-}
-
 /// Longest wait between two attempts while no leader is known.
 const LEADER_POLL: Duration = Duration::from_millis(100);
 
@@ -58,7 +48,7 @@ pub struct Router {
     raft: Raft,
     state: StateReader,
     peers: Arc<PeerClients>,
-    /// Batches this node's proposals (group commit).
+    /// Batches this node's writes (group commit) and forwards them when it does not lead.
     proposer: Proposer,
     /// How long a request may wait for a leader, a quorum or a catch-up.
     request_deadline: Duration,
@@ -91,8 +81,7 @@ impl Router {
     ) -> Result<Option<String>, RouteError> {
         if consistency == Consistency::Linearizable {
             let deadline = Instant::now() + self.request_deadline;
-            let index = self.read_index(deadline).await?;
-            if let Some(index) = index {
+            if let Some(index) = self.read_index(deadline).await? {
                 let wait = deadline.saturating_duration_since(Instant::now());
                 self.raft
                     .wait(Some(wait))
@@ -110,8 +99,8 @@ impl Router {
             .map_err(|e| RouteError::Storage(e.to_string()))
     }
 
-    /// Proposes a write through Raft, on this node or on the leader, and returns its result once
-    /// it is committed on a majority and applied.
+    /// Proposes a write through Raft (here, or on the leader) and returns its result once it is
+    /// committed on a majority and applied.
     pub async fn write(&self, request: Request) -> Result<Response, RouteError> {
         let deadline = Instant::now() + self.request_deadline;
         let mut last_reason = String::from("no leader");
@@ -123,35 +112,49 @@ impl Router {
                     self.request_deadline.as_millis()
                 )));
             }
-            let outcome = match self.write_as_leader(request.clone(), remaining).await {
-                Err(ForwardError::NotLeader {
-                    leader: Some(leader),
-                }) if leader != self.id => self.forward(leader, &request, remaining).await,
-                other => other,
-            };
-            match outcome {
-                Ok(response) => return Ok(response),
-                Err(ForwardError::Failed(reason)) => return Err(RouteError::Unavailable(reason)),
-                Err(e) => last_reason = e.to_string(),
+            let proposed = self.proposer.propose(request.clone(), Origin::Client);
+            match tokio::time::timeout(remaining, proposed).await {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(ForwardError::Failed(reason))) => {
+                    return Err(RouteError::Unavailable(reason))
+                }
+                Ok(Err(e)) => last_reason = e.to_string(),
+                Err(_) => {
+                    return Err(RouteError::Unavailable(not_committed(
+                        self.request_deadline,
+                    )))
+                }
             }
             self.wait_for_change(deadline).await;
         }
     }
 
-    /// Proposes `request` on this node only. Used for local writes and for writes forwarded by
-    /// followers; never forwards again, so two nodes with stale views cannot bounce a request.
-    pub async fn write_as_leader(
+    /// Proposes writes a follower forwarded, on this node only, and answers each one in order.
+    pub async fn write_forwarded(
         &self,
-        request: Request,
+        requests: Vec<Request>,
         deadline: Duration,
-    ) -> Result<Response, ForwardError> {
-        match tokio::time::timeout(deadline, self.proposer.propose(request)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(ForwardError::Failed(format!(
-                "the write was proposed but not committed within the request deadline of {} ms (no quorum?); it may or may not be applied",
-                deadline.as_millis()
-            ))),
+    ) -> Vec<Result<Response, ForwardError>> {
+        let until = Instant::now() + deadline;
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in requests {
+            answers.push(self.proposer.submit(request, Origin::Peer).await);
         }
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(match answer {
+                Ok(answer) => match tokio::time::timeout_at(until, answer).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(ForwardError::Failed(format!(
+                        "node {} is stopping",
+                        self.id
+                    ))),
+                    Err(_) => Err(ForwardError::Failed(not_committed(deadline))),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        results
     }
 
     /// The read index for a linearizable read, if this node leads.
@@ -180,11 +183,7 @@ impl Router {
             let outcome = match self.read_index_as_leader().await {
                 Err(ForwardError::NotLeader {
                     leader: Some(leader),
-                }) if leader != self.id => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    self.ask_leader(leader, Method::ReadIndex, &(), remaining, Retry::Safe)
-                        .await
-                }
+                }) if leader != self.id => self.ask_leader_for_read_index(leader, deadline).await,
                 other => other,
             };
             match outcome {
@@ -202,55 +201,31 @@ impl Router {
         }
     }
 
-    async fn forward(
+    /// Asks the leader for a read index. Asking again is always safe, so a request that got no
+    /// answer is simply retried.
+    async fn ask_leader_for_read_index(
         &self,
         leader: NodeId,
-        request: &Request,
-        remaining: Duration,
-    ) -> Result<Response, ForwardError> {
-        let forward = ForwardRequest {
-            request: request.clone(),
-            deadline_ms: remaining.as_millis() as u64,
-        };
-        self.ask_leader(
-            leader,
-            Method::Forward,
-            &forward,
-            remaining,
-            Retry::OnlyIfUndelivered,
-        )
-        .await
-    }
-
-    /// Sends a request to the leader. A request that never left this node may always be retried;
-    /// a write that got no answer may have been carried out, so its caller is told the outcome
-    /// is unknown, while a read-index request can simply be asked again.
-    async fn ask_leader<Req, Resp>(
-        &self,
-        leader: NodeId,
-        method: Method,
-        request: &Req,
-        remaining: Duration,
-        retry: Retry,
-    ) -> Result<Resp, ForwardError>
-    where
-        Req: serde::Serialize,
-        Resp: serde::de::DeserializeOwned,
-    {
+        deadline: Instant,
+    ) -> Result<Option<u64>, ForwardError> {
         let Some(addr) = self.peer_addr(leader) else {
             return Err(ForwardError::TryAgain(format!(
                 "leader {leader} is not in this node's membership yet"
             )));
         };
-        // A little longer than the leader's own deadline, so its answer can arrive.
-        let timeout = remaining + Duration::from_millis(500);
-        match self.peers.rpc::<Req, Result<Resp, ForwardError>>(leader, &addr, method, request, timeout).await {
+        // A little longer than the leader's own wait, so its answer can arrive.
+        let timeout =
+            deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
+        let asked = self.peers.rpc::<(), Result<Option<u64>, ForwardError>>(
+            leader,
+            &addr,
+            PeerMethod::ReadIndex,
+            &(),
+            timeout,
+        );
+        match asked.await {
             Ok(answer) => answer,
-            Err(e @ PeerError::Unreachable { .. }) => Err(ForwardError::TryAgain(e.to_string())),
-            Err(e @ PeerError::NoAnswer { .. }) if retry == Retry::Safe => Err(ForwardError::TryAgain(e.to_string())),
-            Err(e @ PeerError::NoAnswer { .. }) => Err(ForwardError::Failed(format!(
-                "lost contact with the leader after sending the request; it may or may not have been applied: {e}"
-            ))),
+            Err(e) => Err(ForwardError::TryAgain(e.to_string())),
         }
     }
 
@@ -270,4 +245,11 @@ impl Router {
         let until = deadline.min(Instant::now() + LEADER_POLL);
         let _ = tokio::time::timeout_at(until, metrics.changed()).await;
     }
+}
+
+fn not_committed(deadline: Duration) -> String {
+    format!(
+        "the write was proposed but not committed within the request deadline of {} ms (no quorum?); it may or may not be applied",
+        deadline.as_millis()
+    )
 }

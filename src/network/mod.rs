@@ -20,11 +20,12 @@ pub use service::PeerService;
 
 use crate::types::{NodeId, Request};
 
-/// A write forwarded from a follower to the leader.
+/// Writes forwarded from a follower to the leader, answered one by one (in order): some
+/// requests of a forwarded batch may be applied while others are refused.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ForwardRequest {
-    pub request: Request,
-    /// How long the leader may spend on it, in milliseconds (the rest of the client's deadline).
+    pub requests: Vec<Request>,
+    /// How long the leader may spend on them, in milliseconds.
     pub deadline_ms: u64,
 }
 

@@ -65,14 +65,14 @@ impl RaftPeerSyncHandler for PeerService {
 
     fn handle_forward(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
         let ForwardRequest {
-            request,
+            requests,
             deadline_ms,
         } = decode(&request)?;
         let deadline = Duration::from_millis(deadline_ms);
         encode(
             &self
                 .runtime
-                .block_on(self.router.write_as_leader(request, deadline)),
+                .block_on(self.router.write_forwarded(requests, deadline)),
         )
     }
 
