@@ -6,6 +6,7 @@
 
 mod integrity;
 mod log;
+mod snapshot;
 mod state_machine;
 
 use std::path::{Path, PathBuf};

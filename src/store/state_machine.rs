@@ -7,16 +7,15 @@
 //! then renamed). Installing a snapshot received from the leader is recorded in `sm_meta` first,
 //! so a crash half-way through an install is finished from the snapshot file on the next start.
 
-use std::io::{Cursor, Write};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use super::{decode, encode};
+use super::{decode, encode, snapshot};
 use crate::types::{
     BatchResponse, Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
@@ -26,7 +25,6 @@ const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 /// Present while a received snapshot is being installed into `sm_data`.
 const KEY_INSTALLING: &[u8] = b"installing_snapshot";
-const SNAPSHOT_FILE: &str = "current";
 
 /// A read-only handle on the replica's data, for serving local reads.
 #[derive(Clone)]
@@ -59,20 +57,12 @@ pub struct StateMachine {
     data: sled::Tree,
     meta: sled::Tree,
     snapshot_dir: PathBuf,
+    /// The file the snapshot being received from the leader is written to.
+    receiving: Option<PathBuf>,
 }
 
-/// A snapshot file: its metadata and the encoded `SnapshotImage`.
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
-}
-
-/// The whole cache at one log index: the bytes a snapshot carries.
-#[derive(Serialize, Deserialize)]
-struct SnapshotImage {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
-}
+/// Keys written to `sm_data` per sled batch when installing a snapshot.
+const INSTALL_CHUNK: usize = 4096;
 
 impl StateMachine {
     pub(super) async fn open(
@@ -81,13 +71,16 @@ impl StateMachine {
         meta: sled::Tree,
         snapshot_dir: PathBuf,
     ) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(&snapshot_dir)
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let io_err =
+            |e: std::io::Error| -> StorageError { StorageIOError::write_snapshot(None, &e).into() };
+        std::fs::create_dir_all(&snapshot_dir).map_err(io_err)?;
+        snapshot::remove_temporaries(&snapshot_dir).map_err(io_err)?;
         let mut sm = Self {
             db,
             data,
             meta,
             snapshot_dir,
+            receiving: None,
         };
         if sm
             .meta
@@ -97,13 +90,10 @@ impl StateMachine {
             tracing::warn!(
                 "a snapshot install was interrupted; installing it again from the snapshot file"
             );
-            let file = sm.read_snapshot_file()?.ok_or_else(|| {
-                StorageIOError::read_snapshot(
-                    None,
-                    &std::io::Error::other("interrupted install but no snapshot file"),
-                )
-            })?;
-            sm.install_image(&file.meta, &file.data)?;
+            let current = sm.snapshot_dir.join(snapshot::CURRENT);
+            let meta = snapshot::read_meta(&current)
+                .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+            sm.install_current(&meta)?;
         }
         Ok(sm)
     }
@@ -128,58 +118,57 @@ impl StateMachine {
             .map_err(|e| StorageIOError::read_state_machine(&e).into())
     }
 
-    fn snapshot_path(&self) -> PathBuf {
-        self.snapshot_dir.join(SNAPSHOT_FILE)
-    }
-
-    fn read_snapshot_file(&self) -> Result<Option<SnapshotFile>, StorageError> {
-        let raw = match std::fs::read(self.snapshot_path()) {
-            Ok(raw) => raw,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+    /// Replaces the whole state with the current snapshot file, streaming it in chunks. The file
+    /// is checked whole first; the install is marked in `sm_meta` (and flushed) before `sm_data`
+    /// is touched, and unmarked in the same batch that records the new `last_applied`.
+    fn install_current(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
+        let path = self.snapshot_dir.join(snapshot::CURRENT);
+        let read_err = |e: std::io::Error| -> StorageError {
+            StorageIOError::read_snapshot(Some(meta.signature()), &e).into()
         };
-        decode(&raw)
-            .map(Some)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
-    }
-
-    /// Replaces the whole state with a snapshot image. Marked in `sm_meta` (and flushed) before
-    /// `sm_data` is touched, and unmarked in the same batch that records the new `last_applied`.
-    fn install_image(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         let write_err =
-            |e: &sled::Error| -> StorageError { StorageIOError::write_state_machine(e).into() };
-        let image: SnapshotImage =
-            decode(data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+            |e: sled::Error| -> StorageError { StorageIOError::write_state_machine(&e).into() };
+        snapshot::verify(&path).map_err(read_err)?;
         self.meta
             .insert(KEY_INSTALLING, meta.snapshot_id.as_bytes())
-            .map_err(|e| write_err(&e))?;
-        self.db.flush().map_err(|e| write_err(&e))?;
-        self.data.clear().map_err(|e| write_err(&e))?;
-        for chunk in image.pairs.chunks(4096) {
+            .map_err(write_err)?;
+        self.db.flush().map_err(write_err)?;
+        self.data.clear().map_err(write_err)?;
+        let data = &self.data;
+        let records = snapshot::for_each_chunk(&path, INSTALL_CHUNK, |pairs| {
             let mut batch = sled::Batch::default();
-            for (k, v) in chunk {
-                batch.insert(k.as_slice(), v.as_slice());
+            for (k, v) in pairs {
+                batch.insert(k, v);
             }
-            self.data.apply_batch(batch).map_err(|e| write_err(&e))?;
-        }
+            data.apply_batch(batch)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .map_err(read_err)?;
         let mut batch = sled::Batch::default();
         batch.insert(KEY_LAST_APPLIED, encode(&meta.last_log_id));
         batch.insert(KEY_MEMBERSHIP, encode(&meta.last_membership));
         batch.remove(KEY_INSTALLING);
-        self.meta.apply_batch(batch).map_err(|e| write_err(&e))?;
-        self.db.flush().map_err(|e| write_err(&e))?;
+        self.meta.apply_batch(batch).map_err(write_err)?;
+        self.db.flush().map_err(write_err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, records, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot installed");
         Ok(())
     }
-}
 
-/// Writes a snapshot file atomically: temp file, fsync, rename, fsync of the directory.
-fn write_snapshot_file(dir: &std::path::Path, file: &SnapshotFile) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&encode(file))?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    fn open_current(&self) -> Result<Option<Snapshot>, StorageError> {
+        let path = self.snapshot_dir.join(snapshot::CURRENT);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let read_err =
+            |e: std::io::Error| -> StorageError { StorageIOError::read_snapshot(None, &e).into() };
+        let meta = snapshot::read_meta(&path).map_err(read_err)?;
+        let file = std::fs::File::open(&path).map_err(read_err)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
+    }
 }
 
 /// Applies entries in a single transaction and returns one response per entry.
@@ -251,85 +240,139 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // openraft calls this between applies, so copying here reads one consistent state.
-        // The copy pauses applies for as long as it takes (see docs/durability.md).
-        let (last_applied, membership) = self.applied_state().await.unwrap_or_default();
-        let pairs = self
-            .data
-            .iter()
-            .filter_map(|kv| kv.ok())
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect();
+        // openraft calls this between applies, so streaming the data tree to a file here reads
+        // one consistent state. Applies wait meanwhile: the pause grows with the data size and is
+        // logged (docs/durability.md). Memory stays bounded by the file buffer.
+        let started = std::time::Instant::now();
+        let path = snapshot::temp_path(&self.snapshot_dir, "building");
+        let built = match self.applied_state().await {
+            Ok((last_applied, membership)) => {
+                let nanos = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let snapshot_id = match last_applied {
+                    Some(id) => format!(
+                        "{}-{}-{}-{nanos}",
+                        id.leader_id.term, id.leader_id.node_id, id.index
+                    ),
+                    None => format!("empty-{nanos}"),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: last_applied,
+                    last_membership: membership,
+                    snapshot_id,
+                };
+                snapshot::write(&path, &meta, self.data.iter())
+                    .map(|(records, bytes)| {
+                        let paused_ms = started.elapsed().as_millis() as u64;
+                        tracing::info!(snapshot = %meta.snapshot_id, records, bytes, paused_ms, "snapshot written; applies were paused meanwhile");
+                        meta
+                    })
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
         SnapshotBuilder {
-            last_applied,
-            membership,
-            image: SnapshotImage { pairs },
+            built,
+            path,
             snapshot_dir: self.snapshot_dir.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = snapshot::temp_path(&self.snapshot_dir, "receiving");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        if let Some(stale) = self.receiving.replace(path) {
+            let _ = std::fs::remove_file(stale);
+        }
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data: snapshot.into_inner(),
+        let write_err = |e: std::io::Error| -> StorageError {
+            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
         };
-        // The file first: it is what an interrupted install is finished from.
-        write_snapshot_file(&self.snapshot_dir, &file)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.install_image(&file.meta, &file.data)
+        let mut file = *snapshot;
+        file.flush().await.map_err(write_err)?;
+        let received = match self.receiving.take() {
+            // The file handed back is the one `begin_receiving_snapshot` created: use it in place.
+            Some(path) if same_file(&file, &path).await => {
+                file.sync_all().await.map_err(write_err)?;
+                path
+            }
+            // Any other snapshot data: copy it (streaming) into a file of our own.
+            stale => {
+                if let Some(stale) = stale {
+                    let _ = std::fs::remove_file(stale);
+                }
+                let path = snapshot::temp_path(&self.snapshot_dir, "receiving");
+                file.seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(write_err)?;
+                let mut copy = tokio::fs::File::create(&path).await.map_err(write_err)?;
+                tokio::io::copy(&mut file, &mut copy)
+                    .await
+                    .map_err(write_err)?;
+                copy.sync_all().await.map_err(write_err)?;
+                path
+            }
+        };
+        drop(file);
+        // Checked before it replaces the current snapshot, so a cut-short transfer changes nothing.
+        snapshot::verify(&received).map_err(write_err)?;
+        snapshot::publish(&self.snapshot_dir, &received).map_err(write_err)?;
+        self.install_current(meta)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(self.read_snapshot_file()?.map(|file| Snapshot {
-            meta: file.meta,
-            snapshot: Box::new(Cursor::new(file.data)),
-        }))
+        self.open_current()
     }
 }
 
-/// Builds a snapshot from a copy of the state taken in `get_snapshot_builder`.
+/// Whether `file` is the file at `path` (same device and inode).
+async fn same_file(file: &tokio::fs::File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata().await, tokio::fs::metadata(path).await) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Publishes the snapshot file written in `get_snapshot_builder`.
 pub struct SnapshotBuilder {
-    last_applied: Option<LogId>,
-    membership: StoredMembership,
-    image: SnapshotImage,
+    /// The snapshot's metadata, or why writing it failed.
+    built: Result<SnapshotMeta, String>,
+    path: PathBuf,
     snapshot_dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let snapshot_id = match self.last_applied {
-            Some(id) => format!(
-                "{}-{}-{}-{nanos}",
-                id.leader_id.term, id.leader_id.node_id, id.index
-            ),
-            None => format!("empty-{nanos}"),
+        let meta = self
+            .built
+            .clone()
+            .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e)))?;
+        let write_err = |e: std::io::Error| -> StorageError {
+            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
         };
-        let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.membership.clone(),
-            snapshot_id,
-        };
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data: encode(&self.image),
-        };
-        write_snapshot_file(&self.snapshot_dir, &file)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        snapshot::publish(&self.snapshot_dir, &self.path).map_err(write_err)?;
+        let file =
+            std::fs::File::open(self.snapshot_dir.join(snapshot::CURRENT)).map_err(write_err)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(file.data)),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
@@ -341,45 +384,51 @@ mod tests {
     use super::*;
     use crate::store::{self, StoreOptions};
 
-    fn image(pairs: &[(&str, &str)]) -> Vec<u8> {
-        let pairs = pairs
-            .iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-            .collect();
-        encode(&SnapshotImage { pairs })
+    fn meta() -> SnapshotMeta {
+        let membership = StoredMembership::new(
+            Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
+            Membership::new(vec![Default::default()], None),
+        );
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 40)),
+            last_membership: membership,
+            snapshot_id: "test".into(),
+        }
+    }
+
+    /// The bytes of a snapshot of `n` keys, as a leader would send them.
+    fn snapshot_bytes(dir: &std::path::Path, n: usize) -> Vec<u8> {
+        let path = dir.join("source");
+        let pairs = (0..n).map(|i| {
+            Ok((
+                sled::IVec::from(format!("k{i}").as_bytes()),
+                sled::IVec::from(format!("v{i}").as_bytes()),
+            ))
+        });
+        snapshot::write(&path, &meta(), pairs).unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    async fn receive(sm: &mut StateMachine, bytes: &[u8]) -> Result<(), StorageError> {
+        let mut file = sm.begin_receiving_snapshot().await.unwrap();
+        file.write_all(bytes).await.unwrap();
+        sm.install_snapshot(&meta(), file).await
     }
 
     #[tokio::test]
     async fn an_install_interrupted_by_a_crash_is_finished_on_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
-        let last = LogId::new(CommittedLeaderId::new(3, 1), 40);
-        let membership = StoredMembership::new(
-            Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
-            Membership::new(vec![Default::default()], None),
-        );
-        let meta = SnapshotMeta {
-            last_log_id: Some(last),
-            last_membership: membership,
-            snapshot_id: "test".into(),
-        };
-        let pairs: Vec<(String, String)> = (0..100)
-            .map(|i| (format!("k{i}"), format!("v{i}")))
-            .collect();
-        let refs: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let bytes = snapshot_bytes(dir.path(), 10_000);
         {
-            let (_log, mut sm) = store::open(dir.path(), 1, None, &StoreOptions::default())
-                .await
-                .unwrap();
-            sm.install_snapshot(&meta, Box::new(Cursor::new(image(&refs))))
-                .await
-                .unwrap();
+            let (_log, mut sm) =
+                store::open(&dir.path().join("node"), 1, None, &StoreOptions::default())
+                    .await
+                    .unwrap();
+            receive(&mut sm, &bytes).await.unwrap();
             // Simulate a crash half-way through a (re)install: the marker is set, the data is
             // half cleared, last_applied is stale.
             sm.meta.insert(KEY_INSTALLING, b"test".as_slice()).unwrap();
-            for i in 0..50 {
+            for i in 0..5000 {
                 sm.data.remove(format!("k{i}").as_bytes()).unwrap();
             }
             sm.meta
@@ -387,16 +436,63 @@ mod tests {
                 .unwrap();
             sm.db.flush().unwrap();
         }
-        let (_log, mut sm) = store::open(dir.path(), 1, None, &StoreOptions::default())
-            .await
-            .unwrap();
+        let (_log, mut sm) =
+            store::open(&dir.path().join("node"), 1, None, &StoreOptions::default())
+                .await
+                .unwrap();
         assert!(
             !sm.meta.contains_key(KEY_INSTALLING).unwrap(),
             "the install was finished"
         );
-        assert_eq!(sm.reader().len(), 100);
+        assert_eq!(sm.reader().len(), 10_000);
         assert_eq!(sm.reader().get("k7").unwrap().as_deref(), Some("v7"));
         let (applied, _) = sm.applied_state().await.unwrap();
-        assert_eq!(applied, Some(last));
+        assert_eq!(applied, meta().last_log_id);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_cut_short_in_transfer_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = snapshot_bytes(dir.path(), 1000);
+        let (_log, mut sm) =
+            store::open(&dir.path().join("node"), 1, None, &StoreOptions::default())
+                .await
+                .unwrap();
+        sm.data.insert("mine", "kept").unwrap();
+        let cut = &bytes[..bytes.len() - 100];
+        assert!(
+            receive(&mut sm, cut).await.is_err(),
+            "a truncated snapshot must not install"
+        );
+        assert_eq!(sm.reader().get("mine").unwrap().as_deref(), Some("kept"));
+        assert_eq!(sm.reader().len(), 1);
+        assert!(
+            sm.get_current_snapshot().await.unwrap().is_none(),
+            "nor become the current snapshot"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_built_snapshot_streams_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) =
+            store::open(&dir.path().join("node"), 1, None, &StoreOptions::default())
+                .await
+                .unwrap();
+        for i in 0..2000 {
+            sm.data
+                .insert(format!("k{i}"), format!("v{i}").as_bytes())
+                .unwrap();
+        }
+        let mut builder = sm.get_snapshot_builder().await;
+        let built = builder.build_snapshot().await.unwrap();
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a current snapshot");
+        assert_eq!(current.meta, built.meta);
+        let records = snapshot::verify(&sm.snapshot_dir.join(snapshot::CURRENT)).unwrap();
+        assert_eq!(records, 2000);
     }
 }
