@@ -560,3 +560,34 @@ fn write_until_crash(
     }
     unreachable!("the loop only ends by returning")
 }
+
+impl Cluster {
+    /// The temp dir holding every node's data dir and log.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// SIGKILLs the nodes `ids` within microseconds of each other (no shutdown, no flush),
+    /// then reaps them.
+    pub fn kill_at_once(&mut self, ids: &[u64]) {
+        for id in ids {
+            self.node_mut(*id).kill_no_wait();
+        }
+        for id in ids {
+            self.node_mut(*id).kill();
+        }
+    }
+
+    /// Copies every node's log into `to` (created if needed), so a failed run's logs outlive
+    /// the temp dir. Returns the paths written.
+    pub fn save_logs(&self, to: &std::path::Path) -> Vec<PathBuf> {
+        let _ = std::fs::create_dir_all(to);
+        self.nodes
+            .iter()
+            .filter_map(|node| {
+                let dest = to.join(format!("node-{}.log", node.id));
+                std::fs::copy(&node.log_path, &dest).ok().map(|_| dest)
+            })
+            .collect()
+    }
+}
