@@ -43,9 +43,15 @@ fn serve(config: NodeConfig) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        wait_for_signal().await;
+        let code = tokio::select! {
+            _ = wait_for_signal() => ExitCode::SUCCESS,
+            _ = node.raft_stopped() => {
+                tracing::error!("Raft stopped after a fatal error (see above); exiting so this node can be repaired or restarted");
+                ExitCode::from(1)
+            }
+        };
         node.shutdown().await;
-        ExitCode::SUCCESS
+        code
     })
 }
 

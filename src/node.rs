@@ -246,6 +246,20 @@ impl RunningNode {
         &self.raft
     }
 
+    /// Resolves when this node's Raft stops by itself (a fatal storage error), as opposed to
+    /// through `shutdown`.
+    pub async fn raft_stopped(&self) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow().state == openraft::ServerState::Shutdown {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// This replica's local state, for tests that compare replicas.
     pub fn state(&self) -> &StateReader {
         &self.state

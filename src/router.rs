@@ -112,6 +112,9 @@ impl Router {
                     self.request_deadline.as_millis()
                 )));
             }
+            if let Some(stopped) = self.stopped() {
+                return Err(stopped);
+            }
             let proposed = self.proposer.propose(request.clone(), Origin::Client);
             match tokio::time::timeout(remaining, proposed).await {
                 Ok(Ok(response)) => return Ok(response),
@@ -191,6 +194,9 @@ impl Router {
                 Err(ForwardError::Failed(reason)) => return Err(RouteError::Unavailable(reason)),
                 Err(e) => last_reason = e.to_string(),
             }
+            if let Some(stopped) = self.stopped() {
+                return Err(stopped);
+            }
             if Instant::now() >= deadline {
                 return Err(RouteError::Unavailable(format!(
                     "no leader confirmed a read index within the request deadline of {} ms ({last_reason})",
@@ -243,7 +249,22 @@ impl Router {
     async fn wait_for_change(&self, deadline: Instant) {
         let mut metrics = self.raft.metrics();
         let until = deadline.min(Instant::now() + LEADER_POLL);
-        let _ = tokio::time::timeout_at(until, metrics.changed()).await;
+        if let Ok(Err(_)) = tokio::time::timeout_at(until, metrics.changed()).await {
+            // Raft has stopped and will not change again; do not spin until the deadline.
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// `Unavailable` if this node's Raft has stopped (shut down, or after a fatal storage
+    /// error): retrying here cannot help, the client should use another node.
+    fn stopped(&self) -> Option<RouteError> {
+        let state = self.raft.metrics().borrow().state;
+        (state == openraft::ServerState::Shutdown).then(|| {
+            RouteError::Unavailable(format!(
+                "node {} has stopped serving (see its log); use another node",
+                self.id
+            ))
+        })
     }
 }
 

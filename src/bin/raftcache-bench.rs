@@ -33,6 +33,10 @@ struct Args {
     /// Number of distinct keys.
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
+    /// Write each key once, in order (client i takes its own range), instead of random keys:
+    /// with `--max-ops N`, fills exactly N distinct keys.
+    #[arg(long)]
+    sequential: bool,
     /// Server process ids whose CPU time (user + system) to report per operation.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
@@ -73,11 +77,17 @@ fn run_client(
     let mut latencies_us = Vec::new();
     let mut errors = 0;
     let mut n: u64 = index as u64 * 7919;
-    while !stop.load(Ordering::Relaxed) && (latencies_us.len() as u64) < budget {
+    let mut done: u64 = 0;
+    while !stop.load(Ordering::Relaxed) && done < budget {
         n = n
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let key = format!("key-{}", (n >> 33) % args.keys);
+        let key = if args.sequential {
+            format!("key-{}", index as u64 * budget + done)
+        } else {
+            format!("key-{}", (n >> 33) % args.keys)
+        };
+        done += 1;
         let started = Instant::now();
         let ok = match args.op {
             Op::Put => client.put(&key, &value).is_ok(),
