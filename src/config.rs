@@ -76,6 +76,11 @@ pub struct NodeConfig {
     #[arg(long, default_value_t = 4096)]
     pub max_pending_writes: usize,
 
+    /// Most linearizable reads waiting for the next read-index round; further readers wait to
+    /// queue (within their deadline).
+    #[arg(long, default_value_t = 4096)]
+    pub max_waiting_reads: usize,
+
     /// Leader heartbeat interval; also the time a follower has to answer one append RPC.
     #[arg(long, default_value_t = 150)]
     pub heartbeat_ms: u64,

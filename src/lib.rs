@@ -9,7 +9,9 @@
 //! - `api`: the client `CacheService` handler: checks limits, maps errors to declared exceptions.
 //! - `router`: the one place that decides how a request is served: local read, linearizable
 //!   read, write proposal, or forward to the leader.
-//! - `proposer`: group commit: concurrent writes on the leader become one Raft log entry.
+//! - `proposer`: group commit: concurrent writes become one Raft log entry (forwarded to the
+//!   leader as one batch from a follower).
+//! - `read_index`: concurrent linearizable reads share one leadership-confirming round.
 //! - `network`: the peer RPC (openraft's messages, forwarding, read index), with a fault seam.
 //! - `store`: the sled log store and state machine, and snapshots.
 //! - `node`: wires one node together; `config`: its flags; `types`: the Raft type config.
@@ -30,6 +32,7 @@ pub mod gen;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod read_index;
 pub mod router;
 pub mod server;
 pub mod store;

@@ -117,6 +117,7 @@ pub async fn start_with_listeners(
         peers,
         proposer,
         config.request_deadline(),
+        config.max_waiting_reads,
     ));
     let runtime = Handle::current();
     let peer_service = PeerService::new(raft.clone(), router.clone(), runtime.clone());

@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::time::Instant;
 
-use crate::network::{ForwardError, PeerClients, PeerMethod};
+use crate::network::{ForwardError, PeerClients};
 use crate::proposer::{Origin, Proposer};
+use crate::read_index::{ReadIndexBatcher, ReadIndexSource};
 use crate::store::StateReader;
 use crate::types::{NodeId, Raft, Request, Response};
 
@@ -47,9 +47,11 @@ pub struct Router {
     id: NodeId,
     raft: Raft,
     state: StateReader,
-    peers: Arc<PeerClients>,
     /// Batches this node's writes (group commit) and forwards them when it does not lead.
     proposer: Proposer,
+    /// Read indexes: the leader check for this node's own answers, and batched rounds.
+    read_source: ReadIndexSource,
+    read_rounds: ReadIndexBatcher,
     /// How long a request may wait for a leader, a quorum or a catch-up.
     request_deadline: Duration,
 }
@@ -62,13 +64,22 @@ impl Router {
         peers: Arc<PeerClients>,
         proposer: Proposer,
         request_deadline: Duration,
+        max_waiting_reads: usize,
     ) -> Self {
+        let read_source = ReadIndexSource {
+            id,
+            raft: raft.clone(),
+            peers,
+        };
+        let read_rounds =
+            ReadIndexBatcher::spawn(read_source.clone(), request_deadline, max_waiting_reads);
         Self {
             id,
             raft,
             state,
-            peers,
             proposer,
+            read_source,
+            read_rounds,
             request_deadline,
         }
     }
@@ -160,36 +171,16 @@ impl Router {
         results
     }
 
-    /// The read index for a linearizable read, if this node leads.
+    /// The read index for a linearizable read, if this node leads (asked by followers).
     pub async fn read_index_as_leader(&self) -> Result<Option<u64>, ForwardError> {
-        match self.raft.get_read_log_id().await {
-            Ok((read, applied)) => Ok(read.max(applied).map(|id| id.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(ForwardError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(ForwardError::TryAgain(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(ForwardError::Failed(format!(
-                "node {} is stopping: {e}",
-                self.id
-            ))),
-        }
+        self.read_source.as_leader().await
     }
 
     /// A read index from this node if it leads, else from the leader.
     async fn read_index(&self, deadline: Instant) -> Result<Option<u64>, RouteError> {
         let mut last_reason;
         loop {
-            let outcome = match self.read_index_as_leader().await {
-                Err(ForwardError::NotLeader {
-                    leader: Some(leader),
-                }) if leader != self.id => self.ask_leader_for_read_index(leader, deadline).await,
-                other => other,
-            };
-            match outcome {
+            match self.read_rounds.next_round().await {
                 Ok(index) => return Ok(index),
                 Err(ForwardError::Failed(reason)) => return Err(RouteError::Unavailable(reason)),
                 Err(e) => last_reason = e.to_string(),
@@ -205,44 +196,6 @@ impl Router {
             }
             self.wait_for_change(deadline).await;
         }
-    }
-
-    /// Asks the leader for a read index. Asking again is always safe, so a request that got no
-    /// answer is simply retried.
-    async fn ask_leader_for_read_index(
-        &self,
-        leader: NodeId,
-        deadline: Instant,
-    ) -> Result<Option<u64>, ForwardError> {
-        let Some(addr) = self.peer_addr(leader) else {
-            return Err(ForwardError::TryAgain(format!(
-                "leader {leader} is not in this node's membership yet"
-            )));
-        };
-        // A little longer than the leader's own wait, so its answer can arrive.
-        let timeout =
-            deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
-        let asked = self.peers.rpc::<(), Result<Option<u64>, ForwardError>>(
-            leader,
-            &addr,
-            PeerMethod::ReadIndex,
-            &(),
-            timeout,
-        );
-        match asked.await {
-            Ok(answer) => answer,
-            Err(e) => Err(ForwardError::TryAgain(e.to_string())),
-        }
-    }
-
-    fn peer_addr(&self, id: NodeId) -> Option<String> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.peer_addr.clone())
     }
 
     /// Waits until openraft's view changes (a new leader, say) or a short poll interval passes.

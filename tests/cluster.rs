@@ -248,3 +248,64 @@ async fn whole_cluster_restart_keeps_every_write() {
         assert_eq!(got, Some(format!("v{i}")));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_linearizable_reads_never_see_less_than_what_was_acknowledged_before_them() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    // Few waiting slots, many readers: readers queue past --max-waiting-reads.
+    let cluster = TestCluster::start(3, &["--max-waiting-reads=2"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = followers(&cluster, leader)[0];
+    let acked = Arc::new(AtomicU64::new(0));
+    cluster.client(leader).put("n", "0").await.expect("put");
+
+    phase("one writer counts up through the leader; 8 readers read linearizably on a follower");
+    let writer_addr = cluster.client_addrs[&leader].to_string();
+    let writer_acked = acked.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut c = raftcache::client::CacheClient::connect(
+            &writer_addr,
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
+        for i in 1..=300u64 {
+            c.put("n", &i.to_string()).expect("put");
+            writer_acked.store(i, Ordering::SeqCst);
+        }
+    });
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let addr = cluster.client_addrs[&follower].to_string();
+        let acked = acked.clone();
+        readers.push(tokio::task::spawn_blocking(move || {
+            let mut c =
+                raftcache::client::CacheClient::connect(&addr, std::time::Duration::from_secs(10))
+                    .unwrap();
+            let mut reads = 0;
+            while acked.load(Ordering::SeqCst) < 300 {
+                let before = acked.load(Ordering::SeqCst);
+                let seen: u64 = c
+                    .get("n", true)
+                    .expect("linearizable get")
+                    .expect("present")
+                    .parse()
+                    .unwrap();
+                assert!(
+                    seen >= before,
+                    "read {seen} after {before} was acknowledged: stale linearizable read"
+                );
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    writer.await.expect("writer");
+    let mut total = 0;
+    for r in readers {
+        total += r.await.expect("reader");
+    }
+    assert!(total > 0, "readers made no reads");
+    eprintln!("{total} linearizable reads checked");
+}

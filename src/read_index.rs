@@ -1,0 +1,132 @@
+//! Read indexes for linearizable reads, batched: concurrent linearizable reads share one round
+//! of "confirm leadership with a quorum and take the commit index", as etcd's ReadIndex does,
+//! instead of one round each.
+//!
+//! A read only joins a round that starts after the read arrived: a round already under way may
+//! have fixed its index before a write that the reader saw acknowledged, so the reader would
+//! miss it. Reads that arrive during a round wait for the next one; rounds run one at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, RaftError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::network::{ForwardError, PeerClients, PeerMethod};
+use crate::types::{NodeId, Raft};
+
+/// One attempt at a read index: this node's, if it leads, else the leader's.
+#[derive(Clone)]
+pub struct ReadIndexSource {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub peers: Arc<PeerClients>,
+}
+
+type Round = Result<Option<u64>, ForwardError>;
+
+impl ReadIndexSource {
+    /// The read index, if this node leads: leadership confirmed by a quorum, then the larger of
+    /// the commit index and this node's applied index.
+    pub async fn as_leader(&self) -> Round {
+        match self.raft.get_read_log_id().await {
+            Ok((read, applied)) => Ok(read.max(applied).map(|id| id.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ForwardError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(ForwardError::TryAgain(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(ForwardError::Failed(format!(
+                "node {} is stopping: {e}",
+                self.id
+            ))),
+        }
+    }
+
+    /// This node's read index if it leads, else the leader's (asked over the peer RPC, once).
+    async fn attempt(&self, timeout: Duration) -> Round {
+        match self.as_leader().await {
+            Err(ForwardError::NotLeader {
+                leader: Some(leader),
+            }) if leader != self.id => self.ask(leader, timeout).await,
+            other => other,
+        }
+    }
+
+    /// Asks the leader. Asking again is always safe, so any failure is one to retry.
+    async fn ask(&self, leader: NodeId, timeout: Duration) -> Round {
+        let addr = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.peer_addr.clone())
+        };
+        let Some(addr) = addr else {
+            return Err(ForwardError::TryAgain(format!(
+                "leader {leader} is not in this node's membership yet"
+            )));
+        };
+        match self
+            .peers
+            .rpc::<(), Round>(leader, &addr, PeerMethod::ReadIndex, &(), timeout)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => Err(ForwardError::TryAgain(e.to_string())),
+        }
+    }
+}
+
+/// The handle reads ask for a round through.
+#[derive(Clone)]
+pub struct ReadIndexBatcher {
+    queue: mpsc::Sender<oneshot::Sender<Round>>,
+}
+
+impl ReadIndexBatcher {
+    /// Starts the round task. `timeout` bounds one round; `max_waiting` reads may queue.
+    pub fn spawn(source: ReadIndexSource, timeout: Duration, max_waiting: usize) -> Self {
+        let (queue, waiting) = mpsc::channel(max_waiting.max(1));
+        tokio::spawn(run(source, waiting, timeout));
+        Self { queue }
+    }
+
+    /// The result of the next round to start.
+    pub async fn next_round(&self) -> Round {
+        let stopping = || ForwardError::Failed("this node is stopping".into());
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(reply).await.map_err(|_| stopping())?;
+        answer.await.map_err(|_| stopping())?
+    }
+}
+
+async fn run(
+    source: ReadIndexSource,
+    mut waiting: mpsc::Receiver<oneshot::Sender<Round>>,
+    timeout: Duration,
+) {
+    while let Some(first) = waiting.recv().await {
+        let mut readers = vec![first];
+        while let Ok(next) = waiting.try_recv() {
+            readers.push(next);
+        }
+        // Every reader in `readers` arrived before this round starts.
+        let started = Instant::now();
+        let round = match tokio::time::timeout(timeout, source.attempt(timeout)).await {
+            Ok(round) => round,
+            Err(_) => Err(ForwardError::TryAgain(format!(
+                "no read index within {} ms",
+                started.elapsed().as_millis()
+            ))),
+        };
+        for reader in readers {
+            let _ = reader.send(round.clone());
+        }
+    }
+}
