@@ -200,6 +200,16 @@ impl NodeConfig {
         Some(format!("{:016x}", crate::store::fnv1a(&text.join(","))))
     }
 
+    /// The limits of a server on one of this node's ports, with its own message size limit.
+    pub fn connection_limits(&self, max_message_bytes: usize) -> crate::server::ConnectionLimits {
+        crate::server::ConnectionLimits {
+            max_connections: self.max_connections,
+            max_message_bytes,
+            read_timeout: Duration::from_millis(self.read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+        }
+    }
+
     pub fn request_deadline(&self) -> Duration {
         Duration::from_millis(self.request_deadline_ms)
     }

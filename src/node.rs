@@ -16,7 +16,7 @@ use crate::gen::peer::RaftPeerSyncProcessor;
 use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
 use crate::proposer::{BatchLimits, Proposer};
 use crate::router::Router;
-use crate::server::{self, ConnectionLimits, ServerHandle};
+use crate::server::{self, ServerHandle};
 use crate::store::{self, FlushStats, OpenError, StateReader, StoreOptions};
 use crate::types::{Node, NodeId, Raft};
 
@@ -121,12 +121,7 @@ pub async fn start_with_listeners(
     ));
     let runtime = Handle::current();
     let peer_service = PeerService::new(raft.clone(), router.clone(), runtime.clone());
-    let peer_limits = ConnectionLimits {
-        max_connections: config.max_connections,
-        max_message_bytes: config.peer_max_message_bytes(),
-        read_timeout: Duration::from_millis(config.read_timeout_ms),
-        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
-    };
+    let peer_limits = config.connection_limits(config.peer_max_message_bytes());
     let peer_server = server::spawn(
         "peer",
         peer_listener,
@@ -145,12 +140,7 @@ pub async fn start_with_listeners(
         runtime,
         flushes.clone(),
     );
-    let client_limits = ConnectionLimits {
-        max_connections: config.max_connections,
-        max_message_bytes: config.max_message_bytes,
-        read_timeout: Duration::from_millis(config.read_timeout_ms),
-        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
-    };
+    let client_limits = config.connection_limits(config.max_message_bytes);
     let client_server = server::spawn(
         "client",
         client_listener,

@@ -19,7 +19,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::network::{ForwardError, ForwardRequest, PeerClients, PeerError, PeerMethod};
+use crate::network::{peer_addr, ForwardError, ForwardRequest, PeerClients, PeerError, PeerMethod};
 use crate::types::{Batch, NodeId, Raft, Request, Response};
 
 /// Bounds on proposal batching.
@@ -212,14 +212,7 @@ impl Batcher {
         let (requests, replies): (Vec<Request>, Vec<_>) =
             batch.into_iter().map(|p| (p.request, p.reply)).unzip();
         let count = requests.len();
-        let addr = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.peer_addr.clone())
-        };
+        let addr = peer_addr(&self.raft, leader);
         let answers: Result<Vec<Result<Response, ForwardError>>, ForwardError> = match addr {
             None => Err(ForwardError::TryAgain(format!(
                 "leader {leader} is not in this node's membership yet"

@@ -13,7 +13,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::network::{ForwardError, PeerClients, PeerMethod};
+use crate::network::{peer_addr, ForwardError, PeerClients, PeerMethod};
 use crate::types::{NodeId, Raft};
 
 /// One attempt at a read index: this node's, if it leads, else the leader's.
@@ -59,14 +59,7 @@ impl ReadIndexSource {
 
     /// Asks the leader. Asking again is always safe, so any failure is one to retry.
     async fn ask(&self, leader: NodeId, timeout: Duration) -> Round {
-        let addr = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.peer_addr.clone())
-        };
+        let addr = peer_addr(&self.raft, leader);
         let Some(addr) = addr else {
             return Err(ForwardError::TryAgain(format!(
                 "leader {leader} is not in this node's membership yet"

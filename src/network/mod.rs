@@ -44,6 +44,17 @@ pub enum ForwardError {
     Failed(String),
 }
 
+/// The peer address of node `id` in this node's current view of the membership.
+pub fn peer_addr(raft: &crate::types::Raft, id: NodeId) -> Option<String> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    metrics
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.peer_addr.clone())
+}
+
 /// Links cut by tests: a message from `a` to `b` is dropped while `(a, b)` is blocked.
 /// Empty in a real node.
 #[derive(Debug, Default)]
