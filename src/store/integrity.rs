@@ -26,7 +26,7 @@ use crate::types::NodeId;
 pub const IDENTITY_FILE: &str = "raftcache.json";
 const WATERMARK_FILE: &str = "flushed";
 /// Bumped when the on-disk format changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The watermark is written as a fixed-size record so a rewrite never leaves stale bytes.
 const WATERMARK_RECORD_BYTES: usize = 32;
 

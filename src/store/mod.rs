@@ -140,6 +140,7 @@ pub async fn open(
         db.clone(),
         open_tree(TREE_DATA)?,
         sm_meta,
+        open_tree(TREE_LOG)?,
         dir.join("snapshots"),
     )
     .await

@@ -1,21 +1,32 @@
 //! Snapshot files: the whole cache at one log index, streamed to and from disk in pieces so
 //! that building, sending and installing a snapshot never holds the data set in memory.
 //!
-//! Layout: the magic `RCSNAP01`, the metadata (`u32` length + bincode), then one record per key
-//! (`u32` key length, key, `u32` value length, value), then an end marker (`u32::MAX`) and the
-//! number of records (`u64`). A file cut short is detected by its missing end marker and count.
-//! The same bytes travel to followers, which check them the same way before installing.
+//! A snapshot is built without pausing applies: a copy of the data tree taken while applies go
+//! on (each key as it was at some moment between applied indexes X0 and X1), followed by the
+//! writes of the log entries X0+1..=X1, replayed in order on install. Puts and removes are
+//! idempotent, so the copy plus the replay is exactly the state at X1: a key no entry touched
+//! kept its X0 value, and a touched key ends with its last write. (Any future write that is not
+//! idempotent must be recorded here by its effect, not as the request.)
+//!
+//! Layout: the magic `RCSNAP02`; the copied records (`u32` key length, key, `u32` value length,
+//! value); an end marker (`u32::MAX`) and their count (`u64`); the replayed writes (a tag byte,
+//! 1 put or 2 remove, the key, and for a put the value); a zero tag and their count (`u64`); the
+//! metadata (bincode), its length (`u32`) and the magic again. A file cut short is detected by
+//! its missing trailer, markers or counts. The same bytes travel to followers.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{decode, encode};
 use crate::types::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"RCSNAP01";
+const MAGIC: &[u8; 8] = b"RCSNAP02";
 const END: u32 = u32::MAX;
+const TAG_END: u8 = 0;
+const TAG_PUT: u8 = 1;
+const TAG_REMOVE: u8 = 2;
 /// The snapshot in force; others (being built or received) have temporary names beside it.
 pub const CURRENT: &str = "current";
 /// Buffer size for reading and writing snapshot files.
@@ -47,33 +58,76 @@ pub fn remove_temporaries(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes a snapshot of `pairs` with `meta` to `path` and syncs it. Returns (records, bytes).
-pub fn write<I>(path: &Path, meta: &SnapshotMeta, pairs: I) -> io::Result<(u64, u64)>
-where
-    I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
-{
-    let file = File::create(path)?;
-    let mut out = BufWriter::with_capacity(BUFFER_BYTES, &file);
-    let meta_bytes = encode(meta);
-    out.write_all(MAGIC)?;
-    out.write_all(&(meta_bytes.len() as u32).to_be_bytes())?;
-    out.write_all(&meta_bytes)?;
-    let (mut records, mut bytes) = (0u64, 0u64);
-    for pair in pairs {
-        let (key, value) = pair.map_err(io::Error::other)?;
-        for part in [key.as_ref(), value.as_ref()] {
-            out.write_all(&(part.len() as u32).to_be_bytes())?;
-            out.write_all(part)?;
-        }
-        records += 1;
-        bytes += (key.len() + value.len()) as u64;
+/// Writes a snapshot file: copied records, then replayed writes, then the metadata.
+pub struct Writer {
+    file: File,
+    out: BufWriter<File>,
+    records: u64,
+    writes: u64,
+    bytes: u64,
+}
+
+impl Writer {
+    pub fn create(path: &Path) -> io::Result<Writer> {
+        let file = File::create(path)?;
+        let mut out = BufWriter::with_capacity(BUFFER_BYTES, file.try_clone()?);
+        out.write_all(MAGIC)?;
+        Ok(Writer {
+            file,
+            out,
+            records: 0,
+            writes: 0,
+            bytes: 0,
+        })
     }
-    out.write_all(&END.to_be_bytes())?;
-    out.write_all(&records.to_be_bytes())?;
-    out.flush()?;
-    drop(out);
-    file.sync_all()?;
-    Ok((records, bytes))
+
+    fn part(&mut self, part: &[u8]) -> io::Result<()> {
+        self.out.write_all(&(part.len() as u32).to_be_bytes())?;
+        self.out.write_all(part)?;
+        self.bytes += part.len() as u64;
+        Ok(())
+    }
+
+    /// One copied record.
+    pub fn record(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.part(key)?;
+        self.part(value)?;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Ends the copied records; what follows are replayed writes.
+    pub fn end_records(&mut self) -> io::Result<()> {
+        self.out.write_all(&END.to_be_bytes())?;
+        self.out.write_all(&self.records.to_be_bytes())
+    }
+
+    /// One replayed write: a put (`Some(value)`) or a remove (`None`).
+    pub fn write(&mut self, key: &[u8], value: Option<&[u8]>) -> io::Result<()> {
+        self.out
+            .write_all(&[if value.is_some() { TAG_PUT } else { TAG_REMOVE }])?;
+        self.part(key)?;
+        if let Some(value) = value {
+            self.part(value)?;
+        }
+        self.writes += 1;
+        Ok(())
+    }
+
+    /// Writes the trailer with `meta` and syncs the file. Returns (records, writes, bytes).
+    pub fn finish(mut self, meta: &SnapshotMeta) -> io::Result<(u64, u64, u64)> {
+        let meta_bytes = encode(meta);
+        self.out.write_all(&[TAG_END])?;
+        self.out.write_all(&self.writes.to_be_bytes())?;
+        self.out.write_all(&meta_bytes)?;
+        self.out
+            .write_all(&(meta_bytes.len() as u32).to_be_bytes())?;
+        self.out.write_all(MAGIC)?;
+        self.out.flush()?;
+        drop(self.out);
+        self.file.sync_all()?;
+        Ok((self.records, self.writes, self.bytes))
+    }
 }
 
 /// Makes `from` the current snapshot of `dir`: rename, then sync the directory.
@@ -88,10 +142,17 @@ fn read_u32(input: &mut impl Read) -> io::Result<u32> {
     Ok(u32::from_be_bytes(raw))
 }
 
-fn read_exact_vec(input: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
+fn read_u64(input: &mut impl Read) -> io::Result<u64> {
+    let mut raw = [0u8; 8];
+    input.read_exact(&mut raw)?;
+    Ok(u64::from_be_bytes(raw))
+}
+
+fn read_part(input: &mut impl Read) -> io::Result<Vec<u8>> {
+    let len = read_u32(input)? as usize;
     if len > MAX_PART_BYTES {
         return Err(invalid(format!(
-            "a record of {len} bytes: the snapshot is damaged"
+            "a part of {len} bytes: the snapshot is damaged"
         )));
     }
     let mut buf = vec![0u8; len];
@@ -99,65 +160,97 @@ fn read_exact_vec(input: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Opens a snapshot file and reads its header.
-fn open_reader(path: &Path) -> io::Result<(SnapshotMeta, BufReader<File>)> {
-    let mut input = BufReader::with_capacity(BUFFER_BYTES, File::open(path)?);
-    let mut magic = [0u8; 8];
-    input.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(invalid(format!(
-            "{} is not a raftcache snapshot",
-            path.display()
-        )));
-    }
-    let meta_len = read_u32(&mut input)? as usize;
-    let meta =
-        decode(&read_exact_vec(&mut input, meta_len)?).map_err(|e| invalid(e.to_string()))?;
-    Ok((meta, input))
-}
-
-/// The metadata of the snapshot file at `path`.
+/// The metadata of the snapshot file at `path`, from its trailer.
 pub fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
-    open_reader(path).map(|(meta, _)| meta)
+    let mut file = File::open(path)?;
+    let not_snapshot = || {
+        invalid(format!(
+            "{} is not a whole raftcache snapshot",
+            path.display()
+        ))
+    };
+    let mut magic = [0u8; 8];
+    file.read_exact(&mut magic).map_err(|_| not_snapshot())?;
+    file.seek(SeekFrom::End(-12)).map_err(|_| not_snapshot())?;
+    let meta_len = read_u32(&mut file)? as usize;
+    let mut tail = [0u8; 8];
+    file.read_exact(&mut tail)?;
+    if &magic != MAGIC || &tail != MAGIC || meta_len > MAX_PART_BYTES {
+        return Err(not_snapshot());
+    }
+    file.seek(SeekFrom::End(-12 - meta_len as i64))?;
+    let mut meta = vec![0u8; meta_len];
+    file.read_exact(&mut meta)?;
+    decode(&meta).map_err(|e| invalid(e.to_string()))
 }
 
-/// Calls `each` with the records of the snapshot at `path`, `chunk` at a time, and checks the
-/// file is whole. A failure from `each` is returned as is.
+/// Calls `each` with the snapshot's contents in file order, `chunk` items at a time: first the
+/// copied records (`Some(value)`), then the replayed writes (`Some(value)` for a put, `None` for
+/// a remove). Applying the chunks in order rebuilds the state. Checks the file is whole; a
+/// failure from `each` is returned as is. Returns the number of items.
 pub fn for_each_chunk<E: From<io::Error>>(
     path: &Path,
     chunk: usize,
-    mut each: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), E>,
+    mut each: impl FnMut(Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), E>,
 ) -> Result<u64, E> {
-    let (_, mut input) = open_reader(path)?;
-    let mut pairs = Vec::with_capacity(chunk);
+    read_meta(path)?;
+    let mut input = BufReader::with_capacity(BUFFER_BYTES, File::open(path)?);
+    input
+        .seek(SeekFrom::Start(MAGIC.len() as u64))
+        .map_err(E::from)?;
+    let mut items = Vec::with_capacity(chunk);
+    let mut flush = |items: &mut Vec<_>, force: bool| -> Result<(), E> {
+        if items.len() >= chunk || (force && !items.is_empty()) {
+            each(std::mem::take(items))?;
+        }
+        Ok(())
+    };
     let mut records = 0u64;
     loop {
         let key_len = read_u32(&mut input)?;
         if key_len == END {
             break;
         }
-        let key = read_exact_vec(&mut input, key_len as usize)?;
-        let value_len = read_u32(&mut input)? as usize;
-        pairs.push((key, read_exact_vec(&mut input, value_len)?));
-        records += 1;
-        if pairs.len() == chunk {
-            each(std::mem::take(&mut pairs))?;
+        if key_len as usize > MAX_PART_BYTES {
+            return Err(
+                invalid(format!("a key of {key_len} bytes: the snapshot is damaged")).into(),
+            );
         }
+        let mut key = vec![0u8; key_len as usize];
+        input.read_exact(&mut key)?;
+        items.push((key, Some(read_part(&mut input)?)));
+        records += 1;
+        flush(&mut items, false)?;
     }
-    let mut count = [0u8; 8];
-    input.read_exact(&mut count)?;
-    if u64::from_be_bytes(count) != records {
-        return Err(invalid(format!(
-            "{} holds {records} records but says {}",
-            path.display(),
-            u64::from_be_bytes(count)
-        ))
-        .into());
+    if read_u64(&mut input)? != records {
+        return Err(invalid(format!("{} lost copied records", path.display())).into());
     }
-    if !pairs.is_empty() {
-        each(pairs)?;
+    let mut writes = 0u64;
+    loop {
+        let mut tag = [0u8; 1];
+        input.read_exact(&mut tag)?;
+        match tag[0] {
+            TAG_END => break,
+            TAG_PUT => {
+                let key = read_part(&mut input)?;
+                items.push((key, Some(read_part(&mut input)?)));
+            }
+            TAG_REMOVE => items.push((read_part(&mut input)?, None)),
+            other => {
+                return Err(invalid(format!(
+                    "unknown write tag {other}: the snapshot is damaged"
+                ))
+                .into())
+            }
+        }
+        writes += 1;
+        flush(&mut items, false)?;
     }
-    Ok(records)
+    if read_u64(&mut input)? != writes {
+        return Err(invalid(format!("{} lost replayed writes", path.display())).into());
+    }
+    flush(&mut items, true)?;
+    Ok(records + writes)
 }
 
 /// Reads the whole snapshot at `path` and checks it is complete, without keeping anything.

@@ -59,6 +59,8 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     /// The file the snapshot being received from the leader is written to.
     receiving: Option<PathBuf>,
+    /// The Raft log, read when a snapshot replays the entries applied while it was copied.
+    log: sled::Tree,
 }
 
 /// Keys written to `sm_data` per sled batch when installing a snapshot.
@@ -69,6 +71,7 @@ impl StateMachine {
         db: sled::Db,
         data: sled::Tree,
         meta: sled::Tree,
+        log: sled::Tree,
         snapshot_dir: PathBuf,
     ) -> Result<Self, StorageError> {
         let io_err =
@@ -79,6 +82,7 @@ impl StateMachine {
             db,
             data,
             meta,
+            log,
             snapshot_dir,
             receiving: None,
         };
@@ -139,7 +143,10 @@ impl StateMachine {
         let records = snapshot::for_each_chunk(&path, INSTALL_CHUNK, |pairs| {
             let mut batch = sled::Batch::default();
             for (k, v) in pairs {
-                batch.insert(k, v);
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
             }
             data.apply_batch(batch)
                 .map_err(|e| std::io::Error::other(e.to_string()))
@@ -240,42 +247,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // openraft calls this between applies, so streaming the data tree to a file here reads
-        // one consistent state. Applies wait meanwhile: the pause grows with the data size and is
-        // logged (docs/durability.md). Memory stays bounded by the file buffer.
-        let started = std::time::Instant::now();
-        let path = snapshot::temp_path(&self.snapshot_dir, "building");
-        let built = match self.applied_state().await {
-            Ok((last_applied, membership)) => {
-                let nanos = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
-                let snapshot_id = match last_applied {
-                    Some(id) => format!(
-                        "{}-{}-{}-{nanos}",
-                        id.leader_id.term, id.leader_id.node_id, id.index
-                    ),
-                    None => format!("empty-{nanos}"),
-                };
-                let meta = SnapshotMeta {
-                    last_log_id: last_applied,
-                    last_membership: membership,
-                    snapshot_id,
-                };
-                snapshot::write(&path, &meta, self.data.iter())
-                    .map(|(records, bytes)| {
-                        let paused_ms = started.elapsed().as_millis() as u64;
-                        tracing::info!(snapshot = %meta.snapshot_id, records, bytes, paused_ms, "snapshot written; applies were paused meanwhile");
-                        meta
-                    })
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e.to_string()),
-        };
+        // No pause: remember where applies stand; the builder copies while they go on.
+        let from = self
+            .read_meta::<Option<LogId>>(KEY_LAST_APPLIED)
+            .map(Option::flatten)
+            .map_err(|e| e.to_string());
         SnapshotBuilder {
-            built,
-            path,
+            from,
+            data: self.data.clone(),
+            meta: self.meta.clone(),
+            log: self.log.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
         }
     }
@@ -350,24 +331,119 @@ async fn same_file(file: &tokio::fs::File, path: &std::path::Path) -> bool {
     }
 }
 
-/// Publishes the snapshot file written in `get_snapshot_builder`.
+/// Builds a snapshot while applies go on: a copy of the data tree, then the writes of the
+/// entries applied during the copy (`store/snapshot.rs` says why that is exact).
 pub struct SnapshotBuilder {
-    /// The snapshot's metadata, or why writing it failed.
-    built: Result<SnapshotMeta, String>,
-    path: PathBuf,
+    /// The applied log id when the build started, or why it could not be read.
+    from: Result<Option<LogId>, String>,
+    data: sled::Tree,
+    meta: sled::Tree,
+    log: sled::Tree,
     snapshot_dir: PathBuf,
+}
+
+impl SnapshotBuilder {
+    /// Writes the snapshot file at `path` and returns its metadata. Blocking.
+    fn write(&self, path: &std::path::Path, from: Option<LogId>) -> Result<SnapshotMeta, String> {
+        let started = std::time::Instant::now();
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let mut out = snapshot::Writer::create(path).map_err(|e| err(&e))?;
+        for pair in self.data.iter() {
+            let (key, value) = pair.map_err(|e| err(&e))?;
+            out.record(&key, &value).map_err(|e| err(&e))?;
+        }
+        out.end_records().map_err(|e| err(&e))?;
+        // Read after the copy: every change the copy saw was applied at or before `upto`.
+        let (upto, membership) = self
+            .meta
+            .transaction(|m| {
+                Ok::<_, ConflictableTransactionError<()>>((
+                    m.get(KEY_LAST_APPLIED)?,
+                    m.get(KEY_MEMBERSHIP)?,
+                ))
+            })
+            .map_err(|e| format!("{e:?}"))?;
+        let upto: Option<LogId> = upto
+            .map(|raw| decode::<Option<LogId>>(&raw))
+            .transpose()
+            .map_err(|e| err(&e))?
+            .flatten();
+        let membership: StoredMembership = membership
+            .map(|raw| decode(&raw))
+            .transpose()
+            .map_err(|e| err(&e))?
+            .unwrap_or_default();
+        // The entries applied since `from`, up to `upto` (none if nothing is applied).
+        let first = from.map_or(0, |id| id.index + 1);
+        let replay = upto.map_or(0..0, |upto| first..upto.index + 1);
+        for index in replay {
+            let raw = self
+                .log
+                .get(index.to_be_bytes())
+                .map_err(|e| err(&e))?
+                .ok_or_else(|| format!("log entry {index} is gone"))?;
+            let entry: Entry = decode(&raw).map_err(|e| err(&e))?;
+            if let EntryPayload::Normal(batch) = &entry.payload {
+                for request in &batch.requests {
+                    match request {
+                        Request::Put { key, value } => {
+                            out.write(key.as_bytes(), Some(value.as_bytes()))
+                        }
+                        Request::Remove { key } => out.write(key.as_bytes(), None),
+                    }
+                    .map_err(|e| err(&e))?;
+                }
+            }
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let snapshot_id = match upto {
+            Some(id) => format!(
+                "{}-{}-{}-{nanos}",
+                id.leader_id.term, id.leader_id.node_id, id.index
+            ),
+            None => format!("empty-{nanos}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: upto,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let (records, writes, bytes) = out.finish(&meta).map_err(|e| err(&e))?;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(snapshot = %meta.snapshot_id, records, replayed_writes = writes, bytes, elapsed_ms, "snapshot written; applies went on meanwhile");
+        Ok(meta)
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let meta = self
-            .built
-            .clone()
-            .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e)))?;
+        let failed = |e: String| -> StorageError {
+            StorageIOError::write_snapshot(None, &std::io::Error::other(e)).into()
+        };
+        let from = self.from.clone().map_err(failed)?;
+        let path = snapshot::temp_path(&self.snapshot_dir, "building");
+        let builder = SnapshotBuilder {
+            from: Ok(from),
+            data: self.data.clone(),
+            meta: self.meta.clone(),
+            log: self.log.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+        };
+        let written = path.clone();
+        let meta = tokio::task::spawn_blocking(move || builder.write(&written, from))
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&path);
+            })
+            .map_err(failed)?;
         let write_err = |e: std::io::Error| -> StorageError {
             StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
         };
-        snapshot::publish(&self.snapshot_dir, &self.path).map_err(write_err)?;
+        snapshot::publish(&self.snapshot_dir, &path).map_err(write_err)?;
         let file =
             std::fs::File::open(self.snapshot_dir.join(snapshot::CURRENT)).map_err(write_err)?;
         Ok(Snapshot {
@@ -396,16 +472,23 @@ mod tests {
         }
     }
 
-    /// The bytes of a snapshot of `n` keys, as a leader would send them.
+    /// The bytes of a snapshot of `n` keys, as a leader would send them: the first half copied,
+    /// the rest (and a removed key) as replayed writes.
     fn snapshot_bytes(dir: &std::path::Path, n: usize) -> Vec<u8> {
         let path = dir.join("source");
-        let pairs = (0..n).map(|i| {
-            Ok((
-                sled::IVec::from(format!("k{i}").as_bytes()),
-                sled::IVec::from(format!("v{i}").as_bytes()),
-            ))
-        });
-        snapshot::write(&path, &meta(), pairs).unwrap();
+        let mut out = snapshot::Writer::create(&path).unwrap();
+        for i in 0..n / 2 {
+            out.record(format!("k{i}").as_bytes(), format!("v{i}").as_bytes())
+                .unwrap();
+        }
+        out.record(b"gone", b"soon").unwrap();
+        out.end_records().unwrap();
+        for i in n / 2..n {
+            out.write(format!("k{i}").as_bytes(), Some(format!("v{i}").as_bytes()))
+                .unwrap();
+        }
+        out.write(b"gone", None).unwrap();
+        out.finish(&meta()).unwrap();
         std::fs::read(path).unwrap()
     }
 
@@ -494,5 +577,79 @@ mod tests {
         assert_eq!(current.meta, built.meta);
         let records = snapshot::verify(&sm.snapshot_dir.join(snapshot::CURRENT)).unwrap();
         assert_eq!(records, 2000);
+    }
+
+    fn entry(index: u64, requests: Vec<Request>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(crate::types::Batch { requests }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_built_while_applies_go_on_equals_the_state_at_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut source) =
+            store::open(&dir.path().join("a"), 1, None, &StoreOptions::default())
+                .await
+                .unwrap();
+        let put = |i: u64, v: &str| Request::Put {
+            key: format!("k{i}"),
+            value: v.to_string(),
+        };
+        let mut entries = Vec::new();
+        for index in 1..=100 {
+            entries.push(entry(
+                index,
+                vec![put(index, "first"), put(index + 1000, "x")],
+            ));
+        }
+        // Applied after the builder took its starting point: overwrites, removes, new keys.
+        let mut later = Vec::new();
+        for index in 101..=200 {
+            let k = index - 100;
+            later.push(entry(
+                index,
+                vec![
+                    put(k, "second"),
+                    Request::Remove {
+                        key: format!("k{}", k + 1000),
+                    },
+                    put(index, "new"),
+                ],
+            ));
+        }
+        for e in entries.iter().chain(&later) {
+            source
+                .log
+                .insert(e.log_id.index.to_be_bytes(), encode(e))
+                .unwrap();
+        }
+        source.apply(entries).await.unwrap();
+        let mut builder = source.get_snapshot_builder().await;
+        source.apply(later).await.unwrap();
+        let built = builder.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(200));
+
+        let (_log, mut target) =
+            store::open(&dir.path().join("b"), 1, None, &StoreOptions::default())
+                .await
+                .unwrap();
+        target.data.insert("stale", "gone after install").unwrap();
+        let mut file = target.begin_receiving_snapshot().await.unwrap();
+        let bytes = std::fs::read(source.snapshot_dir.join(snapshot::CURRENT)).unwrap();
+        file.write_all(&bytes).await.unwrap();
+        target.install_snapshot(&built.meta, file).await.unwrap();
+        let dump = |sm: &StateMachine| sm.data.iter().map(|kv| kv.unwrap()).collect::<Vec<_>>();
+        assert_eq!(dump(&target), dump(&source));
+        assert_eq!(
+            target.reader().get("k1").unwrap().as_deref(),
+            Some("second")
+        );
+        assert_eq!(target.reader().get("k1001").unwrap(), None);
+        assert_eq!(
+            target.applied_state().await.unwrap().0,
+            built.meta.last_log_id
+        );
     }
 }
