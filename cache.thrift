@@ -71,4 +71,8 @@ service CacheService {
     CacheEntry get_with(1: string key, 2: ReadOptions options)
         throws (1: KeyNotFound not_found, 2: InvalidRequest invalid, 3: Unavailable unavailable),
     NodeStatus status(),
+    /// Builds a snapshot on this node now (and compacts its log behind it); returns the log
+    /// index it covers, at least everything applied here when the call was made.
+    i64 admin_snapshot()
+        throws (1: Unavailable unavailable),
 }

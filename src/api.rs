@@ -144,6 +144,15 @@ impl CacheServiceSyncHandler for CacheApi {
         status.log_flushes = Some(self.flushes.count.load(Ordering::Relaxed) as i64);
         Ok(status)
     }
+
+    fn handle_admin_snapshot(&self) -> thrift::Result<i64> {
+        let unavailable = |message: String| user_error(Unavailable { message });
+        let built = self
+            .runtime
+            .block_on(self.router.snapshot())
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(built as i64)
+    }
 }
 
 /// This node's view of the cluster, from openraft's metrics.

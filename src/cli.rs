@@ -45,11 +45,25 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Operate the cluster.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Show a node's view of the cluster.
     Status {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Build a snapshot on the node now (and compact its log behind it).
+    Snapshot {
         #[command(flatten)]
         conn: Conn,
     },
@@ -113,6 +127,13 @@ fn client_command(command: Command) -> Result<ExitCode, String> {
                 eprintln!("key not found: {key}");
                 Ok(ExitCode::from(1))
             }
+        }
+        Command::Admin {
+            command: AdminCommand::Snapshot { conn },
+        } => {
+            let index = conn.connect()?.admin_snapshot().map_err(err)?;
+            println!("snapshot at log index {index}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { json, conn } => {
             let status = conn.connect()?.status().map_err(err)?;

@@ -75,6 +75,11 @@ impl CacheClient {
     pub fn status(&mut self) -> thrift::Result<NodeStatus> {
         self.inner.status()
     }
+
+    /// Builds a snapshot on the node; returns the log index it covers.
+    pub fn admin_snapshot(&mut self) -> thrift::Result<i64> {
+        self.inner.admin_snapshot()
+    }
 }
 
 /// A readable one-line description of a client-side error, naming declared exceptions.

@@ -171,6 +171,34 @@ impl Router {
         results
     }
 
+    /// Builds a snapshot on this node now and waits (up to the request deadline) until one
+    /// covers everything applied here when it was asked for. Returns the index it covers.
+    pub async fn snapshot(&self) -> Result<u64, RouteError> {
+        let applied = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |id| id.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| RouteError::Unavailable(format!("node {} is stopping: {e}", self.id)))?;
+        let covers = |m: &openraft::RaftMetrics<NodeId, crate::types::Node>| {
+            m.snapshot.map_or(0, |s| s.index)
+        };
+        let metrics = self
+            .raft
+            .wait(Some(self.request_deadline))
+            .metrics(|m| covers(m) >= applied, "snapshot built")
+            .await
+            .map_err(|e| {
+                RouteError::Unavailable(format!("no snapshot within the request deadline: {e}"))
+            })?;
+        Ok(covers(&metrics))
+    }
+
     /// The read index for a linearizable read, if this node leads (asked by followers).
     pub async fn read_index_as_leader(&self) -> Result<Option<u64>, ForwardError> {
         self.read_source.as_leader().await

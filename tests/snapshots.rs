@@ -87,3 +87,59 @@ async fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     assert_eq!(ours.get("k5").unwrap(), None, "a removed key stays removed");
     assert_eq!(ours.get("k299").unwrap().as_deref(), Some("v299"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_snapshot_builds_one_covering_everything_applied() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    for i in 0..30 {
+        cluster
+            .client(leader)
+            .put(&format!("k{i}"), "v")
+            .await
+            .expect("put");
+    }
+    let node = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster.wait_local_value(node, "k29", Some("v")).await;
+    let applied = cluster
+        .node(node)
+        .raft()
+        .metrics()
+        .borrow()
+        .last_applied
+        .map(|l| l.index)
+        .unwrap();
+    assert!(
+        cluster
+            .node(node)
+            .raft()
+            .metrics()
+            .borrow()
+            .snapshot
+            .is_none(),
+        "no snapshot before the command"
+    );
+
+    phase("admin snapshot on a follower");
+    let addr = cluster.client_addrs[&node].to_string();
+    let index = tokio::task::spawn_blocking(move || {
+        let mut c =
+            raftcache::client::CacheClient::connect(&addr, std::time::Duration::from_secs(10))
+                .unwrap();
+        c.admin_snapshot().expect("admin snapshot")
+    })
+    .await
+    .unwrap();
+    assert!(
+        index as u64 >= applied,
+        "snapshot at {index} does not cover applied index {applied}"
+    );
+    let snapshot = cluster
+        .node(node)
+        .raft()
+        .metrics()
+        .borrow()
+        .snapshot
+        .map(|s| s.index);
+    assert_eq!(snapshot, Some(index as u64));
+}

@@ -661,6 +661,7 @@ pub trait TCacheServiceSyncClient {
   fn remove(&mut self, key: String) -> thrift::Result<bool>;
   fn get_with(&mut self, key: String, options: ReadOptions) -> thrift::Result<CacheEntry>;
   fn status(&mut self) -> thrift::Result<NodeStatus>;
+  fn admin_snapshot(&mut self) -> thrift::Result<i64>;
 }
 
 pub trait TCacheServiceSyncClientMarker {}
@@ -822,6 +823,33 @@ impl <C: TThriftClient + TCacheServiceSyncClientMarker> TCacheServiceSyncClient 
       result.ok_or()
     }
   }
+  fn admin_snapshot(&mut self) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("admin_snapshot", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceAdminSnapshotArgs {  };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("admin_snapshot", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceAdminSnapshotResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -834,6 +862,7 @@ pub trait CacheServiceSyncHandler {
   fn handle_remove(&self, key: String) -> thrift::Result<bool>;
   fn handle_get_with(&self, key: String, options: ReadOptions) -> thrift::Result<CacheEntry>;
   fn handle_status(&self) -> thrift::Result<NodeStatus>;
+  fn handle_admin_snapshot(&self) -> thrift::Result<i64>;
 }
 
 pub struct CacheServiceSyncProcessor<H: CacheServiceSyncHandler> {
@@ -860,6 +889,9 @@ impl <H: CacheServiceSyncHandler> CacheServiceSyncProcessor<H> {
   }
   fn process_status(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TCacheServiceProcessFunctions::process_status(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_admin_snapshot(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_admin_snapshot(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -1191,6 +1223,66 @@ impl TCacheServiceProcessFunctions {
       },
     }
   }
+  pub fn process_admin_snapshot<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let _ = CacheServiceAdminSnapshotArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_admin_snapshot() {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("admin_snapshot", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceAdminSnapshotResult { result_value: Some(handler_return), unavailable: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminSnapshotResult{ result_value: None, unavailable: Some(*err) };
+              let message_ident = TMessageIdentifier::new("admin_snapshot", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("admin_snapshot", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("admin_snapshot", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("admin_snapshot", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: CacheServiceSyncHandler> TProcessor for CacheServiceSyncProcessor<H> {
@@ -1211,6 +1303,9 @@ impl <H: CacheServiceSyncHandler> TProcessor for CacheServiceSyncProcessor<H> {
       },
       "status" => {
         self.process_status(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "admin_snapshot" => {
+        self.process_admin_snapshot(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -1913,6 +2008,119 @@ impl CacheServiceStatusResult {
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminSnapshotArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminSnapshotArgs {
+}
+
+impl CacheServiceAdminSnapshotArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminSnapshotArgs> {
+    i_prot.read_struct_begin()?;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceAdminSnapshotArgs {};
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("admin_snapshot_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminSnapshotResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminSnapshotResult {
+  result_value: Option<i64>,
+  unavailable: Option<Unavailable>,
+}
+
+impl CacheServiceAdminSnapshotResult {
+  fn ok_or(self) -> thrift::Result<i64> {
+    if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceAdminSnapshot"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminSnapshotResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<i64> = None;
+    let mut f_1: Option<Unavailable> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_i64()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceAdminSnapshotResult {
+      result_value: f_0,
+      unavailable: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceAdminSnapshotResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 1))?;
       fld_var.write_to_out_protocol(o_prot)?;
       o_prot.write_field_end()?
     }
