@@ -121,15 +121,11 @@ async fn admin_snapshot_builds_one_covering_everything_applied() {
     );
 
     phase("admin snapshot on a follower");
-    let addr = cluster.client_addrs[&node].to_string();
-    let index = tokio::task::spawn_blocking(move || {
-        let mut c =
-            raftcache::client::CacheClient::connect(&addr, std::time::Duration::from_secs(10))
-                .unwrap();
-        c.admin_snapshot().expect("admin snapshot")
-    })
-    .await
-    .unwrap();
+    let index = cluster
+        .client(node)
+        .admin_snapshot()
+        .await
+        .expect("admin snapshot");
     assert!(
         index as u64 >= applied,
         "snapshot at {index} does not cover applied index {applied}"

@@ -211,6 +211,10 @@ impl BlockingClient {
         self.run(move |c| c.get(&k, linearizable)).await
     }
 
+    pub async fn admin_snapshot(&self) -> thrift::Result<i64> {
+        self.run(|c| c.admin_snapshot()).await
+    }
+
     pub async fn remove(&self, key: &str) -> thrift::Result<bool> {
         let k = key.to_string();
         self.run(move |c| c.remove(&k)).await
