@@ -6,6 +6,7 @@
 #   scripts/bench.sh                      # puts at 1, 16, 64, 256 clients; gets at 64
 #   CLIENTS="1 64" OPS="put" REPEAT=5 SECONDS_PER_RUN=10 scripts/bench.sh
 #   ADDRS=leader scripts/bench.sh         # send everything to the leader instead
+#   SERVE_FLAGS="--batch-max-in-flight 2" scripts/bench.sh   # extra `serve` flags
 #
 # Every commit is flushed (the only mode raftcache has). Values are VALUE_BYTES (100) bytes over
 # KEYS (10,000) keys. Flushes/s is the sum over the three nodes of `status`'s log_flushes.
@@ -20,6 +21,7 @@ VALUE_BYTES=${VALUE_BYTES:-100}
 KEYS=${KEYS:-10000}
 BASE=${BASE_PORT:-9700}
 ADDRS=${ADDRS:-all}
+SERVE_FLAGS=${SERVE_FLAGS:-}  # extra flags for every node, e.g. "--batch-max-in-flight 2"
 
 cargo build --release --quiet --bin raftcache --bin raftcache-bench
 bin=target/release/raftcache
@@ -36,7 +38,7 @@ trap cleanup EXIT
 initial="1=127.0.0.1:$((BASE + 11)),2=127.0.0.1:$((BASE + 12)),3=127.0.0.1:$((BASE + 13))"
 for i in 1 2 3; do
   "$bin" serve --id "$i" --listen "127.0.0.1:$((BASE + i))" --peer-listen "127.0.0.1:$((BASE + 10 + i))" \
-    --data-dir "$work/n$i" --initial-cluster "$initial" >"$work/n$i.log" 2>&1 &
+    --data-dir "$work/n$i" --initial-cluster "$initial" $SERVE_FLAGS >"$work/n$i.log" 2>&1 &
   pids+=($!)
 done
 addr() { echo "127.0.0.1:$((BASE + $1))"; }

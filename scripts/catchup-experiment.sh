@@ -48,6 +48,7 @@ t1=$(date +%s.%N)
 echo "wrote $WRITES keys in $(secs "$t0" "$t1") s; leader last log index: $(field "$leader" last_log_index)"
 grep -h "snapshot written" "$work/n$leader.log" | tail -1 || true
 
+term_before=$(field "$leader" term)
 start "$follower"; t2=$(date +%s.%N)
 target=$(field "$leader" last_applied)
 for _ in $(seq 1 6000); do
@@ -57,6 +58,7 @@ for _ in $(seq 1 6000); do
 done
 t3=$(date +%s.%N)
 echo "follower $follower applied up to $applied (leader at $target) $(secs "$t2" "$t3") s after restart"
+echo "term: $term_before before the restart, $(field "$leader" term) after the catch-up (a change means elections happened)"
 grep -h "snapshot installed" "$work/n$follower.log" | tail -1 || echo "(no snapshot installed: caught up from the log)"
 hwm() { grep VmHWM "/proc/$1/status" | awk '{printf "%.0f MiB", $2/1024}'; }
 echo "peak RSS (VmHWM): follower $(hwm "${pids[$follower]}"), leader $(hwm "${pids[$leader]}")"

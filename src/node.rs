@@ -114,13 +114,13 @@ pub async fn start_with_listeners(
         id,
         raft.clone(),
         state.clone(),
-        peers,
+        peers.clone(),
         proposer,
         config.request_deadline(),
         config.max_waiting_reads,
     ));
     let runtime = Handle::current();
-    let peer_service = PeerService::new(raft.clone(), router.clone(), runtime.clone());
+    let peer_service = PeerService::new(raft.clone(), router.clone(), peers, runtime.clone());
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());
     let peer_server = server::spawn(
         "peer",

@@ -139,3 +139,71 @@ async fn admin_snapshot_builds_one_covering_everything_applied() {
         .map(|s| s.index);
     assert_eq!(snapshot, Some(index as u64));
 }
+
+/// openraft 0.9 sends a follower no heartbeats while it streams a snapshot to it. Without the
+/// lease kept by `PeerService::install_snapshot_chunk`, a transfer longer than the election
+/// timeout made the receiving follower call elections that deposed a healthy leader and
+/// restarted the transfer, over and over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_transfer_longer_than_the_election_timeout_deposes_no_leader() {
+    let mut cluster = TestCluster::start(
+        3,
+        &[
+            "--snapshot-every=50",
+            "--snapshot-keep-log=10",
+            "--snapshot-chunk-bytes=1024",
+            "--election-timeout-min-ms=500",
+            "--election-timeout-max-ms=1000",
+        ],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let lagging = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster.stop(lagging).await;
+    let writer = cluster.client(leader);
+    let value = "v".repeat(100);
+    for i in 0..300 {
+        writer.put(&format!("k{i}"), &value).await.expect("put");
+    }
+    let leader_raft = cluster.node(leader).raft().clone();
+    let leader_metrics = || leader_raft.metrics().borrow().clone();
+    assert!(
+        leader_metrics().purged.is_some(),
+        "the leader compacted its log: the follower will need a snapshot"
+    );
+
+    phase("restart the follower with every snapshot chunk (1 KiB) held back 100 ms");
+    let term = leader_metrics().current_term;
+    cluster
+        .faults
+        .delay_snapshot_chunks(std::time::Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    cluster.restart(lagging).await;
+    let leader_applied = leader_metrics().last_applied.map(|l| l.index);
+    cluster
+        .node(lagging)
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.snapshot.is_some() && m.last_applied.map(|l| l.index) >= leader_applied,
+            "snapshot installed",
+        )
+        .await
+        .expect("the follower installs the snapshot and catches up");
+    let took = started.elapsed();
+    assert!(
+        took > std::time::Duration::from_millis(2000),
+        "the transfer took {took:?}, not longer than two election timeouts: the test proves nothing"
+    );
+
+    phase("no election happened meanwhile");
+    let after = leader_metrics();
+    assert_eq!(
+        (after.current_term, after.current_leader),
+        (term, Some(leader)),
+        "the leader was deposed during a {took:?} snapshot transfer"
+    );
+    cluster
+        .faults
+        .delay_snapshot_chunks(std::time::Duration::ZERO);
+}

@@ -35,6 +35,7 @@ pub trait TRaftPeerSyncClient {
   fn install_snapshot(&mut self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
   fn forward(&mut self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
   fn read_index(&mut self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
+  fn leader_check(&mut self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
 }
 
 pub trait TRaftPeerSyncClientMarker {}
@@ -196,6 +197,33 @@ impl <C: TThriftClient + TRaftPeerSyncClientMarker> TRaftPeerSyncClient for C {
       result.ok_or()
     }
   }
+  fn leader_check(&mut self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("leader_check", TMessageType::Call, self.sequence_number());
+        let call_args = RaftPeerLeaderCheckArgs { request };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("leader_check", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = RaftPeerLeaderCheckResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -208,6 +236,7 @@ pub trait RaftPeerSyncHandler {
   fn handle_install_snapshot(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
   fn handle_forward(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
   fn handle_read_index(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
+  fn handle_leader_check(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
 }
 
 pub struct RaftPeerSyncProcessor<H: RaftPeerSyncHandler> {
@@ -234,6 +263,9 @@ impl <H: RaftPeerSyncHandler> RaftPeerSyncProcessor<H> {
   }
   fn process_read_index(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TRaftPeerProcessFunctions::process_read_index(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_leader_check(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TRaftPeerProcessFunctions::process_leader_check(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -425,6 +457,43 @@ impl TRaftPeerProcessFunctions {
       },
     }
   }
+  pub fn process_leader_check<H: RaftPeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = RaftPeerLeaderCheckArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_leader_check(args.request) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("leader_check", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = RaftPeerLeaderCheckResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("leader_check", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("leader_check", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: RaftPeerSyncHandler> TProcessor for RaftPeerSyncProcessor<H> {
@@ -445,6 +514,9 @@ impl <H: RaftPeerSyncHandler> TProcessor for RaftPeerSyncProcessor<H> {
       },
       "read_index" => {
         self.process_read_index(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "leader_check" => {
+        self.process_leader_check(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -1005,6 +1077,117 @@ impl RaftPeerReadIndexResult {
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let struct_ident = TStructIdentifier::new("RaftPeerReadIndexResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::String, 0))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// RaftPeerLeaderCheckArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct RaftPeerLeaderCheckArgs {
+  request: Vec<u8>,
+}
+
+impl RaftPeerLeaderCheckArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<RaftPeerLeaderCheckArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("RaftPeerLeaderCheckArgs.request", &f_1)?;
+    let ret = RaftPeerLeaderCheckArgs {
+      request: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("leader_check_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("request", TType::String, 1))?;
+    o_prot.write_bytes(&self.request)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// RaftPeerLeaderCheckResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct RaftPeerLeaderCheckResult {
+  result_value: Option<Vec<u8>>,
+}
+
+impl RaftPeerLeaderCheckResult {
+  fn ok_or(self) -> thrift::Result<Vec<u8>> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for RaftPeerLeaderCheck"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<RaftPeerLeaderCheckResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_bytes()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = RaftPeerLeaderCheckResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("RaftPeerLeaderCheckResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::String, 0))?;

@@ -39,13 +39,14 @@ const POOL_MAX_IDLE: Duration = Duration::from_secs(30);
 const POOL_MAX_PER_PEER: usize = 64;
 
 /// The peer RPC methods.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     AppendEntries,
     Vote,
     InstallSnapshot,
     Forward,
     ReadIndex,
+    LeaderCheck,
 }
 
 /// Why a peer call failed. `Unreachable` guarantees the request was not delivered; after
@@ -113,6 +114,12 @@ impl PeerClients {
                 reason: "link cut by a test fault".into(),
             });
         }
+        if method == Method::InstallSnapshot {
+            let delay = self.faults.snapshot_chunk_delay();
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
         let payload = bincode::serialize(request).expect("peer requests always serialize");
         let this = self.clone();
         let addr_owned = addr.to_string();
@@ -157,6 +164,7 @@ impl PeerClients {
             Method::InstallSnapshot => conn.client.install_snapshot(payload),
             Method::Forward => conn.client.forward(payload),
             Method::ReadIndex => conn.client.read_index(payload),
+            Method::LeaderCheck => conn.client.leader_check(payload),
         };
         let answer = answer.map_err(|e| no_answer(e.to_string()))?;
         conn.last_used = Instant::now();

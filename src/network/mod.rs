@@ -12,6 +12,7 @@ mod service;
 
 use std::collections::HashSet;
 use std::sync::RwLock;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -55,11 +56,12 @@ pub fn peer_addr(raft: &crate::types::Raft, id: NodeId) -> Option<String> {
         .map(|n| n.peer_addr.clone())
 }
 
-/// Links cut by tests: a message from `a` to `b` is dropped while `(a, b)` is blocked.
-/// Empty in a real node.
+/// Faults injected by tests: links cut (a message from `a` to `b` is dropped while `(a, b)` is
+/// blocked) and slow snapshot transfers. None in a real node.
 #[derive(Debug, Default)]
 pub struct Faults {
     blocked: RwLock<HashSet<(NodeId, NodeId)>>,
+    snapshot_chunk_delay: RwLock<Duration>,
 }
 
 impl Faults {
@@ -75,6 +77,16 @@ impl Faults {
     /// Restores every link.
     pub fn heal(&self) {
         self.blocked.write().expect("faults lock").clear();
+    }
+
+    /// Delays every snapshot chunk sent from now on by `delay`, as a slow link would.
+    pub fn delay_snapshot_chunks(&self, delay: Duration) {
+        *self.snapshot_chunk_delay.write().expect("faults lock") = delay;
+    }
+
+    /// How long each snapshot chunk is held back before it is sent.
+    pub fn snapshot_chunk_delay(&self) -> Duration {
+        *self.snapshot_chunk_delay.read().expect("faults lock")
     }
 
     /// Whether a message from `from` to `to` may be sent.

@@ -14,4 +14,7 @@ service RaftPeer {
     binary forward(1: binary request),
     /// Ask the leader for a read index (for a linearizable read on a follower).
     binary read_index(1: binary request),
+    /// Ask a node whether it still leads with the given vote. A follower busy with a snapshot
+    /// chunk asks its leader this, since the leader sends no heartbeats while it streams one.
+    binary leader_check(1: binary request),
 }

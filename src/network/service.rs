@@ -5,13 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+};
+use openraft::{ServerState, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thrift::{ProtocolError, ProtocolErrorKind};
 use tokio::runtime::Handle;
 
-use super::ForwardRequest;
+use super::{peer_addr, ForwardRequest, PeerClients, PeerMethod};
 use crate::gen::peer::RaftPeerSyncHandler;
 use crate::router::Router;
 use crate::types::{NodeId, Raft, TypeConfig};
@@ -20,17 +24,77 @@ use crate::types::{NodeId, Raft, TypeConfig};
 pub struct PeerService {
     raft: Raft,
     router: Arc<Router>,
+    /// For asking the leader whether it still leads while a snapshot chunk is processed.
+    peers: Arc<PeerClients>,
     /// Runs openraft's async calls from the server's connection threads.
     runtime: Handle,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, router: Arc<Router>, runtime: Handle) -> Self {
+    pub fn new(raft: Raft, router: Arc<Router>, peers: Arc<PeerClients>, runtime: Handle) -> Self {
         Self {
             raft,
             router,
+            peers,
             runtime,
         }
+    }
+
+    /// Hands one snapshot chunk to openraft, keeping the sending leader's lease alive here
+    /// meanwhile.
+    ///
+    /// openraft 0.9 sends a follower no heartbeats while it streams a snapshot to it, and the
+    /// chunks do not count as hearing from the leader: a transfer (or the install at its end)
+    /// longer than the election timeout made the follower call an election, depose a healthy
+    /// leader, and have the transfer start over, without end (seen with a 1.2 GB snapshot).
+    /// So each chunk counts as a heartbeat from its sender, and while a chunk is being
+    /// processed this node asks the sender every heartbeat interval whether it still leads,
+    /// counting each "yes" as a heartbeat. A leader that died or was deposed says no or does
+    /// not answer, and then the election timer runs as usual.
+    async fn install_snapshot_chunk(
+        &self,
+        request: InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        let vote = request.vote;
+        self.heard_from_leader(vote).await;
+        let interval = Duration::from_millis(self.raft.config().heartbeat_interval);
+        let install = self.raft.install_snapshot(request);
+        tokio::pin!(install);
+        loop {
+            tokio::select! {
+                answer = &mut install => return answer,
+                () = tokio::time::sleep(interval) => {
+                    if self.still_leads(vote, interval).await {
+                        self.heard_from_leader(vote).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells openraft it heard from the leader holding `vote`: an empty append-entries, which
+    /// appends and commits nothing, from the start of the log (so it matches any log). A vote
+    /// older than this node's is refused by openraft as usual.
+    async fn heard_from_leader(&self, vote: Vote<NodeId>) {
+        let heartbeat = AppendEntriesRequest {
+            vote,
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        let _ = self.raft.append_entries(heartbeat).await;
+    }
+
+    /// Whether the node that holds `vote` says it still leads with it, within `timeout`.
+    async fn still_leads(&self, vote: Vote<NodeId>, timeout: Duration) -> bool {
+        let leader = vote.leader_id().voted_for().unwrap_or_default();
+        let Some(addr) = peer_addr(&self.raft, leader) else {
+            return false;
+        };
+        self.peers
+            .rpc::<_, bool>(leader, &addr, PeerMethod::LeaderCheck, &vote, timeout)
+            .await
+            .unwrap_or(false)
     }
 }
 
@@ -60,7 +124,7 @@ impl RaftPeerSyncHandler for PeerService {
 
     fn handle_install_snapshot(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
         let request: InstallSnapshotRequest<TypeConfig> = decode(&request)?;
-        encode(&self.runtime.block_on(self.raft.install_snapshot(request)))
+        encode(&self.runtime.block_on(self.install_snapshot_chunk(request)))
     }
 
     fn handle_forward(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
@@ -79,5 +143,12 @@ impl RaftPeerSyncHandler for PeerService {
     fn handle_read_index(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
         let () = decode(&request)?;
         encode(&self.runtime.block_on(self.router.read_index_as_leader()))
+    }
+
+    fn handle_leader_check(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        let vote: Vote<NodeId> = decode(&request)?;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        encode(&(metrics.state == ServerState::Leader && metrics.vote == vote))
     }
 }
