@@ -2,17 +2,19 @@
 //! limits, hands it to the router, and turns every error into a declared Thrift exception with a
 //! message a person can act on.
 
+use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use openraft::ServerState;
-use tokio::runtime::Handle;
+use thrift::{ApplicationError, ApplicationErrorKind};
 
 use crate::gen::cache::{
-    CacheEntry, CacheServiceSyncHandler, Consistency as WireConsistency, InvalidRequest,
-    KeyNotFound, Member, NodeStatus, ReadOptions, Unavailable,
+    CacheEntry, CacheServiceSyncHandler, CacheServiceSyncProcessor, Consistency as WireConsistency,
+    InvalidRequest, KeyNotFound, Member, NodeStatus, ReadOptions, Unavailable,
 };
 use crate::router::{Consistency, RouteError, Router};
+use crate::server::{self, Service};
 use crate::store::FlushStats;
 use crate::types::{NodeId, Raft, Request, Response};
 
@@ -23,14 +25,12 @@ pub struct ApiLimits {
     pub max_value_bytes: usize,
 }
 
-/// The `CacheService` handler of one node.
+/// The `CacheService` of one node.
 pub struct CacheApi {
     id: NodeId,
     raft: Raft,
     router: Arc<Router>,
     limits: ApiLimits,
-    /// Runs the router's async calls from the server's connection threads.
-    runtime: Handle,
     /// The log store's flush counter, reported by `status`.
     flushes: Arc<FlushStats>,
 }
@@ -50,13 +50,51 @@ fn route_error(e: RouteError) -> thrift::Error {
     }
 }
 
+/// One decoded client call.
+enum Call {
+    Get { key: String },
+    GetWith { key: String, options: ReadOptions },
+    Put { entry: CacheEntry },
+    Remove { key: String },
+    Status,
+    AdminSnapshot,
+}
+
+/// What a call returns, in the shape the generated processor writes back.
+enum Outcome {
+    Entry(thrift::Result<CacheEntry>),
+    Flag(thrift::Result<bool>),
+    Status(thrift::Result<NodeStatus>),
+    Index(thrift::Result<i64>),
+}
+
+impl Service for CacheApi {
+    /// The generated processor is synchronous, so it runs twice over the request: once to
+    /// decode it into a `Call` (its answer is kept only if it could not decode the request:
+    /// an exception), and, once the call has been carried out, once more to write the
+    /// `Outcome` back with the request's method name and sequence number.
+    async fn call(&self, request: Vec<u8>) -> Option<Vec<u8>> {
+        let call = {
+            let decoded = Decoded::default();
+            let refusal =
+                server::process(&CacheServiceSyncProcessor::new(&decoded), &request).ok()?;
+            match decoded.0.into_inner() {
+                Some(call) => call,
+                None => return Some(refusal),
+            }
+        };
+        let outcome = self.execute(call).await;
+        let answer = Answer(RefCell::new(Some(outcome)));
+        server::process(&CacheServiceSyncProcessor::new(answer), &request).ok()
+    }
+}
+
 impl CacheApi {
     pub fn new(
         id: NodeId,
         raft: Raft,
         router: Arc<Router>,
         limits: ApiLimits,
-        runtime: Handle,
         flushes: Arc<FlushStats>,
     ) -> Self {
         Self {
@@ -64,8 +102,18 @@ impl CacheApi {
             raft,
             router,
             limits,
-            runtime,
             flushes,
+        }
+    }
+
+    async fn execute(&self, call: Call) -> Outcome {
+        match call {
+            Call::Get { key } => Outcome::Entry(self.read(key, Consistency::Local).await),
+            Call::GetWith { key, options } => Outcome::Entry(self.get_with(key, options).await),
+            Call::Put { entry } => Outcome::Flag(self.put(entry).await),
+            Call::Remove { key } => Outcome::Flag(self.remove(key).await),
+            Call::Status => Outcome::Status(Ok(self.status())),
+            Call::AdminSnapshot => Outcome::Index(self.admin_snapshot().await),
         }
     }
 
@@ -80,11 +128,12 @@ impl CacheApi {
         Ok(())
     }
 
-    fn read(&self, key: String, consistency: Consistency) -> thrift::Result<CacheEntry> {
+    async fn read(&self, key: String, consistency: Consistency) -> thrift::Result<CacheEntry> {
         self.check_key(&key)?;
         match self
-            .runtime
-            .block_on(self.router.read(&key, consistency))
+            .router
+            .read(&key, consistency)
+            .await
             .map_err(route_error)?
         {
             Some(value) => Ok(CacheEntry { key, value }),
@@ -92,28 +141,20 @@ impl CacheApi {
         }
     }
 
-    fn write(&self, request: Request) -> thrift::Result<Response> {
-        self.runtime
-            .block_on(self.router.write(request))
-            .map_err(route_error)
-    }
-}
-
-impl CacheServiceSyncHandler for CacheApi {
-    fn handle_get(&self, key: String) -> thrift::Result<CacheEntry> {
-        self.read(key, Consistency::Local)
-    }
-
-    fn handle_get_with(&self, key: String, options: ReadOptions) -> thrift::Result<CacheEntry> {
+    async fn get_with(&self, key: String, options: ReadOptions) -> thrift::Result<CacheEntry> {
         let consistency = match options.consistency {
             None | Some(WireConsistency::LOCAL) => Consistency::Local,
             Some(WireConsistency::LINEARIZABLE) => Consistency::Linearizable,
             Some(other) => return Err(invalid(format!("unknown consistency level {}", other.0))),
         };
-        self.read(key, consistency)
+        self.read(key, consistency).await
     }
 
-    fn handle_put(&self, entry: CacheEntry) -> thrift::Result<bool> {
+    async fn write(&self, request: Request) -> thrift::Result<Response> {
+        self.router.write(request).await.map_err(route_error)
+    }
+
+    async fn put(&self, entry: CacheEntry) -> thrift::Result<bool> {
         self.check_key(&entry.key)?;
         if entry.value.len() > self.limits.max_value_bytes {
             return Err(invalid(format!(
@@ -125,13 +166,14 @@ impl CacheServiceSyncHandler for CacheApi {
         self.write(Request::Put {
             key: entry.key,
             value: entry.value,
-        })?;
+        })
+        .await?;
         Ok(true)
     }
 
-    fn handle_remove(&self, key: String) -> thrift::Result<bool> {
+    async fn remove(&self, key: String) -> thrift::Result<bool> {
         self.check_key(&key)?;
-        match self.write(Request::Remove { key })? {
+        match self.write(Request::Remove { key }).await? {
             Response::Removed { existed } => Ok(existed),
             other => Err(user_error(Unavailable {
                 message: format!("unexpected result {other:?} for a remove"),
@@ -139,19 +181,106 @@ impl CacheServiceSyncHandler for CacheApi {
         }
     }
 
-    fn handle_status(&self) -> thrift::Result<NodeStatus> {
+    fn status(&self) -> NodeStatus {
         let mut status = node_status(self.id, &self.raft);
         status.log_flushes = Some(self.flushes.count.load(Ordering::Relaxed) as i64);
-        Ok(status)
+        status
     }
 
-    fn handle_admin_snapshot(&self) -> thrift::Result<i64> {
-        let unavailable = |message: String| user_error(Unavailable { message });
-        let built = self
-            .runtime
-            .block_on(self.router.snapshot())
-            .map_err(|e| unavailable(e.to_string()))?;
+    async fn admin_snapshot(&self) -> thrift::Result<i64> {
+        let built = self.router.snapshot().await.map_err(|e| {
+            user_error(Unavailable {
+                message: e.to_string(),
+            })
+        })?;
         Ok(built as i64)
+    }
+}
+
+/// The first pass: records the call the processor decoded. What it returns is never sent.
+#[derive(Default)]
+struct Decoded(RefCell<Option<Call>>);
+
+impl Decoded {
+    fn record<T>(&self, call: Call) -> thrift::Result<T> {
+        *self.0.borrow_mut() = Some(call);
+        Err(thrift::Error::Application(ApplicationError::new(
+            ApplicationErrorKind::Unknown,
+            "decoded",
+        )))
+    }
+}
+
+impl CacheServiceSyncHandler for &Decoded {
+    fn handle_get(&self, key: String) -> thrift::Result<CacheEntry> {
+        self.record(Call::Get { key })
+    }
+    fn handle_put(&self, entry: CacheEntry) -> thrift::Result<bool> {
+        self.record(Call::Put { entry })
+    }
+    fn handle_remove(&self, key: String) -> thrift::Result<bool> {
+        self.record(Call::Remove { key })
+    }
+    fn handle_get_with(&self, key: String, options: ReadOptions) -> thrift::Result<CacheEntry> {
+        self.record(Call::GetWith { key, options })
+    }
+    fn handle_status(&self) -> thrift::Result<NodeStatus> {
+        self.record(Call::Status)
+    }
+    fn handle_admin_snapshot(&self) -> thrift::Result<i64> {
+        self.record(Call::AdminSnapshot)
+    }
+}
+
+/// The second pass: hands the processor the outcome of the call it decodes again.
+struct Answer(RefCell<Option<Outcome>>);
+
+impl Answer {
+    fn take(&self) -> Option<Outcome> {
+        self.0.borrow_mut().take()
+    }
+}
+
+fn mismatch() -> thrift::Error {
+    thrift::Error::Application(ApplicationError::new(
+        ApplicationErrorKind::InternalError,
+        "the answer does not match the request",
+    ))
+}
+
+impl CacheServiceSyncHandler for Answer {
+    fn handle_get(&self, _key: String) -> thrift::Result<CacheEntry> {
+        match self.take() {
+            Some(Outcome::Entry(result)) => result,
+            _ => Err(mismatch()),
+        }
+    }
+    fn handle_put(&self, _entry: CacheEntry) -> thrift::Result<bool> {
+        match self.take() {
+            Some(Outcome::Flag(result)) => result,
+            _ => Err(mismatch()),
+        }
+    }
+    fn handle_remove(&self, _key: String) -> thrift::Result<bool> {
+        match self.take() {
+            Some(Outcome::Flag(result)) => result,
+            _ => Err(mismatch()),
+        }
+    }
+    fn handle_get_with(&self, key: String, _options: ReadOptions) -> thrift::Result<CacheEntry> {
+        self.handle_get(key)
+    }
+    fn handle_status(&self) -> thrift::Result<NodeStatus> {
+        match self.take() {
+            Some(Outcome::Status(result)) => result,
+            _ => Err(mismatch()),
+        }
+    }
+    fn handle_admin_snapshot(&self) -> thrift::Result<i64> {
+        match self.take() {
+            Some(Outcome::Index(result)) => result,
+            _ => Err(mismatch()),
+        }
     }
 }
 

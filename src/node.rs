@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use openraft::error::{InitializeError, RaftError};
 use openraft::SnapshotPolicy;
-use tokio::runtime::Handle;
 
 use crate::api::{ApiLimits, CacheApi};
 use crate::config::{NodeConfig, MAX_ENTRIES_PER_APPEND};
-use crate::gen::cache::{CacheServiceSyncProcessor, NodeStatus};
-use crate::gen::peer::RaftPeerSyncProcessor;
+use crate::gen::cache::NodeStatus;
 use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
 use crate::proposer::{BatchLimits, Proposer};
 use crate::router::Router;
@@ -119,34 +117,16 @@ pub async fn start_with_listeners(
         config.request_deadline(),
         config.max_waiting_reads,
     ));
-    let runtime = Handle::current();
-    let peer_service = PeerService::new(raft.clone(), router.clone(), peers, runtime.clone());
+    let peer_service = PeerService::new(raft.clone(), router.clone(), peers);
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());
-    let peer_server = server::spawn(
-        "peer",
-        peer_listener,
-        peer_limits,
-        RaftPeerSyncProcessor::new(peer_service),
-    )?;
+    let peer_server = server::spawn("peer", peer_listener, peer_limits, peer_service)?;
     let api_limits = ApiLimits {
         max_key_bytes: config.max_key_bytes,
         max_value_bytes: config.max_value_bytes,
     };
-    let api = CacheApi::new(
-        id,
-        raft.clone(),
-        router,
-        api_limits,
-        runtime,
-        flushes.clone(),
-    );
+    let api = CacheApi::new(id, raft.clone(), router, api_limits, flushes.clone());
     let client_limits = config.connection_limits(config.max_message_bytes);
-    let client_server = server::spawn(
-        "client",
-        client_listener,
-        client_limits,
-        CacheServiceSyncProcessor::new(api),
-    )?;
+    let client_server = server::spawn("client", client_listener, client_limits, api)?;
     tracing::info!(
         id,
         client_addr = %client_server.local_addr(),

@@ -167,10 +167,11 @@ async fn a_snapshot_transfer_longer_than_the_election_timeout_deposes_no_leader(
     }
     let leader_raft = cluster.node(leader).raft().clone();
     let leader_metrics = || leader_raft.metrics().borrow().clone();
-    assert!(
-        leader_metrics().purged.is_some(),
-        "the leader compacted its log: the follower will need a snapshot"
-    );
+    leader_raft
+        .wait(Some(WAIT))
+        .metrics(|m| m.purged.is_some(), "log purged")
+        .await
+        .expect("the leader compacts its log: the follower will need a snapshot");
 
     phase("restart the follower with every snapshot chunk (1 KiB) held back 100 ms");
     let term = leader_metrics().current_term;

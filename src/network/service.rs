@@ -2,6 +2,7 @@
 //! to the router, and encodes the `Result` back. Errors inside a `Result` travel to the caller;
 //! only an undecodable request is a Thrift-level error.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +13,12 @@ use openraft::raft::{
 use openraft::{ServerState, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use thrift::{ProtocolError, ProtocolErrorKind};
-use tokio::runtime::Handle;
+use thrift::{ApplicationError, ApplicationErrorKind, ProtocolError, ProtocolErrorKind};
 
 use super::{peer_addr, ForwardRequest, PeerClients, PeerMethod};
-use crate::gen::peer::RaftPeerSyncHandler;
+use crate::gen::peer::{RaftPeerSyncHandler, RaftPeerSyncProcessor};
 use crate::router::Router;
+use crate::server::{self, Service};
 use crate::types::{NodeId, Raft, TypeConfig};
 
 /// The `RaftPeer` handler of one node.
@@ -26,17 +27,14 @@ pub struct PeerService {
     router: Arc<Router>,
     /// For asking the leader whether it still leads while a snapshot chunk is processed.
     peers: Arc<PeerClients>,
-    /// Runs openraft's async calls from the server's connection threads.
-    runtime: Handle,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, router: Arc<Router>, peers: Arc<PeerClients>, runtime: Handle) -> Self {
+    pub fn new(raft: Raft, router: Arc<Router>, peers: Arc<PeerClients>) -> Self {
         Self {
             raft,
             router,
             peers,
-            runtime,
         }
     }
 
@@ -111,44 +109,130 @@ fn encode<T: Serialize>(value: &T) -> thrift::Result<Vec<u8>> {
     Ok(bincode::serialize(value).expect("peer answers always serialize"))
 }
 
-impl RaftPeerSyncHandler for PeerService {
-    fn handle_append_entries(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
-        let request: AppendEntriesRequest<TypeConfig> = decode(&request)?;
-        encode(&self.runtime.block_on(self.raft.append_entries(request)))
-    }
-
-    fn handle_vote(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
-        let request: VoteRequest<NodeId> = decode(&request)?;
-        encode(&self.runtime.block_on(self.raft.vote(request)))
-    }
-
-    fn handle_install_snapshot(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
-        let request: InstallSnapshotRequest<TypeConfig> = decode(&request)?;
-        encode(&self.runtime.block_on(self.install_snapshot_chunk(request)))
-    }
-
-    fn handle_forward(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
-        let ForwardRequest {
-            requests,
-            deadline_ms,
-        } = decode(&request)?;
-        let deadline = Duration::from_millis(deadline_ms);
-        encode(
-            &self
-                .runtime
-                .block_on(self.router.write_forwarded(requests, deadline)),
+impl Service for PeerService {
+    /// Two passes of the generated processor, as in `CacheApi::call`: one decodes the call,
+    /// the other writes its answer back.
+    async fn call(&self, request: Vec<u8>) -> Option<Vec<u8>> {
+        let (method, payload) = {
+            let decoded = Decoded::default();
+            let refusal = server::process(&RaftPeerSyncProcessor::new(&decoded), &request).ok()?;
+            match decoded.0.into_inner() {
+                Some(call) => call,
+                None => return Some(refusal),
+            }
+        };
+        let answer = self.execute(method, &payload).await;
+        server::process(
+            &RaftPeerSyncProcessor::new(Answer(RefCell::new(Some(answer)))),
+            &request,
         )
+        .ok()
     }
+}
 
+impl PeerService {
+    async fn execute(&self, method: PeerMethod, payload: &[u8]) -> thrift::Result<Vec<u8>> {
+        match method {
+            PeerMethod::AppendEntries => {
+                let request: AppendEntriesRequest<TypeConfig> = decode(payload)?;
+                encode(&self.raft.append_entries(request).await)
+            }
+            PeerMethod::Vote => {
+                let request: VoteRequest<NodeId> = decode(payload)?;
+                encode(&self.raft.vote(request).await)
+            }
+            PeerMethod::InstallSnapshot => {
+                let request: InstallSnapshotRequest<TypeConfig> = decode(payload)?;
+                encode(&self.install_snapshot_chunk(request).await)
+            }
+            PeerMethod::Forward => {
+                let ForwardRequest {
+                    requests,
+                    deadline_ms,
+                } = decode(payload)?;
+                let deadline = Duration::from_millis(deadline_ms);
+                encode(&self.router.write_forwarded(requests, deadline).await)
+            }
+            PeerMethod::ReadIndex => {
+                let () = decode(payload)?;
+                encode(&self.router.read_index_as_leader().await)
+            }
+            PeerMethod::LeaderCheck => {
+                let vote: Vote<NodeId> = decode(payload)?;
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow();
+                encode(&(metrics.state == ServerState::Leader && metrics.vote == vote))
+            }
+        }
+    }
+}
+
+/// The first pass: records which method was called, with its payload.
+#[derive(Default)]
+struct Decoded(RefCell<Option<(PeerMethod, Vec<u8>)>>);
+
+impl Decoded {
+    fn record(&self, method: PeerMethod, payload: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        *self.0.borrow_mut() = Some((method, payload));
+        Err(thrift::Error::Application(ApplicationError::new(
+            ApplicationErrorKind::Unknown,
+            "decoded",
+        )))
+    }
+}
+
+impl RaftPeerSyncHandler for &Decoded {
+    fn handle_append_entries(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.record(PeerMethod::AppendEntries, request)
+    }
+    fn handle_vote(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.record(PeerMethod::Vote, request)
+    }
+    fn handle_install_snapshot(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.record(PeerMethod::InstallSnapshot, request)
+    }
+    fn handle_forward(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.record(PeerMethod::Forward, request)
+    }
     fn handle_read_index(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
-        let () = decode(&request)?;
-        encode(&self.runtime.block_on(self.router.read_index_as_leader()))
+        self.record(PeerMethod::ReadIndex, request)
     }
-
     fn handle_leader_check(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
-        let vote: Vote<NodeId> = decode(&request)?;
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        encode(&(metrics.state == ServerState::Leader && metrics.vote == vote))
+        self.record(PeerMethod::LeaderCheck, request)
+    }
+}
+
+/// The second pass: every method answers with the same encoded result.
+struct Answer(RefCell<Option<thrift::Result<Vec<u8>>>>);
+
+impl Answer {
+    fn take(&self) -> thrift::Result<Vec<u8>> {
+        self.0.borrow_mut().take().unwrap_or_else(|| {
+            Err(thrift::Error::Application(ApplicationError::new(
+                ApplicationErrorKind::InternalError,
+                "answered twice",
+            )))
+        })
+    }
+}
+
+impl RaftPeerSyncHandler for Answer {
+    fn handle_append_entries(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.take()
+    }
+    fn handle_vote(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.take()
+    }
+    fn handle_install_snapshot(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.take()
+    }
+    fn handle_forward(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.take()
+    }
+    fn handle_read_index(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.take()
+    }
+    fn handle_leader_check(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.take()
     }
 }

@@ -1,29 +1,34 @@
-//! raftcache's Thrift server: an accept loop around the `thrift` crate's processors, used for
-//! both the client port and the peer port.
+//! raftcache's Thrift server, for both the client port and the peer port: an async accept loop
+//! with one task per connection, a connection cap, a size limit on each message, a read
+//! timeout inside a message and an idle timeout between messages, and `TCP_NODELAY`.
 //!
 //! Why not `thrift::server::TServer`: it hands each connection to a fixed thread pool for the
 //! connection's whole life (the N+1th client waits for one to disconnect), and it has no
-//! connection cap, no read timeout and leaves Nagle on. Here every accepted connection gets its
-//! own thread, the number of connections is capped, each message is limited in size, a client
-//! that stalls mid-message or idles too long is disconnected, and `TCP_NODELAY` is set.
+//! connection cap, no read timeout and leaves Nagle on. Why not a thread per connection (what
+//! this server was before): every request then crossed from the connection's thread to the
+//! tokio runtime and back, two thread wake-ups per request, and on these VMs a wake-up of a
+//! thread on the other core is among the most expensive things a request does.
+//!
+//! A connection reads bytes until `frame::scan` finds one whole message, then hands it to the
+//! `Service`, which decodes it from memory, answers it, and the answer is written back.
+//! Messages on one connection are answered in order, one at a time.
 
-use std::cell::Cell;
-use std::collections::HashMap;
-use std::io::{self, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::server::TProcessor;
-use thrift::transport::{TBufferedReadTransport, TBufferedWriteTransport};
 use thrift::TConfiguration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
-mod watched;
-use watched::WatchedInput;
+pub mod frame;
+use frame::Scan;
 
 /// Limits applied to every connection of one server.
 #[derive(Debug, Clone)]
@@ -32,34 +37,54 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Largest request message, in bytes; a larger one closes the connection.
     pub max_message_bytes: usize,
-    /// How long a client may stall in the middle of a message before it is disconnected.
+    /// How long a client may stall in the middle of a message before it is disconnected; also
+    /// how long writing an answer may take.
     pub read_timeout: Duration,
     /// How long a connection may sit idle between messages before it is closed.
     pub idle_timeout: Duration,
 }
 
-/// Stack size of a connection thread: a handler runs one request at a time on it.
-const CONNECTION_STACK_BYTES: usize = 1024 * 1024;
-/// Nesting depth allowed in a request (Thrift structs inside structs).
-const MAX_RECURSION_DEPTH: usize = 64;
+/// What a server does with each request.
+pub trait Service: Send + Sync + 'static {
+    /// Answers one whole request message (strict binary protocol). `None` closes the
+    /// connection without an answer.
+    fn call(&self, request: Vec<u8>) -> impl Future<Output = Option<Vec<u8>>> + Send;
+}
+
+/// Runs a generated (synchronous) Thrift processor over one request held in memory and
+/// returns what it wrote: the answer, or an exception for a request it could not decode.
+/// Fails only if the message header itself is unreadable. No string or container in the
+/// request is allowed to claim more bytes than the whole request has.
+pub fn process(processor: &dyn TProcessor, request: &[u8]) -> thrift::Result<Vec<u8>> {
+    let size = request.len().max(1);
+    let config = TConfiguration::builder()
+        .max_message_size(Some(size))
+        .max_frame_size(Some(size))
+        .max_string_size(Some(size))
+        .max_container_size(Some(size))
+        .max_recursion_depth(Some(frame::MAX_DEPTH))
+        .build()
+        .expect("limits are positive");
+    let mut input = TBinaryInputProtocol::with_config(request, true, config);
+    let mut answer = Vec::new();
+    let mut output = TBinaryOutputProtocol::new(&mut answer, true);
+    processor.process(&mut input, &mut output)?;
+    Ok(answer)
+}
+
+/// Bytes read from a socket at a time, at most.
+const READ_CHUNK: usize = 16 * 1024;
+/// A connection's buffer larger than this is given back once it is empty.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 /// A running server. Dropping it does not stop it; call `stop`.
 pub struct ServerHandle {
     local_addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
-    accept_thread: Option<JoinHandle<()>>,
-    /// Open connections, so `stop` can end them.
-    connections: Arc<Connections>,
-    /// Dead once the server and every connection thread are gone (and with them the processor
-    /// and whatever it holds, such as the node's storage).
+    stop: watch::Sender<bool>,
+    open: Arc<AtomicUsize>,
+    /// Dead once the accept loop and every connection task are gone (and with them the
+    /// service and whatever it holds, such as the node's storage).
     alive: Weak<()>,
-}
-
-/// The sockets of open connections, by a per-server serial number.
-#[derive(Default)]
-struct Connections {
-    next: AtomicUsize,
-    open: Mutex<HashMap<usize, TcpStream>>,
 }
 
 impl ServerHandle {
@@ -68,285 +93,175 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// Stops accepting connections and ends the open ones: each finishes the request it is
-    /// serving (its answer is still written), then sees end-of-input and closes.
+    /// Stops accepting connections (the port is closed) and ends the open ones: a connection
+    /// serving a request finishes it and writes its answer, then closes; the others close now.
     pub fn stop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // Wake the blocking accept so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
-        if let Some(thread) = self.accept_thread.take() {
-            let _ = thread.join();
-        }
-        for stream in self
-            .connections
-            .open
-            .lock()
-            .expect("connections lock")
-            .values()
-        {
-            let _ = stream.shutdown(std::net::Shutdown::Read);
-        }
+        self.stop.send_replace(true);
     }
 
-    /// Whether every connection thread has finished since `stop`.
+    /// Whether the accept loop and every connection have finished since `stop`.
     pub fn drained(&self) -> bool {
         self.alive.strong_count() == 0
     }
 
     /// Number of connections open now.
     pub fn open_connections(&self) -> usize {
-        self.connections
-            .open
-            .lock()
-            .expect("connections lock")
-            .len()
+        self.open.load(Ordering::SeqCst)
     }
 }
 
-/// Starts serving `processor` on `listener` in a background thread. `name` labels log lines.
-pub fn spawn<P>(
+/// Starts serving `service` on `listener`, on the current tokio runtime. `name` labels log
+/// lines.
+pub fn spawn<S: Service>(
     name: &'static str,
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     limits: ConnectionLimits,
-    processor: P,
-) -> io::Result<ServerHandle>
-where
-    P: TProcessor + Send + Sync + 'static,
-{
+    service: S,
+) -> io::Result<ServerHandle> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
     let local_addr = listener.local_addr()?;
-    let stopping = Arc::new(AtomicBool::new(false));
-    let connections = Arc::new(Connections::default());
+    let (stop, stopping) = watch::channel(false);
+    let open = Arc::new(AtomicUsize::new(0));
     let server = Arc::new(Server {
         name,
         limits,
-        processor,
-        open: AtomicUsize::new(0),
-        connections: connections.clone(),
+        service,
+        open: open.clone(),
         alive: Arc::new(()),
     });
     let alive = Arc::downgrade(&server.alive);
-    let flag = stopping.clone();
-    let accept_thread = std::thread::Builder::new()
-        .name(format!("{name}-accept"))
-        .spawn(move || server.accept_loop(listener, flag))?;
+    tokio::spawn(server.accept_loop(listener, stopping));
     Ok(ServerHandle {
         local_addr,
-        stopping,
-        accept_thread: Some(accept_thread),
-        connections,
+        stop,
+        open,
         alive,
     })
 }
 
-struct Server<P> {
+struct Server<S> {
     /// Label for log lines ("client" or "peer").
     name: &'static str,
     limits: ConnectionLimits,
-    /// The generated Thrift processor; shared by all connection threads.
-    processor: P,
+    service: S,
     /// Connections open now, checked against `limits.max_connections`.
-    open: AtomicUsize,
-    /// Their sockets, shared with the handle for `stop`.
-    connections: Arc<Connections>,
+    open: Arc<AtomicUsize>,
     /// Held only here; the handle watches it to know when the server is gone.
     alive: Arc<()>,
 }
 
-impl<P: TProcessor + Send + Sync + 'static> Server<P> {
-    fn accept_loop(self: Arc<Self>, listener: TcpListener, stopping: Arc<AtomicBool>) {
-        for stream in listener.incoming() {
-            if stopping.load(Ordering::SeqCst) {
-                break;
-            }
-            let stream = match stream {
-                Ok(s) => s,
+/// Why a connection ended; a clean close is routine, the rest is logged.
+enum End {
+    ClosedByClient,
+    Stopping,
+    Refused(String),
+}
+
+impl<S: Service> Server<S> {
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stopping.wait_for(|stop| *stop) => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(server = self.name, error = %e, "accept failed");
-                    std::thread::sleep(Duration::from_millis(50));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
-            let peer = stream.peer_addr().ok();
             if self.open.fetch_add(1, Ordering::SeqCst) >= self.limits.max_connections {
                 self.open.fetch_sub(1, Ordering::SeqCst);
                 tracing::warn!(
                     server = self.name,
-                    ?peer,
+                    %peer,
                     max = self.limits.max_connections,
                     "connection refused: too many connections"
                 );
                 drop(stream);
                 continue;
             }
-            let serial = self.connections.next.fetch_add(1, Ordering::SeqCst);
-            if let Ok(handle) = stream.try_clone() {
-                self.connections
-                    .open
-                    .lock()
-                    .expect("connections lock")
-                    .insert(serial, handle);
-            }
             let server = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("{}-conn", self.name))
-                .stack_size(CONNECTION_STACK_BYTES)
-                .spawn(move || {
-                    server.serve_connection(stream);
-                    server.close(serial);
-                });
-            if let Err(e) = spawned {
-                self.close(serial);
-                tracing::warn!(server = self.name, ?peer, error = %e, "cannot start a connection thread");
-            }
-        }
-    }
-
-    fn close(&self, serial: usize) {
-        self.connections
-            .open
-            .lock()
-            .expect("connections lock")
-            .remove(&serial);
-        self.open.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    fn serve_connection(&self, stream: TcpStream) {
-        let peer = stream.peer_addr().ok();
-        let setup = || -> io::Result<(TcpStream, TcpStream)> {
-            stream.set_nodelay(true)?;
-            stream
-                .set_read_timeout(Some(self.limits.read_timeout.min(self.limits.idle_timeout)))?;
-            stream.set_write_timeout(Some(self.limits.read_timeout))?;
-            Ok((stream.try_clone()?, stream))
-        };
-        let (read_half, write_half) = match setup() {
-            Ok(halves) => halves,
-            Err(e) => {
-                return tracing::debug!(server = self.name, ?peer, error = %e, "connection setup failed")
-            }
-        };
-        let budget = Rc::new(MessageBudget::new(&self.limits));
-        let reader = LimitedReader {
-            inner: read_half,
-            budget: budget.clone(),
-        };
-        let (mut input, input_failed) = WatchedInput::new(TBinaryInputProtocol::with_config(
-            TBufferedReadTransport::new(reader),
-            true,
-            self.thrift_config(),
-        ));
-        let mut output = TBinaryOutputProtocol::new(TBufferedWriteTransport::new(write_half), true);
-        loop {
-            budget.start_message();
-            let result = self.processor.process(&mut input, &mut output);
-            if let Err(e) = result {
-                return log_connection_end(self.name, peer, &e);
-            }
-            // The processor answered a request it could not decode with an exception; the
-            // stream is now mid-message, so the connection cannot be used further.
-            if let Some(reason) = input_failed.take() {
-                return tracing::info!(server = self.name, ?peer, %reason, "connection closed: undecodable request");
-            }
-        }
-    }
-
-    fn thrift_config(&self) -> TConfiguration {
-        TConfiguration::builder()
-            .max_message_size(Some(self.limits.max_message_bytes))
-            .max_frame_size(Some(self.limits.max_message_bytes))
-            .max_string_size(Some(self.limits.max_message_bytes))
-            .max_container_size(Some(self.limits.max_message_bytes))
-            .max_recursion_depth(Some(MAX_RECURSION_DEPTH))
-            .build()
-            .expect("limits are positive")
-    }
-}
-
-/// A clean close is routine; anything else says why the connection was dropped.
-fn log_connection_end(server: &'static str, peer: Option<SocketAddr>, e: &thrift::Error) {
-    let clean_close =
-        matches!(e, thrift::Error::Transport(t) if t.kind == thrift::TransportErrorKind::EndOfFile);
-    if clean_close {
-        tracing::debug!(server, ?peer, "connection closed by client");
-    } else {
-        tracing::info!(server, ?peer, reason = %e, "connection closed");
-    }
-}
-
-/// Per-connection accounting of the message being read: its size so far and when the
-/// connection last went idle.
-struct MessageBudget {
-    max_message_bytes: usize,
-    idle_timeout: Duration,
-    read_in_message: Cell<usize>,
-    idle_since: Cell<Instant>,
-}
-
-impl MessageBudget {
-    fn new(limits: &ConnectionLimits) -> Self {
-        Self {
-            max_message_bytes: limits.max_message_bytes,
-            idle_timeout: limits.idle_timeout,
-            read_in_message: Cell::new(0),
-            idle_since: Cell::new(Instant::now()),
-        }
-    }
-
-    fn start_message(&self) {
-        self.read_in_message.set(0);
-        self.idle_since.set(Instant::now());
-    }
-}
-
-/// The socket's read side, refusing to read past the message size limit, and telling a read
-/// timeout in the middle of a message (the client stalled: close) from one between messages
-/// (idle: keep waiting until the idle timeout).
-struct LimitedReader {
-    inner: TcpStream,
-    budget: Rc<MessageBudget>,
-}
-
-impl Read for LimitedReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let b = &self.budget;
-        let remaining = b.max_message_bytes.saturating_sub(b.read_in_message.get());
-        if remaining == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "message larger than the limit of {} bytes",
-                    b.max_message_bytes
-                ),
-            ));
-        }
-        let len = buf.len().min(remaining);
-        loop {
-            match self.inner.read(&mut buf[..len]) {
-                Ok(n) => {
-                    b.read_in_message.set(b.read_in_message.get() + n);
-                    return Ok(n);
-                }
-                Err(e) if is_timeout(&e) && b.read_in_message.get() == 0 => {
-                    if b.idle_since.get().elapsed() >= b.idle_timeout {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                let end = server.serve(stream, stopping).await;
+                server.open.fetch_sub(1, Ordering::SeqCst);
+                match end {
+                    End::ClosedByClient => {
+                        tracing::debug!(server = server.name, %peer, "connection closed by client")
+                    }
+                    End::Stopping => {
+                        tracing::debug!(server = server.name, %peer, "connection closed: stopping")
+                    }
+                    End::Refused(reason) => {
+                        tracing::info!(server = server.name, %peer, %reason, "connection closed")
                     }
                 }
-                Err(e) if is_timeout(&e) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
+            });
+        }
+    }
+
+    async fn serve(&self, mut stream: TcpStream, mut stopping: watch::Receiver<bool>) -> End {
+        if let Err(e) = stream.set_nodelay(true) {
+            return End::Refused(format!("cannot set TCP_NODELAY: {e}"));
+        }
+        let max = self.limits.max_message_bytes;
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let len = loop {
+                let needed = match frame::scan(&buf, max) {
+                    Scan::Complete(len) => break len,
+                    Scan::Invalid(reason) => return End::Refused(reason),
+                    Scan::Incomplete(needed) => needed,
+                };
+                let (timeout, what) = if buf.is_empty() {
+                    (self.limits.idle_timeout, "idle timeout")
+                } else {
+                    (
+                        self.limits.read_timeout,
                         "read timeout in the middle of a message",
-                    ))
+                    )
+                };
+                let want = (needed - buf.len()).clamp(1, READ_CHUNK);
+                buf.reserve(want);
+                let read = tokio::select! {
+                    read = tokio::time::timeout(timeout, stream.read_buf(&mut buf)) => read,
+                    _ = stopping.wait_for(|stop| *stop) => return End::Stopping,
+                };
+                match read {
+                    Err(_) => return End::Refused(what.into()),
+                    Ok(Ok(0)) if buf.is_empty() => return End::ClosedByClient,
+                    Ok(Ok(0)) => {
+                        return End::Refused("end of input in the middle of a message".into())
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return End::Refused(e.to_string()),
                 }
-                Err(e) => return Err(e),
+            };
+            let rest = buf.split_off(len);
+            let request = std::mem::replace(&mut buf, rest);
+            if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
+                buf = Vec::new();
+            }
+            let Some(answer) = self.service.call(request).await else {
+                return End::Refused("undecodable request".into());
+            };
+            match tokio::time::timeout(self.limits.read_timeout, stream.write_all(&answer)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return End::Refused(format!("cannot write the answer: {e}")),
+                Err(_) => return End::Refused("write timeout".into()),
+            }
+            if *stopping.borrow() {
+                return End::Stopping;
             }
         }
     }
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
