@@ -594,3 +594,28 @@ async fn idle_connection_outlives_the_read_timeout_and_closes_after_the_idle_tim
     wait_no_connections(&cluster, "idle connection").await;
     cluster.stop(1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_method_gets_an_exception_and_the_connection_stays_usable() {
+    let (_g, mut cluster, panics) = start(&["--read-timeout-ms=30000"]).await;
+    phase("a call to `drop_everything` with a string argument, then a status call, pipelined");
+    let mut unknown = call_header("drop_everything");
+    field(&mut unknown, T_STRING, 1);
+    string(&mut unknown, b"all of it");
+    unknown.push(0);
+    let bytes = [unknown, status_call()].concat();
+    let out = send_and_read(cluster.client_addrs[&1], bytes, PROMPT).await;
+    assert_healthy(&cluster, panics, "unknown method").await;
+    assert_eq!(
+        out.first_message_type(),
+        Some(EXCEPTION),
+        "the unknown method is answered with an exception"
+    );
+    let text = String::from_utf8_lossy(&out.bytes);
+    assert!(text.contains("drop_everything"), "{text:?}");
+    assert!(
+        out.bytes.windows(4).any(|w| w == [0x80, 0x01, 0x00, REPLY]),
+        "the status call after it got a reply: {text:?}"
+    );
+    cluster.stop(1).await;
+}
