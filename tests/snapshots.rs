@@ -4,6 +4,29 @@
 mod common;
 
 use common::{phase, TestCluster, WAIT};
+use raftcache::types::NodeId;
+
+/// Waits until `lagging` has installed a snapshot and applied what `leader` had applied when
+/// this was called.
+async fn wait_caught_up_by_snapshot(cluster: &TestCluster, lagging: NodeId, leader: NodeId) {
+    let leader_applied = cluster
+        .node(leader)
+        .raft()
+        .metrics()
+        .borrow()
+        .last_applied
+        .map(|l| l.index);
+    cluster
+        .node(lagging)
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.snapshot.is_some() && m.last_applied.map(|l| l.index) >= leader_applied,
+            "snapshot installed",
+        )
+        .await
+        .expect("the follower installs a snapshot and applies up to the leader's index");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
@@ -55,23 +78,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
 
     phase("restart the follower: it installs a snapshot and catches up");
     cluster.restart(lagging).await;
-    let leader_applied = cluster
-        .node(leader)
-        .raft()
-        .metrics()
-        .borrow()
-        .last_applied
-        .map(|l| l.index);
-    cluster
-        .node(lagging)
-        .raft()
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.snapshot.is_some() && m.last_applied.map(|l| l.index) >= leader_applied,
-            "snapshot installed",
-        )
-        .await
-        .expect("the follower installs a snapshot and applies up to the leader's index");
+    wait_caught_up_by_snapshot(&cluster, lagging, leader).await;
 
     phase("its local data equals the leader's, key by key");
     let (ours, theirs) = (cluster.node(lagging).state(), cluster.node(leader).state());
@@ -180,17 +187,7 @@ async fn a_snapshot_transfer_longer_than_the_election_timeout_deposes_no_leader(
         .delay_snapshot_chunks(std::time::Duration::from_millis(100));
     let started = std::time::Instant::now();
     cluster.restart(lagging).await;
-    let leader_applied = leader_metrics().last_applied.map(|l| l.index);
-    cluster
-        .node(lagging)
-        .raft()
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.snapshot.is_some() && m.last_applied.map(|l| l.index) >= leader_applied,
-            "snapshot installed",
-        )
-        .await
-        .expect("the follower installs the snapshot and catches up");
+    wait_caught_up_by_snapshot(&cluster, lagging, leader).await;
     let took = started.elapsed();
     assert!(
         took > std::time::Duration::from_millis(2000),
