@@ -33,7 +33,7 @@ pub enum StartError {
     Config(String),
     #[error("raft failed to start: {0}")]
     Raft(String),
-    #[error("cannot start a server thread: {0}")]
+    #[error("cannot start a server: {0}")]
     Thread(#[from] std::io::Error),
 }
 
