@@ -15,7 +15,7 @@ use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
 use crate::proposer::{BatchLimits, Proposer};
 use crate::router::Router;
 use crate::server::{self, ServerHandle};
-use crate::store::{self, FlushStats, OpenError, StateReader, StoreOptions};
+use crate::store::{self, FlushStats, OpenError, StateFlusher, StateReader, StoreOptions};
 use crate::types::{Node, NodeId, Raft};
 
 /// Why a node could not start. Each message names what to change.
@@ -44,7 +44,8 @@ pub struct RunningNode {
     flushes: Arc<FlushStats>,
     raft: Raft,
     state: StateReader,
-    db: sled::Db,
+    /// Flushes the state machine one last time on stop.
+    state_flusher: StateFlusher,
     client_server: ServerHandle,
     peer_server: ServerHandle,
 }
@@ -79,7 +80,7 @@ pub async fn start_with_listeners(
         },
     )
     .await?;
-    let db = log.db();
+    let state_flusher = log.state_flusher();
     let flushes = log.flush_stats();
     let state = sm.reader();
 
@@ -139,7 +140,7 @@ pub async fn start_with_listeners(
         flushes,
         raft,
         state,
-        db,
+        state_flusher,
         client_server,
         peer_server,
     })
@@ -267,13 +268,8 @@ impl RunningNode {
             flushes.in_flight.load(Ordering::SeqCst) == 0
         })
         .await;
-        let db = self.db.clone();
-        let flushed = tokio::task::spawn_blocking(move || {
-            let flushed = db.flush();
-            drop(db);
-            flushed
-        })
-        .await;
+        let flusher = self.state_flusher.clone();
+        let flushed = tokio::task::spawn_blocking(move || flusher.flush()).await;
         if !matches!(flushed, Ok(Ok(_))) {
             tracing::error!(id = self.id, result = ?flushed, "final flush failed");
         }

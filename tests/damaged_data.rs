@@ -119,11 +119,60 @@ async fn a_database_without_its_identity_file_is_refused() {
     expect_refusal(&dir, &[], &["is damaged", "raftcache.json"]).await;
 }
 
+/// The data dir's one log segment (a small log fits in one).
+fn log_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("log"))
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    assert_eq!(segments.len(), 1, "one segment: {segments:?}");
+    segments.pop().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_truncated_log_is_refused() {
+    let (_keep, dir) = data_dir_with_writes().await;
+    let segment = log_segment(&dir);
+    let len = std::fs::metadata(&segment).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.set_len(len / 2).expect("truncate");
+    expect_refusal(
+        &dir,
+        &[],
+        &["is damaged", "were flushed", "add a fresh one"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupted_log_is_refused() {
+    let (_keep, dir) = data_dir_with_writes().await;
+    let segment = log_segment(&dir);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 3;
+    for b in &mut bytes[middle..middle + 8] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&segment, bytes).unwrap();
+    expect_refusal(&dir, &[], &["is damaged", "add a fresh one"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_log_is_refused() {
+    let (_keep, dir) = data_dir_with_writes().await;
+    std::fs::remove_dir_all(dir.join("log")).expect("remove log");
+    expect_refusal(&dir, &[], &["is damaged", "were flushed"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_older_than_what_was_flushed_is_refused() {
     let (_keep, dir) = data_dir_with_writes().await;
     // Keep a copy of the database as it is, write more, then put the old copy back: sled
-    // opens it happily, but it lacks entries that were acknowledged.
+    // opens it happily, but it lacks applies that were flushed.
     let old = dir.parent().unwrap().join("db-old");
     copy_dir(&dir.join("db"), &old);
     {

@@ -1,17 +1,18 @@
-//! What a data dir knows about itself outside sled, so that damage inside sled is detected
+//! What a data dir knows about itself beside its stores, so that damage inside them is detected
 //! instead of served.
 //!
 //! sled 0.34 recovers a damaged or truncated database by silently dropping everything after the
-//! first bad record: it opens "successfully" with an older state, or an empty one. For a Raft
-//! node that is dangerous: a node that forgot its vote or acknowledged log entries can break
-//! the cluster's safety, and one that comes back empty would bootstrap a new cluster. Two small
-//! files guard against that:
+//! first bad record: it opens "successfully" with an older state, or an empty one; a log file
+//! cut short or put back from an old copy reads as a shorter log. For a Raft node that is
+//! dangerous: a node that forgot its vote or acknowledged log entries can break the cluster's
+//! safety, and one that comes back empty would bootstrap a new cluster. Two small files guard
+//! against that:
 //!
 //! - `raftcache.json`, the identity: node id, cluster id, format version. Written once (temp
 //!   file, fsync, rename) when the data dir is created.
-//! - `flushed`, the durability watermark: the highest log index and vote term sled has made
-//!   durable. Rewritten after each sled flush (after, so it never claims more than sled holds;
-//!   and lowered before a log truncation). On open, sled must hold at least as much.
+//! - `flushed`, the durability watermark: the highest log index and vote term made durable.
+//!   Rewritten after each log sync and vote (after, so it never claims more than the log
+//!   holds; and lowered before a log truncation). On open, the log must hold at least as much.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -24,9 +25,10 @@ use serde::{Deserialize, Serialize};
 use crate::types::NodeId;
 
 pub const IDENTITY_FILE: &str = "raftcache.json";
-const WATERMARK_FILE: &str = "flushed";
-/// Bumped when the on-disk format changes incompatibly.
-pub const FORMAT_VERSION: u32 = 2;
+pub const WATERMARK_FILE: &str = "flushed";
+/// Bumped when the on-disk format changes incompatibly (3: the Raft log moved out of sled into
+/// segment files).
+pub const FORMAT_VERSION: u32 = 3;
 /// The watermark is written as a fixed-size record so a rewrite never leaves stale bytes.
 const WATERMARK_RECORD_BYTES: usize = 32;
 
@@ -49,24 +51,33 @@ impl Identity {
         }
     }
 
-    /// Writes the identity durably: temp file, fsync, rename, fsync of the directory.
+    /// Writes the identity durably.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-        let mut f = File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(IDENTITY_FILE))?;
-        File::open(dir)?.sync_all()
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_durably(dir, IDENTITY_FILE, &json)
     }
 }
 
-/// What sled has made durable, as last recorded.
+/// Replaces `dir/name` with `bytes` so that a crash leaves either the old file or the new one,
+/// and the new one survives once this returns: temp file, fsync, rename, fsync of the directory.
+pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
+/// What the log has made durable, as last recorded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Durable {
     /// Highest log index flushed (None: no entry ever).
     pub last_log_index: Option<u64>,
     /// Term of the last vote flushed.
     pub vote_term: u64,
+    /// Index of the last entry the state machine had applied at its last flush.
+    pub state_applied: Option<u64>,
 }
 
 /// The watermark file and the values it holds now.
@@ -103,8 +114,8 @@ impl Watermark {
         ))
     }
 
-    /// Records new values. Not fsynced: it is written after sled's flush returned, so after a
-    /// crash it is at most as new as sled's durable state, never newer.
+    /// Records new values. Not fsynced: it is written after the log's sync returned, so after a
+    /// crash it is at most as new as the log's durable state, never newer.
     pub fn record(&self, update: impl FnOnce(&mut Durable)) -> std::io::Result<()> {
         let mut guard = self.inner.lock().expect("watermark lock");
         let (file, durable) = &mut *guard;
@@ -146,7 +157,8 @@ mod tests {
             reread,
             Durable {
                 last_log_index: Some(3),
-                vote_term: 7
+                vote_term: 7,
+                state_applied: None,
             }
         );
     }

@@ -1,127 +1,279 @@
-//! The Raft log and vote in sled: `raft_log` maps a big-endian index to an encoded entry (so
-//! sled's key order is log order); `raft_meta` holds the vote, the last purged log id and the
-//! committed log id.
+//! The Raft log store, under `<data-dir>/log/`: entries in segment files (`segments.rs`), the
+//! vote and the purge point in small files of their own (`vote`, `purged`), each replaced
+//! atomically (temp file, fsync, rename, fsync of the directory).
+//!
+//! Durability: an append is written to the segment at once (so it is readable), and reported
+//! to openraft only after one `fdatasync` covered it. The syncs run on one thread of their own,
+//! `raft-log-sync`: appends that arrive while it syncs are covered together by its next sync.
+//! A vote is durable before `save_vote` returns. The purge point is made durable, and the state
+//! machine flushed, before any entry is deleted: entries the state machine may still need after
+//! a crash are never purged.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError};
 
-use super::integrity::{Durable, Watermark};
+use super::integrity::{write_durably, Durable, Watermark};
+use super::segments::{SegmentError, SegmentLog};
+use super::sm_flush::StateFlusher;
 use super::{decode, encode};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_LAST_PURGED: &[u8] = b"last_purged";
-const KEY_COMMITTED: &[u8] = b"committed";
+const VOTE_FILE: &str = "vote";
+const PURGED_FILE: &str = "purged";
+/// A segment file that reaches this size is closed and the next append starts a new one; the
+/// log is deleted a segment at a time behind each snapshot.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
-/// The log store. Cheap to clone: clones share the same sled trees.
+/// The log store. Cheap to clone: clones share the same files.
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
-    log: sled::Tree,
-    meta: sled::Tree,
-    /// Records what each flush made durable, so damage is detected on the next open.
-    watermark: Watermark,
-    /// Flushes made, and flushes running (reported by `status`, awaited on shutdown).
-    flushes: Arc<FlushStats>,
+    inner: Arc<Inner>,
 }
 
-/// Counters of the log store's flushes.
+struct Inner {
+    dir: PathBuf,
+    segments: Arc<Mutex<SegmentLog>>,
+    meta: Mutex<Meta>,
+    /// Records what each sync made durable, so damage is detected on the next open.
+    watermark: Watermark,
+    flushes: Arc<FlushStats>,
+    /// Hands appends to the sync thread, which reports them done once synced.
+    syncs: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Flushes the state machine, before the log behind it is purged.
+    state: StateFlusher,
+}
+
+/// What the log knows besides its entries.
+struct Meta {
+    vote: Option<Vote>,
+    last_purged: Option<LogId>,
+    last_log_id: Option<LogId>,
+}
+
+/// Counters of the log store's syncs.
 #[derive(Debug, Default)]
 pub struct FlushStats {
-    /// Flushes started since the node started.
+    /// Syncs (`fdatasync` rounds) made since the node started.
     pub count: AtomicU64,
-    /// Flushes running now; a flush may outlive openraft's task, and holds the database open.
+    /// Appends handed to the sync thread and not yet reported done.
     pub in_flight: AtomicU64,
 }
 
-impl LogStore {
-    pub(super) fn new(
-        db: sled::Db,
-        log: sled::Tree,
-        meta: sled::Tree,
-        watermark: Watermark,
-    ) -> Self {
-        Self {
-            db,
-            log,
-            meta,
-            watermark,
-            flushes: Arc::new(FlushStats::default()),
+/// Why the log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LogOpenError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The log's files hold what no crash can leave behind.
+    #[error("{0}")]
+    Damaged(String),
+}
+
+impl From<SegmentError> for LogOpenError {
+    fn from(e: SegmentError) -> Self {
+        match e {
+            SegmentError::Io(e) => LogOpenError::Io(e),
+            SegmentError::Damaged(reason) => LogOpenError::Damaged(reason),
         }
-    }
-
-    /// What sled holds now: the last log index (or the purge point) and the vote's term.
-    pub(super) fn held(&self) -> Result<Durable, StorageError> {
-        let last = self.log.last().map_err(|e| StorageIOError::read_logs(&e))?;
-        let last_log_index = match last {
-            Some((key, _)) => Some(u64::from_be_bytes(
-                key.as_ref().try_into().expect("log keys are 8 bytes"),
-            )),
-            None => self.read_meta::<LogId>(KEY_LAST_PURGED)?.map(|id| id.index),
-        };
-        let vote_term = self
-            .read_meta::<Vote>(KEY_VOTE)?
-            .map(|v| v.leader_id.term)
-            .unwrap_or(0);
-        Ok(Durable {
-            last_log_index,
-            vote_term,
-        })
-    }
-
-    fn record(&self, update: impl FnOnce(&mut Durable)) -> Result<(), StorageError> {
-        self.watermark
-            .record(update)
-            .map_err(|e| StorageIOError::write(&e).into())
-    }
-
-    /// The database this store lives in (shared with the state machine).
-    pub fn db(&self) -> sled::Db {
-        self.db.clone()
-    }
-
-    fn read_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, StorageError> {
-        let raw = self.meta.get(key).map_err(|e| StorageIOError::read(&e))?;
-        raw.map(|raw| decode(&raw))
-            .transpose()
-            .map_err(|e| StorageIOError::read(&e).into())
-    }
-
-    /// Makes everything written so far durable. Called before any write is reported done.
-    async fn flush(&self) -> Result<(), sled::Error> {
-        self.flushes.count.fetch_add(1, Ordering::Relaxed);
-        self.flushes.in_flight.fetch_add(1, Ordering::SeqCst);
-        // sled's `flush_async` queues the flush on sled's own thread pool, whose every job wakes
-        // all its idle threads; a blocking flush on tokio's blocking pool costs one hand-off.
-        let (db, stats) = (self.db.clone(), self.flushes.clone());
-        let flush = move || {
-            let flushed = db.flush();
-            drop(db);
-            stats.in_flight.fetch_sub(1, Ordering::SeqCst);
-            flushed
-        };
-        match tokio::task::spawn_blocking(flush).await {
-            Ok(flushed) => flushed.map(|_| ()),
-            Err(e) => Err(sled::Error::Io(std::io::Error::other(e))),
-        }
-    }
-
-    /// The counters of the flushes this store makes.
-    pub fn flush_stats(&self) -> Arc<FlushStats> {
-        self.flushes.clone()
     }
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+impl LogStore {
+    /// Opens the log in `dir` (creating it). `state` flushes the state machine.
+    pub(super) fn open(
+        dir: &Path,
+        state: StateFlusher,
+        watermark: Watermark,
+    ) -> Result<Self, LogOpenError> {
+        std::fs::create_dir_all(dir)?;
+        let vote: Option<Vote> = read_small(dir, VOTE_FILE)?;
+        let last_purged: Option<LogId> = read_small(dir, PURGED_FILE)?;
+        let (segments, cut_bytes) =
+            SegmentLog::open(dir, SEGMENT_BYTES, last_purged.map(|p| p.index))?;
+        if cut_bytes > 0 {
+            tracing::warn!(cut_bytes, "the log ended in an unfinished append, cut off");
+        }
+        let last_log_id = match segments.last_index() {
+            Some(last) => Some(read_entries(&segments, last, last + 1)?.remove(0).log_id),
+            None => last_purged,
+        };
+        let flushes = Arc::new(FlushStats::default());
+        let segments = Arc::new(Mutex::new(segments));
+        let (syncs, pending) = mpsc::channel();
+        let syncer = Syncer {
+            segments: segments.clone(),
+            watermark: watermark.clone(),
+            flushes: flushes.clone(),
+        };
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || syncer.run(pending))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                segments,
+                meta: Mutex::new(Meta {
+                    vote,
+                    last_purged,
+                    last_log_id,
+                }),
+                watermark,
+                flushes,
+                syncs,
+                state,
+            }),
+        })
+    }
+
+    /// What the log holds now: its last index (or the purge point) and the vote's term.
+    pub(super) fn held(&self) -> Durable {
+        let meta = self.meta();
+        Durable {
+            last_log_index: meta.last_log_id.map(|id| id.index),
+            vote_term: meta.vote.map_or(0, |v| v.leader_id.term),
+            ..Durable::default()
+        }
+    }
+
+    /// Flushes the state machine this log was opened with (the node does on stop).
+    pub fn state_flusher(&self) -> StateFlusher {
+        self.inner.state.clone()
+    }
+
+    /// The last purged log id.
+    pub(super) fn last_purged(&self) -> Option<LogId> {
+        self.meta().last_purged
+    }
+
+    /// The entries `start..end` the log holds, read from disk. Blocking.
+    pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry>, std::io::Error> {
+        read_entries(&self.segments(), start, end)
+    }
+
+    /// Writes entries without syncing them or telling openraft: for tests that need a log.
+    #[cfg(test)]
+    pub(super) fn write_unsynced(&self, entries: &[Entry]) -> std::io::Result<()> {
+        let records: Vec<_> = entries
+            .iter()
+            .map(|e| (e.log_id.index, encode(e)))
+            .collect();
+        self.segments().append(&records)?;
+        self.meta().last_log_id = entries.last().map(|e| e.log_id);
+        Ok(())
+    }
+
+    /// The counters of the syncs this store makes.
+    pub fn flush_stats(&self) -> Arc<FlushStats> {
+        self.inner.flushes.clone()
+    }
+
+    fn meta(&self) -> std::sync::MutexGuard<'_, Meta> {
+        self.inner.meta.lock().expect("log meta lock")
+    }
+
+    fn segments(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
+        self.inner.segments.lock().expect("segments lock")
+    }
+
+    /// Removes the entries from `index` on, durably. Rare (a follower's conflicting suffix), so
+    /// synced in place.
+    fn truncate_from(&self, index: u64) -> std::io::Result<()> {
+        let mut segments = self.segments();
+        // Lower the watermark first: it must never claim entries the log may no longer hold.
+        self.inner
+            .watermark
+            .record(|d| d.last_log_index = index.checked_sub(1))?;
+        segments.truncate(index)?;
+        let last = match segments.last_index() {
+            Some(last) => Some(read_entries(&segments, last, last + 1)?[0].log_id),
+            None => self.meta().last_purged,
+        };
+        self.meta().last_log_id = last;
+        Ok(())
+    }
+
+    /// Replaces one of the small files durably, on tokio's blocking pool.
+    async fn write_small<T: serde::Serialize>(
+        &self,
+        name: &'static str,
+        value: &T,
+    ) -> std::io::Result<()> {
+        let (dir, bytes) = (self.inner.dir.clone(), encode(value));
+        tokio::task::spawn_blocking(move || write_durably(&dir, name, &bytes))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+}
+
+/// Reads one of the small files, if it exists.
+fn read_small<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+) -> Result<Option<T>, LogOpenError> {
+    match std::fs::read(dir.join(name)) {
+        Ok(raw) => decode(&raw).map(Some).map_err(|e| {
+            LogOpenError::Damaged(format!("unreadable {}: {e}", dir.join(name).display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_entries(segments: &SegmentLog, start: u64, end: u64) -> Result<Vec<Entry>, std::io::Error> {
+    segments
+        .read_range(start, end)?
+        .iter()
+        .map(|raw| decode::<Entry>(raw).map_err(std::io::Error::other))
+        .collect()
+}
+
+/// The sync thread: makes appends durable, several at a time, and reports them done.
+struct Syncer {
+    segments: Arc<Mutex<SegmentLog>>,
+    watermark: Watermark,
+    flushes: Arc<FlushStats>,
+}
+
+impl Syncer {
+    fn run(self, pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+        while let Ok(first) = pending.recv() {
+            let mut done = vec![first];
+            done.extend(pending.try_iter());
+            // Everything those appends wrote is in the work taken now.
+            let (work, last_index) = {
+                let mut segments = self.segments.lock().expect("segments lock");
+                (segments.take_sync_work(), segments.last_index())
+            };
+            self.flushes.count.fetch_add(1, Ordering::Relaxed);
+            let mut result = work.sync();
+            if result.is_ok() {
+                // Under the segments lock, so a truncation that lowered the watermark meanwhile
+                // is never overwritten with a higher index.
+                let segments = self.segments.lock().expect("segments lock");
+                let durable = match (last_index, segments.last_index()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    _ => None,
+                };
+                if durable.is_some() {
+                    result = self.watermark.record(|d| d.last_log_index = durable);
+                }
+            }
+            for callback in done {
+                let result = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                };
+                callback.log_io_completed(result);
+                self.flushes.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -130,20 +282,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let start = match range.start_bound() {
-            Bound::Included(i) => index_key(*i),
-            Bound::Excluded(i) => index_key(*i + 1),
-            Bound::Unbounded => index_key(0),
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => *i + 1,
+            Bound::Unbounded => 0,
         };
-        let mut entries = Vec::new();
-        for item in self.log.range(start..) {
-            let (key, raw) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let index = u64::from_be_bytes(key.as_ref().try_into().expect("log keys are 8 bytes"));
-            if !range.contains(&index) {
-                break;
-            }
-            entries.push(decode::<Entry>(&raw).map_err(|e| StorageIOError::read_logs(&e))?);
-        }
-        Ok(entries)
+        let end = match range.end_bound() {
+            Bound::Included(i) => *i + 1,
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.entries(start, end)
+            .map_err(|e| StorageIOError::read_logs(&e).into())
     }
 }
 
@@ -151,20 +300,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
-        let last = self.log.last().map_err(|e| StorageIOError::read_logs(&e))?;
-        let last_log_id = match last {
-            Some((_, raw)) => Some(
-                decode::<Entry>(&raw)
-                    .map_err(|e| StorageIOError::read_logs(&e))?
-                    .log_id,
-            ),
-            // An empty log (all purged) still reports the purged id, or a restart would lose it.
-            None => last_purged_log_id,
-        };
+        let meta = self.meta();
         Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
+            last_purged_log_id: meta.last_purged,
+            last_log_id: meta.last_log_id,
         })
     }
 
@@ -173,32 +312,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.meta
-            .insert(KEY_VOTE, encode(vote))
-            .map_err(|e| StorageIOError::write_vote(&e))?;
         // A vote is a promise to other nodes: it must survive a crash before it is answered.
-        self.flush()
+        self.write_small(VOTE_FILE, vote)
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
-        self.record(|d| d.vote_term = d.vote_term.max(vote.leader_id.term))?;
+        self.meta().vote = Some(*vote);
+        self.inner
+            .watermark
+            .record(|d| d.vote_term = d.vote_term.max(vote.leader_id.term))
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_meta(KEY_VOTE)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not flushed on its own: it is a hint that lets a restarted node apply sooner, and it is
-        // never ahead of the durable log. It becomes durable with the next flush.
-        self.meta
-            .insert(KEY_COMMITTED, encode(&committed))
-            .map_err(|e| StorageIOError::write(&e))?;
-        Ok(())
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+        Ok(self.meta().vote)
     }
 
     async fn append<I>(
@@ -210,58 +337,62 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
         let mut last = None;
-        for entry in entries {
-            batch.insert(&index_key(entry.log_id.index), encode(&entry));
-            last = Some(entry.log_id.index);
+        let records: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|entry| {
+                last = Some(entry.log_id);
+                (entry.log_id.index, encode(&entry))
+            })
+            .collect();
+        // An entry written again replaces it and everything after it (they conflict with it).
+        let rewrites = match (records.first(), self.meta().last_log_id) {
+            (Some((first, _)), Some(last)) => *first <= last.index,
+            _ => false,
+        };
+        if rewrites {
+            self.truncate_from(records[0].0)
+                .map_err(|e| StorageIOError::write_logs(&e))?;
         }
-        self.log
-            .apply_batch(batch)
+        // Written now, so readable when this returns; reported durable by the sync thread.
+        self.segments()
+            .append(&records)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        // The entries are readable now; openraft hears they are durable only once the flush has
-        // returned. One flush covers the whole batch openraft handed over.
-        let flushed = self.flush().await.map_err(std::io::Error::other);
-        if flushed.is_ok() && last.is_some() {
-            self.record(|d| d.last_log_index = last)?;
+        if last.is_some() {
+            self.meta().last_log_id = last;
         }
-        callback.log_io_completed(flushed);
+        self.inner.flushes.in_flight.fetch_add(1, Ordering::SeqCst);
+        if let Err(mpsc::SendError(callback)) = self.inner.syncs.send(callback) {
+            self.inner.flushes.in_flight.fetch_sub(1, Ordering::SeqCst);
+            callback.log_io_completed(Err(std::io::Error::other("the log sync thread is gone")));
+        }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Lower the watermark first: it must never claim entries sled may no longer hold.
-        self.record(|d| d.last_log_index = log_id.index.checked_sub(1))?;
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(index_key(log_id.index)..).keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush()
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        self.truncate_from(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Record the purge point durably first, so a crash mid-purge never leaves a log whose
-        // start is unknown. The flush also makes the state machine durable up to `log_id`
-        // (sled flushes all trees), so the purged entries are never needed again.
-        self.meta
-            .insert(KEY_LAST_PURGED, encode(&log_id))
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush()
+        let err = |e: &std::io::Error| StorageIOError::write_logs(e);
+        // The state machine is made durable first (it has applied at least up to `log_id`,
+        // which a snapshot covers), then the purge point: after a crash, the state machine
+        // never needs an entry that is gone.
+        let state = self.inner.state.clone();
+        tokio::task::spawn_blocking(move || state.flush())
             .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(..=index_key(log_id.index)).keys() {
-            batch.remove(key.map_err(|e| StorageIOError::write_logs(&e))?);
+            .map_err(|e| err(&std::io::Error::other(e)))?
+            .map_err(|e| err(&e))?;
+        self.write_small(PURGED_FILE, &log_id)
+            .await
+            .map_err(|e| err(&e))?;
+        self.segments().purge(log_id.index).map_err(|e| err(&e))?;
+        let mut meta = self.meta();
+        meta.last_purged = Some(log_id);
+        if meta.last_log_id < Some(log_id) {
+            meta.last_log_id = Some(log_id);
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }

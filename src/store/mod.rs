@@ -1,11 +1,18 @@
-//! Storage: one sled database per node holding the Raft log, the vote and the state machine in
-//! separate trees (`log.rs`, `state_machine.rs`), plus the current snapshot as a file.
+//! Storage, all under the node's data dir: the Raft log and vote in segment files of our own
+//! (`log/`, see `log.rs` and `segments.rs`), the state machine in a sled database (`db/`, see
+//! `state_machine.rs`), and the current snapshot as a file (`snapshots/`).
 //!
 //! Durability rule (see `docs/durability.md`): nothing is reported written to openraft before
-//! sled's `flush` returned. sled's own background flush (every 500 ms) is never relied on.
+//! it is on disk: a log append after its `fdatasync`, a vote after its file was replaced and
+//! synced. The state machine is not flushed per apply: after a crash, openraft re-applies the
+//! log entries after its durable `last_applied`, and the log behind it is purged only after a
+//! flush of sled. sled's own background flush (every 500 ms) is never relied on for anything
+//! acknowledged.
 
 mod integrity;
 mod log;
+mod segments;
+mod sm_flush;
 mod snapshot;
 mod state_machine;
 
@@ -15,13 +22,14 @@ use integrity::{Identity, Watermark, FORMAT_VERSION};
 
 pub use integrity::fnv1a;
 pub use log::{FlushStats, LogStore};
+pub use sm_flush::StateFlusher;
 pub use state_machine::{StateMachine, StateReader};
 
 use crate::types::{NodeId, StorageError};
 
+/// Where the log lives in a data dir.
+const LOG_DIR: &str = "log";
 /// Tree names inside the node's sled database.
-const TREE_LOG: &str = "raft_log";
-const TREE_RAFT_META: &str = "raft_meta";
 const TREE_DATA: &str = "sm_data";
 const TREE_SM_META: &str = "sm_meta";
 /// Key in `sm_meta` holding the node id the data dir belongs to.
@@ -50,7 +58,8 @@ pub enum OpenError {
     /// Another process holds the database.
     #[error("the database {path} is in use by another process: is another raftcache node running with this --data-dir?")]
     Locked { path: PathBuf },
-    /// sled opened, but holds less than was flushed, or its files are missing or unreadable.
+    /// The stores opened, but hold less than was made durable, or files are missing, damaged or
+    /// unreadable.
     #[error("the data directory {path} is damaged: {reason}. Do not serve from it: remove this node from the cluster and add a fresh one in its place (docs/durability.md)")]
     Damaged { path: PathBuf, reason: String },
     /// Reading the stores' own metadata failed.
@@ -112,22 +121,25 @@ pub async fn open(
             source,
         })
     };
-    let log = LogStore::new(
-        db.clone(),
-        open_tree(TREE_LOG)?,
-        open_tree(TREE_RAFT_META)?,
-        watermark.clone(),
-    );
     let sm_meta = open_tree(TREE_SM_META)?;
+    let flusher = StateFlusher::new(db.clone(), sm_meta.clone(), watermark.clone());
+    let log_dir = dir.join(LOG_DIR);
+    let log =
+        LogStore::open(&log_dir, flusher.clone(), watermark.clone()).map_err(|e| match e {
+            log::LogOpenError::Damaged(reason) => damaged(format!("its log is damaged: {reason}")),
+            log::LogOpenError::Io(e) => {
+                damaged(format!("cannot read its log {}: {e}", log_dir.display()))
+            }
+        })?;
 
     let storage = |source| OpenError::Storage {
         path: db_path.clone(),
         source,
     };
-    let held = log.held().map_err(storage)?;
+    let held = log.held();
     if held.last_log_index < flushed.last_log_index || held.vote_term < flushed.vote_term {
         return Err(damaged(format!(
-            "the database holds {} and a vote of term {}, but {} and a vote of term {} were flushed ({} says so)",
+            "the log holds {} and a vote of term {}, but {} and a vote of term {} were flushed ({} says so)",
             describe_log(held.last_log_index),
             held.vote_term,
             describe_log(flushed.last_log_index),
@@ -136,16 +148,59 @@ pub async fn open(
         )));
     }
     check_node_id(&db, &sm_meta, &db_path, id, fresh)?;
-    let sm = StateMachine::open(
+    let mut sm = StateMachine::open(
         db.clone(),
         open_tree(TREE_DATA)?,
         sm_meta,
-        open_tree(TREE_LOG)?,
+        log.clone(),
+        &flusher,
         dir.join("snapshots"),
     )
     .await
     .map_err(storage)?;
+    check_state_machine(&log, &mut sm, &flushed, dir).await?;
     Ok((log, sm))
+}
+
+/// The state machine must hold at least what its last recorded flush made durable, and the log
+/// every entry after that (openraft re-applies those on start).
+async fn check_state_machine(
+    log: &LogStore,
+    sm: &mut StateMachine,
+    flushed: &integrity::Durable,
+    dir: &Path,
+) -> Result<(), OpenError> {
+    use openraft::storage::RaftStateMachine;
+    let (applied, _) = sm
+        .applied_state()
+        .await
+        .map_err(|source| OpenError::Storage {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    let applied_index = applied.map(|a| a.index);
+    if applied_index < flushed.state_applied {
+        return Err(OpenError::Damaged {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "its state machine has applied entries up to {}, but up to {} were flushed ({} says so)",
+                applied_index.map_or("none".to_string(), |a| a.to_string()),
+                flushed.state_applied.unwrap_or_default(),
+                integrity::WATERMARK_FILE,
+            ),
+        });
+    }
+    match log.last_purged() {
+        Some(purged) if applied.map(|a| a.index) < Some(purged.index) => Err(OpenError::Damaged {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "its state machine has applied entries up to {}, but its log starts after index {}: the state machine lost what it had flushed",
+                applied.map_or("none".to_string(), |a| a.index.to_string()),
+                purged.index
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 enum SledOpen {
@@ -162,8 +217,10 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 async fn open_sled(db_path: &Path, opts: &StoreOptions) -> Result<sled::Db, SledOpen> {
     let deadline = tokio::time::Instant::now() + LOCK_WAIT;
     loop {
+        // No background flush: `StateFlusher` flushes, and records what it made durable.
         let config = sled::Config::new()
             .path(db_path)
+            .flush_every_ms(None)
             .cache_capacity(opts.cache_capacity_bytes);
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
             Err(_) => return Err(SledOpen::Panicked),

@@ -15,13 +15,14 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use super::{decode, encode, snapshot};
+use super::sm_flush::{PeriodicFlush, StateFlusher, STATE_FLUSH_INTERVAL};
+use super::{decode, encode, snapshot, LogStore};
 use crate::types::{
     BatchResponse, Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
 
-const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+pub(super) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 /// Present while a received snapshot is being installed into `sm_data`.
 const KEY_INSTALLING: &[u8] = b"installing_snapshot";
@@ -60,7 +61,9 @@ pub struct StateMachine {
     /// The file the snapshot being received from the leader is written to.
     receiving: Option<PathBuf>,
     /// The Raft log, read when a snapshot replays the entries applied while it was copied.
-    log: sled::Tree,
+    log: LogStore,
+    /// Flushes this state machine about once a second, while it exists.
+    _periodic_flush: PeriodicFlush,
 }
 
 /// Keys written to `sm_data` per sled batch when installing a snapshot.
@@ -71,7 +74,8 @@ impl StateMachine {
         db: sled::Db,
         data: sled::Tree,
         meta: sled::Tree,
-        log: sled::Tree,
+        log: LogStore,
+        flusher: &StateFlusher,
         snapshot_dir: PathBuf,
     ) -> Result<Self, StorageError> {
         let io_err =
@@ -85,6 +89,9 @@ impl StateMachine {
             log,
             snapshot_dir,
             receiving: None,
+            _periodic_flush: flusher
+                .spawn_periodic(STATE_FLUSH_INTERVAL)
+                .map_err(io_err)?,
         };
         if sm
             .meta
@@ -338,9 +345,12 @@ pub struct SnapshotBuilder {
     from: Result<Option<LogId>, String>,
     data: sled::Tree,
     meta: sled::Tree,
-    log: sled::Tree,
+    log: LogStore,
     snapshot_dir: PathBuf,
 }
+
+/// Log entries read at a time when a snapshot replays them.
+const REPLAY_CHUNK: u64 = 256;
 
 impl SnapshotBuilder {
     /// Writes the snapshot file at `path` and returns its metadata. Blocking.
@@ -376,14 +386,16 @@ impl SnapshotBuilder {
         // The entries applied since `from`, up to `upto` (none if nothing is applied).
         let first = from.map_or(0, |id| id.index + 1);
         let replay = upto.map_or(0..0, |upto| first..upto.index + 1);
-        for index in replay {
-            let raw = self
-                .log
-                .get(index.to_be_bytes())
-                .map_err(|e| err(&e))?
-                .ok_or_else(|| format!("log entry {index} is gone"))?;
-            let entry: Entry = decode(&raw).map_err(|e| err(&e))?;
-            if let EntryPayload::Normal(batch) = &entry.payload {
+        for start in replay.clone().step_by(REPLAY_CHUNK as usize) {
+            let end = (start + REPLAY_CHUNK).min(replay.end);
+            let entries = self.log.entries(start, end).map_err(|e| err(&e))?;
+            if entries.len() as u64 != end - start {
+                return Err(format!("log entries {start}..{end} are gone"));
+            }
+            for entry in &entries {
+                let EntryPayload::Normal(batch) = &entry.payload else {
+                    continue;
+                };
                 for request in &batch.requests {
                     match request {
                         Request::Put { key, value } => {
@@ -619,12 +631,8 @@ mod tests {
                 ],
             ));
         }
-        for e in entries.iter().chain(&later) {
-            source
-                .log
-                .insert(e.log_id.index.to_be_bytes(), encode(e))
-                .unwrap();
-        }
+        let all: Vec<Entry> = entries.iter().chain(&later).cloned().collect();
+        source.log.write_unsynced(&all).unwrap();
         source.apply(entries).await.unwrap();
         let mut builder = source.get_snapshot_builder().await;
         source.apply(later).await.unwrap();
