@@ -1,11 +1,11 @@
 //! The outgoing side of the peer network: a pool of Thrift connections per peer address, used
 //! by openraft (through `PeerNetwork`) and by the router (forward, read index).
 //!
-//! The `thrift` crate is blocking, so each call runs on tokio's blocking pool with socket
-//! timeouts set from the caller's deadline.
+//! Calls are async on tokio's sockets: a request is encoded in memory, written, and its answer
+//! read until `server::frame::scan` finds its end, then decoded from memory. No thread is handed
+//! a call (a blocking client on tokio's blocking pool cost two thread wake-ups per call).
 
 use std::collections::HashMap;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,24 +19,25 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
-use thrift::transport::{TBufferedReadTransport, TBufferedWriteTransport};
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol,
+    TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier, TType,
+};
 use thrift::TConfiguration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::Faults;
-use crate::gen::peer::{RaftPeerSyncClient, TRaftPeerSyncClient};
+use crate::server::frame::{self, Scan};
 use crate::types::{Node, NodeId, TypeConfig};
-
-type ThriftClient = RaftPeerSyncClient<
-    TBinaryInputProtocol<TBufferedReadTransport<TcpStream>>,
-    TBinaryOutputProtocol<TBufferedWriteTransport<TcpStream>>,
->;
 
 /// Idle pooled connections older than this are dropped rather than reused, so a call never
 /// lands on a connection the peer has already closed for idleness.
 const POOL_MAX_IDLE: Duration = Duration::from_secs(30);
 /// Idle connections kept per peer address.
 const POOL_MAX_PER_PEER: usize = 64;
+/// Bytes read from a peer's socket at a time, at most.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// The peer RPC methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,20 @@ pub enum Method {
     Forward,
     ReadIndex,
     LeaderCheck,
+}
+
+impl Method {
+    /// The method's name in `peer.thrift`.
+    fn name(self) -> &'static str {
+        match self {
+            Method::AppendEntries => "append_entries",
+            Method::Vote => "vote",
+            Method::InstallSnapshot => "install_snapshot",
+            Method::Forward => "forward",
+            Method::ReadIndex => "read_index",
+            Method::LeaderCheck => "leader_check",
+        }
+    }
 }
 
 /// Why a peer call failed. `Unreachable` guarantees the request was not delivered; after
@@ -62,8 +77,6 @@ pub enum PeerError {
 }
 
 struct Conn {
-    client: ThriftClient,
-    /// A handle on the same socket, to set per-call timeouts.
     stream: TcpStream,
     last_used: Instant,
 }
@@ -121,59 +134,61 @@ impl PeerClients {
             }
         }
         let payload = bincode::serialize(request).expect("peer requests always serialize");
-        let this = self.clone();
-        let addr_owned = addr.to_string();
-        let answer = tokio::task::spawn_blocking(move || {
-            this.call_blocking(&addr_owned, method, payload, timeout)
-        })
-        .await
-        .map_err(|e| PeerError::NoAnswer {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })??;
-        bincode::deserialize(&answer).map_err(|e| PeerError::NoAnswer {
-            addr: addr.to_string(),
-            reason: format!("undecodable answer: {e}"),
-        })
-    }
-
-    fn call_blocking(
-        &self,
-        addr: &str,
-        method: Method,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, PeerError> {
-        let mut conn = match self.take_pooled(addr) {
-            Some(conn) => conn,
-            None => self.connect(addr)?,
-        };
+        let message = encode_call(method, &payload);
+        drop(payload);
         let no_answer = |reason: String| PeerError::NoAnswer {
             addr: addr.to_string(),
             reason,
         };
-        conn.stream
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| no_answer(e.to_string()))?;
-        conn.stream
-            .set_write_timeout(Some(timeout))
-            .map_err(|e| no_answer(e.to_string()))?;
-        let answer = match method {
-            Method::AppendEntries => conn.client.append_entries(payload),
-            Method::Vote => conn.client.vote(payload),
-            Method::InstallSnapshot => conn.client.install_snapshot(payload),
-            Method::Forward => conn.client.forward(payload),
-            Method::ReadIndex => conn.client.read_index(payload),
-            Method::LeaderCheck => conn.client.leader_check(payload),
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut conn = match self.take_pooled(addr) {
+            Some(conn) => conn,
+            None => tokio::time::timeout_at(deadline, self.connect(addr))
+                .await
+                .map_err(|_| PeerError::Unreachable {
+                    addr: addr.to_string(),
+                    reason: "connect timed out".into(),
+                })??,
         };
-        let answer = answer.map_err(|e| no_answer(e.to_string()))?;
+        let answer = tokio::time::timeout_at(deadline, self.exchange(&mut conn, &message))
+            .await
+            .map_err(|_| no_answer(format!("timed out after {timeout:?}")))?
+            .map_err(no_answer)?;
+        let payload = decode_reply(method, &answer).map_err(no_answer)?;
         conn.last_used = Instant::now();
+        self.put_back(addr, conn);
+        bincode::deserialize(&payload).map_err(|e| no_answer(format!("undecodable answer: {e}")))
+    }
+
+    /// Writes one request and reads its whole answer.
+    async fn exchange(&self, conn: &mut Conn, message: &[u8]) -> Result<Vec<u8>, String> {
+        conn.stream
+            .write_all(message)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        loop {
+            let needed = match frame::scan(&buf, self.max_message_bytes) {
+                Scan::Complete(len) if len == buf.len() => return Ok(buf),
+                Scan::Complete(_) => return Err("the peer sent more than one answer".into()),
+                Scan::Invalid(reason) => return Err(reason),
+                Scan::Incomplete(needed) => needed,
+            };
+            buf.reserve((needed - buf.len()).clamp(1, READ_CHUNK));
+            match conn.stream.read_buf(&mut buf).await {
+                Ok(0) => return Err("the peer closed the connection".into()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    fn put_back(&self, addr: &str, conn: Conn) {
         let mut pools = self.pools.lock().expect("pool lock");
         let pool = pools.entry(addr.to_string()).or_default();
         if pool.len() < POOL_MAX_PER_PEER {
             pool.push(conn);
         }
-        Ok(answer)
     }
 
     fn take_pooled(&self, addr: &str) -> Option<Conn> {
@@ -187,36 +202,19 @@ impl PeerClients {
         None
     }
 
-    fn connect(&self, addr: &str) -> Result<Conn, PeerError> {
+    async fn connect(&self, addr: &str) -> Result<Conn, PeerError> {
         let unreachable = |reason: String| PeerError::Unreachable {
             addr: addr.to_string(),
             reason,
         };
-        let sock_addr = addr
-            .to_socket_addrs()
-            .map_err(|e| unreachable(e.to_string()))?
-            .next()
-            .ok_or_else(|| unreachable("address resolves to nothing".into()))?;
-        let stream = TcpStream::connect_timeout(&sock_addr, self.connect_timeout)
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| unreachable("connect timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
         stream
             .set_nodelay(true)
             .map_err(|e| unreachable(e.to_string()))?;
-        let config = TConfiguration::builder()
-            .max_string_size(Some(self.max_message_bytes))
-            .max_container_size(Some(self.max_message_bytes))
-            .build()
-            .expect("limits are positive");
-        let clone = |s: &TcpStream| s.try_clone().map_err(|e| unreachable(e.to_string()));
-        let input = TBinaryInputProtocol::with_config(
-            TBufferedReadTransport::new(clone(&stream)?),
-            true,
-            config,
-        );
-        let output =
-            TBinaryOutputProtocol::new(TBufferedWriteTransport::new(clone(&stream)?), true);
         Ok(Conn {
-            client: RaftPeerSyncClient::new(input, output),
             stream,
             last_used: Instant::now(),
         })
@@ -228,12 +226,76 @@ impl PeerClients {
 /// closed connection would turn a request that was never delivered into one whose outcome is
 /// unknown.
 fn still_open(stream: &TcpStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return false;
+    matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Sequence number of every call: one call per connection at a time, so any fixed number
+/// matches an answer to its call.
+const SEQUENCE: i32 = 1;
+
+/// Encodes a call of `method` (every peer method takes one `binary request`).
+fn encode_call(method: Method, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 64);
+    let mut protocol = TBinaryOutputProtocol::new(&mut out, true);
+    let written: thrift::Result<()> = (|| {
+        let ident = TMessageIdentifier::new(method.name(), TMessageType::Call, SEQUENCE);
+        protocol.write_message_begin(&ident)?;
+        protocol.write_struct_begin(&TStructIdentifier::new("args"))?;
+        protocol.write_field_begin(&TFieldIdentifier::new("request", TType::String, 1))?;
+        protocol.write_bytes(payload)?;
+        protocol.write_field_end()?;
+        protocol.write_field_stop()?;
+        protocol.write_struct_end()?;
+        protocol.write_message_end()?;
+        protocol.flush()
+    })();
+    written.expect("writing to memory cannot fail");
+    out
+}
+
+/// Decodes the answer to a call of `method`: its `binary` result, or why there is none.
+fn decode_reply(method: Method, answer: &[u8]) -> Result<Vec<u8>, String> {
+    let size = answer.len().max(1);
+    let config = TConfiguration::builder()
+        .max_message_size(Some(size))
+        .max_frame_size(Some(size))
+        .max_string_size(Some(size))
+        .max_container_size(Some(size))
+        .max_recursion_depth(Some(frame::MAX_DEPTH))
+        .build()
+        .expect("limits are positive");
+    let mut protocol = TBinaryInputProtocol::with_config(answer, true, config);
+    let result: thrift::Result<Option<Vec<u8>>> = (|| {
+        let ident = protocol.read_message_begin()?;
+        if ident.message_type == TMessageType::Exception {
+            let e = thrift::Error::read_application_error_from_in_protocol(&mut protocol)?;
+            return Err(thrift::Error::Application(e));
+        }
+        if ident.message_type != TMessageType::Reply
+            || ident.name != method.name()
+            || ident.sequence_number != SEQUENCE
+        {
+            return Ok(None);
+        }
+        let mut success = None;
+        protocol.read_struct_begin()?;
+        loop {
+            let field = protocol.read_field_begin()?;
+            match (field.field_type, field.id) {
+                (TType::Stop, _) => break,
+                (TType::String, Some(0)) => success = Some(protocol.read_bytes()?),
+                (other, _) => protocol.skip(other)?,
+            }
+            protocol.read_field_end()?;
+        }
+        protocol.read_struct_end()?;
+        Ok(success)
+    })();
+    match result {
+        Ok(Some(payload)) => Ok(payload),
+        Ok(None) => Err(format!("not an answer to {}", method.name())),
+        Err(e) => Err(format!("undecodable answer: {e}")),
     }
-    let open =
-        matches!(stream.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-    open && stream.set_nonblocking(false).is_ok()
 }
 
 /// openraft's view of the peer network: one `PeerConnection` per target node.
