@@ -1,7 +1,11 @@
-//! raftcache-bench: a closed-loop load generator. Each client thread holds its own connection
-//! (spread over `--addrs`), sends one request, waits for the answer, and sends the next, until
+//! raftcache-bench: a closed-loop load generator. Each client holds its own connection (spread
+//! over `--addrs`), sends one request, waits for the answer, and sends the next, until
 //! `--seconds` have passed or `--max-ops` requests were made. Prints throughput, latency
 //! percentiles, and (with `--pids`) the CPU time the server processes used per operation.
+//!
+//! By default the clients are tasks on one thread (as redis-benchmark and wrk run theirs), so
+//! the generator takes little of the CPU it shares with the nodes; `--threads` gives each client
+//! an OS thread and the blocking Rust client instead.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,6 +13,12 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use raftcache::client::CacheClient;
+use raftcache::gen::cache::{
+    CacheEntry, CacheServiceSyncClient, Consistency, ReadOptions, TCacheServiceSyncClient,
+};
+use raftcache::server::frame::{self, Scan};
+use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser, Debug)]
 #[command(about = "Closed-loop load generator for raftcache")]
@@ -40,6 +50,9 @@ struct Args {
     /// Server process ids whose CPU time (user + system) to report per operation.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
+    /// One OS thread per client with the blocking client, instead of tasks on one thread.
+    #[arg(long)]
+    threads: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -64,6 +77,112 @@ fn cpu_ticks(pid: u32) -> u64 {
     field(11) + field(12)
 }
 
+/// The keys one client uses, in order.
+struct Keys {
+    index: u64,
+    budget: u64,
+    n: u64,
+    done: u64,
+}
+
+impl Keys {
+    fn new(index: usize, budget: u64) -> Self {
+        Keys {
+            index: index as u64,
+            budget,
+            n: index as u64 * 7919,
+            done: 0,
+        }
+    }
+
+    fn next(&mut self, args: &Args) -> String {
+        self.n = self
+            .n
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.done += 1;
+        if args.sequential {
+            format!("key-{}", self.index * self.budget + self.done - 1)
+        } else {
+            format!("key-{}", (self.n >> 33) % args.keys)
+        }
+    }
+}
+
+/// Runs `call` on a generated client that writes its request to `out` and reads its answer
+/// from `answer`: called once with no answer to encode a request, and once with the answer
+/// to decode it. Returns whether the call succeeded.
+fn with_client(
+    out: &mut Vec<u8>,
+    answer: &[u8],
+    call: impl FnOnce(&mut dyn TCacheServiceSyncClient) -> bool,
+) -> bool {
+    let input = TBinaryInputProtocol::new(answer, true);
+    let output = TBinaryOutputProtocol::new(out, true);
+    call(&mut CacheServiceSyncClient::new(input, output))
+}
+
+fn call<'a>(
+    op: Op,
+    key: &'a str,
+    value: &'a str,
+) -> impl Fn(&mut dyn TCacheServiceSyncClient) -> bool + 'a {
+    move |c: &mut dyn TCacheServiceSyncClient| match op {
+        Op::Put => c
+            .put(CacheEntry::new(key.to_string(), value.to_string()))
+            .is_ok(),
+        Op::Get => c.get(key.to_string()).is_ok(),
+        Op::Lget => c
+            .get_with(
+                key.to_string(),
+                ReadOptions::new(Some(Consistency::LINEARIZABLE)),
+            )
+            .is_ok(),
+    }
+}
+
+/// One client as a task: its own connection, one request at a time.
+async fn run_task(
+    args: Arc<Args>,
+    index: usize,
+    stop: Arc<AtomicBool>,
+    budget: u64,
+) -> (Vec<u32>, u64) {
+    let addr = &args.addrs[index % args.addrs.len()];
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_nodelay(true).expect("nodelay");
+    let value = "x".repeat(args.value_bytes);
+    let (mut latencies_us, mut errors) = (Vec::new(), 0);
+    let mut keys = Keys::new(index, budget);
+    let (mut request, mut answer) = (Vec::new(), Vec::new());
+    while !stop.load(Ordering::Relaxed) && keys.done < budget {
+        let key = keys.next(&args);
+        request.clear();
+        with_client(&mut request, &[], call(args.op, &key, &value));
+        let started = Instant::now();
+        stream.write_all(&request).await.expect("send");
+        answer.clear();
+        let len = loop {
+            match frame::scan(&answer, usize::MAX) {
+                Scan::Complete(len) => break len,
+                Scan::Invalid(reason) => panic!("bad answer from {addr}: {reason}"),
+                Scan::Incomplete(_) => {}
+            }
+            if stream.read_buf(&mut answer).await.expect("receive") == 0 {
+                panic!("{addr} closed the connection");
+            }
+        };
+        if with_client(&mut Vec::new(), &answer[..len], call(args.op, &key, &value)) {
+            latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        } else {
+            errors += 1;
+        }
+    }
+    (latencies_us, errors)
+}
+
 fn run_client(
     args: Arc<Args>,
     index: usize,
@@ -76,18 +195,9 @@ fn run_client(
     let value = "x".repeat(args.value_bytes);
     let mut latencies_us = Vec::new();
     let mut errors = 0;
-    let mut n: u64 = index as u64 * 7919;
-    let mut done: u64 = 0;
-    while !stop.load(Ordering::Relaxed) && done < budget {
-        n = n
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let key = if args.sequential {
-            format!("key-{}", index as u64 * budget + done)
-        } else {
-            format!("key-{}", (n >> 33) % args.keys)
-        };
-        done += 1;
+    let mut keys = Keys::new(index, budget);
+    while !stop.load(Ordering::Relaxed) && keys.done < budget {
+        let key = keys.next(&args);
         let started = Instant::now();
         let ok = match args.op {
             Op::Put => client.put(&key, &value).is_ok(),
@@ -103,27 +213,72 @@ fn run_client(
     (latencies_us, errors)
 }
 
-fn main() {
-    let args = Arc::new(Args::parse());
-    let stop = Arc::new(AtomicBool::new(false));
-    let budget = args.max_ops / args.clients as u64;
-    let cpu_before: u64 = args.pids.iter().map(|p| cpu_ticks(*p)).sum();
-    let started = Instant::now();
+type ClientResult = (Vec<u32>, u64);
+
+fn run_threads(
+    args: &Arc<Args>,
+    stop: &Arc<AtomicBool>,
+    budget: u64,
+    deadline: Instant,
+) -> Vec<ClientResult> {
     let threads: Vec<_> = (0..args.clients)
         .map(|i| {
             let (args, stop) = (args.clone(), stop.clone());
             std::thread::spawn(move || run_client(args, i, stop, budget))
         })
         .collect();
-    let deadline = started + Duration::from_secs(args.seconds);
     while Instant::now() < deadline && !threads.iter().all(|t| t.is_finished()) {
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, Ordering::Relaxed);
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect()
+}
+
+fn run_tasks(
+    args: &Arc<Args>,
+    stop: &Arc<AtomicBool>,
+    budget: u64,
+    deadline: Instant,
+) -> Vec<ClientResult> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..args.clients)
+            .map(|i| tokio::spawn(run_task(args.clone(), i, stop.clone(), budget)))
+            .collect();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline.into()).await;
+            stopper.store(true, Ordering::Relaxed);
+        });
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.expect("client task"));
+        }
+        results
+    })
+}
+
+fn main() {
+    let args = Arc::new(Args::parse());
+    let stop = Arc::new(AtomicBool::new(false));
+    let budget = args.max_ops / args.clients as u64;
+    let cpu_before: u64 = args.pids.iter().map(|p| cpu_ticks(*p)).sum();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let results = if args.threads {
+        run_threads(&args, &stop, budget, deadline)
+    } else {
+        run_tasks(&args, &stop, budget, deadline)
+    };
     let mut all = Vec::new();
     let mut errors = 0;
-    for t in threads {
-        let (lat, err) = t.join().expect("client thread");
+    for (lat, err) in results {
         all.extend(lat);
         errors += err;
     }
