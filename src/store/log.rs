@@ -19,7 +19,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError};
 
 use super::integrity::{write_durably, Durable, Watermark};
-use super::segments::{SegmentError, SegmentLog};
+use super::segments::{SegmentError, SegmentLog, SyncWork};
 use super::sm_flush::StateFlusher;
 use super::{decode, encode};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -44,7 +44,7 @@ struct Inner {
     watermark: Watermark,
     flushes: Arc<FlushStats>,
     /// Hands appends to the sync thread, which reports them done once synced.
-    syncs: mpsc::Sender<LogFlushed<TypeConfig>>,
+    syncs: mpsc::Sender<Done>,
     /// Flushes the state machine, before the log behind it is purged.
     state: StateFlusher,
 }
@@ -105,15 +105,13 @@ impl LogStore {
         };
         let flushes = Arc::new(FlushStats::default());
         let segments = Arc::new(Mutex::new(segments));
-        let (syncs, pending) = mpsc::channel();
         let syncer = Syncer {
             segments: segments.clone(),
             watermark: watermark.clone(),
             flushes: flushes.clone(),
+            sync: Arc::new(SyncWork::sync),
         };
-        std::thread::Builder::new()
-            .name("raft-log-sync".into())
-            .spawn(move || syncer.run(pending))?;
+        let syncs = syncer.spawn()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -233,15 +231,31 @@ fn read_entries(segments: &SegmentLog, start: u64, end: u64) -> Result<Vec<Entry
         .collect()
 }
 
+/// What the sync thread calls once an append is durable (or could not be made so).
+type Done = Box<dyn FnOnce(std::io::Result<()>) + Send>;
+/// How the sync thread makes written segments durable.
+type SyncFn = Arc<dyn Fn(&SyncWork) -> std::io::Result<()> + Send + Sync>;
+
 /// The sync thread: makes appends durable, several at a time, and reports them done.
 struct Syncer {
     segments: Arc<Mutex<SegmentLog>>,
     watermark: Watermark,
     flushes: Arc<FlushStats>,
+    /// Makes written segments durable (`SyncWork::sync`; tests watch it).
+    sync: SyncFn,
 }
 
 impl Syncer {
-    fn run(self, pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    /// Starts the thread; it ends when every sender is gone.
+    fn spawn(self) -> std::io::Result<mpsc::Sender<Done>> {
+        let (syncs, pending) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || self.run(pending))?;
+        Ok(syncs)
+    }
+
+    fn run(self, pending: mpsc::Receiver<Done>) {
         while let Ok(first) = pending.recv() {
             let mut done = vec![first];
             done.extend(pending.try_iter());
@@ -251,7 +265,7 @@ impl Syncer {
                 (segments.take_sync_work(), segments.last_index())
             };
             self.flushes.count.fetch_add(1, Ordering::Relaxed);
-            let mut result = work.sync();
+            let mut result = (self.sync)(&work);
             if result.is_ok() {
                 // Under the segments lock, so a truncation that lowered the watermark meanwhile
                 // is never overwritten with a higher index.
@@ -264,12 +278,11 @@ impl Syncer {
                     result = self.watermark.record(|d| d.last_log_index = durable);
                 }
             }
-            for callback in done {
-                let result = match &result {
+            for report in done {
+                report(match &result {
                     Ok(()) => Ok(()),
                     Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-                };
-                callback.log_io_completed(result);
+                });
                 self.flushes.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
         }
@@ -362,9 +375,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.meta().last_log_id = last;
         }
         self.inner.flushes.in_flight.fetch_add(1, Ordering::SeqCst);
-        if let Err(mpsc::SendError(callback)) = self.inner.syncs.send(callback) {
+        let done: Done = Box::new(move |synced| callback.log_io_completed(synced));
+        if let Err(mpsc::SendError(done)) = self.inner.syncs.send(done) {
             self.inner.flushes.in_flight.fetch_sub(1, Ordering::SeqCst);
-            callback.log_io_completed(Err(std::io::Error::other("the log sync thread is gone")));
+            done(Err(std::io::Error::other("the log sync thread is gone")));
         }
         Ok(())
     }
@@ -394,5 +408,81 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             meta.last_log_id = Some(log_id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::store::integrity::Watermark;
+
+    /// A syncer over a log holding entries 1..=3 (written, not synced), whose sync step is
+    /// `sync`; returns the sender appends report through and the watermark.
+    fn syncer(dir: &Path, sync: SyncFn) -> (mpsc::Sender<Done>, Watermark) {
+        let (mut segments, _) = SegmentLog::open(&dir.join("log"), 1 << 20, None).unwrap();
+        let records: Vec<_> = (1..=3u64).map(|i| (i, vec![i as u8; 10])).collect();
+        segments.append(&records).unwrap();
+        let (watermark, _) = Watermark::open(dir).unwrap();
+        let syncer = Syncer {
+            segments: Arc::new(Mutex::new(segments)),
+            watermark: watermark.clone(),
+            flushes: Arc::new(FlushStats {
+                count: AtomicU64::new(0),
+                in_flight: AtomicU64::new(1),
+            }),
+            sync,
+        };
+        (syncer.spawn().unwrap(), watermark)
+    }
+
+    #[test]
+    fn an_append_is_reported_done_only_after_its_segment_was_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let synced = Arc::new(AtomicBool::new(false));
+        let seen = synced.clone();
+        let (syncs, watermark) = syncer(
+            dir.path(),
+            Arc::new(move |work: &SyncWork| {
+                assert_eq!(work.files.len(), 1, "the written segment is synced");
+                work.sync()?;
+                seen.store(true, Ordering::SeqCst);
+                Ok(())
+            }),
+        );
+        let (tx, rx) = mpsc::channel();
+        let flag = synced.clone();
+        syncs
+            .send(Box::new(move |r| {
+                tx.send((r.is_ok(), flag.load(Ordering::SeqCst))).unwrap()
+            }))
+            .unwrap();
+        assert_eq!(
+            rx.recv().unwrap(),
+            (true, true),
+            "reported ok, after the sync"
+        );
+        let (_, recorded) = Watermark::open(dir.path()).unwrap();
+        assert_eq!(recorded.last_log_index, Some(3));
+        drop(watermark);
+    }
+
+    #[test]
+    fn a_failed_sync_is_reported_and_not_recorded_as_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (syncs, _watermark) = syncer(
+            dir.path(),
+            Arc::new(|_: &SyncWork| Err(std::io::Error::other("disk gone"))),
+        );
+        let (tx, rx) = mpsc::channel();
+        syncs
+            .send(Box::new(move |r| {
+                tx.send(r.map_err(|e| e.to_string())).unwrap()
+            }))
+            .unwrap();
+        assert_eq!(rx.recv().unwrap(), Err("disk gone".to_string()));
+        let (_, recorded) = Watermark::open(dir.path()).unwrap();
+        assert_eq!(recorded.last_log_index, None);
     }
 }
