@@ -8,14 +8,15 @@ use std::time::Duration;
 use openraft::error::{InitializeError, RaftError};
 use openraft::SnapshotPolicy;
 
-use crate::api::{ApiLimits, CacheApi};
-use crate::config::{NodeConfig, MAX_ENTRIES_PER_APPEND};
+use crate::api::{AdminParts, ApiLimits, CacheApi};
+use crate::config::{NodeConfig, StartMode, MAX_ENTRIES_PER_APPEND};
 use crate::gen::cache::NodeStatus;
+use crate::membership::{self, Admin, CatchUp, JoinRequest, Standing};
 use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
 use crate::proposer::{BatchLimits, Proposer};
-use crate::router::Router;
+use crate::router::{Router, RouterLimits};
 use crate::server::{self, ServerHandle};
-use crate::store::{self, FlushStats, OpenError, StateReader, StoreOptions};
+use crate::store::{self, ClusterIdentity, FlushStats, OpenError, StateReader, StoreOptions};
 use crate::types::{Node, NodeId, Raft};
 
 /// Why a node could not start. Each message names what to change.
@@ -47,6 +48,9 @@ pub struct RunningNode {
     db: sled::Db,
     client_server: ServerHandle,
     peer_server: ServerHandle,
+    /// Set when the node gave up on something it must do to serve (a `--join` that timed out).
+    failed: tokio::sync::watch::Receiver<Option<String>>,
+    standing: Arc<Standing>,
 }
 
 /// Binds the configured addresses and starts the node.
@@ -69,6 +73,7 @@ pub async fn start_with_listeners(
     let id = config.id;
     let data_dir = config.data_dir();
     let peer_addr = peer_listener.local_addr()?;
+    let client_addr = client_listener.local_addr()?;
     let cluster_id = config.cluster_id();
     let (log, sm) = store::open(
         &data_dir,
@@ -79,6 +84,9 @@ pub async fn start_with_listeners(
         },
     )
     .await?;
+    let identity = ClusterIdentity::load(&data_dir)
+        .map_err(|e| StartError::Config(format!("cannot read the data dir's identity: {e}")))?;
+    let identity = Arc::new(identity);
     let db = log.db();
     let flushes = log.flush_stats();
     let state = sm.reader();
@@ -98,7 +106,19 @@ pub async fn start_with_listeners(
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
-    bootstrap(&raft, &config, peer_addr).await?;
+    if config.start_mode() == StartMode::Bootstrap {
+        bootstrap(&raft, &config, peer_addr, client_addr).await?;
+    }
+    let standing = Standing::watch(id, raft.clone(), identity);
+    let admin = Arc::new(Admin::new(
+        id,
+        raft.clone(),
+        peers.clone(),
+        standing.clone(),
+        client_addr.to_string(),
+        config.peer_probe_timeout(),
+        config.request_deadline(),
+    ));
 
     let batch_limits = BatchLimits {
         max_requests: config.batch_max_requests,
@@ -114,17 +134,32 @@ pub async fn start_with_listeners(
         state.clone(),
         peers.clone(),
         proposer,
-        config.request_deadline(),
-        config.max_waiting_reads,
+        RouterLimits {
+            request_deadline: config.request_deadline(),
+            max_waiting_reads: config.max_waiting_reads,
+        },
+        standing.clone(),
     ));
-    let peer_service = PeerService::new(raft.clone(), router.clone(), peers);
+    let peer_service = PeerService::new(raft.clone(), router.clone(), peers, admin.clone());
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());
     let peer_server = server::spawn("peer", peer_listener, peer_limits, peer_service)?;
     let api_limits = ApiLimits {
         max_key_bytes: config.max_key_bytes,
         max_value_bytes: config.max_value_bytes,
     };
-    let api = CacheApi::new(id, raft.clone(), router, api_limits, flushes.clone());
+    let admin_parts = AdminParts {
+        admin,
+        standing: standing.clone(),
+        admin_token: config.admin_token.clone(),
+    };
+    let api = CacheApi::new(
+        id,
+        raft.clone(),
+        router,
+        api_limits,
+        flushes.clone(),
+        admin_parts,
+    );
     let client_limits = config.connection_limits(config.max_message_bytes);
     let client_server = server::spawn("client", client_listener, client_limits, api)?;
     tracing::info!(
@@ -132,8 +167,10 @@ pub async fn start_with_listeners(
         client_addr = %client_server.local_addr(),
         peer_addr = %peer_server.local_addr(),
         data_dir = %data_dir.display(),
+        mode = ?config.start_mode(),
         "raftcache node started"
     );
+    let failed = spawn_join(&config, &raft, peer_addr);
     Ok(RunningNode {
         id,
         flushes,
@@ -142,7 +179,59 @@ pub async fn start_with_listeners(
         db,
         client_server,
         peer_server,
+        failed,
+        standing,
     })
+}
+
+/// With `--join`, asks the cluster to add this node, in the background: the node answers
+/// `status` meanwhile. The receiver turns `Some(reason)` if the join timed out.
+fn spawn_join(
+    config: &NodeConfig,
+    raft: &Raft,
+    peer_addr: SocketAddr,
+) -> tokio::sync::watch::Receiver<Option<String>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let StartMode::Join { addr, voter } = config.start_mode() else {
+        return rx;
+    };
+    let request = JoinRequest {
+        id: config.id,
+        peer_addr: peer_addr.to_string(),
+        member_addr: addr,
+        voter,
+        token: config.admin_token.clone().unwrap_or_default(),
+        catch_up: CatchUp {
+            max_lag: config.catch_up_max_lag,
+            timeout: config.join_timeout(),
+        },
+    };
+    let timeout = config.join_timeout();
+    let raft = raft.clone();
+    tokio::task::spawn_blocking(move || {
+        let done = || joined(&raft, request.id, request.voter);
+        match membership::join_cluster(&request, &done, timeout) {
+            Ok(()) => tracing::info!(id = request.id, voter, "this node is a member"),
+            Err(reason) => {
+                tracing::error!(%reason, "join failed");
+                let _ = tx.send(Some(reason));
+            }
+        }
+    });
+    rx
+}
+
+/// Whether node `id` is in its local membership as a voter (or, if `!voter`, at all).
+fn joined(raft: &Raft, id: NodeId, voter: bool) -> bool {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = &metrics.membership_config;
+    if voter {
+        let m = membership.membership();
+        m.get_joint_config().len() == 1 && m.voter_ids().any(|v| v == id)
+    } else {
+        membership::lists(membership, id)
+    }
 }
 
 fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, StartError> {
@@ -172,6 +261,7 @@ async fn bootstrap(
     raft: &Raft,
     config: &NodeConfig,
     own_peer_addr: SocketAddr,
+    own_client_addr: SocketAddr,
 ) -> Result<(), StartError> {
     if raft
         .is_initialized()
@@ -185,11 +275,15 @@ async fn bootstrap(
         return Ok(());
     }
     let members = config
-        .bootstrap_members(own_peer_addr)
+        .bootstrap_members(own_peer_addr, own_client_addr)
         .map_err(StartError::Config)?;
-    let nodes = members
-        .into_iter()
-        .map(|(id, peer_addr)| (id, Node { peer_addr }));
+    let nodes = members.into_iter().map(|(id, m)| {
+        let node = Node {
+            peer_addr: m.peer_addr,
+            client_addr: m.client_addr,
+        };
+        (id, node)
+    });
     match raft
         .initialize(nodes.collect::<std::collections::BTreeMap<_, _>>())
         .await
@@ -245,6 +339,24 @@ impl RunningNode {
         let mut status = crate::api::node_status(self.id, &self.raft);
         status.log_flushes = Some(self.flushes.count.load(Ordering::Relaxed) as i64);
         status
+    }
+
+    /// Whether this node was removed from its cluster.
+    pub fn removed(&self) -> bool {
+        self.standing.removed()
+    }
+
+    /// Resolves with the reason when the node gave up on joining its cluster (`--join`).
+    pub async fn failed(&self) -> String {
+        let mut failed = self.failed.clone();
+        loop {
+            if let Some(reason) = failed.borrow().clone() {
+                return reason;
+            }
+            if failed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Stops the node: no new client requests, in-flight ones answered or failed, Raft stopped,

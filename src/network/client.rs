@@ -47,6 +47,8 @@ pub enum Method {
     Forward,
     ReadIndex,
     LeaderCheck,
+    NodeInfo,
+    Admin,
 }
 
 /// Why a peer call failed. `Unreachable` guarantees the request was not delivered; after
@@ -165,6 +167,8 @@ impl PeerClients {
             Method::Forward => conn.client.forward(payload),
             Method::ReadIndex => conn.client.read_index(payload),
             Method::LeaderCheck => conn.client.leader_check(payload),
+            Method::NodeInfo => conn.client.node_info(payload),
+            Method::Admin => conn.client.admin(payload),
         };
         let answer = answer.map_err(|e| no_answer(e.to_string()))?;
         conn.last_used = Instant::now();
