@@ -89,7 +89,7 @@ struct MemberState {
     /// Whether its peer port answered the leader just now (the leader itself: true).
     5: required bool reachable,
     /// How many log entries it is behind the leader's last one; absent when the leader has
-    /// no replication progress for it yet.
+    /// not replicated anything to it yet.
     6: optional i64 lag,
 }
 

@@ -91,7 +91,7 @@ fn wait_caught_up(
         let lag = membership
             .members
             .iter()
-            .find(|m| m.id == id as i64)
+            .find(|m| m.id == id as i64 && m.reachable)
             .and_then(|m| m.lag);
         if let Some(lag) = lag.filter(|l| *l as u64 <= catch_up.max_lag) {
             progress(&format!("node {id} has caught up ({lag} entries behind)"));

@@ -30,25 +30,52 @@ impl Admin {
                         .into(),
                 )
             })?;
-            self.refuse_if_in_progress()?;
+            if let Some(target) = self.unfinished()? {
+                self.finish(target).await?;
+                return Err(AdminError::Refused(format!(
+                    "an earlier membership change had been left half done (by a leader that lost leadership in the middle of it); it is now finished with voters {}. Check `raftcache admin members` and run your command again",
+                    list(&target_voters(&self.raft))
+                )));
+            }
             self.make(change, force).await?;
         }
         self.members().await
     }
 
-    fn refuse_if_in_progress(&self) -> Result<(), AdminError> {
+    /// Refuses while a change is in progress (a joint configuration not committed yet).
+    /// A committed joint configuration with no change running here was left half done by an
+    /// earlier leader (openraft's `change_membership` makes its second step only on the leader
+    /// that began it): returns its target voters, to finish it.
+    fn unfinished(&self) -> Result<Option<BTreeSet<NodeId>>, AdminError> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let joint = metrics.membership_config.membership().get_joint_config();
+        let index = metrics.membership_config.log_id().map(|l| l.index);
+        let applied = metrics.last_applied.map(|l| l.index);
+        if joint.len() > 1 && index <= applied {
+            return Ok(joint.last().cloned());
+        }
         if joint.len() > 1 {
             let configs: Vec<String> = joint.iter().map(list).collect();
             return Err(AdminError::Refused(format!(
                 "a membership change is in progress (voters {}, since log index {}); it finishes once a quorum of both configurations answers. Wait for it and try again",
                 configs.join(" -> "),
-                metrics.membership_config.log_id().map_or(0, |l| l.index)
+                index.unwrap_or(0)
             )));
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Finishes a half-done change: its target voters become the voters; the nodes it would
+    /// have dropped stay as learners (remove them with `remove-node`).
+    async fn finish(&self, target: BTreeSet<NodeId>) -> Result<(), AdminError> {
+        tracing::warn!(voters = %list(&target), "finishing a half-done membership change");
+        let raft = self.raft.clone();
+        self.wait_committed(async move {
+            raft.change_membership(ChangeMembers::ReplaceAllVoters(target), true)
+                .await
+        })
+        .await
     }
 
     /// The membership now, with each member's reachability and lag.
@@ -78,12 +105,14 @@ impl Admin {
                 } else {
                     matched
                         .get(&id)
-                        .map(|m| last.saturating_sub(m.map_or(0, |l| l.index)))
+                        .copied()
+                        .flatten()
+                        .map(|m| last.saturating_sub(m.index))
                 },
             })
             .collect();
         Ok(MembersView {
-            leader: self.id,
+            leader: metrics.current_leader.unwrap_or(self.id),
             last_log_index: last,
             changing: membership.get_joint_config().len() > 1,
             members,
@@ -245,7 +274,8 @@ impl Admin {
             peer_addr: peer_addr.to_string(),
             client_addr,
         };
-        self.wait_committed(self.raft.add_learner(id, node, false))
+        let raft = self.raft.clone();
+        self.wait_committed(async move { raft.add_learner(id, node, false).await })
             .await
     }
 
@@ -263,18 +293,23 @@ impl Admin {
             }
             _ => (ChangeMembers::ReplaceAllVoters(new_voters), false),
         };
-        self.wait_committed(self.raft.change_membership(changes, retain))
+        let raft = self.raft.clone();
+        self.wait_committed(async move { raft.change_membership(changes, retain).await })
             .await
     }
 
-    /// Waits (up to the deadline) for a proposed membership change to commit.
-    async fn wait_committed<T>(
+    /// Proposes a membership change and waits (up to the deadline) for it to commit. The
+    /// proposal runs in its own task: openraft's `change_membership` proposes the joint
+    /// configuration, waits for it to commit, then proposes the final one, and a caller that
+    /// gave up must not leave the change stuck half way.
+    async fn wait_committed<T: Send + 'static>(
         &self,
-        proposed: impl std::future::Future<Output = Result<T, WriteError>>,
+        proposed: impl std::future::Future<Output = Result<T, WriteError>> + Send + 'static,
     ) -> Result<(), AdminError> {
-        match tokio::time::timeout(self.deadline, proposed).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(write_error(e)),
+        match tokio::time::timeout(self.deadline, tokio::spawn(proposed)).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(write_error(e)),
+            Ok(Err(e)) => Err(AdminError::Unavailable(format!("the change failed: {e}"))),
             Err(_) => Err(AdminError::Unavailable(format!(
                 "the change was proposed but not committed within the request deadline of {} ms (no quorum of the old and new voters?); it completes by itself if a quorum comes back. See `raftcache admin members`",
                 self.deadline.as_millis()

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 pub use join::{add_node, join_cluster, CatchUp, JoinRequest};
 pub use standing::{lists, Standing};
 
-use crate::network::{PeerClients, PeerMethod};
+use crate::network::{PeerClients, PeerError, PeerMethod};
 use crate::store::ClusterIdentity;
 use crate::types::{NodeId, Raft};
 
@@ -218,9 +218,12 @@ impl Admin {
                 timeout,
             )
             .await
-            .map_err(|e| match request {
-                AdminRequest::Members => AdminError::NotLeader { leader: None },
-                AdminRequest::Change { .. } => AdminError::Unavailable(format!(
+            .map_err(|e| match (request, &e) {
+                // Nothing was delivered, or nothing changes: asking again is safe.
+                (_, PeerError::Unreachable { .. }) | (AdminRequest::Members, _) => {
+                    AdminError::NotLeader { leader: None }
+                }
+                (AdminRequest::Change { .. }, _) => AdminError::Unavailable(format!(
                     "the leader (node {leader}) did not answer: {e}; the change may or may not have been made (see `raftcache admin members`)"
                 )),
             })?
