@@ -109,7 +109,10 @@ pub async fn start_with_listeners(
     if config.start_mode() == StartMode::Bootstrap {
         bootstrap(&raft, &config, peer_addr, client_addr).await?;
     }
-    let standing = Standing::watch(id, raft.clone(), identity);
+    // A leaving node that hears nothing from the leader for this long was removed (it is far
+    // longer than a heartbeat, and than an election).
+    let removal_grace = Duration::from_millis(2 * config.election_timeout_max_ms);
+    let standing = Standing::watch(id, raft.clone(), identity, removal_grace);
     let admin = Arc::new(Admin::new(
         id,
         raft.clone(),

@@ -502,6 +502,8 @@ fn the_safety_rules_refuse_with_their_reason_and_the_token_guards_admin_calls() 
     }
     wait_membership(&cluster, &[1, 2, 3], &[1, 2], &[3]);
     assert_eq!(client_after_restart(&cluster), Some("v".to_string()));
+    let role = cluster.node(3).status().unwrap().role;
+    assert_eq!(role, "learner", "a demoted node is a learner, not removed");
 }
 
 fn client_after_restart(cluster: &Cluster) -> Option<String> {

@@ -247,6 +247,11 @@ impl Admin {
     fn identity_store(&self) -> &ClusterIdentity {
         self.identity.identity()
     }
+
+    /// This node's standing (the peer service tells it when the leader sends).
+    pub fn standing(&self) -> &Standing {
+        &self.identity
+    }
 }
 
 /// Voter ids of the target configuration.

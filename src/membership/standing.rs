@@ -5,29 +5,73 @@
 //! "Removed" needs memory: a node that is catching up after being added replays older
 //! membership entries that do not list it yet, and it must not call itself removed then. So
 //! the first time a node sees itself in a membership it records that in its identity file
-//! (`ClusterIdentity::mark_member`); from then on, a membership whose target configuration
-//! lists it neither as voter nor as learner means it was removed.
+//! (`ClusterIdentity::mark_member`). From then on it is removed when its membership's target
+//! configuration lists it neither as voter nor as learner, and either
+//! - the membership is final (not joint) and no longer lists it at all (a removed leader sees
+//!   this: it commits its own removal), or
+//! - the membership is joint and the leader has stopped sending to it for `grace`. openraft
+//!   stops replicating to a removed node once the final configuration is appended, so a
+//!   removed follower never sees more than the joint one; a demoted node sees the same joint
+//!   configuration, but keeps hearing from the leader and soon becomes a learner.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::store::ClusterIdentity;
 use crate::types::{NodeId, Raft, StoredMembership};
 
-/// This node's standing, kept up to date from openraft's metrics.
+/// Where the target configuration leaves this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    /// Listed as a voter or a learner.
+    Listed,
+    /// Not in the target configuration, but the membership is joint: leaving or demoted.
+    Leaving,
+    /// Not in the membership at all.
+    Gone,
+}
+
+/// This node's standing, kept up to date from openraft's metrics and the peer service.
 pub struct Standing {
     id: NodeId,
     identity: Arc<ClusterIdentity>,
-    removed: AtomicBool,
+    /// The latest `Listing`, as a number (`listing_code`).
+    listing: AtomicU64,
+    /// Milliseconds since `epoch` when the leader last sent append-entries here.
+    heard_ms: AtomicU64,
+    epoch: Instant,
+    /// How long a leaving node may go without hearing from the leader before it counts as
+    /// removed.
+    grace: Duration,
+    /// Whether "removed" was logged already.
+    logged: AtomicBool,
+}
+
+fn listing_code(listing: Listing) -> u64 {
+    match listing {
+        Listing::Listed => 0,
+        Listing::Leaving => 1,
+        Listing::Gone => 2,
+    }
 }
 
 impl Standing {
-    /// Starts watching `raft`'s membership for node `id`.
-    pub fn watch(id: NodeId, raft: Raft, identity: Arc<ClusterIdentity>) -> Arc<Self> {
+    /// Starts watching `raft`'s membership for node `id`; `grace` as in the module doc.
+    pub fn watch(
+        id: NodeId,
+        raft: Raft,
+        identity: Arc<ClusterIdentity>,
+        grace: Duration,
+    ) -> Arc<Self> {
         let standing = Arc::new(Self {
             id,
             identity,
-            removed: AtomicBool::new(false),
+            listing: AtomicU64::new(0),
+            heard_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            grace,
+            logged: AtomicBool::new(false),
         });
         let watcher = standing.clone();
         let mut metrics = raft.metrics();
@@ -42,23 +86,39 @@ impl Standing {
     }
 
     fn update(&self, membership: &StoredMembership) {
-        let listed = lists(membership, self.id);
-        if listed {
+        let listing = listing(membership, self.id);
+        if listing == Listing::Listed {
             if let Err(e) = self.identity.mark_member() {
                 tracing::error!(error = %e, "cannot record membership in the identity file");
             }
         }
-        let removed = !listed && self.identity.was_member();
-        if removed && !self.removed.swap(true, Ordering::SeqCst) {
-            tracing::warn!(id = self.id, "this node was removed from the cluster");
-        } else if !removed {
-            self.removed.store(false, Ordering::SeqCst);
-        }
+        self.listing.store(listing_code(listing), Ordering::SeqCst);
+    }
+
+    /// Called for every append-entries from a leader.
+    pub fn heard_from_leader(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.heard_ms.store(now, Ordering::Relaxed);
     }
 
     /// Whether this node was removed from its cluster.
     pub fn removed(&self) -> bool {
-        self.removed.load(Ordering::SeqCst)
+        if !self.identity.was_member() {
+            return false;
+        }
+        let removed = match self.listing.load(Ordering::SeqCst) {
+            0 => false,
+            1 => {
+                let silent_ms = (self.epoch.elapsed().as_millis() as u64)
+                    .saturating_sub(self.heard_ms.load(Ordering::Relaxed));
+                silent_ms > self.grace.as_millis() as u64
+            }
+            _ => true,
+        };
+        if removed && !self.logged.swap(true, Ordering::SeqCst) {
+            tracing::warn!(id = self.id, "this node was removed from the cluster");
+        }
+        removed
     }
 
     /// Whether this node has not been added to any cluster yet (started with `--join` or
@@ -96,10 +156,20 @@ impl Standing {
 
 /// Whether the target configuration of `membership` lists `id` as a voter or a learner.
 pub fn lists(membership: &StoredMembership, id: NodeId) -> bool {
+    listing(membership, id) == Listing::Listed
+}
+
+fn listing(membership: &StoredMembership, id: NodeId) -> Listing {
     let membership = membership.membership();
     let voter = membership
         .get_joint_config()
         .last()
         .is_some_and(|config| config.contains(&id));
-    voter || membership.learner_ids().any(|l| l == id)
+    if voter || membership.learner_ids().any(|l| l == id) {
+        Listing::Listed
+    } else if membership.get_node(&id).is_some() {
+        Listing::Leaving
+    } else {
+        Listing::Gone
+    }
 }

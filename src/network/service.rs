@@ -144,6 +144,7 @@ impl PeerService {
         match method {
             PeerMethod::AppendEntries => {
                 let request: AppendEntriesRequest<TypeConfig> = decode(payload)?;
+                self.admin.standing().heard_from_leader();
                 encode(&self.raft.append_entries(request).await)
             }
             PeerMethod::Vote => {
