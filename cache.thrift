@@ -136,8 +136,10 @@ service CacheService {
     NodeStatus status(),
     /// Builds a snapshot on this node now (and compacts its log behind it); returns the log
     /// index it covers, at least everything applied here when the call was made.
+    /// Without a token: refused with Unauthorized when the server has an admin token (use
+    /// admin_snapshot_with).
     i64 admin_snapshot()
-        throws (1: Unavailable unavailable),
+        throws (1: Unavailable unavailable, 2: Unauthorized unauthorized),
     /// The membership as the leader sees it (asked of the leader if this node does not lead).
     /// `token` is the admin token, empty if the server has none.
     Membership admin_members(1: string token)
@@ -146,4 +148,7 @@ service CacheService {
     /// once the change is committed.
     Membership admin_change(1: AdminChange change, 2: string token)
         throws (1: AdminRefused refused, 2: Unavailable unavailable, 3: Unauthorized unauthorized),
+    /// admin_snapshot with the admin token (empty if the server has none).
+    i64 admin_snapshot_with(1: string token)
+        throws (1: Unavailable unavailable, 2: Unauthorized unauthorized),
 }

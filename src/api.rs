@@ -73,7 +73,7 @@ enum Call {
     Put { entry: CacheEntry },
     Remove { key: String },
     Status,
-    AdminSnapshot,
+    AdminSnapshot { token: String },
     AdminMembers { token: String },
     AdminChange { change: AdminChange, token: String },
 }
@@ -136,7 +136,7 @@ impl CacheApi {
             Call::Put { entry } => Outcome::Flag(self.put(entry).await),
             Call::Remove { key } => Outcome::Flag(self.remove(key).await),
             Call::Status => Outcome::Status(Ok(self.status())),
-            Call::AdminSnapshot => Outcome::Index(self.admin_snapshot().await),
+            Call::AdminSnapshot { token } => Outcome::Index(self.admin_snapshot(&token).await),
             Call::AdminMembers { token } => {
                 Outcome::Membership(self.admin_call(&token, Ok(AdminRequest::Members)).await)
             }
@@ -148,19 +148,23 @@ impl CacheApi {
         }
     }
 
+    /// Refuses an admin call without this node's admin token (if it has one).
+    fn check_token(&self, token: &str) -> thrift::Result<()> {
+        match &self.admin_token {
+            Some(expected) if !same_token(expected, token) => Err(user_error(Unauthorized {
+                message: "admin calls need the admin token of this cluster (raftcache admin --token, or RAFTCACHE_ADMIN_TOKEN)".into(),
+            })),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks the admin token, then carries out an admin request through the leader.
     async fn admin_call(
         &self,
         token: &str,
         request: Result<AdminRequest, String>,
     ) -> thrift::Result<Membership> {
-        if let Some(expected) = &self.admin_token {
-            if !same_token(expected, token) {
-                return Err(user_error(Unauthorized {
-                    message: "admin calls need the admin token of this cluster (raftcache admin --token, or RAFTCACHE_ADMIN_TOKEN)".into(),
-                }));
-            }
-        }
+        self.check_token(token)?;
         let request = request.map_err(|message| user_error(AdminRefused { message }))?;
         match self.admin.handle(request).await {
             Ok(view) => Ok(to_membership(view)),
@@ -248,7 +252,8 @@ impl CacheApi {
         status
     }
 
-    async fn admin_snapshot(&self) -> thrift::Result<i64> {
+    async fn admin_snapshot(&self, token: &str) -> thrift::Result<i64> {
+        self.check_token(token)?;
         let built = self.router.snapshot().await.map_err(|e| {
             user_error(Unavailable {
                 message: e.to_string(),
@@ -289,7 +294,12 @@ impl CacheServiceSyncHandler for &Decoded {
         self.record(Call::Status)
     }
     fn handle_admin_snapshot(&self) -> thrift::Result<i64> {
-        self.record(Call::AdminSnapshot)
+        self.record(Call::AdminSnapshot {
+            token: String::new(),
+        })
+    }
+    fn handle_admin_snapshot_with(&self, token: String) -> thrift::Result<i64> {
+        self.record(Call::AdminSnapshot { token })
     }
     fn handle_admin_members(&self, token: String) -> thrift::Result<Membership> {
         self.record(Call::AdminMembers { token })
@@ -352,6 +362,9 @@ impl CacheServiceSyncHandler for Answer {
             Some(Outcome::Index(result)) => result,
             _ => Err(mismatch()),
         }
+    }
+    fn handle_admin_snapshot_with(&self, _token: String) -> thrift::Result<i64> {
+        self.handle_admin_snapshot()
     }
     fn handle_admin_members(&self, _token: String) -> thrift::Result<Membership> {
         match self.take() {

@@ -67,7 +67,7 @@ pub enum AdminCommand {
     /// Build a snapshot on the node now (and compact its log behind it).
     Snapshot {
         #[command(flatten)]
-        conn: Conn,
+        admin: AdminConn,
     },
     /// List every member: id, addresses, voter or learner, reachable, lag behind the leader.
     Members {
@@ -82,11 +82,15 @@ pub enum AdminCommand {
         id: u64,
         peer_addr: String,
         #[command(flatten)]
+        force: Force,
+        #[command(flatten)]
         admin: AdminConn,
     },
     /// Make learner ID a voter.
     Promote {
         id: u64,
+        #[command(flatten)]
+        force: Force,
         #[command(flatten)]
         admin: AdminConn,
     },
@@ -94,11 +98,15 @@ pub enum AdminCommand {
     Demote {
         id: u64,
         #[command(flatten)]
+        force: Force,
+        #[command(flatten)]
         admin: AdminConn,
     },
     /// Remove voter or learner ID (the leader included: it steps down once the change commits).
     RemoveNode {
         id: u64,
+        #[command(flatten)]
+        force: Force,
         #[command(flatten)]
         admin: AdminConn,
     },
@@ -106,6 +114,8 @@ pub enum AdminCommand {
     AddNode {
         id: u64,
         peer_addr: String,
+        #[command(flatten)]
+        force: Force,
         #[command(flatten)]
         catch_up: CatchUpArgs,
         #[command(flatten)]
@@ -118,13 +128,15 @@ pub enum AdminCommand {
         new_id: u64,
         new_peer_addr: String,
         #[command(flatten)]
+        force: Force,
+        #[command(flatten)]
         catch_up: CatchUpArgs,
         #[command(flatten)]
         admin: AdminConn,
     },
 }
 
-/// Where an admin command connects, with what token, and whether it overrides the safety rules.
+/// Where an admin command connects, and with what token.
 #[derive(clap::Args, Debug)]
 pub struct AdminConn {
     #[command(flatten)]
@@ -137,8 +149,13 @@ pub struct AdminConn {
         default_value = ""
     )]
     pub token: String,
-    /// Make the change even though a safety rule refuses it (an unreachable new voter, a
-    /// quorum that would not answer).
+}
+
+/// Whether a membership change overrides the safety rules.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Force {
+    /// Make the change even though a safety rule refuses it (a new voter that does not
+    /// answer, a quorum that would not answer). See docs/operations.md.
     #[arg(long)]
     pub force: bool,
 }
@@ -231,24 +248,22 @@ fn client_command(command: Command) -> Result<ExitCode, String> {
 
 fn admin_command(command: AdminCommand) -> Result<ExitCode, String> {
     let err = |e: thrift::Error| describe_error(&e);
-    let change = |a: &AdminConn, op: AdminOp, id: u64| {
+    let change = |a: &AdminConn, op: AdminOp, id: u64, peer: Option<&str>, force: Force| {
         a.conn
             .connect()?
-            .admin_change(op, id, None, None, a.force, &a.token)
+            .admin_change(op, id, peer, None, force.force, &a.token)
             .map_err(err)
     };
     let membership = match command {
-        AdminCommand::Snapshot { conn } => {
-            let index = conn.connect()?.admin_snapshot().map_err(err)?;
+        AdminCommand::Snapshot { admin } => {
+            let mut client = admin.conn.connect()?;
+            let index = client.admin_snapshot_with(&admin.token).map_err(err)?;
             println!("snapshot at log index {index}");
             return Ok(ExitCode::SUCCESS);
         }
         AdminCommand::Members { json, admin } => {
-            let m = admin
-                .conn
-                .connect()?
-                .admin_members(&admin.token)
-                .map_err(err)?;
+            let mut client = admin.conn.connect()?;
+            let m = client.admin_members(&admin.token).map_err(err)?;
             if json {
                 println!("{}", membership_json(&m));
                 return Ok(ExitCode::SUCCESS);
@@ -258,35 +273,40 @@ fn admin_command(command: AdminCommand) -> Result<ExitCode, String> {
         AdminCommand::AddLearner {
             id,
             peer_addr,
+            force,
             admin,
-        } => admin
-            .conn
-            .connect()?
-            .admin_change(
-                AdminOp::ADD_LEARNER,
-                id,
-                Some(&peer_addr),
-                None,
-                admin.force,
-                &admin.token,
-            )
-            .map_err(err)?,
-        AdminCommand::Promote { id, admin } => change(&admin, AdminOp::PROMOTE, id)?,
-        AdminCommand::Demote { id, admin } => change(&admin, AdminOp::DEMOTE, id)?,
-        AdminCommand::RemoveNode { id, admin } => change(&admin, AdminOp::REMOVE_NODE, id)?,
+        } => change(&admin, AdminOp::ADD_LEARNER, id, Some(&peer_addr), force)?,
+        AdminCommand::Promote { id, force, admin } => {
+            change(&admin, AdminOp::PROMOTE, id, None, force)?
+        }
+        AdminCommand::Demote { id, force, admin } => {
+            change(&admin, AdminOp::DEMOTE, id, None, force)?
+        }
+        AdminCommand::RemoveNode { id, force, admin } => {
+            change(&admin, AdminOp::REMOVE_NODE, id, None, force)?
+        }
         AdminCommand::AddNode {
             id,
             peer_addr,
+            force,
             catch_up,
             admin,
-        } => run_add_node(&admin, id, &peer_addr, None, &catch_up)?,
+        } => run_add_node(&admin, id, &peer_addr, None, force, &catch_up)?,
         AdminCommand::ReplaceNode {
             old_id,
             new_id,
             new_peer_addr,
+            force,
             catch_up,
             admin,
-        } => run_add_node(&admin, new_id, &new_peer_addr, Some(old_id), &catch_up)?,
+        } => run_add_node(
+            &admin,
+            new_id,
+            &new_peer_addr,
+            Some(old_id),
+            force,
+            &catch_up,
+        )?,
     };
     println!("{}", membership_text(&membership));
     Ok(ExitCode::SUCCESS)
@@ -297,6 +317,7 @@ fn run_add_node(
     id: u64,
     peer_addr: &str,
     replace: Option<u64>,
+    force: Force,
     catch_up: &CatchUpArgs,
 ) -> Result<Membership, String> {
     let catch_up = CatchUp {
@@ -311,7 +332,7 @@ fn run_add_node(
         peer_addr,
         replace,
         catch_up,
-        admin.force,
+        force.force,
         &admin.token,
         &mut progress,
     )

@@ -81,6 +81,11 @@ impl CacheClient {
         self.inner.admin_snapshot()
     }
 
+    /// `admin_snapshot` with the admin token ("" for none).
+    pub fn admin_snapshot_with(&mut self, token: &str) -> thrift::Result<i64> {
+        self.inner.admin_snapshot_with(token.to_string())
+    }
+
     /// The membership as the leader sees it. `token`: the admin token ("" for none).
     pub fn admin_members(&mut self, token: &str) -> thrift::Result<Membership> {
         self.inner.admin_members(token.to_string())

@@ -422,6 +422,10 @@ fn the_safety_rules_refuse_with_their_reason_and_the_token_guards_admin_calls() 
     admin_refused(a1, &["members"], Some("wrong"), "unauthorized");
     admin_refused(a1, &["remove-node", "3"], None, "unauthorized");
     admin_ok(a1, &["members"], token);
+    admin_refused(a1, &["snapshot"], None, "unauthorized");
+    admin_ok(a1, &["snapshot"], token);
+    let old_call = connect(a1).unwrap().admin_snapshot().unwrap_err();
+    assert!(support::describe(old_call).contains("unauthorized"));
     let mut client = connect(a1).unwrap();
     client.put("k", "v").unwrap();
     assert_eq!(client.get("k", true).unwrap(), Some("v".into()));

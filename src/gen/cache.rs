@@ -1229,6 +1229,7 @@ pub trait TCacheServiceSyncClient {
   fn admin_snapshot(&mut self) -> thrift::Result<i64>;
   fn admin_members(&mut self, token: String) -> thrift::Result<Membership>;
   fn admin_change(&mut self, change: AdminChange, token: String) -> thrift::Result<Membership>;
+  fn admin_snapshot_with(&mut self, token: String) -> thrift::Result<i64>;
 }
 
 pub trait TCacheServiceSyncClientMarker {}
@@ -1471,6 +1472,33 @@ impl <C: TThriftClient + TCacheServiceSyncClientMarker> TCacheServiceSyncClient 
       result.ok_or()
     }
   }
+  fn admin_snapshot_with(&mut self, token: String) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceAdminSnapshotWithArgs { token };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("admin_snapshot_with", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceAdminSnapshotWithResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -1486,6 +1514,7 @@ pub trait CacheServiceSyncHandler {
   fn handle_admin_snapshot(&self) -> thrift::Result<i64>;
   fn handle_admin_members(&self, token: String) -> thrift::Result<Membership>;
   fn handle_admin_change(&self, change: AdminChange, token: String) -> thrift::Result<Membership>;
+  fn handle_admin_snapshot_with(&self, token: String) -> thrift::Result<i64>;
 }
 
 pub struct CacheServiceSyncProcessor<H: CacheServiceSyncHandler> {
@@ -1521,6 +1550,9 @@ impl <H: CacheServiceSyncHandler> CacheServiceSyncProcessor<H> {
   }
   fn process_admin_change(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TCacheServiceProcessFunctions::process_admin_change(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_admin_snapshot_with(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_admin_snapshot_with(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -1858,7 +1890,7 @@ impl TCacheServiceProcessFunctions {
       Ok(handler_return) => {
         let message_ident = TMessageIdentifier::new("admin_snapshot", TMessageType::Reply, incoming_sequence_number);
         o_prot.write_message_begin(&message_ident)?;
-        let ret = CacheServiceAdminSnapshotResult { result_value: Some(handler_return), unavailable: None };
+        let ret = CacheServiceAdminSnapshotResult { result_value: Some(handler_return), unavailable: None, unauthorized: None };
         ret.write_to_out_protocol(o_prot)?;
         o_prot.write_message_end()?;
         o_prot.flush()
@@ -1868,7 +1900,15 @@ impl TCacheServiceProcessFunctions {
           thrift::Error::User(usr_err) => {
             if usr_err.downcast_ref::<Unavailable>().is_some() {
               let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
-              let ret_err = CacheServiceAdminSnapshotResult{ result_value: None, unavailable: Some(*err) };
+              let ret_err = CacheServiceAdminSnapshotResult{ result_value: None, unavailable: Some(*err), unauthorized: None };
+              let message_ident = TMessageIdentifier::new("admin_snapshot", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unauthorized>().is_some() {
+              let err = usr_err.downcast::<Unauthorized>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminSnapshotResult{ result_value: None, unavailable: None, unauthorized: Some(*err) };
               let message_ident = TMessageIdentifier::new("admin_snapshot", TMessageType::Reply, incoming_sequence_number);
               o_prot.write_message_begin(&message_ident)?;
               ret_err.write_to_out_protocol(o_prot)?;
@@ -2056,6 +2096,74 @@ impl TCacheServiceProcessFunctions {
       },
     }
   }
+  pub fn process_admin_snapshot_with<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceAdminSnapshotWithArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_admin_snapshot_with(args.token) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceAdminSnapshotWithResult { result_value: Some(handler_return), unavailable: None, unauthorized: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminSnapshotWithResult{ result_value: None, unavailable: Some(*err), unauthorized: None };
+              let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unauthorized>().is_some() {
+              let err = usr_err.downcast::<Unauthorized>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminSnapshotWithResult{ result_value: None, unavailable: None, unauthorized: Some(*err) };
+              let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: CacheServiceSyncHandler> TProcessor for CacheServiceSyncProcessor<H> {
@@ -2085,6 +2193,9 @@ impl <H: CacheServiceSyncHandler> TProcessor for CacheServiceSyncProcessor<H> {
       },
       "admin_change" => {
         self.process_admin_change(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "admin_snapshot_with" => {
+        self.process_admin_snapshot_with(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -2839,12 +2950,15 @@ impl CacheServiceAdminSnapshotArgs {
 struct CacheServiceAdminSnapshotResult {
   result_value: Option<i64>,
   unavailable: Option<Unavailable>,
+  unauthorized: Option<Unauthorized>,
 }
 
 impl CacheServiceAdminSnapshotResult {
   fn ok_or(self) -> thrift::Result<i64> {
     if self.unavailable.is_some() {
       Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.unauthorized.is_some() {
+      Err(thrift::Error::User(Box::new(self.unauthorized.unwrap())))
     } else if self.result_value.is_some() {
       Ok(self.result_value.unwrap())
     } else {
@@ -2862,6 +2976,7 @@ impl CacheServiceAdminSnapshotResult {
     i_prot.read_struct_begin()?;
     let mut f_0: Option<i64> = None;
     let mut f_1: Option<Unavailable> = None;
+    let mut f_2: Option<Unauthorized> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -2877,6 +2992,10 @@ impl CacheServiceAdminSnapshotResult {
           let val = Unavailable::read_from_in_protocol(i_prot)?;
           f_1 = Some(val);
         },
+        2 => {
+          let val = Unauthorized::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -2887,6 +3006,7 @@ impl CacheServiceAdminSnapshotResult {
     let ret = CacheServiceAdminSnapshotResult {
       result_value: f_0,
       unavailable: f_1,
+      unauthorized: f_2,
     };
     Ok(ret)
   }
@@ -2900,6 +3020,11 @@ impl CacheServiceAdminSnapshotResult {
     }
     if let Some(ref fld_var) = self.unavailable {
       o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unauthorized {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 2))?;
       fld_var.write_to_out_protocol(o_prot)?;
       o_prot.write_field_end()?
     }
@@ -3203,6 +3328,145 @@ impl CacheServiceAdminChangeResult {
     }
     if let Some(ref fld_var) = self.unauthorized {
       o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 3))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminSnapshotWithArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminSnapshotWithArgs {
+  token: String,
+}
+
+impl CacheServiceAdminSnapshotWithArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminSnapshotWithArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceAdminSnapshotWithArgs.token", &f_1)?;
+    let ret = CacheServiceAdminSnapshotWithArgs {
+      token: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("admin_snapshot_with_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("token", TType::String, 1))?;
+    o_prot.write_string(&self.token)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminSnapshotWithResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminSnapshotWithResult {
+  result_value: Option<i64>,
+  unavailable: Option<Unavailable>,
+  unauthorized: Option<Unauthorized>,
+}
+
+impl CacheServiceAdminSnapshotWithResult {
+  fn ok_or(self) -> thrift::Result<i64> {
+    if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.unauthorized.is_some() {
+      Err(thrift::Error::User(Box::new(self.unauthorized.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceAdminSnapshotWith"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminSnapshotWithResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<i64> = None;
+    let mut f_1: Option<Unavailable> = None;
+    let mut f_2: Option<Unauthorized> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_i64()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unauthorized::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceAdminSnapshotWithResult {
+      result_value: f_0,
+      unavailable: f_1,
+      unauthorized: f_2,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceAdminSnapshotWithResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unauthorized {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 2))?;
       fld_var.write_to_out_protocol(o_prot)?;
       o_prot.write_field_end()?
     }
