@@ -427,10 +427,11 @@ fn status_text(s: &NodeStatus) -> String {
     );
     for m in &s.members {
         out.push_str(&format!(
-            "\n  {} {} {}",
+            "\n  {} {} {} (clients: {})",
             m.id,
             m.peer_addr,
-            if m.voter { "voter" } else { "learner" }
+            if m.voter { "voter" } else { "learner" },
+            m.client_addr.as_deref().unwrap_or("?")
         ));
     }
     out

@@ -569,3 +569,78 @@ fn join_as_a_learner_resumes_after_a_restart_and_a_join_that_cannot_succeed_give
         .unwrap_err();
     assert!(support::describe(refused).contains("not a member"));
 }
+
+/// The acceptance run: one node with 1,000 keys grows to 3 with `--join`; the original
+/// node is killed and replaced by a fresh node 4; node 2 is removed and its machine (same
+/// addresses, wiped data dir) comes back as a fresh node 5; a client writes throughout.
+#[test]
+fn acceptance_join_kill_replace_remove_and_return_as_a_new_node() {
+    let start = Instant::now();
+    phase(
+        start,
+        "node 1 with 1,000 keys, a client writing from now on",
+    );
+    let mut cluster = Cluster::single();
+    let a1 = cluster.node(1).client_addr;
+    let mut expected = BTreeMap::new();
+    let mut seed = connect(a1).unwrap();
+    for i in 0..1000 {
+        seed.put(&format!("k{i}"), &format!("{i}")).unwrap();
+        expected.insert(format!("k{i}"), format!("{i}"));
+    }
+    let writer = Writer::start(vec![a1]);
+
+    phase(start, "grow to 3 with --join");
+    for _ in 0..2 {
+        let id = cluster.add_node(&[format!("--join={a1}")]);
+        cluster.node_mut(id).start();
+    }
+    settle(&cluster, &[1, 2, 3], &[1, 2, 3]);
+
+    phase(start, "kill node 1, replace it by a fresh node 4");
+    writer.set_addrs(client_addrs(&cluster, &[2, 3]));
+    cluster.node_mut(1).kill();
+    let four = cluster.add_node(&["--no-bootstrap".to_string()]);
+    cluster.node_mut(four).start();
+    let peer4 = cluster.node(four).peer_addr.to_string();
+    let a2 = cluster.node(2).client_addr;
+    admin_ok(a2, &["replace-node", "1", "4", &peer4], None);
+    settle(&cluster, &[2, 3, 4], &[2, 3, 4]);
+
+    phase(
+        start,
+        "remove node 2; its machine comes back wiped, as node 5",
+    );
+    writer.set_addrs(client_addrs(&cluster, &[3, 4]));
+    admin_ok(cluster.node(3).client_addr, &["remove-node", "2"], None);
+    settle(&cluster, &[3, 4], &[3, 4]);
+    cluster.node_mut(2).kill();
+    let (client2, peer2) = (cluster.node(2).client_addr, cluster.node(2).peer_addr);
+    let five = cluster.add_node(&["--no-bootstrap".to_string()]);
+    cluster.node_mut(five).client_addr = client2;
+    cluster.node_mut(five).peer_addr = peer2;
+    cluster.node_mut(five).start();
+    admin_ok(
+        cluster.node(3).client_addr,
+        &["add-node", "5", &peer2.to_string()],
+        None,
+    );
+    settle(&cluster, &[3, 4, 5], &[3, 4, 5]);
+    writer.set_addrs(client_addrs(&cluster, &[3, 4, 5]));
+
+    phase(
+        start,
+        "every voter holds the 1,000 keys and every acknowledged write",
+    );
+    let (acked, longest) = writer.stop();
+    eprintln!(
+        "{} writes acknowledged; longest run of failures {longest:?}",
+        acked.len()
+    );
+    for n in acked {
+        expected.insert(format!("w{n}"), format!("v{n}"));
+    }
+    for id in [3, 4, 5] {
+        wait_local_reads(cluster.node(id), &expected);
+    }
+}

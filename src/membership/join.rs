@@ -88,13 +88,12 @@ fn wait_caught_up(
         let membership = client
             .admin_members(token)
             .map_err(|e| describe_error(&e))?;
-        let lag = membership
-            .members
-            .iter()
-            .find(|m| m.id == id as i64 && m.reachable)
-            .and_then(|m| m.lag);
-        if let Some(lag) = lag.filter(|l| *l as u64 <= catch_up.max_lag) {
-            progress(&format!("node {id} has caught up ({lag} entries behind)"));
+        let lag = lag_of(&membership, id);
+        if caught_up(lag, catch_up.max_lag) {
+            progress(&format!(
+                "node {id} has caught up ({} entries behind)",
+                lag.unwrap_or_default()
+            ));
             return Ok(());
         }
         if last_told != Some(lag) {
@@ -115,6 +114,21 @@ fn wait_caught_up(
         }
         std::thread::sleep(PROGRESS_POLL);
     }
+}
+
+/// How far learner `id` is behind the leader: None when it does not answer or nothing has been
+/// replicated to it yet.
+fn lag_of(membership: &Membership, id: NodeId) -> Option<i64> {
+    membership
+        .members
+        .iter()
+        .find(|m| m.id == id as i64 && m.reachable)
+        .and_then(|m| m.lag)
+}
+
+/// Whether a learner `lag` entries behind counts as caught up.
+fn caught_up(lag: Option<i64>, max_lag: u64) -> bool {
+    lag.is_some_and(|l| l >= 0 && l as u64 <= max_lag)
 }
 
 /// What `serve --join` asks for.
@@ -194,5 +208,41 @@ fn join_once(request: &JoinRequest, deadline: Instant) -> Result<(), String> {
             )
             .map(|_| ())
             .map_err(|e| describe_error(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::cache::MemberState;
+
+    fn learner(reachable: bool, lag: Option<i64>) -> Membership {
+        Membership {
+            leader: 1,
+            last_log_index: 500,
+            changing: false,
+            members: vec![MemberState {
+                id: 4,
+                peer_addr: "p".into(),
+                client_addr: "c".into(),
+                voter: false,
+                reachable,
+                lag,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_learner_past_the_max_lag_has_not_caught_up() {
+        assert!(caught_up(lag_of(&learner(true, Some(100)), 4), 100));
+        assert!(!caught_up(lag_of(&learner(true, Some(101)), 4), 100));
+        assert!(caught_up(lag_of(&learner(true, Some(0)), 4), 0));
+    }
+
+    #[test]
+    fn an_unreachable_or_unreplicated_learner_has_not_caught_up() {
+        assert!(!caught_up(lag_of(&learner(false, Some(0)), 4), 100));
+        assert!(!caught_up(lag_of(&learner(true, None), 4), 100));
+        assert!(!caught_up(lag_of(&learner(true, Some(0)), 5), 100));
     }
 }
