@@ -74,75 +74,16 @@ pub async fn start_with_listeners(
     let data_dir = config.data_dir();
     let peer_addr = peer_listener.local_addr()?;
     let client_addr = client_listener.local_addr()?;
-    let cluster_id = config.cluster_id();
-    let (log, sm) = store::open(
-        &data_dir,
-        id,
-        cluster_id.as_deref(),
-        &StoreOptions {
-            cache_capacity_bytes: config.cache_capacity_bytes,
-        },
-    )
-    .await?;
-    let identity = ClusterIdentity::load(&data_dir)
-        .map_err(|e| StartError::Config(format!("cannot read the data dir's identity: {e}")))?;
-    let identity = Arc::new(identity);
-    let db = log.db();
-    let flushes = log.flush_stats();
-    let state = sm.reader();
-
-    let peers = PeerClients::new(
-        id,
-        faults,
-        Duration::from_secs(1),
-        config.peer_max_message_bytes(),
-    );
-    let raft = Raft::new(
-        id,
-        raft_config(&config)?,
-        PeerNetwork::new(peers.clone()),
-        log,
-        sm,
-    )
-    .await
-    .map_err(|e| StartError::Raft(e.to_string()))?;
-    if config.start_mode() == StartMode::Bootstrap {
-        bootstrap(&raft, &config, peer_addr, client_addr).await?;
-    }
-    // A leaving node that hears nothing from the leader for this long was removed (it is far
-    // longer than a heartbeat, and than an election).
-    let removal_grace = Duration::from_millis(2 * config.election_timeout_max_ms);
-    let standing = Standing::watch(id, raft.clone(), identity, removal_grace);
-    let admin = Arc::new(Admin::new(
-        id,
-        raft.clone(),
-        peers.clone(),
-        standing.clone(),
-        client_addr.to_string(),
-        config.peer_probe_timeout(),
-        config.request_deadline(),
-    ));
-
-    let batch_limits = BatchLimits {
-        max_requests: config.batch_max_requests,
-        max_bytes: config.batch_max_bytes(),
-        max_in_flight: config.batch_max_in_flight,
-        max_pending: config.max_pending_writes,
-        forward_timeout: config.request_deadline(),
-    };
-    let proposer = Proposer::spawn(id, raft.clone(), peers.clone(), batch_limits);
-    let router = Arc::new(Router::new(
-        id,
-        raft.clone(),
-        state.clone(),
-        peers.clone(),
-        proposer,
-        RouterLimits {
-            request_deadline: config.request_deadline(),
-            max_waiting_reads: config.max_waiting_reads,
-        },
-        standing.clone(),
-    ));
+    let Core {
+        raft,
+        peers,
+        state,
+        db,
+        flushes,
+        identity,
+    } = open_core(&config, faults, peer_addr, client_addr).await?;
+    let (standing, admin) = start_membership(&config, &raft, &peers, identity, client_addr);
+    let router = start_router(&config, &raft, &state, &peers, standing.clone());
     let peer_service = PeerService::new(raft.clone(), router.clone(), peers, admin.clone());
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());
     let peer_server = server::spawn("peer", peer_listener, peer_limits, peer_service)?;
@@ -187,6 +128,60 @@ pub async fn start_with_listeners(
     })
 }
 
+/// This node's standing in the membership, and its admin request handler.
+fn start_membership(
+    config: &NodeConfig,
+    raft: &Raft,
+    peers: &Arc<PeerClients>,
+    identity: Arc<ClusterIdentity>,
+    client_addr: SocketAddr,
+) -> (Arc<Standing>, Arc<Admin>) {
+    // A leaving node that hears nothing from the leader for this long was removed (it is far
+    // longer than a heartbeat, and than an election).
+    let removal_grace = Duration::from_millis(2 * config.election_timeout_max_ms);
+    let standing = Standing::watch(config.id, raft.clone(), identity, removal_grace);
+    let admin = Arc::new(Admin::new(
+        config.id,
+        raft.clone(),
+        peers.clone(),
+        standing.clone(),
+        client_addr.to_string(),
+        config.peer_probe_timeout(),
+        config.request_deadline(),
+    ));
+    (standing, admin)
+}
+
+/// The proposer and the router over it.
+fn start_router(
+    config: &NodeConfig,
+    raft: &Raft,
+    state: &StateReader,
+    peers: &Arc<PeerClients>,
+    standing: Arc<Standing>,
+) -> Arc<Router> {
+    let batch_limits = BatchLimits {
+        max_requests: config.batch_max_requests,
+        max_bytes: config.batch_max_bytes(),
+        max_in_flight: config.batch_max_in_flight,
+        max_pending: config.max_pending_writes,
+        forward_timeout: config.request_deadline(),
+    };
+    let proposer = Proposer::spawn(config.id, raft.clone(), peers.clone(), batch_limits);
+    Arc::new(Router::new(
+        config.id,
+        raft.clone(),
+        state.clone(),
+        peers.clone(),
+        proposer,
+        RouterLimits {
+            request_deadline: config.request_deadline(),
+            max_waiting_reads: config.max_waiting_reads,
+        },
+        standing,
+    ))
+}
+
 /// With `--join`, asks the cluster to add this node, in the background: the node answers
 /// `status` meanwhile. The receiver turns `Some(reason)` if the join timed out.
 fn spawn_join(
@@ -208,6 +203,8 @@ fn spawn_join(
             max_lag: config.catch_up_max_lag,
             timeout: config.join_timeout(),
         },
+        // The member may forward to the leader, which may wait its own deadline for a commit.
+        call_timeout: 3 * config.request_deadline(),
     };
     let timeout = config.join_timeout();
     let raft = raft.clone();
@@ -235,6 +232,69 @@ fn joined(raft: &Raft, id: NodeId, voter: bool) -> bool {
     } else {
         membership::lists(membership, id)
     }
+}
+
+/// What a node is made of below its services: its stores, its Raft and its peer clients.
+struct Core {
+    raft: Raft,
+    peers: Arc<PeerClients>,
+    state: StateReader,
+    db: sled::Db,
+    flushes: Arc<FlushStats>,
+    identity: Arc<ClusterIdentity>,
+}
+
+/// Opens the data dir, starts Raft on it, and bootstraps a new cluster if this start says so.
+async fn open_core(
+    config: &NodeConfig,
+    faults: Arc<Faults>,
+    peer_addr: SocketAddr,
+    client_addr: SocketAddr,
+) -> Result<Core, StartError> {
+    let (id, data_dir) = (config.id, config.data_dir());
+    let cluster_id = config.cluster_id();
+    let (log, sm) = store::open(
+        &data_dir,
+        id,
+        cluster_id.as_deref(),
+        &StoreOptions {
+            cache_capacity_bytes: config.cache_capacity_bytes,
+        },
+    )
+    .await?;
+    let identity = ClusterIdentity::load(&data_dir)
+        .map_err(|e| StartError::Config(format!("cannot read the data dir's identity: {e}")))?;
+    let identity = Arc::new(identity);
+    let db = log.db();
+    let flushes = log.flush_stats();
+    let state = sm.reader();
+
+    let peers = PeerClients::new(
+        id,
+        faults,
+        Duration::from_secs(1),
+        config.peer_max_message_bytes(),
+    );
+    let raft = Raft::new(
+        id,
+        raft_config(config)?,
+        PeerNetwork::new(peers.clone()),
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+    if config.start_mode() == StartMode::Bootstrap {
+        bootstrap(&raft, config, peer_addr, client_addr).await?;
+    }
+    Ok(Core {
+        raft,
+        peers,
+        state,
+        db,
+        flushes,
+        identity,
+    })
 }
 
 fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, StartError> {

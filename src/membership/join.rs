@@ -141,6 +141,8 @@ pub struct JoinRequest {
     pub voter: bool,
     pub token: String,
     pub catch_up: CatchUp,
+    /// Socket timeout of each call to the member: longer than a change may take there.
+    pub call_timeout: Duration,
 }
 
 /// `serve --join`: asks the cluster of `member_addr` to add this node, retrying failed steps
@@ -175,7 +177,7 @@ pub fn join_cluster(
 }
 
 fn join_once(request: &JoinRequest, deadline: Instant) -> Result<(), String> {
-    let mut client = CacheClient::connect(&request.member_addr, Duration::from_secs(10))
+    let mut client = CacheClient::connect(&request.member_addr, request.call_timeout)
         .map_err(|e| format!("cannot connect to {}: {e}", request.member_addr))?;
     let mut tell = |step: &str| tracing::info!(step, "joining");
     let remaining = deadline.saturating_duration_since(Instant::now());

@@ -121,7 +121,8 @@ pub struct Admin {
     id: NodeId,
     raft: Raft,
     peers: Arc<PeerClients>,
-    identity: Arc<Standing>,
+    /// Whether this node is waiting, a member, or removed.
+    standing: Arc<Standing>,
     /// Where clients reach this node (reported by the probe).
     client_addr: String,
     /// How long a probe of a peer port may take.
@@ -149,7 +150,7 @@ impl Admin {
             id,
             raft,
             peers,
-            identity: standing,
+            standing,
             client_addr,
             probe_timeout,
             deadline,
@@ -162,8 +163,8 @@ impl Admin {
     pub async fn handle(&self, request: AdminRequest) -> Result<MembersView, AdminError> {
         let deadline = Instant::now() + self.deadline;
         loop {
-            if self.identity.removed() {
-                return Err(AdminError::Unavailable(self.identity.removed_message()));
+            if self.standing.removed() {
+                return Err(AdminError::Unavailable(self.standing.removed_message()));
             }
             let leader = self.raft.metrics().borrow().current_leader;
             let outcome = match leader {
@@ -186,7 +187,7 @@ impl Admin {
     }
 
     fn no_leader_message(&self) -> String {
-        if self.identity.waiting() {
+        if self.standing.waiting() {
             return format!(
                 "node {} is not a member of any cluster yet: ask a member, or add this node with `raftcache admin add-node`",
                 self.id
@@ -245,12 +246,12 @@ impl Admin {
     }
 
     fn identity_store(&self) -> &ClusterIdentity {
-        self.identity.identity()
+        self.standing.identity()
     }
 
     /// This node's standing (the peer service tells it when the leader sends).
     pub fn standing(&self) -> &Standing {
-        &self.identity
+        &self.standing
     }
 }
 
