@@ -11,7 +11,7 @@ use super::{
     target_voters, Admin, AdminError, AdminRequest, Change, MemberView, MembersView, NodeInfo,
     NodeInfoRequest,
 };
-use crate::network::PeerMethod;
+use crate::network::{PeerError, PeerMethod};
 use crate::types::{Node, NodeId};
 
 type WriteError = RaftError<NodeId, ClientWriteError<NodeId, Node>>;
@@ -138,21 +138,28 @@ impl Admin {
             cluster_id: self.identity_store().cluster_id().unwrap_or_default(),
         };
         let timeout = self.probe_timeout;
-        self.peers
-            .rpc::<_, Result<NodeInfo, String>>(
-                id,
-                peer_addr,
-                PeerMethod::NodeInfo,
-                &request,
-                timeout,
-            )
+        let call = self.peers.rpc::<_, Result<NodeInfo, String>>(
+            id,
+            peer_addr,
+            PeerMethod::NodeInfo,
+            &request,
+            timeout,
+        );
+        // The socket timeouts bound the answer; this bounds the connect too.
+        let answer = tokio::time::timeout(timeout, call)
             .await
-            .map_err(|e| {
-                format!(
-                    "{e} (within the probe timeout of {} ms)",
-                    timeout.as_millis()
-                )
-            })?
+            .unwrap_or_else(|_| {
+                Err(PeerError::NoAnswer {
+                    addr: peer_addr.to_string(),
+                    reason: "timed out".into(),
+                })
+            });
+        answer.map_err(|e| {
+            format!(
+                "{e} (within the probe timeout of {} ms)",
+                timeout.as_millis()
+            )
+        })?
     }
 
     /// The nodes that answer now: this leader and every member whose peer port answers.
