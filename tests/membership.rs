@@ -473,14 +473,19 @@ fn the_safety_rules_refuse_with_their_reason_and_the_token_guards_admin_calls() 
     admin_ok(a1, &["remove-node", "4"], token);
     wait_membership(&cluster, &[1, 2, 3], &[1, 2, 3], &[]);
 
+    // A follower goes down (not the leader: its election would eat the short request deadline).
+    let leader = cluster.wait_leader(&[1, 2, 3]);
+    let mut followers = [1, 2, 3].into_iter().filter(|id| *id != leader);
+    let (up, down) = (followers.next().unwrap(), followers.next().unwrap());
+    let al = cluster.node(leader).client_addr;
     phase(
         start,
-        "node 3 down: a forced change that needs it stays in progress",
+        "a follower down: a forced change that needs it stays in progress",
     );
-    cluster.node_mut(3).kill();
-    admin_ok(a1, &["add-learner", "5", &dead_addr(), "--force"], token);
-    admin_refused(a1, &["promote", "5"], token, "does not answer");
-    let stuck = admin(a1, &["promote", "5", "--force"], token);
+    cluster.node_mut(down).kill();
+    admin_ok(al, &["add-learner", "5", &dead_addr(), "--force"], token);
+    admin_refused(al, &["promote", "5"], token, "does not answer");
+    let stuck = admin(al, &["promote", "5", "--force"], token);
     assert_eq!(
         stuck.code, 2,
         "a promote that cannot commit must fail: {}",
@@ -489,29 +494,41 @@ fn the_safety_rules_refuse_with_their_reason_and_the_token_guards_admin_calls() 
     assert!(stuck.stderr.contains("not committed"), "{}", stuck.stderr);
 
     phase(start, "a second change while one is in progress is refused");
-    admin_refused(a1, &["remove-node", "2"], token, "in progress");
+    admin_refused(al, &["remove-node", &up.to_string()], token, "in progress");
 
-    phase(start, "node 3 back: the change completes by itself");
-    cluster.node_mut(3).start();
+    phase(start, "the follower back: the change completes by itself");
+    cluster.node_mut(down).start();
     wait_membership(&cluster, &[1, 2, 3], &[1, 2, 3, 5], &[]);
     admin_ok(a1, &["remove-node", "5"], token);
     wait_membership(&cluster, &[1, 2, 3], &[1, 2, 3], &[]);
 
+    phase(
+        start,
+        "demoting the leader is refused; a follower is demoted",
+    );
+    let leader = cluster.wait_leader(&[1, 2, 3]);
+    admin_refused(a1, &["demote", &leader.to_string()], token, "remove-node");
+    let demoted = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let voters: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != demoted).collect();
+    admin_ok(a1, &["demote", &demoted.to_string()], token);
+    wait_membership(&cluster, &[1, 2, 3], &voters, &[demoted]);
+    let role = cluster.node(demoted).status().unwrap().role;
+    assert_eq!(role, "learner", "a demoted node is a learner, not removed");
+
     phase(start, "the membership survives a restart of every node");
-    admin_ok(a1, &["demote", "3"], token);
-    wait_membership(&cluster, &[1, 2, 3], &[1, 2], &[3]);
     cluster.kill_at_once(&[1, 2, 3]);
     for id in [1, 2, 3] {
         cluster.node_mut(id).start();
     }
-    wait_membership(&cluster, &[1, 2, 3], &[1, 2], &[3]);
-    assert_eq!(client_after_restart(&cluster), Some("v".to_string()));
-    let role = cluster.node(3).status().unwrap().role;
-    assert_eq!(role, "learner", "a demoted node is a learner, not removed");
+    wait_membership(&cluster, &[1, 2, 3], &voters, &[demoted]);
+    assert_eq!(
+        client_after_restart(&cluster, demoted),
+        Some("v".to_string())
+    );
 }
 
-fn client_after_restart(cluster: &Cluster) -> Option<String> {
-    let mut reader = support::Retrying::new(cluster.node(3).client_addr);
+fn client_after_restart(cluster: &Cluster, id: u64) -> Option<String> {
+    let mut reader = support::Retrying::new(cluster.node(id).client_addr);
     reader.get("k", true)
 }
 
