@@ -585,6 +585,8 @@ fn join_as_a_learner_resumes_after_a_restart_and_a_join_that_cannot_succeed_give
         .put("k", "v")
         .unwrap_err();
     assert!(support::describe(refused).contains("not a member"));
+    let addr = cluster.node(waiting).client_addr;
+    admin_refused(addr, &["members"], None, "not a member of any cluster yet");
 }
 
 /// The acceptance run: one node with 1,000 keys grows to 3 with `--join`; the original

@@ -166,6 +166,9 @@ impl Admin {
             if self.standing.removed() {
                 return Err(AdminError::Unavailable(self.standing.removed_message()));
             }
+            if self.standing.waiting() {
+                return Err(AdminError::Unavailable(self.no_leader_message()));
+            }
             let leader = self.raft.metrics().borrow().current_leader;
             let outcome = match leader {
                 Some(leader) if leader == self.id => self.as_leader(request.clone()).await,
