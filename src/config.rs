@@ -311,3 +311,37 @@ impl NodeConfig {
         Duration::from_millis(self.request_deadline_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_takes_an_optional_client_address() {
+        let members =
+            parse_initial_cluster("1=10.0.0.1:9190/10.0.0.1:9090, 2=10.0.0.2:9190").unwrap();
+        assert_eq!(members[&1].peer_addr, "10.0.0.1:9190");
+        assert_eq!(members[&1].client_addr, "10.0.0.1:9090");
+        assert_eq!(members[&2].client_addr, "");
+        assert!(parse_initial_cluster("1=a,1=b").is_err());
+    }
+
+    #[test]
+    fn join_and_no_bootstrap_exclude_initial_cluster_and_each_other() {
+        assert!(NodeConfig::from_args(["--join=a:1", "--no-bootstrap"]).is_err());
+        assert!(NodeConfig::from_args(["--join=a:1", "--initial-cluster=1=p"]).is_err());
+        assert!(NodeConfig::from_args(["--learner"]).is_err());
+        let join = NodeConfig::from_args(["--join=a:1", "--learner"]).unwrap();
+        assert_eq!(
+            join.start_mode(),
+            StartMode::Join {
+                addr: "a:1".into(),
+                voter: false
+            }
+        );
+        assert_eq!(
+            join.cluster_id().as_deref(),
+            Some(crate::store::PENDING_CLUSTER_ID)
+        );
+    }
+}
