@@ -87,12 +87,15 @@ impl Standing {
 
     fn update(&self, membership: &StoredMembership) {
         let listing = listing(membership, self.id);
+        tracing::debug!(?listing, %membership, "membership seen");
+        // Stored before `mark_member`, so that `removed` never sees a member mark with a
+        // listing older than the one that made it.
+        self.listing.store(listing_code(listing), Ordering::SeqCst);
         if listing == Listing::Listed {
             if let Err(e) = self.identity.mark_member() {
                 tracing::error!(error = %e, "cannot record membership in the identity file");
             }
         }
-        self.listing.store(listing_code(listing), Ordering::SeqCst);
     }
 
     /// Called for every append-entries from a leader.
