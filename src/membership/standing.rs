@@ -24,6 +24,8 @@ use crate::types::{NodeId, Raft, StoredMembership};
 /// Where the target configuration leaves this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Listing {
+    /// No membership known yet.
+    Unknown,
     /// Listed as a voter or a learner.
     Listed,
     /// Not in the target configuration, but the membership is joint: leaving or demoted.
@@ -50,7 +52,7 @@ pub struct Standing {
 
 fn listing_code(listing: Listing) -> u64 {
     match listing {
-        Listing::Listed => 0,
+        Listing::Unknown | Listing::Listed => 0,
         Listing::Leaving => 1,
         Listing::Gone => 2,
     }
@@ -163,6 +165,11 @@ pub fn lists(membership: &StoredMembership, id: NodeId) -> bool {
 }
 
 fn listing(membership: &StoredMembership, id: NodeId) -> Listing {
+    if membership.log_id().is_none() {
+        // No membership loaded yet (openraft's first metrics, before it read the log): this
+        // says nothing about this node.
+        return Listing::Unknown;
+    }
     let membership = membership.membership();
     let voter = membership
         .get_joint_config()
@@ -174,5 +181,37 @@ fn listing(membership: &StoredMembership, id: NodeId) -> Listing {
         Listing::Leaving
     } else {
         Listing::Gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{CommittedLeaderId, LogId, Membership};
+
+    use super::*;
+    use crate::types::Node;
+
+    fn stored(configs: Vec<Vec<NodeId>>, nodes: &[NodeId]) -> StoredMembership {
+        let configs: Vec<BTreeSet<NodeId>> = configs
+            .into_iter()
+            .map(|c| c.into_iter().collect())
+            .collect();
+        let nodes: BTreeMap<NodeId, Node> = nodes.iter().map(|n| (*n, Node::default())).collect();
+        let log_id = LogId::new(CommittedLeaderId::new(1, 1), 5);
+        StoredMembership::new(Some(log_id), Membership::new(configs, nodes))
+    }
+
+    #[test]
+    fn a_node_reads_its_listing_from_the_target_configuration() {
+        assert_eq!(listing(&StoredMembership::default(), 1), Listing::Unknown);
+        let plain = stored(vec![vec![1, 2]], &[1, 2, 3]);
+        assert_eq!(listing(&plain, 2), Listing::Listed);
+        assert_eq!(listing(&plain, 3), Listing::Listed, "a learner is listed");
+        assert_eq!(listing(&plain, 4), Listing::Gone);
+        let joint = stored(vec![vec![1, 2, 3], vec![1, 2]], &[1, 2, 3]);
+        assert_eq!(listing(&joint, 3), Listing::Leaving);
+        assert_eq!(listing(&joint, 1), Listing::Listed);
     }
 }
