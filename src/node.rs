@@ -114,7 +114,7 @@ pub async fn start_with_listeners(
         mode = ?config.start_mode(),
         "raftcache node started"
     );
-    let failed = spawn_join(&config, &raft, peer_addr);
+    let failed = spawn_join(&config, &raft, &standing, peer_addr);
     Ok(RunningNode {
         id,
         flushes,
@@ -187,6 +187,7 @@ fn start_router(
 fn spawn_join(
     config: &NodeConfig,
     raft: &Raft,
+    standing: &Arc<Standing>,
     peer_addr: SocketAddr,
 ) -> tokio::sync::watch::Receiver<Option<String>> {
     let (tx, rx) = tokio::sync::watch::channel(None);
@@ -207,9 +208,10 @@ fn spawn_join(
         call_timeout: 3 * config.request_deadline(),
     };
     let timeout = config.join_timeout();
-    let raft = raft.clone();
+    let (raft, standing) = (raft.clone(), standing.clone());
     tokio::task::spawn_blocking(move || {
-        let done = || joined(&raft, request.id, request.voter);
+        // A removed node asks again: being added clears its removal.
+        let done = || !standing.removed() && joined(&raft, request.id, request.voter);
         match membership::join_cluster(&request, &done, timeout) {
             Ok(()) => tracing::info!(id = request.id, voter, "this node is a member"),
             Err(reason) => {

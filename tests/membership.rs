@@ -533,7 +533,7 @@ fn client_after_restart(cluster: &Cluster, id: u64) -> Option<String> {
 }
 
 #[test]
-fn join_as_a_learner_resumes_after_a_restart_and_a_join_that_cannot_succeed_gives_up() {
+fn join_as_a_learner_resumes_after_a_restart_rejoins_after_a_removal_and_gives_up_in_time() {
     let start = Instant::now();
     phase(
         start,
@@ -568,6 +568,21 @@ fn join_as_a_learner_resumes_after_a_restart_and_a_join_that_cannot_succeed_give
     wait_membership(&cluster, &[1, learner], &[1], &[learner]);
     let expected = BTreeMap::from([("k".to_string(), "v".to_string())]);
     wait_local_reads(cluster.node(learner), &expected);
+
+    phase(
+        start,
+        "a removed learner is told so, and rejoins with --join",
+    );
+    admin_ok(a1, &["remove-node", &learner.to_string()], None);
+    assert_removed(cluster.node(learner));
+    cluster.node_mut(learner).kill();
+    cluster.node_mut(learner).extra_args = vec![format!("--join={a1}")];
+    cluster.node_mut(learner).start();
+    wait_membership(&cluster, &[1, learner], &[1, learner], &[]);
+    connect(cluster.node(learner).client_addr)
+        .unwrap()
+        .put("back", "yes")
+        .unwrap();
 
     phase(
         start,

@@ -133,9 +133,31 @@ impl Admin {
 
     /// Asks the node at `peer_addr` whether it is node `id` (and has it join this cluster).
     async fn probe(&self, id: NodeId, peer_addr: &str) -> Result<NodeInfo, String> {
+        self.node_info_call(id, peer_addr, false).await
+    }
+
+    /// Tells node `id` (no longer a member) that it was removed, so that it stops serving:
+    /// openraft stops sending to a removed node, and a removed learner would never know.
+    /// Best effort: a node that does not answer learns nothing (docs/operations.md).
+    async fn tell_removed(&self, id: NodeId, node: Option<Node>) {
+        let Some(node) = node.filter(|_| id != self.id) else {
+            return;
+        };
+        if let Err(why) = self.node_info_call(id, &node.peer_addr, true).await {
+            tracing::warn!(id, why, "could not tell a removed node that it was removed");
+        }
+    }
+
+    async fn node_info_call(
+        &self,
+        id: NodeId,
+        peer_addr: &str,
+        removed: bool,
+    ) -> Result<NodeInfo, String> {
         let request = NodeInfoRequest {
             id,
             cluster_id: self.identity_store().cluster_id().unwrap_or_default(),
+            removed,
         };
         let timeout = self.probe_timeout;
         let call = self.peers.rpc::<_, Result<NodeInfo, String>>(
@@ -232,7 +254,14 @@ impl Admin {
         if !force {
             self.check(&change, &voters, &new_voters).await?;
         }
-        self.propose(&change, new_voters).await
+        self.propose(&change, new_voters).await?;
+        match change {
+            Change::Remove { id } | Change::Replace { old: id, .. } => {
+                self.tell_removed(id, node(id)).await
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The safety rules: every new voter answers, and a quorum of old and new voters answers.

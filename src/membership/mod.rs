@@ -102,11 +102,13 @@ pub enum AdminError {
     Unavailable(String),
 }
 
-/// The leader's probe of a node's peer port: "are you node `id`? you belong to `cluster_id`".
+/// The leader's probe of a node's peer port: "are you node `id`? you belong to `cluster_id`",
+/// and, after a removal, "you were removed" (`removed`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeInfoRequest {
     pub id: NodeId,
     pub cluster_id: String,
+    pub removed: bool,
 }
 
 /// A node's answer to the probe.
@@ -241,7 +243,15 @@ impl Admin {
                 self.id, request.id
             ));
         }
-        self.identity_store().adopt(&request.cluster_id)?;
+        let identity = self.identity_store();
+        identity.adopt(&request.cluster_id)?;
+        if request.removed || identity.told_removed() {
+            // Told it was removed; or probed to be added again, after a removal.
+            identity
+                .set_removed(request.removed)
+                .map_err(|e| format!("it cannot record its removal: {e}"))?;
+            tracing::warn!(removed = request.removed, "the leader says so");
+        }
         Ok(NodeInfo {
             id: self.id,
             client_addr: self.client_addr.clone(),

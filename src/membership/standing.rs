@@ -13,6 +13,10 @@
 //!   stops replicating to a removed node once the final configuration is appended, so a
 //!   removed follower never sees more than the joint one; a demoted node sees the same joint
 //!   configuration, but keeps hearing from the leader and soon becomes a learner.
+//!
+//! A removed learner sees nothing at all (no joint configuration for learners), so the leader
+//! also tells every node it removes, over the peer port; the node records it in its identity
+//! file. Being added again (`--join`, `add-learner`) clears it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -108,6 +112,9 @@ impl Standing {
 
     /// Whether this node was removed from its cluster.
     pub fn removed(&self) -> bool {
+        if self.identity.told_removed() {
+            return true;
+        }
         if !self.identity.was_member() {
             return false;
         }
@@ -149,7 +156,7 @@ impl Standing {
     /// The message a removed node answers every client request with.
     pub fn removed_message(&self) -> String {
         format!(
-            "node {} was removed from the cluster and serves no requests: use another node (to bring this machine back, start it as a new node with a new id and an empty data dir)",
+            "node {} was removed from the cluster and serves no requests: use another node (to bring this node back, restart it with --join and a member's client address)",
             self.id
         )
     }

@@ -46,6 +46,10 @@ pub struct Identity {
     /// membership without it means it was removed (before, it is still catching up).
     #[serde(default)]
     pub member: bool,
+    /// Whether the leader told this node it was removed (cleared when a cluster adds it
+    /// again).
+    #[serde(default)]
+    pub removed: bool,
 }
 
 impl Identity {
@@ -129,16 +133,29 @@ impl ClusterIdentity {
 
     /// Records (durably, once) that this node is in its cluster's membership.
     pub fn mark_member(&self) -> std::io::Result<()> {
+        self.update(|identity| identity.member = true)
+    }
+
+    /// Whether the leader told this node it was removed.
+    pub fn told_removed(&self) -> bool {
+        self.current.lock().expect("identity lock").removed
+    }
+
+    /// Records (durably) that the leader told this node it was removed, or, with `false`, that
+    /// a cluster added it again.
+    pub fn set_removed(&self, removed: bool) -> std::io::Result<()> {
+        self.update(|identity| identity.removed = removed)
+    }
+
+    /// Applies `change` and writes the identity if that changed it.
+    fn update(&self, change: impl FnOnce(&mut Identity)) -> std::io::Result<()> {
         let mut current = self.current.lock().expect("identity lock");
-        if current.member {
-            return Ok(());
+        let mut changed = current.clone();
+        change(&mut changed);
+        if changed != *current {
+            changed.write(&self.dir)?;
+            *current = changed;
         }
-        let marked = Identity {
-            member: true,
-            ..current.clone()
-        };
-        marked.write(&self.dir)?;
-        *current = marked;
         Ok(())
     }
 }
@@ -243,6 +260,7 @@ mod tests {
             node_id: 3,
             cluster_id: "abc".into(),
             member: false,
+            removed: false,
         };
         id.write(dir.path()).unwrap();
         assert_eq!(Identity::read(dir.path()).unwrap(), Some(id));
@@ -256,6 +274,7 @@ mod tests {
             node_id: 4,
             cluster_id: PENDING_CLUSTER_ID.into(),
             member: false,
+            removed: false,
         };
         pending.write(dir.path()).unwrap();
         let identity = ClusterIdentity::load(dir.path()).unwrap();
@@ -265,8 +284,10 @@ mod tests {
         let refused = identity.adopt("c2").unwrap_err();
         assert!(refused.contains("belongs to cluster c1"), "{refused}");
         identity.mark_member().unwrap();
+        identity.set_removed(true).unwrap();
         let reread = ClusterIdentity::load(dir.path()).unwrap();
         assert_eq!(reread.cluster_id().as_deref(), Some("c1"));
         assert!(reread.was_member());
+        assert!(reread.told_removed());
     }
 }

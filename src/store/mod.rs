@@ -214,6 +214,7 @@ fn check_identity(
                 node_id: id,
                 cluster_id,
                 member: false,
+                removed: false,
             };
             identity
                 .write(dir)
@@ -334,6 +335,7 @@ mod tests {
             node_id: 1,
             cluster_id: "c".into(),
             member: false,
+            removed: false,
         };
         old.write(dir.path()).unwrap();
         std::fs::create_dir(dir.path().join("db")).unwrap();
