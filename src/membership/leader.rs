@@ -2,6 +2,8 @@
 //! the change through openraft and wait until it is committed.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
@@ -47,6 +49,11 @@ impl Admin {
     /// earlier leader (openraft's `change_membership` makes its second step only on the leader
     /// that began it): returns its target voters, to finish it.
     fn unfinished(&self) -> Result<Option<BTreeSet<NodeId>>, AdminError> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return Err(AdminError::Refused(
+                "a membership change is in progress: proposed on this leader and not committed yet (waiting for a quorum of the old and new voters). Wait for it and try again".into(),
+            ));
+        }
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let joint = metrics.membership_config.membership().get_joint_config();
@@ -347,7 +354,13 @@ impl Admin {
         &self,
         proposed: impl std::future::Future<Output = Result<T, WriteError>> + Send + 'static,
     ) -> Result<(), AdminError> {
-        match tokio::time::timeout(self.deadline, tokio::spawn(proposed)).await {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let running = InFlight(self.in_flight.clone());
+        let task = tokio::spawn(async move {
+            let _running = running;
+            proposed.await
+        });
+        match tokio::time::timeout(self.deadline, task).await {
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err(e))) => Err(write_error(e)),
             Ok(Err(e)) => Err(AdminError::Unavailable(format!("the change failed: {e}"))),
@@ -356,6 +369,15 @@ impl Admin {
                 self.deadline.as_millis()
             ))),
         }
+    }
+}
+
+/// Counts one running proposal for as long as it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

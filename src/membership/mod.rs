@@ -18,6 +18,7 @@ pub mod safety;
 mod standing;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,6 +134,8 @@ pub struct Admin {
     deadline: Duration,
     /// Held while this leader makes a change: a second one is refused, never queued.
     changing: tokio::sync::Mutex<()>,
+    /// Proposals still running here, including ones whose caller gave up at its deadline.
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// Longest wait between two attempts while no leader is known.
@@ -157,6 +160,7 @@ impl Admin {
             probe_timeout,
             deadline,
             changing: tokio::sync::Mutex::new(()),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
