@@ -602,6 +602,21 @@ fn join_as_a_learner_resumes_after_a_restart_rejoins_after_a_removal_and_gives_u
     assert!(support::describe(refused).contains("not a member"));
     let addr = cluster.node(waiting).client_addr;
     admin_refused(addr, &["members"], None, "not a member of any cluster yet");
+
+    phase(
+        start,
+        "added, the --no-bootstrap node is a voter, and stays one after a restart",
+    );
+    let peer = cluster.node(waiting).peer_addr.to_string();
+    admin_ok(a1, &["add-node", &waiting.to_string(), &peer], None);
+    let voters = [1, learner, waiting];
+    wait_membership(&cluster, &voters, &voters, &[]);
+    cluster.node_mut(waiting).kill();
+    cluster.node_mut(waiting).start();
+    wait_membership(&cluster, &voters, &voters, &[]);
+    let status = cluster.node(waiting).status().unwrap();
+    assert!(status.cluster_id.is_some(), "it adopted the cluster's id");
+    wait_local_reads(cluster.node(waiting), &expected);
 }
 
 /// The acceptance run: one node with 1,000 keys grows to 3 with `--join`; the original
