@@ -41,10 +41,25 @@ struct ReadOptions {
     1: optional Consistency consistency = Consistency.LOCAL,
 }
 
+/// An admin call without the right admin token (`--admin-token` on the server). Reads and
+/// writes never need one.
+exception Unauthorized {
+    1: required string message,
+}
+
+/// An admin change that was refused and not made: it would break a safety rule (the message
+/// says which, and whether `force` overrides it), another change is in progress, or an
+/// argument is wrong.
+exception AdminRefused {
+    1: required string message,
+}
+
 struct Member {
     1: required i64 id,
     2: required string peer_addr,
     3: required bool voter,
+    /// Where clients reach this member; absent when the membership does not record it.
+    4: optional string client_addr,
 }
 
 struct NodeStatus {
@@ -58,6 +73,54 @@ struct NodeStatus {
     7: required list<Member> members,
     /// Log flushes (fsyncs) this node has made since it started.
     8: optional i64 log_flushes,
+    /// The cluster this node belongs to; absent while it waits to be added to one.
+    9: optional string cluster_id,
+    /// True when the membership is changing (a joint configuration is in effect).
+    10: optional bool membership_changing,
+}
+
+/// One member as the leader sees it (`admin_members`).
+struct MemberState {
+    1: required i64 id,
+    2: required string peer_addr,
+    /// Empty when neither the membership nor the member itself told it.
+    3: required string client_addr,
+    4: required bool voter,
+    /// Whether its peer port answered the leader just now (the leader itself: true).
+    5: required bool reachable,
+    /// How many log entries it is behind the leader's last one; absent when the leader has
+    /// not replicated anything to it yet.
+    6: optional i64 lag,
+}
+
+struct Membership {
+    1: required i64 leader,
+    2: required i64 last_log_index,
+    /// True while a change is in progress (joint configuration).
+    3: required bool changing,
+    4: required list<MemberState> members,
+}
+
+enum AdminOp {
+    /// Add node `id` at `peer_addr` as a learner (a non-voting replica).
+    ADD_LEARNER = 1,
+    /// Make learner `id` a voter.
+    PROMOTE = 2,
+    /// Make voter `id` a learner.
+    DEMOTE = 3,
+    /// Remove voter or learner `id` (the leader included).
+    REMOVE_NODE = 4,
+    /// Replace voter `id` by learner `new_id`, in one joint-consensus change.
+    REPLACE_NODE = 5,
+}
+
+struct AdminChange {
+    1: required AdminOp op,
+    2: required i64 id,
+    3: optional string peer_addr,
+    4: optional i64 new_id,
+    /// Make the change even though a safety rule refuses it.
+    5: optional bool force = false,
 }
 
 service CacheService {
@@ -73,6 +136,19 @@ service CacheService {
     NodeStatus status(),
     /// Builds a snapshot on this node now (and compacts its log behind it); returns the log
     /// index it covers, at least everything applied here when the call was made.
+    /// Without a token: refused with Unauthorized when the server has an admin token (use
+    /// admin_snapshot_with).
     i64 admin_snapshot()
-        throws (1: Unavailable unavailable),
+        throws (1: Unavailable unavailable, 2: Unauthorized unauthorized),
+    /// The membership as the leader sees it (asked of the leader if this node does not lead).
+    /// `token` is the admin token, empty if the server has none.
+    Membership admin_members(1: string token)
+        throws (1: Unavailable unavailable, 2: Unauthorized unauthorized),
+    /// Changes the membership through the leader (joint consensus); returns the membership
+    /// once the change is committed.
+    Membership admin_change(1: AdminChange change, 2: string token)
+        throws (1: AdminRefused refused, 2: Unavailable unavailable, 3: Unauthorized unauthorized),
+    /// admin_snapshot with the admin token (empty if the server has none).
+    i64 admin_snapshot_with(1: string token)
+        throws (1: Unavailable unavailable, 2: Unauthorized unauthorized),
 }

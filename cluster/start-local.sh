@@ -78,7 +78,7 @@ peer_addr() { echo "127.0.0.1:$((base_peer + $1 - 1))"; }
 
 initial=""
 for id in $(seq 1 "$nodes"); do
-  initial="${initial:+$initial,}$id=$(peer_addr "$id")"
+  initial="${initial:+$initial,}$id=$(peer_addr "$id")/$(client_addr "$id")"
 done
 
 # If anything below fails, stop what this script started so no half cluster is left behind.

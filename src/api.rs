@@ -1,6 +1,7 @@
 //! The client API: the `CacheService` Thrift handler. It checks each request against the
 //! limits, hands it to the router, and turns every error into a declared Thrift exception with a
-//! message a person can act on.
+//! message a person can act on. Admin calls are checked against the admin token here, then
+//! handed to `membership::Admin`.
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
@@ -10,9 +11,11 @@ use openraft::ServerState;
 use thrift::{ApplicationError, ApplicationErrorKind};
 
 use crate::gen::cache::{
-    CacheEntry, CacheServiceSyncHandler, CacheServiceSyncProcessor, Consistency as WireConsistency,
-    InvalidRequest, KeyNotFound, Member, NodeStatus, ReadOptions, Unavailable,
+    AdminChange, AdminOp, AdminRefused, CacheEntry, CacheServiceSyncHandler,
+    CacheServiceSyncProcessor, Consistency as WireConsistency, InvalidRequest, KeyNotFound, Member,
+    MemberState, Membership, NodeStatus, ReadOptions, Unauthorized, Unavailable,
 };
+use crate::membership::{Admin, AdminError, AdminRequest, Change, MembersView, Standing};
 use crate::router::{Consistency, RouteError, Router};
 use crate::server::{self, Service};
 use crate::store::FlushStats;
@@ -33,6 +36,19 @@ pub struct CacheApi {
     limits: ApiLimits,
     /// The log store's flush counter, reported by `status`.
     flushes: Arc<FlushStats>,
+    /// Membership administration (here or forwarded to the leader).
+    admin: Arc<Admin>,
+    /// Whether this node is waiting, a member, or removed (for `status`).
+    standing: Arc<Standing>,
+    /// Admin calls must carry it when set (`--admin-token`).
+    admin_token: Option<String>,
+}
+
+/// The parts of a node the admin calls need.
+pub struct AdminParts {
+    pub admin: Arc<Admin>,
+    pub standing: Arc<Standing>,
+    pub admin_token: Option<String>,
 }
 
 fn user_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> thrift::Error {
@@ -57,7 +73,9 @@ enum Call {
     Put { entry: CacheEntry },
     Remove { key: String },
     Status,
-    AdminSnapshot,
+    AdminSnapshot { token: String },
+    AdminMembers { token: String },
+    AdminChange { change: AdminChange, token: String },
 }
 
 /// What a call returns, in the shape the generated processor writes back.
@@ -66,6 +84,7 @@ enum Outcome {
     Flag(thrift::Result<bool>),
     Status(thrift::Result<NodeStatus>),
     Index(thrift::Result<i64>),
+    Membership(thrift::Result<Membership>),
 }
 
 impl Service for CacheApi {
@@ -96,6 +115,7 @@ impl CacheApi {
         router: Arc<Router>,
         limits: ApiLimits,
         flushes: Arc<FlushStats>,
+        admin: AdminParts,
     ) -> Self {
         Self {
             id,
@@ -103,6 +123,9 @@ impl CacheApi {
             router,
             limits,
             flushes,
+            admin: admin.admin,
+            standing: admin.standing,
+            admin_token: admin.admin_token,
         }
     }
 
@@ -113,7 +136,43 @@ impl CacheApi {
             Call::Put { entry } => Outcome::Flag(self.put(entry).await),
             Call::Remove { key } => Outcome::Flag(self.remove(key).await),
             Call::Status => Outcome::Status(Ok(self.status())),
-            Call::AdminSnapshot => Outcome::Index(self.admin_snapshot().await),
+            Call::AdminSnapshot { token } => Outcome::Index(self.admin_snapshot(&token).await),
+            Call::AdminMembers { token } => {
+                Outcome::Membership(self.admin_call(&token, Ok(AdminRequest::Members)).await)
+            }
+            Call::AdminChange { change, token } => {
+                let request =
+                    to_change(change).map(|(change, force)| AdminRequest::Change { change, force });
+                Outcome::Membership(self.admin_call(&token, request).await)
+            }
+        }
+    }
+
+    /// Refuses an admin call without this node's admin token (if it has one).
+    fn check_token(&self, token: &str) -> thrift::Result<()> {
+        match &self.admin_token {
+            Some(expected) if !same_token(expected, token) => Err(user_error(Unauthorized {
+                message: "admin calls need the admin token of this cluster (raftcache admin --token, or RAFTCACHE_ADMIN_TOKEN)".into(),
+            })),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the admin token, then carries out an admin request through the leader.
+    async fn admin_call(
+        &self,
+        token: &str,
+        request: Result<AdminRequest, String>,
+    ) -> thrift::Result<Membership> {
+        self.check_token(token)?;
+        let request = request.map_err(|message| user_error(AdminRefused { message }))?;
+        match self.admin.handle(request).await {
+            Ok(view) => Ok(to_membership(view)),
+            Err(AdminError::Refused(message)) => Err(user_error(AdminRefused { message })),
+            Err(AdminError::Unavailable(message)) => Err(user_error(Unavailable { message })),
+            Err(e @ AdminError::NotLeader { .. }) => Err(user_error(Unavailable {
+                message: e.to_string(),
+            })),
         }
     }
 
@@ -184,10 +243,17 @@ impl CacheApi {
     fn status(&self) -> NodeStatus {
         let mut status = node_status(self.id, &self.raft);
         status.log_flushes = Some(self.flushes.count.load(Ordering::Relaxed) as i64);
+        if self.standing.removed() {
+            status.role = "removed".into();
+        } else if self.standing.waiting() {
+            status.role = "waiting".into();
+        }
+        status.cluster_id = self.standing.identity().cluster_id();
         status
     }
 
-    async fn admin_snapshot(&self) -> thrift::Result<i64> {
+    async fn admin_snapshot(&self, token: &str) -> thrift::Result<i64> {
+        self.check_token(token)?;
         let built = self.router.snapshot().await.map_err(|e| {
             user_error(Unavailable {
                 message: e.to_string(),
@@ -228,7 +294,22 @@ impl CacheServiceSyncHandler for &Decoded {
         self.record(Call::Status)
     }
     fn handle_admin_snapshot(&self) -> thrift::Result<i64> {
-        self.record(Call::AdminSnapshot)
+        self.record(Call::AdminSnapshot {
+            token: String::new(),
+        })
+    }
+    fn handle_admin_snapshot_with(&self, token: String) -> thrift::Result<i64> {
+        self.record(Call::AdminSnapshot { token })
+    }
+    fn handle_admin_members(&self, token: String) -> thrift::Result<Membership> {
+        self.record(Call::AdminMembers { token })
+    }
+    fn handle_admin_change(
+        &self,
+        change: AdminChange,
+        token: String,
+    ) -> thrift::Result<Membership> {
+        self.record(Call::AdminChange { change, token })
     }
 }
 
@@ -282,6 +363,71 @@ impl CacheServiceSyncHandler for Answer {
             _ => Err(mismatch()),
         }
     }
+    fn handle_admin_snapshot_with(&self, _token: String) -> thrift::Result<i64> {
+        self.handle_admin_snapshot()
+    }
+    fn handle_admin_members(&self, _token: String) -> thrift::Result<Membership> {
+        match self.take() {
+            Some(Outcome::Membership(result)) => result,
+            _ => Err(mismatch()),
+        }
+    }
+    fn handle_admin_change(&self, _: AdminChange, _: String) -> thrift::Result<Membership> {
+        self.handle_admin_members(String::new())
+    }
+}
+
+/// Compares tokens in time independent of where they first differ.
+fn same_token(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The wire form of an admin change, checked: ids positive, the arguments each op needs.
+fn to_change(wire: AdminChange) -> Result<(Change, bool), String> {
+    let node_id = |n: i64| u64::try_from(n).ok().filter(|n| *n > 0);
+    let id = node_id(wire.id).ok_or_else(|| format!("{} is not a node id", wire.id))?;
+    let change = match wire.op {
+        AdminOp::ADD_LEARNER => Change::AddLearner {
+            id,
+            peer_addr: wire
+                .peer_addr
+                .filter(|a| !a.is_empty())
+                .ok_or("add-learner needs the new node's peer address")?,
+        },
+        AdminOp::PROMOTE => Change::Promote { id },
+        AdminOp::DEMOTE => Change::Demote { id },
+        AdminOp::REMOVE_NODE => Change::Remove { id },
+        AdminOp::REPLACE_NODE => Change::Replace {
+            old: id,
+            new: wire
+                .new_id
+                .and_then(node_id)
+                .ok_or("replace-node needs the new node's id")?,
+        },
+        other => return Err(format!("unknown admin operation {}", other.0)),
+    };
+    Ok((change, wire.force.unwrap_or(false)))
+}
+
+fn to_membership(view: MembersView) -> Membership {
+    Membership {
+        leader: view.leader as i64,
+        last_log_index: view.last_log_index as i64,
+        changing: view.changing,
+        members: view
+            .members
+            .into_iter()
+            .map(|m| MemberState {
+                id: m.id as i64,
+                peer_addr: m.peer_addr,
+                client_addr: m.client_addr,
+                voter: m.voter,
+                reachable: m.reachable,
+                lag: m.lag.map(|l| l as i64),
+            })
+            .collect(),
+    }
 }
 
 /// This node's view of the cluster, from openraft's metrics.
@@ -303,6 +449,7 @@ pub fn node_status(id: NodeId, raft: &Raft) -> NodeStatus {
             id: *member as i64,
             peer_addr: node.peer_addr.clone(),
             voter: voters.contains(member),
+            client_addr: (!node.client_addr.is_empty()).then(|| node.client_addr.clone()),
         })
         .collect();
     NodeStatus {
@@ -314,5 +461,7 @@ pub fn node_status(id: NodeId, raft: &Raft) -> NodeStatus {
         last_applied: metrics.last_applied.map(|l| l.index).unwrap_or(0) as i64,
         members,
         log_flushes: None,
+        cluster_id: None,
+        membership_changing: Some(membership.get_joint_config().len() > 1),
     }
 }

@@ -1,5 +1,6 @@
-//! The command line: `raftcache serve` runs a node; `get`, `put`, `remove` and `status` talk to
-//! one. Exit status: 0 success, 1 key absent, 2 any error (message on stderr).
+//! The command line: `raftcache serve` runs a node; `get`, `put`, `remove`, `status` and
+//! `admin ...` talk to one. Exit status: 0 success, 1 key absent, 2 any error or refusal
+//! (message on stderr).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,7 +10,8 @@ use serde_json::json;
 
 use crate::client::{describe_error, CacheClient};
 use crate::config::NodeConfig;
-use crate::gen::cache::NodeStatus;
+use crate::gen::cache::{AdminOp, Membership, NodeStatus};
+use crate::membership::{add_node, CatchUp};
 
 /// raftcache: a persistent, replicated key-value cache (Thrift API, Raft replication, sled).
 #[derive(Parser, Debug)]
@@ -22,7 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a node. With no flags: a one-node cluster on 127.0.0.1:9090.
-    Serve(NodeConfig),
+    Serve(Box<NodeConfig>),
     /// Print the value of KEY (exit 1 if absent).
     Get {
         key: String,
@@ -65,8 +67,108 @@ pub enum AdminCommand {
     /// Build a snapshot on the node now (and compact its log behind it).
     Snapshot {
         #[command(flatten)]
-        conn: Conn,
+        admin: AdminConn,
     },
+    /// List every member: id, addresses, voter or learner, reachable, lag behind the leader.
+    Members {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminConn,
+    },
+    /// Add node ID (already running, e.g. with --no-bootstrap) as a learner.
+    AddLearner {
+        id: u64,
+        peer_addr: String,
+        #[command(flatten)]
+        force: Force,
+        #[command(flatten)]
+        admin: AdminConn,
+    },
+    /// Make learner ID a voter.
+    Promote {
+        id: u64,
+        #[command(flatten)]
+        force: Force,
+        #[command(flatten)]
+        admin: AdminConn,
+    },
+    /// Make voter ID a learner.
+    Demote {
+        id: u64,
+        #[command(flatten)]
+        force: Force,
+        #[command(flatten)]
+        admin: AdminConn,
+    },
+    /// Remove voter or learner ID (the leader included: it steps down once the change commits).
+    RemoveNode {
+        id: u64,
+        #[command(flatten)]
+        force: Force,
+        #[command(flatten)]
+        admin: AdminConn,
+    },
+    /// Add node ID as a learner, wait until it has caught up, then make it a voter.
+    AddNode {
+        id: u64,
+        peer_addr: String,
+        #[command(flatten)]
+        force: Force,
+        #[command(flatten)]
+        catch_up: CatchUpArgs,
+        #[command(flatten)]
+        admin: AdminConn,
+    },
+    /// Replace voter OLD_ID (typically dead) by NEW_ID, a node running with --no-bootstrap:
+    /// add it as a learner, wait until it has caught up, then swap the two in one change.
+    ReplaceNode {
+        old_id: u64,
+        new_id: u64,
+        new_peer_addr: String,
+        #[command(flatten)]
+        force: Force,
+        #[command(flatten)]
+        catch_up: CatchUpArgs,
+        #[command(flatten)]
+        admin: AdminConn,
+    },
+}
+
+/// Where an admin command connects, and with what token.
+#[derive(clap::Args, Debug)]
+pub struct AdminConn {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// The cluster's admin token (the server's --admin-token).
+    #[arg(
+        long,
+        env = "RAFTCACHE_ADMIN_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub token: String,
+}
+
+/// Whether a membership change overrides the safety rules.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Force {
+    /// Make the change even though a safety rule refuses it (a new voter that does not
+    /// answer, a quorum that would not answer). See docs/operations.md.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// How add-node and replace-node wait for the new node to catch up.
+#[derive(clap::Args, Debug)]
+pub struct CatchUpArgs {
+    /// The new node counts as caught up within this many log entries of the leader.
+    #[arg(long, default_value_t = 100)]
+    pub catch_up_max_lag: u64,
+    /// Give up waiting after this long (the node then stays a learner).
+    #[arg(long, default_value_t = 120_000)]
+    pub catch_up_timeout_ms: u64,
 }
 
 /// Where the client connects.
@@ -128,13 +230,7 @@ fn client_command(command: Command) -> Result<ExitCode, String> {
                 Ok(ExitCode::from(1))
             }
         }
-        Command::Admin {
-            command: AdminCommand::Snapshot { conn },
-        } => {
-            let index = conn.connect()?.admin_snapshot().map_err(err)?;
-            println!("snapshot at log index {index}");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Admin { command } => admin_command(command),
         Command::Status { json, conn } => {
             let status = conn.connect()?.status().map_err(err)?;
             println!(
@@ -150,12 +246,164 @@ fn client_command(command: Command) -> Result<ExitCode, String> {
     }
 }
 
+fn admin_command(command: AdminCommand) -> Result<ExitCode, String> {
+    let err = |e: thrift::Error| describe_error(&e);
+    let change = |a: &AdminConn, op: AdminOp, id: u64, peer: Option<&str>, force: Force| {
+        a.conn
+            .connect()?
+            .admin_change(op, id, peer, None, force.force, &a.token)
+            .map_err(err)
+    };
+    let membership = match command {
+        AdminCommand::Snapshot { admin } => {
+            let mut client = admin.conn.connect()?;
+            let index = client.admin_snapshot_with(&admin.token).map_err(err)?;
+            println!("snapshot at log index {index}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        AdminCommand::Members { json, admin } => {
+            let mut client = admin.conn.connect()?;
+            let m = client.admin_members(&admin.token).map_err(err)?;
+            if json {
+                println!("{}", membership_json(&m));
+                return Ok(ExitCode::SUCCESS);
+            }
+            m
+        }
+        AdminCommand::AddLearner {
+            id,
+            peer_addr,
+            force,
+            admin,
+        } => change(&admin, AdminOp::ADD_LEARNER, id, Some(&peer_addr), force)?,
+        AdminCommand::Promote { id, force, admin } => {
+            change(&admin, AdminOp::PROMOTE, id, None, force)?
+        }
+        AdminCommand::Demote { id, force, admin } => {
+            change(&admin, AdminOp::DEMOTE, id, None, force)?
+        }
+        AdminCommand::RemoveNode { id, force, admin } => {
+            change(&admin, AdminOp::REMOVE_NODE, id, None, force)?
+        }
+        AdminCommand::AddNode {
+            id,
+            peer_addr,
+            force,
+            catch_up,
+            admin,
+        } => run_add_node(&admin, id, &peer_addr, None, force, &catch_up)?,
+        AdminCommand::ReplaceNode {
+            old_id,
+            new_id,
+            new_peer_addr,
+            force,
+            catch_up,
+            admin,
+        } => run_add_node(
+            &admin,
+            new_id,
+            &new_peer_addr,
+            Some(old_id),
+            force,
+            &catch_up,
+        )?,
+    };
+    println!("{}", membership_text(&membership));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_add_node(
+    admin: &AdminConn,
+    id: u64,
+    peer_addr: &str,
+    replace: Option<u64>,
+    force: Force,
+    catch_up: &CatchUpArgs,
+) -> Result<Membership, String> {
+    let catch_up = CatchUp {
+        max_lag: catch_up.catch_up_max_lag,
+        timeout: Duration::from_millis(catch_up.catch_up_timeout_ms),
+    };
+    let mut client = admin.conn.connect()?;
+    let mut progress = |step: &str| eprintln!("{step}");
+    add_node(
+        &mut client,
+        id,
+        peer_addr,
+        replace,
+        catch_up,
+        force.force,
+        &admin.token,
+        &mut progress,
+    )
+}
+
+/// The `admin members --json` object.
+pub fn membership_json(m: &Membership) -> serde_json::Value {
+    let members: Vec<_> = m
+        .members
+        .iter()
+        .map(|x| {
+            json!({
+                "id": x.id,
+                "peer_addr": x.peer_addr,
+                "client_addr": x.client_addr,
+                "voter": x.voter,
+                "reachable": x.reachable,
+                "lag": x.lag,
+            })
+        })
+        .collect();
+    json!({
+        "leader": m.leader,
+        "last_log_index": m.last_log_index,
+        "changing": m.changing,
+        "members": members,
+    })
+}
+
+fn membership_text(m: &Membership) -> String {
+    let mut out = format!(
+        "leader: {} (last log index {}){}\n{:>4}  {:<7}  {:<21}  {:<21}  {:<11}  lag",
+        m.leader,
+        m.last_log_index,
+        if m.changing {
+            ", a change is in progress"
+        } else {
+            ""
+        },
+        "id",
+        "role",
+        "peer address",
+        "client address",
+        "reachable"
+    );
+    for x in &m.members {
+        out.push_str(&format!(
+            "\n{:>4}  {:<7}  {:<21}  {:<21}  {:<11}  {}",
+            x.id,
+            if x.voter { "voter" } else { "learner" },
+            x.peer_addr,
+            if x.client_addr.is_empty() {
+                "?"
+            } else {
+                &x.client_addr
+            },
+            if x.reachable { "yes" } else { "NO" },
+            x.lag.map_or("?".to_string(), |l| l.to_string())
+        ));
+    }
+    out
+}
+
 /// The `status --json` object.
 pub fn status_json(s: &NodeStatus) -> serde_json::Value {
     let members: Vec<_> = s
         .members
         .iter()
-        .map(|m| json!({"id": m.id, "addr": m.peer_addr, "voter": m.voter}))
+        .map(|m| {
+            json!({"id": m.id, "addr": m.peer_addr, "client_addr": m.client_addr, "voter": m.voter})
+        })
         .collect();
     json!({
         "id": s.id,
@@ -166,6 +414,8 @@ pub fn status_json(s: &NodeStatus) -> serde_json::Value {
         "last_applied": s.last_applied,
         "members": members,
         "log_flushes": s.log_flushes,
+        "cluster_id": s.cluster_id,
+        "membership_changing": s.membership_changing,
     })
 }
 
@@ -177,10 +427,11 @@ fn status_text(s: &NodeStatus) -> String {
     );
     for m in &s.members {
         out.push_str(&format!(
-            "\n  {} {} {}",
+            "\n  {} {} {} (clients: {})",
             m.id,
             m.peer_addr,
-            if m.voter { "voter" } else { "learner" }
+            if m.voter { "voter" } else { "learner" },
+            m.client_addr.as_deref().unwrap_or("?")
         ));
     }
     out

@@ -8,8 +8,8 @@ use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::transport::{TBufferedReadTransport, TBufferedWriteTransport};
 
 use crate::gen::cache::{
-    CacheEntry, CacheServiceSyncClient, Consistency, KeyNotFound, NodeStatus, ReadOptions,
-    TCacheServiceSyncClient,
+    AdminChange, AdminOp, CacheEntry, CacheServiceSyncClient, Consistency, KeyNotFound, Membership,
+    NodeStatus, ReadOptions, TCacheServiceSyncClient,
 };
 
 type Inner = CacheServiceSyncClient<
@@ -80,12 +80,48 @@ impl CacheClient {
     pub fn admin_snapshot(&mut self) -> thrift::Result<i64> {
         self.inner.admin_snapshot()
     }
+
+    /// `admin_snapshot` with the admin token ("" for none).
+    pub fn admin_snapshot_with(&mut self, token: &str) -> thrift::Result<i64> {
+        self.inner.admin_snapshot_with(token.to_string())
+    }
+
+    /// The membership as the leader sees it. `token`: the admin token ("" for none).
+    pub fn admin_members(&mut self, token: &str) -> thrift::Result<Membership> {
+        self.inner.admin_members(token.to_string())
+    }
+
+    /// Makes one membership change through the leader; returns the membership after it.
+    pub fn admin_change(
+        &mut self,
+        op: AdminOp,
+        id: u64,
+        peer_addr: Option<&str>,
+        new_id: Option<u64>,
+        force: bool,
+        token: &str,
+    ) -> thrift::Result<Membership> {
+        let change = AdminChange {
+            op,
+            id: id as i64,
+            peer_addr: peer_addr.map(str::to_string),
+            new_id: new_id.map(|n| n as i64),
+            force: Some(force),
+        };
+        self.inner.admin_change(change, token.to_string())
+    }
 }
 
 /// A readable one-line description of a client-side error, naming declared exceptions.
 pub fn describe_error(e: &thrift::Error) -> String {
-    use crate::gen::cache::{InvalidRequest, Unavailable};
+    use crate::gen::cache::{AdminRefused, InvalidRequest, Unauthorized, Unavailable};
     if let thrift::Error::User(user) = e {
+        if let Some(x) = user.downcast_ref::<AdminRefused>() {
+            return format!("refused: {}", x.message);
+        }
+        if let Some(x) = user.downcast_ref::<Unauthorized>() {
+            return format!("unauthorized: {}", x.message);
+        }
         if let Some(x) = user.downcast_ref::<Unavailable>() {
             return format!("unavailable: {}", x.message);
         }

@@ -29,11 +29,47 @@ pub struct NodeConfig {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 
-    /// The voters of a new cluster, as ID=PEER_ADDR,... (e.g. 1=10.0.0.1:9190,2=10.0.0.2:9190).
-    /// Used on first start only, to bootstrap; ignored once the data dir holds state. Without
-    /// it, a node with an empty data dir bootstraps a one-node cluster of itself.
-    #[arg(long, value_parser = parse_initial_cluster)]
+    /// The voters of a new cluster, as ID=PEER_ADDR[/CLIENT_ADDR],... (e.g.
+    /// 1=10.0.0.1:9190/10.0.0.1:9090,2=10.0.0.2:9190/10.0.0.2:9090). Used on first start only,
+    /// to bootstrap; ignored once the data dir holds state. Without it (and without --join or
+    /// --no-bootstrap), a node with an empty data dir bootstraps a one-node cluster of itself.
+    #[arg(long, value_parser = parse_initial_cluster, conflicts_with_all = ["join", "no_bootstrap"])]
     pub initial_cluster: Option<InitialCluster>,
+
+    /// Join the cluster that the node at this client address belongs to: on first start (and
+    /// on a restart, until it is done) ask it to add this node as a learner, wait to catch up,
+    /// then become a voter. Once a member, a restart just resumes.
+    #[arg(long, value_name = "CLIENT_ADDR", conflicts_with = "no_bootstrap")]
+    pub join: Option<String>,
+
+    /// With --join: stay a learner (a non-voting replica) instead of becoming a voter.
+    #[arg(long, requires = "join")]
+    pub learner: bool,
+
+    /// Start empty and wait, answering `status`, until an admin command (add-learner, add-node,
+    /// replace-node) adds this node to a cluster. Never bootstraps.
+    #[arg(long)]
+    pub no_bootstrap: bool,
+
+    /// How long --join keeps trying (asking the cluster, catching up, becoming a voter) before
+    /// the node gives up and exits with an error. Starting it again resumes the join.
+    #[arg(long, default_value_t = 120_000)]
+    pub join_timeout_ms: u64,
+
+    /// With --join: the node counts as caught up (and asks to become a voter) once it is within
+    /// this many log entries of the leader.
+    #[arg(long, default_value_t = 100)]
+    pub catch_up_max_lag: u64,
+
+    /// Admin calls (`raftcache admin ...`) must carry this token; without it anyone who reaches
+    /// the client port may change the membership. Client reads and writes never need it.
+    #[arg(long, env = "RAFTCACHE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// How long the leader waits for a member's (or a new node's) peer port to answer when it
+    /// checks who is reachable before a membership change, and for `admin members`.
+    #[arg(long, default_value_t = 1_000)]
+    pub peer_probe_timeout_ms: u64,
 
     /// Most client connections served at once; more are closed as soon as they are accepted.
     #[arg(long, default_value_t = 1024)]
@@ -115,8 +151,27 @@ pub struct NodeConfig {
     pub cache_capacity_bytes: u64,
 }
 
-/// The voters named by `--initial-cluster`: node id to peer address.
-pub type InitialCluster = BTreeMap<NodeId, String>;
+/// The voters named by `--initial-cluster`: node id to addresses.
+pub type InitialCluster = BTreeMap<NodeId, InitialMember>;
+
+/// One voter of `--initial-cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub peer_addr: String,
+    /// Empty when the flag does not give it.
+    pub client_addr: String,
+}
+
+/// How a node with an empty data dir enters a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartMode {
+    /// Bootstrap a new cluster: `--initial-cluster`, or a one-node cluster of itself.
+    Bootstrap,
+    /// Ask the cluster of the node at this client address to add it (`--join`).
+    Join { addr: String, voter: bool },
+    /// Wait until an admin command adds it (`--no-bootstrap`).
+    Wait,
+}
 
 /// Entries per append RPC; with the key and value limits this bounds a peer message.
 pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
@@ -124,9 +179,14 @@ pub const MAX_ENTRIES_PER_APPEND: u64 = 64;
 fn parse_initial_cluster(text: &str) -> Result<InitialCluster, String> {
     let mut members = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
+        let (id, addrs) = part
             .split_once('=')
-            .ok_or_else(|| format!("`{part}` is not ID=PEER_ADDR"))?;
+            .ok_or_else(|| format!("`{part}` is not ID=PEER_ADDR[/CLIENT_ADDR]"))?;
+        let (peer_addr, client_addr) = addrs.split_once('/').unwrap_or((addrs, ""));
+        let member = InitialMember {
+            peer_addr: peer_addr.trim().to_string(),
+            client_addr: client_addr.trim().to_string(),
+        };
         let id: NodeId = id
             .trim()
             .parse()
@@ -134,7 +194,7 @@ fn parse_initial_cluster(text: &str) -> Result<InitialCluster, String> {
         if id == 0 {
             return Err("node ids start at 1".into());
         }
-        if members.insert(id, addr.trim().to_string()).is_some() {
+        if members.insert(id, member).is_some() {
             return Err(format!("node {id} is listed twice"));
         }
     }
@@ -166,15 +226,45 @@ impl NodeConfig {
     }
 
     /// The voters to bootstrap with on first start: `--initial-cluster`, or this node alone.
-    pub fn bootstrap_members(&self, own_peer_addr: SocketAddr) -> Result<InitialCluster, String> {
+    pub fn bootstrap_members(
+        &self,
+        own_peer_addr: SocketAddr,
+        own_client_addr: SocketAddr,
+    ) -> Result<InitialCluster, String> {
         match &self.initial_cluster {
             Some(members) if !members.contains_key(&self.id) => Err(format!(
                 "--initial-cluster does not list this node's id {}",
                 self.id
             )),
             Some(members) => Ok(members.clone()),
-            None => Ok(BTreeMap::from([(self.id, own_peer_addr.to_string())])),
+            None => Ok(BTreeMap::from([(
+                self.id,
+                InitialMember {
+                    peer_addr: own_peer_addr.to_string(),
+                    client_addr: own_client_addr.to_string(),
+                },
+            )])),
         }
+    }
+
+    /// How this node enters a cluster when its data dir is empty.
+    pub fn start_mode(&self) -> StartMode {
+        match (&self.join, self.no_bootstrap) {
+            (Some(addr), _) => StartMode::Join {
+                addr: addr.clone(),
+                voter: !self.learner,
+            },
+            (None, true) => StartMode::Wait,
+            (None, false) => StartMode::Bootstrap,
+        }
+    }
+
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_millis(self.join_timeout_ms)
+    }
+
+    pub fn peer_probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.peer_probe_timeout_ms)
     }
 
     /// Largest encoded batch of writes in one log entry: one maximal write.
@@ -192,12 +282,17 @@ impl NodeConfig {
     }
 
     /// The cluster id implied by `--initial-cluster`: the same on every node bootstrapped
-    /// together, different for a cluster of other members. None without the flag.
+    /// together, different for a cluster of other members. `PENDING_CLUSTER_ID` for a node
+    /// that will be added to a cluster (`--join`, `--no-bootstrap`): it adopts that cluster's.
+    /// None otherwise (a one-node cluster picks a random id).
     pub fn cluster_id(&self) -> Option<String> {
+        if self.start_mode() != StartMode::Bootstrap {
+            return Some(crate::store::PENDING_CLUSTER_ID.to_string());
+        }
         let members = self.initial_cluster.as_ref()?;
         let text: Vec<String> = members
             .iter()
-            .map(|(id, addr)| format!("{id}={addr}"))
+            .map(|(id, m)| format!("{id}={}", m.peer_addr))
             .collect();
         Some(format!("{:016x}", crate::store::fnv1a(&text.join(","))))
     }
@@ -214,5 +309,39 @@ impl NodeConfig {
 
     pub fn request_deadline(&self) -> Duration {
         Duration::from_millis(self.request_deadline_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_takes_an_optional_client_address() {
+        let members =
+            parse_initial_cluster("1=10.0.0.1:9190/10.0.0.1:9090, 2=10.0.0.2:9190").unwrap();
+        assert_eq!(members[&1].peer_addr, "10.0.0.1:9190");
+        assert_eq!(members[&1].client_addr, "10.0.0.1:9090");
+        assert_eq!(members[&2].client_addr, "");
+        assert!(parse_initial_cluster("1=a,1=b").is_err());
+    }
+
+    #[test]
+    fn join_and_no_bootstrap_exclude_initial_cluster_and_each_other() {
+        assert!(NodeConfig::from_args(["--join=a:1", "--no-bootstrap"]).is_err());
+        assert!(NodeConfig::from_args(["--join=a:1", "--initial-cluster=1=p"]).is_err());
+        assert!(NodeConfig::from_args(["--learner"]).is_err());
+        let join = NodeConfig::from_args(["--join=a:1", "--learner"]).unwrap();
+        assert_eq!(
+            join.start_mode(),
+            StartMode::Join {
+                addr: "a:1".into(),
+                voter: false
+            }
+        );
+        assert_eq!(
+            join.cluster_id().as_deref(),
+            Some(crate::store::PENDING_CLUSTER_ID)
+        );
     }
 }

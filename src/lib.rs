@@ -12,6 +12,8 @@
 //! - `proposer`: group commit: concurrent writes become one Raft log entry (forwarded to the
 //!   leader as one batch from a follower).
 //! - `read_index`: concurrent linearizable reads share one leadership-confirming round.
+//! - `membership`: admin membership changes (members, add, promote, demote, remove, replace),
+//!   carried out on the leader with safety checks; `--join`; whether this node was removed.
 //! - `network`: the peer RPC (openraft's messages, forwarding, read index), with a fault seam.
 //! - `store`: the sled log store and state machine, and snapshots.
 //! - `node`: wires one node together; `config`: its flags; `types`: the Raft type config.
@@ -29,6 +31,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod gen;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod proposer;

@@ -10,7 +10,7 @@ use raftcache::config::NodeConfig;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(config) => serve(config),
+        Command::Serve(config) => serve(*config),
         other => run_client(other),
     }
 }
@@ -45,6 +45,10 @@ fn serve(config: NodeConfig) -> ExitCode {
         };
         let code = tokio::select! {
             _ = wait_for_signal() => ExitCode::SUCCESS,
+            reason = node.failed() => {
+                eprintln!("error: {reason}");
+                ExitCode::from(2)
+            }
             _ = node.raft_stopped() => {
                 tracing::error!("Raft stopped after a fatal error (see above); exiting so this node can be repaired or restarted");
                 ExitCode::from(1)

@@ -8,14 +8,17 @@ use std::time::Duration;
 use openraft::error::{InitializeError, RaftError};
 use openraft::SnapshotPolicy;
 
-use crate::api::{ApiLimits, CacheApi};
-use crate::config::{NodeConfig, MAX_ENTRIES_PER_APPEND};
+use crate::api::{AdminParts, ApiLimits, CacheApi};
+use crate::config::{NodeConfig, StartMode, MAX_ENTRIES_PER_APPEND};
 use crate::gen::cache::NodeStatus;
+use crate::membership::{self, Admin, CatchUp, JoinRequest, Standing};
 use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
 use crate::proposer::{BatchLimits, Proposer};
-use crate::router::Router;
+use crate::router::{Router, RouterLimits};
 use crate::server::{self, ServerHandle};
-use crate::store::{self, FlushStats, OpenError, StateFlusher, StateReader, StoreOptions};
+use crate::store::{
+    self, ClusterIdentity, FlushStats, OpenError, StateFlusher, StateReader, StoreOptions,
+};
 use crate::types::{Node, NodeId, Raft};
 
 /// Why a node could not start. Each message names what to change.
@@ -48,6 +51,9 @@ pub struct RunningNode {
     state_flusher: StateFlusher,
     client_server: ServerHandle,
     peer_server: ServerHandle,
+    /// Set when the node gave up on something it must do to serve (a `--join` that timed out).
+    failed: tokio::sync::watch::Receiver<Option<String>>,
+    standing: Arc<Standing>,
 }
 
 /// Binds the configured addresses and starts the node.
@@ -70,6 +76,187 @@ pub async fn start_with_listeners(
     let id = config.id;
     let data_dir = config.data_dir();
     let peer_addr = peer_listener.local_addr()?;
+    let client_addr = client_listener.local_addr()?;
+    let Core {
+        raft,
+        peers,
+        state,
+        state_flusher,
+        flushes,
+        identity,
+    } = open_core(&config, faults, peer_addr, client_addr).await?;
+    let (standing, admin) = start_membership(&config, &raft, &peers, identity, client_addr);
+    let router = start_router(&config, &raft, &state, &peers, standing.clone());
+    let peer_service = PeerService::new(raft.clone(), router.clone(), peers, admin.clone());
+    let peer_limits = config.connection_limits(config.peer_max_message_bytes());
+    let peer_server = server::spawn("peer", peer_listener, peer_limits, peer_service)?;
+    let api_limits = ApiLimits {
+        max_key_bytes: config.max_key_bytes,
+        max_value_bytes: config.max_value_bytes,
+    };
+    let admin_parts = AdminParts {
+        admin,
+        standing: standing.clone(),
+        admin_token: config.admin_token.clone(),
+    };
+    let api = CacheApi::new(
+        id,
+        raft.clone(),
+        router,
+        api_limits,
+        flushes.clone(),
+        admin_parts,
+    );
+    let client_limits = config.connection_limits(config.max_message_bytes);
+    let client_server = server::spawn("client", client_listener, client_limits, api)?;
+    tracing::info!(
+        id,
+        client_addr = %client_server.local_addr(),
+        peer_addr = %peer_server.local_addr(),
+        data_dir = %data_dir.display(),
+        mode = ?config.start_mode(),
+        "raftcache node started"
+    );
+    let failed = spawn_join(&config, &raft, &standing, peer_addr);
+    Ok(RunningNode {
+        id,
+        flushes,
+        raft,
+        state,
+        state_flusher,
+        client_server,
+        peer_server,
+        failed,
+        standing,
+    })
+}
+
+/// This node's standing in the membership, and its admin request handler.
+fn start_membership(
+    config: &NodeConfig,
+    raft: &Raft,
+    peers: &Arc<PeerClients>,
+    identity: Arc<ClusterIdentity>,
+    client_addr: SocketAddr,
+) -> (Arc<Standing>, Arc<Admin>) {
+    // A leaving node that hears nothing from the leader for this long was removed (it is far
+    // longer than a heartbeat, and than an election).
+    let removal_grace = Duration::from_millis(2 * config.election_timeout_max_ms);
+    let standing = Standing::watch(config.id, raft.clone(), identity, removal_grace);
+    let admin = Arc::new(Admin::new(
+        config.id,
+        raft.clone(),
+        peers.clone(),
+        standing.clone(),
+        client_addr.to_string(),
+        config.peer_probe_timeout(),
+        config.request_deadline(),
+    ));
+    (standing, admin)
+}
+
+/// The proposer and the router over it.
+fn start_router(
+    config: &NodeConfig,
+    raft: &Raft,
+    state: &StateReader,
+    peers: &Arc<PeerClients>,
+    standing: Arc<Standing>,
+) -> Arc<Router> {
+    let batch_limits = BatchLimits {
+        max_requests: config.batch_max_requests,
+        max_bytes: config.batch_max_bytes(),
+        max_in_flight: config.batch_max_in_flight,
+        max_pending: config.max_pending_writes,
+        forward_timeout: config.request_deadline(),
+    };
+    let proposer = Proposer::spawn(config.id, raft.clone(), peers.clone(), batch_limits);
+    Arc::new(Router::new(
+        config.id,
+        raft.clone(),
+        state.clone(),
+        peers.clone(),
+        proposer,
+        RouterLimits {
+            request_deadline: config.request_deadline(),
+            max_waiting_reads: config.max_waiting_reads,
+        },
+        standing,
+    ))
+}
+
+/// With `--join`, asks the cluster to add this node, in the background: the node answers
+/// `status` meanwhile. The receiver turns `Some(reason)` if the join timed out.
+fn spawn_join(
+    config: &NodeConfig,
+    raft: &Raft,
+    standing: &Arc<Standing>,
+    peer_addr: SocketAddr,
+) -> tokio::sync::watch::Receiver<Option<String>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let StartMode::Join { addr, voter } = config.start_mode() else {
+        return rx;
+    };
+    let request = JoinRequest {
+        id: config.id,
+        peer_addr: peer_addr.to_string(),
+        member_addr: addr,
+        voter,
+        token: config.admin_token.clone().unwrap_or_default(),
+        catch_up: CatchUp {
+            max_lag: config.catch_up_max_lag,
+            timeout: config.join_timeout(),
+        },
+        // The member may forward to the leader, which may wait its own deadline for a commit.
+        call_timeout: 3 * config.request_deadline(),
+    };
+    let timeout = config.join_timeout();
+    let (raft, standing) = (raft.clone(), standing.clone());
+    tokio::task::spawn_blocking(move || {
+        // A removed node asks again: being added clears its removal.
+        let done = || !standing.removed() && joined(&raft, request.id, request.voter);
+        match membership::join_cluster(&request, &done, timeout) {
+            Ok(()) => tracing::info!(id = request.id, voter, "this node is a member"),
+            Err(reason) => {
+                tracing::error!(%reason, "join failed");
+                let _ = tx.send(Some(reason));
+            }
+        }
+    });
+    rx
+}
+
+/// Whether node `id` is in its local membership as a voter (or, if `!voter`, at all).
+fn joined(raft: &Raft, id: NodeId, voter: bool) -> bool {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = &metrics.membership_config;
+    if voter {
+        let m = membership.membership();
+        m.get_joint_config().len() == 1 && m.voter_ids().any(|v| v == id)
+    } else {
+        membership::lists(membership, id)
+    }
+}
+
+/// What a node is made of below its services: its stores, its Raft and its peer clients.
+struct Core {
+    raft: Raft,
+    peers: Arc<PeerClients>,
+    state: StateReader,
+    state_flusher: StateFlusher,
+    flushes: Arc<FlushStats>,
+    identity: Arc<ClusterIdentity>,
+}
+
+/// Opens the data dir, starts Raft on it, and bootstraps a new cluster if this start says so.
+async fn open_core(
+    config: &NodeConfig,
+    faults: Arc<Faults>,
+    peer_addr: SocketAddr,
+    client_addr: SocketAddr,
+) -> Result<Core, StartError> {
+    let (id, data_dir) = (config.id, config.data_dir());
     let cluster_id = config.cluster_id();
     let (log, sm) = store::open(
         &data_dir,
@@ -80,6 +267,9 @@ pub async fn start_with_listeners(
         },
     )
     .await?;
+    let identity = ClusterIdentity::load(&data_dir)
+        .map_err(|e| StartError::Config(format!("cannot read the data dir's identity: {e}")))?;
+    let identity = Arc::new(identity);
     let state_flusher = log.state_flusher();
     let flushes = log.flush_stats();
     let state = sm.reader();
@@ -92,57 +282,23 @@ pub async fn start_with_listeners(
     );
     let raft = Raft::new(
         id,
-        raft_config(&config)?,
+        raft_config(config)?,
         PeerNetwork::new(peers.clone()),
         log,
         sm,
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
-    bootstrap(&raft, &config, peer_addr).await?;
-
-    let batch_limits = BatchLimits {
-        max_requests: config.batch_max_requests,
-        max_bytes: config.batch_max_bytes(),
-        max_in_flight: config.batch_max_in_flight,
-        max_pending: config.max_pending_writes,
-        forward_timeout: config.request_deadline(),
-    };
-    let proposer = Proposer::spawn(id, raft.clone(), peers.clone(), batch_limits);
-    let router = Arc::new(Router::new(
-        id,
-        raft.clone(),
-        state.clone(),
-        peers.clone(),
-        proposer,
-        config.request_deadline(),
-        config.max_waiting_reads,
-    ));
-    let peer_service = PeerService::new(raft.clone(), router.clone(), peers);
-    let peer_limits = config.connection_limits(config.peer_max_message_bytes());
-    let peer_server = server::spawn("peer", peer_listener, peer_limits, peer_service)?;
-    let api_limits = ApiLimits {
-        max_key_bytes: config.max_key_bytes,
-        max_value_bytes: config.max_value_bytes,
-    };
-    let api = CacheApi::new(id, raft.clone(), router, api_limits, flushes.clone());
-    let client_limits = config.connection_limits(config.max_message_bytes);
-    let client_server = server::spawn("client", client_listener, client_limits, api)?;
-    tracing::info!(
-        id,
-        client_addr = %client_server.local_addr(),
-        peer_addr = %peer_server.local_addr(),
-        data_dir = %data_dir.display(),
-        "raftcache node started"
-    );
-    Ok(RunningNode {
-        id,
-        flushes,
+    if config.start_mode() == StartMode::Bootstrap {
+        bootstrap(&raft, config, peer_addr, client_addr).await?;
+    }
+    Ok(Core {
         raft,
+        peers,
         state,
         state_flusher,
-        client_server,
-        peer_server,
+        flushes,
+        identity,
     })
 }
 
@@ -173,6 +329,7 @@ async fn bootstrap(
     raft: &Raft,
     config: &NodeConfig,
     own_peer_addr: SocketAddr,
+    own_client_addr: SocketAddr,
 ) -> Result<(), StartError> {
     if raft
         .is_initialized()
@@ -186,11 +343,15 @@ async fn bootstrap(
         return Ok(());
     }
     let members = config
-        .bootstrap_members(own_peer_addr)
+        .bootstrap_members(own_peer_addr, own_client_addr)
         .map_err(StartError::Config)?;
-    let nodes = members
-        .into_iter()
-        .map(|(id, peer_addr)| (id, Node { peer_addr }));
+    let nodes = members.into_iter().map(|(id, m)| {
+        let node = Node {
+            peer_addr: m.peer_addr,
+            client_addr: m.client_addr,
+        };
+        (id, node)
+    });
     match raft
         .initialize(nodes.collect::<std::collections::BTreeMap<_, _>>())
         .await
@@ -246,6 +407,24 @@ impl RunningNode {
         let mut status = crate::api::node_status(self.id, &self.raft);
         status.log_flushes = Some(self.flushes.count.load(Ordering::Relaxed) as i64);
         status
+    }
+
+    /// Whether this node was removed from its cluster.
+    pub fn removed(&self) -> bool {
+        self.standing.removed()
+    }
+
+    /// Resolves with the reason when the node gave up on joining its cluster (`--join`).
+    pub async fn failed(&self) -> String {
+        let mut failed = self.failed.clone();
+        loop {
+            if let Some(reason) = failed.borrow().clone() {
+                return reason;
+            }
+            if failed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Stops the node: no new client requests, in-flight ones answered or failed, Raft stopped,

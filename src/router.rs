@@ -6,12 +6,15 @@
 //! - A write goes to the proposer, which batches it and proposes it to openraft if this node
 //!   leads, or forwards the batch to the leader (`proposer.rs`). While no leader is known the
 //!   router waits for one, up to the request deadline, then answers `Unavailable`.
+//! - A node that was removed from the cluster, or has not been added to one yet, answers
+//!   every client request with `Unavailable` saying so.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::membership::Standing;
 use crate::network::{ForwardError, PeerClients};
 use crate::proposer::{Origin, Proposer};
 use crate::read_index::{ReadIndexBatcher, ReadIndexSource};
@@ -42,6 +45,15 @@ pub enum RouteError {
 /// Longest wait between two attempts while no leader is known.
 const LEADER_POLL: Duration = Duration::from_millis(100);
 
+/// The router's limits (flags `--request-deadline-ms`, `--max-waiting-reads`).
+#[derive(Debug, Clone, Copy)]
+pub struct RouterLimits {
+    /// How long a request may wait for a leader, a quorum or a catch-up.
+    pub request_deadline: Duration,
+    /// Most linearizable reads waiting for the next read-index round.
+    pub max_waiting_reads: usize,
+}
+
 /// Routes client requests for one node.
 pub struct Router {
     id: NodeId,
@@ -54,6 +66,8 @@ pub struct Router {
     read_rounds: ReadIndexBatcher,
     /// How long a request may wait for a leader, a quorum or a catch-up.
     request_deadline: Duration,
+    /// Whether this node is in a cluster: a removed or waiting node serves no client.
+    standing: Arc<Standing>,
 }
 
 impl Router {
@@ -63,9 +77,13 @@ impl Router {
         state: StateReader,
         peers: Arc<PeerClients>,
         proposer: Proposer,
-        request_deadline: Duration,
-        max_waiting_reads: usize,
+        limits: RouterLimits,
+        standing: Arc<Standing>,
     ) -> Self {
+        let RouterLimits {
+            request_deadline,
+            max_waiting_reads,
+        } = limits;
         let read_source = ReadIndexSource {
             id,
             raft: raft.clone(),
@@ -81,6 +99,15 @@ impl Router {
             read_source,
             read_rounds,
             request_deadline,
+            standing,
+        }
+    }
+
+    /// `Unavailable` if this node must not serve clients: removed, or not in a cluster yet.
+    fn refuse_if_not_member(&self) -> Result<(), RouteError> {
+        match self.standing.refusal() {
+            Some(message) => Err(RouteError::Unavailable(message)),
+            None => Ok(()),
         }
     }
 
@@ -90,6 +117,7 @@ impl Router {
         key: &str,
         consistency: Consistency,
     ) -> Result<Option<String>, RouteError> {
+        self.refuse_if_not_member()?;
         if consistency == Consistency::Linearizable {
             let deadline = Instant::now() + self.request_deadline;
             if let Some(index) = self.read_index(deadline).await? {
@@ -113,6 +141,7 @@ impl Router {
     /// Proposes a write through Raft (here, or on the leader) and returns its result once it is
     /// committed on a majority and applied.
     pub async fn write(&self, request: Request) -> Result<Response, RouteError> {
+        self.refuse_if_not_member()?;
         let deadline = Instant::now() + self.request_deadline;
         let mut last_reason = String::from("no leader");
         loop {

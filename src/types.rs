@@ -1,6 +1,8 @@
 //! The Raft type configuration: what a log entry carries (a `Batch` of `Request`s), what
-//! applying it returns (a `BatchResponse`), and how a node is addressed (`Node`). Everything that goes through the log or
-//! over the peer RPC is defined here, so the on-disk and on-wire formats have one home.
+//! applying it returns (a `BatchResponse`), and how a node is addressed (`Node`). Everything
+//! that goes through the log or over the peer RPC is defined here, so the on-disk and on-wire
+//! formats have one home. Changing one of these types changes both: bump
+//! `store::FORMAT_VERSION` with it.
 
 use std::fmt;
 
@@ -9,15 +11,24 @@ use serde::{Deserialize, Serialize};
 /// A node's id in the cluster; chosen by the operator (`--id`), never reused for another node.
 pub type NodeId = u64;
 
-/// How other nodes reach a node: its peer RPC address.
+/// A member as the membership records it: how other nodes reach it (its peer RPC address)
+/// and how clients reach it (its client address, so that an operator or a client can be told
+/// where a member, the leader say, answers).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub peer_addr: String,
+    /// Empty when not known: a member bootstrapped by `--initial-cluster` without its client
+    /// address (`ID=PEER_ADDR`) is recorded without one; `admin members` asks it for it.
+    pub client_addr: String,
 }
 
 impl fmt::Display for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.peer_addr)
+        if self.client_addr.is_empty() {
+            write!(f, "{}", self.peer_addr)
+        } else {
+            write!(f, "{} (clients: {})", self.peer_addr, self.client_addr)
+        }
     }
 }
 

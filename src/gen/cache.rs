@@ -76,6 +76,66 @@ impl From<&Consistency> for i32 {
   }
 }
 
+#[derive(Copy, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct AdminOp(pub i32);
+
+impl AdminOp {
+  pub const ADD_LEARNER: AdminOp = AdminOp(1);
+  pub const PROMOTE: AdminOp = AdminOp(2);
+  pub const DEMOTE: AdminOp = AdminOp(3);
+  pub const REMOVE_NODE: AdminOp = AdminOp(4);
+  pub const REPLACE_NODE: AdminOp = AdminOp(5);
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::ADD_LEARNER,
+    Self::PROMOTE,
+    Self::DEMOTE,
+    Self::REMOVE_NODE,
+    Self::REPLACE_NODE,
+  ];
+}
+
+impl TSerializable for AdminOp {
+  #[allow(clippy::trivially_copy_pass_by_ref)]
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    o_prot.write_i32(self.0)
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<AdminOp> {
+    let enum_value = i_prot.read_i32()?;
+    Ok(AdminOp::from(enum_value))
+  }
+}
+
+impl From<i32> for AdminOp {
+  fn from(i: i32) -> Self {
+    match i {
+      1 => AdminOp::ADD_LEARNER,
+      2 => AdminOp::PROMOTE,
+      3 => AdminOp::DEMOTE,
+      4 => AdminOp::REMOVE_NODE,
+      5 => AdminOp::REPLACE_NODE,
+      _ => AdminOp(i)
+    }
+  }
+}
+
+impl From<&i32> for AdminOp {
+  fn from(i: &i32) -> Self {
+    AdminOp::from(*i)
+  }
+}
+
+impl From<AdminOp> for i32 {
+  fn from(e: AdminOp) -> i32 {
+    e.0
+  }
+}
+
+impl From<&AdminOp> for i32 {
+  fn from(e: &AdminOp) -> i32 {
+    e.0
+  }
+}
+
 //
 // CacheEntry
 //
@@ -420,6 +480,146 @@ impl Default for ReadOptions {
 }
 
 //
+// Unauthorized
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct Unauthorized {
+  pub message: String,
+}
+
+impl Unauthorized {
+  pub fn new(message: String) -> Unauthorized {
+    Unauthorized {
+      message,
+    }
+  }
+}
+
+impl TSerializable for Unauthorized {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<Unauthorized> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("Unauthorized.message", &f_1)?;
+    let ret = Unauthorized {
+      message: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("Unauthorized");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("message", TType::String, 1))?;
+    o_prot.write_string(&self.message)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+impl Error for Unauthorized {}
+
+impl From<Unauthorized> for thrift::Error {
+  fn from(e: Unauthorized) -> Self {
+    thrift::Error::User(Box::new(e))
+  }
+}
+
+impl Display for Unauthorized {
+  fn fmt(&self, f: &mut Formatter) -> fmt::Result {
+    write!(f, "remote service threw Unauthorized")
+  }
+}
+
+//
+// AdminRefused
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct AdminRefused {
+  pub message: String,
+}
+
+impl AdminRefused {
+  pub fn new(message: String) -> AdminRefused {
+    AdminRefused {
+      message,
+    }
+  }
+}
+
+impl TSerializable for AdminRefused {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<AdminRefused> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("AdminRefused.message", &f_1)?;
+    let ret = AdminRefused {
+      message: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("AdminRefused");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("message", TType::String, 1))?;
+    o_prot.write_string(&self.message)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+impl Error for AdminRefused {}
+
+impl From<AdminRefused> for thrift::Error {
+  fn from(e: AdminRefused) -> Self {
+    thrift::Error::User(Box::new(e))
+  }
+}
+
+impl Display for AdminRefused {
+  fn fmt(&self, f: &mut Formatter) -> fmt::Result {
+    write!(f, "remote service threw AdminRefused")
+  }
+}
+
+//
 // Member
 //
 
@@ -428,14 +628,16 @@ pub struct Member {
   pub id: i64,
   pub peer_addr: String,
   pub voter: bool,
+  pub client_addr: Option<String>,
 }
 
 impl Member {
-  pub fn new(id: i64, peer_addr: String, voter: bool) -> Member {
+  pub fn new<F4>(id: i64, peer_addr: String, voter: bool, client_addr: F4) -> Member where F4: Into<Option<String>> {
     Member {
       id,
       peer_addr,
       voter,
+      client_addr: client_addr.into(),
     }
   }
 }
@@ -446,6 +648,7 @@ impl TSerializable for Member {
     let mut f_1: Option<i64> = None;
     let mut f_2: Option<String> = None;
     let mut f_3: Option<bool> = None;
+    let mut f_4: Option<String> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -465,6 +668,10 @@ impl TSerializable for Member {
           let val = i_prot.read_bool()?;
           f_3 = Some(val);
         },
+        4 => {
+          let val = i_prot.read_string()?;
+          f_4 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -479,6 +686,7 @@ impl TSerializable for Member {
       id: f_1.expect("auto-generated code should have checked for presence of required fields"),
       peer_addr: f_2.expect("auto-generated code should have checked for presence of required fields"),
       voter: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      client_addr: f_4,
     };
     Ok(ret)
   }
@@ -494,6 +702,11 @@ impl TSerializable for Member {
     o_prot.write_field_begin(&TFieldIdentifier::new("voter", TType::Bool, 3))?;
     o_prot.write_bool(self.voter)?;
     o_prot.write_field_end()?;
+    if let Some(ref fld_var) = self.client_addr {
+      o_prot.write_field_begin(&TFieldIdentifier::new("client_addr", TType::String, 4))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -513,10 +726,12 @@ pub struct NodeStatus {
   pub last_applied: i64,
   pub members: Vec<Member>,
   pub log_flushes: Option<i64>,
+  pub cluster_id: Option<String>,
+  pub membership_changing: Option<bool>,
 }
 
 impl NodeStatus {
-  pub fn new<F3, F8>(id: i64, role: String, leader: F3, term: i64, last_log_index: i64, last_applied: i64, members: Vec<Member>, log_flushes: F8) -> NodeStatus where F3: Into<Option<i64>>, F8: Into<Option<i64>> {
+  pub fn new<F3, F8, F9, F10>(id: i64, role: String, leader: F3, term: i64, last_log_index: i64, last_applied: i64, members: Vec<Member>, log_flushes: F8, cluster_id: F9, membership_changing: F10) -> NodeStatus where F3: Into<Option<i64>>, F8: Into<Option<i64>>, F9: Into<Option<String>>, F10: Into<Option<bool>> {
     NodeStatus {
       id,
       role,
@@ -526,6 +741,8 @@ impl NodeStatus {
       last_applied,
       members,
       log_flushes: log_flushes.into(),
+      cluster_id: cluster_id.into(),
+      membership_changing: membership_changing.into(),
     }
   }
 }
@@ -541,6 +758,8 @@ impl TSerializable for NodeStatus {
     let mut f_6: Option<i64> = None;
     let mut f_7: Option<Vec<Member>> = None;
     let mut f_8: Option<i64> = None;
+    let mut f_9: Option<String> = None;
+    let mut f_10: Option<bool> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -586,6 +805,14 @@ impl TSerializable for NodeStatus {
           let val = i_prot.read_i64()?;
           f_8 = Some(val);
         },
+        9 => {
+          let val = i_prot.read_string()?;
+          f_9 = Some(val);
+        },
+        10 => {
+          let val = i_prot.read_bool()?;
+          f_10 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -608,6 +835,8 @@ impl TSerializable for NodeStatus {
       last_applied: f_6.expect("auto-generated code should have checked for presence of required fields"),
       members: f_7.expect("auto-generated code should have checked for presence of required fields"),
       log_flushes: f_8,
+      cluster_id: f_9,
+      membership_changing: f_10,
     };
     Ok(ret)
   }
@@ -646,6 +875,342 @@ impl TSerializable for NodeStatus {
       o_prot.write_i64(fld_var)?;
       o_prot.write_field_end()?
     }
+    if let Some(ref fld_var) = self.cluster_id {
+      o_prot.write_field_begin(&TFieldIdentifier::new("cluster_id", TType::String, 9))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.membership_changing {
+      o_prot.write_field_begin(&TFieldIdentifier::new("membership_changing", TType::Bool, 10))?;
+      o_prot.write_bool(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// MemberState
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct MemberState {
+  pub id: i64,
+  pub peer_addr: String,
+  pub client_addr: String,
+  pub voter: bool,
+  pub reachable: bool,
+  pub lag: Option<i64>,
+}
+
+impl MemberState {
+  pub fn new<F6>(id: i64, peer_addr: String, client_addr: String, voter: bool, reachable: bool, lag: F6) -> MemberState where F6: Into<Option<i64>> {
+    MemberState {
+      id,
+      peer_addr,
+      client_addr,
+      voter,
+      reachable,
+      lag: lag.into(),
+    }
+  }
+}
+
+impl TSerializable for MemberState {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<MemberState> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<i64> = None;
+    let mut f_2: Option<String> = None;
+    let mut f_3: Option<String> = None;
+    let mut f_4: Option<bool> = None;
+    let mut f_5: Option<bool> = None;
+    let mut f_6: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_i64()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_string()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_string()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_bool()?;
+          f_4 = Some(val);
+        },
+        5 => {
+          let val = i_prot.read_bool()?;
+          f_5 = Some(val);
+        },
+        6 => {
+          let val = i_prot.read_i64()?;
+          f_6 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("MemberState.id", &f_1)?;
+    verify_required_field_exists("MemberState.peer_addr", &f_2)?;
+    verify_required_field_exists("MemberState.client_addr", &f_3)?;
+    verify_required_field_exists("MemberState.voter", &f_4)?;
+    verify_required_field_exists("MemberState.reachable", &f_5)?;
+    let ret = MemberState {
+      id: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      peer_addr: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      client_addr: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      voter: f_4.expect("auto-generated code should have checked for presence of required fields"),
+      reachable: f_5.expect("auto-generated code should have checked for presence of required fields"),
+      lag: f_6,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("MemberState");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("id", TType::I64, 1))?;
+    o_prot.write_i64(self.id)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("peer_addr", TType::String, 2))?;
+    o_prot.write_string(&self.peer_addr)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("client_addr", TType::String, 3))?;
+    o_prot.write_string(&self.client_addr)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("voter", TType::Bool, 4))?;
+    o_prot.write_bool(self.voter)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("reachable", TType::Bool, 5))?;
+    o_prot.write_bool(self.reachable)?;
+    o_prot.write_field_end()?;
+    if let Some(fld_var) = self.lag {
+      o_prot.write_field_begin(&TFieldIdentifier::new("lag", TType::I64, 6))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// Membership
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct Membership {
+  pub leader: i64,
+  pub last_log_index: i64,
+  pub changing: bool,
+  pub members: Vec<MemberState>,
+}
+
+impl Membership {
+  pub fn new(leader: i64, last_log_index: i64, changing: bool, members: Vec<MemberState>) -> Membership {
+    Membership {
+      leader,
+      last_log_index,
+      changing,
+      members,
+    }
+  }
+}
+
+impl TSerializable for Membership {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<Membership> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<i64> = None;
+    let mut f_2: Option<i64> = None;
+    let mut f_3: Option<bool> = None;
+    let mut f_4: Option<Vec<MemberState>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_i64()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_bool()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<MemberState> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_1 = MemberState::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_1);
+          }
+          i_prot.read_list_end()?;
+          f_4 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("Membership.leader", &f_1)?;
+    verify_required_field_exists("Membership.last_log_index", &f_2)?;
+    verify_required_field_exists("Membership.changing", &f_3)?;
+    verify_required_field_exists("Membership.members", &f_4)?;
+    let ret = Membership {
+      leader: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      last_log_index: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      changing: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      members: f_4.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("Membership");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("leader", TType::I64, 1))?;
+    o_prot.write_i64(self.leader)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("last_log_index", TType::I64, 2))?;
+    o_prot.write_i64(self.last_log_index)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("changing", TType::Bool, 3))?;
+    o_prot.write_bool(self.changing)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("members", TType::List, 4))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, self.members.len() as i32))?;
+    for e in &self.members {
+      e.write_to_out_protocol(o_prot)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// AdminChange
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct AdminChange {
+  pub op: AdminOp,
+  pub id: i64,
+  pub peer_addr: Option<String>,
+  pub new_id: Option<i64>,
+  pub force: Option<bool>,
+}
+
+impl AdminChange {
+  pub fn new<F3, F4, F5>(op: AdminOp, id: i64, peer_addr: F3, new_id: F4, force: F5) -> AdminChange where F3: Into<Option<String>>, F4: Into<Option<i64>>, F5: Into<Option<bool>> {
+    AdminChange {
+      op,
+      id,
+      peer_addr: peer_addr.into(),
+      new_id: new_id.into(),
+      force: force.into(),
+    }
+  }
+}
+
+impl TSerializable for AdminChange {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<AdminChange> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<AdminOp> = None;
+    let mut f_2: Option<i64> = None;
+    let mut f_3: Option<String> = None;
+    let mut f_4: Option<i64> = None;
+    let mut f_5: Option<bool> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = AdminOp::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_string()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_i64()?;
+          f_4 = Some(val);
+        },
+        5 => {
+          let val = i_prot.read_bool()?;
+          f_5 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("AdminChange.op", &f_1)?;
+    verify_required_field_exists("AdminChange.id", &f_2)?;
+    let ret = AdminChange {
+      op: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      id: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      peer_addr: f_3,
+      new_id: f_4,
+      force: f_5,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("AdminChange");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("op", TType::I32, 1))?;
+    self.op.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("id", TType::I64, 2))?;
+    o_prot.write_i64(self.id)?;
+    o_prot.write_field_end()?;
+    if let Some(ref fld_var) = self.peer_addr {
+      o_prot.write_field_begin(&TFieldIdentifier::new("peer_addr", TType::String, 3))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.new_id {
+      o_prot.write_field_begin(&TFieldIdentifier::new("new_id", TType::I64, 4))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.force {
+      o_prot.write_field_begin(&TFieldIdentifier::new("force", TType::Bool, 5))?;
+      o_prot.write_bool(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -662,6 +1227,9 @@ pub trait TCacheServiceSyncClient {
   fn get_with(&mut self, key: String, options: ReadOptions) -> thrift::Result<CacheEntry>;
   fn status(&mut self) -> thrift::Result<NodeStatus>;
   fn admin_snapshot(&mut self) -> thrift::Result<i64>;
+  fn admin_members(&mut self, token: String) -> thrift::Result<Membership>;
+  fn admin_change(&mut self, change: AdminChange, token: String) -> thrift::Result<Membership>;
+  fn admin_snapshot_with(&mut self, token: String) -> thrift::Result<i64>;
 }
 
 pub trait TCacheServiceSyncClientMarker {}
@@ -850,6 +1418,87 @@ impl <C: TThriftClient + TCacheServiceSyncClientMarker> TCacheServiceSyncClient 
       result.ok_or()
     }
   }
+  fn admin_members(&mut self, token: String) -> thrift::Result<Membership> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("admin_members", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceAdminMembersArgs { token };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("admin_members", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceAdminMembersResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn admin_change(&mut self, change: AdminChange, token: String) -> thrift::Result<Membership> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("admin_change", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceAdminChangeArgs { change, token };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("admin_change", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceAdminChangeResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn admin_snapshot_with(&mut self, token: String) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceAdminSnapshotWithArgs { token };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("admin_snapshot_with", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceAdminSnapshotWithResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -863,6 +1512,9 @@ pub trait CacheServiceSyncHandler {
   fn handle_get_with(&self, key: String, options: ReadOptions) -> thrift::Result<CacheEntry>;
   fn handle_status(&self) -> thrift::Result<NodeStatus>;
   fn handle_admin_snapshot(&self) -> thrift::Result<i64>;
+  fn handle_admin_members(&self, token: String) -> thrift::Result<Membership>;
+  fn handle_admin_change(&self, change: AdminChange, token: String) -> thrift::Result<Membership>;
+  fn handle_admin_snapshot_with(&self, token: String) -> thrift::Result<i64>;
 }
 
 pub struct CacheServiceSyncProcessor<H: CacheServiceSyncHandler> {
@@ -892,6 +1544,15 @@ impl <H: CacheServiceSyncHandler> CacheServiceSyncProcessor<H> {
   }
   fn process_admin_snapshot(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TCacheServiceProcessFunctions::process_admin_snapshot(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_admin_members(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_admin_members(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_admin_change(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_admin_change(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_admin_snapshot_with(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_admin_snapshot_with(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -1229,7 +1890,7 @@ impl TCacheServiceProcessFunctions {
       Ok(handler_return) => {
         let message_ident = TMessageIdentifier::new("admin_snapshot", TMessageType::Reply, incoming_sequence_number);
         o_prot.write_message_begin(&message_ident)?;
-        let ret = CacheServiceAdminSnapshotResult { result_value: Some(handler_return), unavailable: None };
+        let ret = CacheServiceAdminSnapshotResult { result_value: Some(handler_return), unavailable: None, unauthorized: None };
         ret.write_to_out_protocol(o_prot)?;
         o_prot.write_message_end()?;
         o_prot.flush()
@@ -1239,7 +1900,15 @@ impl TCacheServiceProcessFunctions {
           thrift::Error::User(usr_err) => {
             if usr_err.downcast_ref::<Unavailable>().is_some() {
               let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
-              let ret_err = CacheServiceAdminSnapshotResult{ result_value: None, unavailable: Some(*err) };
+              let ret_err = CacheServiceAdminSnapshotResult{ result_value: None, unavailable: Some(*err), unauthorized: None };
+              let message_ident = TMessageIdentifier::new("admin_snapshot", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unauthorized>().is_some() {
+              let err = usr_err.downcast::<Unauthorized>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminSnapshotResult{ result_value: None, unavailable: None, unauthorized: Some(*err) };
               let message_ident = TMessageIdentifier::new("admin_snapshot", TMessageType::Reply, incoming_sequence_number);
               o_prot.write_message_begin(&message_ident)?;
               ret_err.write_to_out_protocol(o_prot)?;
@@ -1283,6 +1952,218 @@ impl TCacheServiceProcessFunctions {
       },
     }
   }
+  pub fn process_admin_members<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceAdminMembersArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_admin_members(args.token) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("admin_members", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceAdminMembersResult { result_value: Some(handler_return), unavailable: None, unauthorized: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminMembersResult{ result_value: None, unavailable: Some(*err), unauthorized: None };
+              let message_ident = TMessageIdentifier::new("admin_members", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unauthorized>().is_some() {
+              let err = usr_err.downcast::<Unauthorized>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminMembersResult{ result_value: None, unavailable: None, unauthorized: Some(*err) };
+              let message_ident = TMessageIdentifier::new("admin_members", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("admin_members", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("admin_members", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("admin_members", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_admin_change<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceAdminChangeArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_admin_change(args.change, args.token) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("admin_change", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceAdminChangeResult { result_value: Some(handler_return), refused: None, unavailable: None, unauthorized: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<AdminRefused>().is_some() {
+              let err = usr_err.downcast::<AdminRefused>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminChangeResult{ result_value: None, refused: Some(*err), unavailable: None, unauthorized: None };
+              let message_ident = TMessageIdentifier::new("admin_change", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminChangeResult{ result_value: None, refused: None, unavailable: Some(*err), unauthorized: None };
+              let message_ident = TMessageIdentifier::new("admin_change", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unauthorized>().is_some() {
+              let err = usr_err.downcast::<Unauthorized>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminChangeResult{ result_value: None, refused: None, unavailable: None, unauthorized: Some(*err) };
+              let message_ident = TMessageIdentifier::new("admin_change", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("admin_change", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("admin_change", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("admin_change", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_admin_snapshot_with<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceAdminSnapshotWithArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_admin_snapshot_with(args.token) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceAdminSnapshotWithResult { result_value: Some(handler_return), unavailable: None, unauthorized: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminSnapshotWithResult{ result_value: None, unavailable: Some(*err), unauthorized: None };
+              let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unauthorized>().is_some() {
+              let err = usr_err.downcast::<Unauthorized>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminSnapshotWithResult{ result_value: None, unavailable: None, unauthorized: Some(*err) };
+              let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("admin_snapshot_with", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: CacheServiceSyncHandler> TProcessor for CacheServiceSyncProcessor<H> {
@@ -1306,6 +2187,15 @@ impl <H: CacheServiceSyncHandler> TProcessor for CacheServiceSyncProcessor<H> {
       },
       "admin_snapshot" => {
         self.process_admin_snapshot(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "admin_members" => {
+        self.process_admin_members(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "admin_change" => {
+        self.process_admin_change(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "admin_snapshot_with" => {
+        self.process_admin_snapshot_with(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -2060,12 +2950,15 @@ impl CacheServiceAdminSnapshotArgs {
 struct CacheServiceAdminSnapshotResult {
   result_value: Option<i64>,
   unavailable: Option<Unavailable>,
+  unauthorized: Option<Unauthorized>,
 }
 
 impl CacheServiceAdminSnapshotResult {
   fn ok_or(self) -> thrift::Result<i64> {
     if self.unavailable.is_some() {
       Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.unauthorized.is_some() {
+      Err(thrift::Error::User(Box::new(self.unauthorized.unwrap())))
     } else if self.result_value.is_some() {
       Ok(self.result_value.unwrap())
     } else {
@@ -2083,6 +2976,7 @@ impl CacheServiceAdminSnapshotResult {
     i_prot.read_struct_begin()?;
     let mut f_0: Option<i64> = None;
     let mut f_1: Option<Unavailable> = None;
+    let mut f_2: Option<Unauthorized> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -2098,6 +2992,10 @@ impl CacheServiceAdminSnapshotResult {
           let val = Unavailable::read_from_in_protocol(i_prot)?;
           f_1 = Some(val);
         },
+        2 => {
+          let val = Unauthorized::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -2108,6 +3006,7 @@ impl CacheServiceAdminSnapshotResult {
     let ret = CacheServiceAdminSnapshotResult {
       result_value: f_0,
       unavailable: f_1,
+      unauthorized: f_2,
     };
     Ok(ret)
   }
@@ -2121,6 +3020,453 @@ impl CacheServiceAdminSnapshotResult {
     }
     if let Some(ref fld_var) = self.unavailable {
       o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unauthorized {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminMembersArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminMembersArgs {
+  token: String,
+}
+
+impl CacheServiceAdminMembersArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminMembersArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceAdminMembersArgs.token", &f_1)?;
+    let ret = CacheServiceAdminMembersArgs {
+      token: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("admin_members_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("token", TType::String, 1))?;
+    o_prot.write_string(&self.token)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminMembersResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminMembersResult {
+  result_value: Option<Membership>,
+  unavailable: Option<Unavailable>,
+  unauthorized: Option<Unauthorized>,
+}
+
+impl CacheServiceAdminMembersResult {
+  fn ok_or(self) -> thrift::Result<Membership> {
+    if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.unauthorized.is_some() {
+      Err(thrift::Error::User(Box::new(self.unauthorized.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceAdminMembers"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminMembersResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Membership> = None;
+    let mut f_1: Option<Unavailable> = None;
+    let mut f_2: Option<Unauthorized> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = Membership::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unauthorized::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceAdminMembersResult {
+      result_value: f_0,
+      unavailable: f_1,
+      unauthorized: f_2,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceAdminMembersResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unauthorized {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminChangeArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminChangeArgs {
+  change: AdminChange,
+  token: String,
+}
+
+impl CacheServiceAdminChangeArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminChangeArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<AdminChange> = None;
+    let mut f_2: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = AdminChange::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_string()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceAdminChangeArgs.change", &f_1)?;
+    verify_required_field_exists("CacheServiceAdminChangeArgs.token", &f_2)?;
+    let ret = CacheServiceAdminChangeArgs {
+      change: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      token: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("admin_change_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("change", TType::Struct, 1))?;
+    self.change.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("token", TType::String, 2))?;
+    o_prot.write_string(&self.token)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminChangeResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminChangeResult {
+  result_value: Option<Membership>,
+  refused: Option<AdminRefused>,
+  unavailable: Option<Unavailable>,
+  unauthorized: Option<Unauthorized>,
+}
+
+impl CacheServiceAdminChangeResult {
+  fn ok_or(self) -> thrift::Result<Membership> {
+    if self.refused.is_some() {
+      Err(thrift::Error::User(Box::new(self.refused.unwrap())))
+    } else if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.unauthorized.is_some() {
+      Err(thrift::Error::User(Box::new(self.unauthorized.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceAdminChange"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminChangeResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Membership> = None;
+    let mut f_1: Option<AdminRefused> = None;
+    let mut f_2: Option<Unavailable> = None;
+    let mut f_3: Option<Unauthorized> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = Membership::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = AdminRefused::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = Unauthorized::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceAdminChangeResult {
+      result_value: f_0,
+      refused: f_1,
+      unavailable: f_2,
+      unauthorized: f_3,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceAdminChangeResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.refused {
+      o_prot.write_field_begin(&TFieldIdentifier::new("refused", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unauthorized {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 3))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminSnapshotWithArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminSnapshotWithArgs {
+  token: String,
+}
+
+impl CacheServiceAdminSnapshotWithArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminSnapshotWithArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceAdminSnapshotWithArgs.token", &f_1)?;
+    let ret = CacheServiceAdminSnapshotWithArgs {
+      token: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("admin_snapshot_with_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("token", TType::String, 1))?;
+    o_prot.write_string(&self.token)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminSnapshotWithResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminSnapshotWithResult {
+  result_value: Option<i64>,
+  unavailable: Option<Unavailable>,
+  unauthorized: Option<Unauthorized>,
+}
+
+impl CacheServiceAdminSnapshotWithResult {
+  fn ok_or(self) -> thrift::Result<i64> {
+    if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.unauthorized.is_some() {
+      Err(thrift::Error::User(Box::new(self.unauthorized.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceAdminSnapshotWith"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminSnapshotWithResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<i64> = None;
+    let mut f_1: Option<Unavailable> = None;
+    let mut f_2: Option<Unauthorized> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_i64()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unauthorized::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceAdminSnapshotWithResult {
+      result_value: f_0,
+      unavailable: f_1,
+      unauthorized: f_2,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceAdminSnapshotWithResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unauthorized {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 2))?;
       fld_var.write_to_out_protocol(o_prot)?;
       o_prot.write_field_end()?
     }

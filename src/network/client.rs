@@ -48,6 +48,8 @@ pub enum Method {
     Forward,
     ReadIndex,
     LeaderCheck,
+    NodeInfo,
+    Admin,
 }
 
 impl Method {
@@ -60,6 +62,8 @@ impl Method {
             Method::Forward => "forward",
             Method::ReadIndex => "read_index",
             Method::LeaderCheck => "leader_check",
+            Method::NodeInfo => "node_info",
+            Method::Admin => "admin",
         }
     }
 }

@@ -5,7 +5,9 @@
 //! - `service.rs`: the incoming side: the `RaftPeer` Thrift handler.
 //! - `Faults` (here): the seam where tests cut links between nodes.
 //!
-//! Payloads are bincode-encoded openraft messages; Thrift carries them as `binary`.
+//! Payloads are bincode-encoded openraft messages (and raftcache's forwarded writes, read
+//! indexes, probes and admin requests); Thrift carries them as `binary`. Nodes of different
+//! `store::FORMAT_VERSION`s cannot talk to each other.
 
 mod client;
 mod service;

@@ -17,4 +17,9 @@ service RaftPeer {
     /// Ask a node whether it still leads with the given vote. A follower busy with a snapshot
     /// chunk asks its leader this, since the leader sends no heartbeats while it streams one.
     binary leader_check(1: binary request),
+    /// Ask a node who it is (id, client address) and have it join the caller's cluster id:
+    /// the leader's reachability probe before and around a membership change.
+    binary node_info(1: binary request),
+    /// An admin request (membership) that reached a follower, forwarded to the leader.
+    binary admin(1: binary request),
 }

@@ -17,6 +17,7 @@ use thrift::{ApplicationError, ApplicationErrorKind, ProtocolError, ProtocolErro
 
 use super::{peer_addr, ForwardRequest, PeerClients, PeerMethod};
 use crate::gen::peer::{RaftPeerSyncHandler, RaftPeerSyncProcessor};
+use crate::membership::{Admin, AdminRequest, NodeInfoRequest};
 use crate::router::Router;
 use crate::server::{self, Service};
 use crate::types::{NodeId, Raft, TypeConfig};
@@ -27,14 +28,22 @@ pub struct PeerService {
     router: Arc<Router>,
     /// For asking the leader whether it still leads while a snapshot chunk is processed.
     peers: Arc<PeerClients>,
+    /// Answers the leader's probe and admin requests forwarded to this node as leader.
+    admin: Arc<Admin>,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft, router: Arc<Router>, peers: Arc<PeerClients>) -> Self {
+    pub fn new(
+        raft: Raft,
+        router: Arc<Router>,
+        peers: Arc<PeerClients>,
+        admin: Arc<Admin>,
+    ) -> Self {
         Self {
             raft,
             router,
             peers,
+            admin,
         }
     }
 
@@ -135,6 +144,7 @@ impl PeerService {
         match method {
             PeerMethod::AppendEntries => {
                 let request: AppendEntriesRequest<TypeConfig> = decode(payload)?;
+                self.admin.standing().heard_from_leader();
                 encode(&self.raft.append_entries(request).await)
             }
             PeerMethod::Vote => {
@@ -162,6 +172,14 @@ impl PeerService {
                 let metrics = self.raft.metrics();
                 let metrics = metrics.borrow();
                 encode(&(metrics.state == ServerState::Leader && metrics.vote == vote))
+            }
+            PeerMethod::NodeInfo => {
+                let request: NodeInfoRequest = decode(payload)?;
+                encode(&self.admin.node_info(request))
+            }
+            PeerMethod::Admin => {
+                let request: AdminRequest = decode(payload)?;
+                encode(&self.admin.as_leader(request).await)
             }
         }
     }
@@ -200,6 +218,12 @@ impl RaftPeerSyncHandler for &Decoded {
     fn handle_leader_check(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
         self.record(PeerMethod::LeaderCheck, request)
     }
+    fn handle_node_info(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.record(PeerMethod::NodeInfo, request)
+    }
+    fn handle_admin(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.record(PeerMethod::Admin, request)
+    }
 }
 
 /// The second pass: every method answers with the same encoded result.
@@ -233,6 +257,12 @@ impl RaftPeerSyncHandler for Answer {
         self.take()
     }
     fn handle_leader_check(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.take()
+    }
+    fn handle_node_info(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.take()
+    }
+    fn handle_admin(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
         self.take()
     }
 }

@@ -8,8 +8,10 @@
 //! safety, and one that comes back empty would bootstrap a new cluster. Two small files guard
 //! against that:
 //!
-//! - `raftcache.json`, the identity: node id, cluster id, format version. Written once (temp
-//!   file, fsync, rename) when the data dir is created.
+//! - `raftcache.json`, the identity: node id, cluster id, format version. Written (temp file,
+//!   fsync, rename) when the data dir is created, and once more by a node that started without
+//!   a cluster (`--join`, `--no-bootstrap`) when a cluster adds it and it adopts that
+//!   cluster's id (`ClusterIdentity`).
 //! - `flushed`, the durability watermark: the highest log index and vote term made durable.
 //!   Rewritten after each log sync and vote (after, so it never claims more than the log
 //!   holds; and lowered before a log truncation). On open, the log must hold at least as much.
@@ -26,9 +28,13 @@ use crate::types::NodeId;
 
 pub const IDENTITY_FILE: &str = "raftcache.json";
 pub const WATERMARK_FILE: &str = "flushed";
-/// Bumped when the on-disk format changes incompatibly (3: the Raft log moved out of sled into
-/// segment files).
+/// Bumped when the on-disk format changes incompatibly. 3: the Raft log moved out of sled into
+/// segment files, and a member records its client address (`types::Node`), in the log, the
+/// state machine and snapshots alike.
 pub const FORMAT_VERSION: u32 = 3;
+/// The cluster id of a data dir whose node has not joined a cluster yet (`--join` or
+/// `--no-bootstrap` on first start): it adopts the id of the cluster that adds it.
+pub const PENDING_CLUSTER_ID: &str = "";
 /// The watermark is written as a fixed-size record so a rewrite never leaves stale bytes.
 const WATERMARK_RECORD_BYTES: usize = 32;
 
@@ -38,6 +44,14 @@ pub struct Identity {
     pub format: u32,
     pub node_id: NodeId,
     pub cluster_id: String,
+    /// Whether this node has been a member of its cluster's membership: from then on, a
+    /// membership without it means it was removed (before, it is still catching up).
+    #[serde(default)]
+    pub member: bool,
+    /// Whether the leader told this node it was removed (cleared when a cluster adds it
+    /// again).
+    #[serde(default)]
+    pub removed: bool,
 }
 
 impl Identity {
@@ -67,6 +81,92 @@ pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join(name))?;
     File::open(dir)?.sync_all()
+}
+
+/// The cluster a running node belongs to, as its identity file records it, with the one change
+/// allowed at run time: a node that has not joined a cluster yet adopts the id of the cluster
+/// that adds it (durably, before it answers that it agrees).
+pub struct ClusterIdentity {
+    dir: PathBuf,
+    current: Mutex<Identity>,
+}
+
+impl ClusterIdentity {
+    /// Reads the identity of an opened data dir.
+    pub fn load(dir: &Path) -> std::io::Result<Self> {
+        let current = Identity::read(dir)?.ok_or_else(|| {
+            std::io::Error::other(format!("{} is missing", dir.join(IDENTITY_FILE).display()))
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            current: Mutex::new(current),
+        })
+    }
+
+    /// The cluster id, or None while this node has not joined a cluster.
+    pub fn cluster_id(&self) -> Option<String> {
+        let current = self.current.lock().expect("identity lock");
+        (current.cluster_id != PENDING_CLUSTER_ID).then(|| current.cluster_id.clone())
+    }
+
+    /// Joins cluster `cluster_id`: adopts it if this node has none yet (written durably before
+    /// this returns), accepts it if it is already this node's. Err names the cluster this node
+    /// belongs to.
+    pub fn adopt(&self, cluster_id: &str) -> Result<(), String> {
+        let mut current = self.current.lock().expect("identity lock");
+        if current.cluster_id == cluster_id {
+            return Ok(());
+        }
+        if current.cluster_id != PENDING_CLUSTER_ID {
+            return Err(format!(
+                "it belongs to cluster {}, not {cluster_id}",
+                current.cluster_id
+            ));
+        }
+        let adopted = Identity {
+            cluster_id: cluster_id.to_string(),
+            ..current.clone()
+        };
+        adopted
+            .write(&self.dir)
+            .map_err(|e| format!("it cannot record the cluster id: {e}"))?;
+        tracing::info!(cluster_id, "joined a cluster: cluster id recorded");
+        *current = adopted;
+        Ok(())
+    }
+
+    /// Whether this node has ever been in its cluster's membership.
+    pub fn was_member(&self) -> bool {
+        self.current.lock().expect("identity lock").member
+    }
+
+    /// Records (durably, once) that this node is in its cluster's membership.
+    pub fn mark_member(&self) -> std::io::Result<()> {
+        self.update(|identity| identity.member = true)
+    }
+
+    /// Whether the leader told this node it was removed.
+    pub fn told_removed(&self) -> bool {
+        self.current.lock().expect("identity lock").removed
+    }
+
+    /// Records (durably) that the leader told this node it was removed, or, with `false`, that
+    /// a cluster added it again.
+    pub fn set_removed(&self, removed: bool) -> std::io::Result<()> {
+        self.update(|identity| identity.removed = removed)
+    }
+
+    /// Applies `change` and writes the identity if that changed it.
+    fn update(&self, change: impl FnOnce(&mut Identity)) -> std::io::Result<()> {
+        let mut current = self.current.lock().expect("identity lock");
+        let mut changed = current.clone();
+        change(&mut changed);
+        if changed != *current {
+            changed.write(&self.dir)?;
+            *current = changed;
+        }
+        Ok(())
+    }
 }
 
 /// What the log has made durable, as last recorded.
@@ -171,8 +271,35 @@ mod tests {
             format: FORMAT_VERSION,
             node_id: 3,
             cluster_id: "abc".into(),
+            member: false,
+            removed: false,
         };
         id.write(dir.path()).unwrap();
         assert_eq!(Identity::read(dir.path()).unwrap(), Some(id));
+    }
+
+    #[test]
+    fn a_pending_cluster_id_is_adopted_once_and_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let pending = Identity {
+            format: FORMAT_VERSION,
+            node_id: 4,
+            cluster_id: PENDING_CLUSTER_ID.into(),
+            member: false,
+            removed: false,
+        };
+        pending.write(dir.path()).unwrap();
+        let identity = ClusterIdentity::load(dir.path()).unwrap();
+        assert_eq!(identity.cluster_id(), None);
+        identity.adopt("c1").unwrap();
+        identity.adopt("c1").unwrap();
+        let refused = identity.adopt("c2").unwrap_err();
+        assert!(refused.contains("belongs to cluster c1"), "{refused}");
+        identity.mark_member().unwrap();
+        identity.set_removed(true).unwrap();
+        let reread = ClusterIdentity::load(dir.path()).unwrap();
+        assert_eq!(reread.cluster_id().as_deref(), Some("c1"));
+        assert!(reread.was_member());
+        assert!(reread.told_removed());
     }
 }

@@ -18,9 +18,9 @@ mod state_machine;
 
 use std::path::{Path, PathBuf};
 
-use integrity::{Identity, Watermark, FORMAT_VERSION};
+use integrity::{Identity, Watermark};
 
-pub use integrity::fnv1a;
+pub use integrity::{fnv1a, ClusterIdentity, FORMAT_VERSION, PENDING_CLUSTER_ID};
 pub use log::{FlushStats, LogStore};
 pub use sm_flush::StateFlusher;
 pub use state_machine::{StateMachine, StateReader};
@@ -55,6 +55,13 @@ pub enum OpenError {
         found: String,
         expected: String,
     },
+    /// The data dir was written by a raftcache with another on-disk format.
+    #[error("the data directory {path} holds format version {found}, and this raftcache reads only format {expected} (format 3 records each member's client address). Run the raftcache that wrote it, or start this node on an empty --data-dir and add it to the cluster as a new node (docs/operations.md)")]
+    Format {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     /// Another process holds the database.
     #[error("the database {path} is in use by another process: is another raftcache node running with this --data-dir?")]
     Locked { path: PathBuf },
@@ -87,7 +94,8 @@ impl Default for StoreOptions {
 /// database holds less than its watermark says was flushed.
 ///
 /// `cluster_id` is the id this start implies (from `--initial-cluster`), if any; a fresh data dir
-/// without one gets a random id.
+/// without one gets a random id, or, given `PENDING_CLUSTER_ID` (a node that will join a
+/// cluster), none until a cluster adds it (`ClusterIdentity::adopt`).
 pub async fn open(
     dir: &Path,
     id: NodeId,
@@ -262,6 +270,8 @@ fn check_identity(
                 format: FORMAT_VERSION,
                 node_id: id,
                 cluster_id,
+                member: false,
+                removed: false,
             };
             identity
                 .write(dir)
@@ -271,10 +281,11 @@ fn check_identity(
         }
         Some(identity) => {
             if identity.format != FORMAT_VERSION {
-                return Err(damaged(format!(
-                    "its format version is {}, this raftcache reads {FORMAT_VERSION}",
-                    identity.format
-                )));
+                return Err(OpenError::Format {
+                    path: dir.to_path_buf(),
+                    found: identity.format,
+                    expected: FORMAT_VERSION,
+                });
             }
             if identity.node_id != id {
                 return Err(OpenError::WrongNode {
@@ -283,7 +294,8 @@ fn check_identity(
                     expected: id,
                 });
             }
-            if let Some(expected) = cluster_id.filter(|c| *c != identity.cluster_id) {
+            let differs = |c: &&str| *c != PENDING_CLUSTER_ID && *c != identity.cluster_id;
+            if let Some(expected) = cluster_id.filter(differs) {
                 return Err(OpenError::WrongCluster {
                     path: dir.to_path_buf(),
                     found: identity.cluster_id,
@@ -366,4 +378,42 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 
 fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, bincode::Error> {
     bincode::deserialize(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_data_dir_of_an_older_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Identity {
+            format: 2,
+            node_id: 1,
+            cluster_id: "c".into(),
+            member: false,
+            removed: false,
+        };
+        old.write(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join("db")).unwrap();
+        let refused = open(dir.path(), 1, None, &StoreOptions::default())
+            .await
+            .err()
+            .expect("an older format must be refused");
+        assert!(
+            matches!(
+                refused,
+                OpenError::Format {
+                    found: 2,
+                    expected: FORMAT_VERSION,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("empty --data-dir"),
+            "{refused}"
+        );
+    }
 }

@@ -69,6 +69,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// `--initial-cluster`, if any (none: a one-node cluster of itself).
     pub initial_cluster: Option<String>,
+    /// More `serve` flags (`--join`, `--no-bootstrap`, `--admin-token`, ...).
+    pub extra_args: Vec<String>,
     pub log_path: PathBuf,
     child: Option<Child>,
 }
@@ -85,6 +87,7 @@ impl Node {
         if let Some(initial) = &self.initial_cluster {
             args.push(format!("--initial-cluster={initial}"));
         }
+        args.extend(self.extra_args.iter().cloned());
         args
     }
 
@@ -148,6 +151,22 @@ impl Node {
                 self.id,
                 self.log_tail(30)
             );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits up to `within` for the process to exit by itself; returns its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(POLL);
         }
     }
@@ -263,11 +282,44 @@ impl Cluster {
                 peer_addr: addrs[(2 * id - 1) as usize],
                 data_dir: dir.path().join(format!("node-{id}")),
                 initial_cluster: with_initial_cluster.then(|| initial.join(",")),
+                extra_args: Vec::new(),
                 log_path: dir.path().join(format!("node-{id}.log")),
                 child: None,
             })
             .collect();
         Cluster { nodes, dir }
+    }
+
+    /// Starts `n` nodes bootstrapped together, each with the extra `serve` flags `extra`.
+    pub fn start_with(n: u64, extra: &[&str]) -> Self {
+        let mut cluster = Self::create(n, true);
+        for node in &mut cluster.nodes {
+            node.extra_args = extra.iter().map(|s| s.to_string()).collect();
+            node.spawn();
+        }
+        for node in &mut cluster.nodes {
+            node.wait_up();
+        }
+        cluster.wait_leader(&cluster.ids());
+        cluster
+    }
+
+    /// Adds a node (id: one more than the last) with fresh addresses and data dir and the
+    /// `serve` flags `extra`, without starting it. Returns its id.
+    pub fn add_node(&mut self, extra: &[String]) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let addrs = free_addrs(2);
+        self.nodes.push(Node {
+            id,
+            client_addr: addrs[0],
+            peer_addr: addrs[1],
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            initial_cluster: None,
+            extra_args: extra.to_vec(),
+            log_path: self.dir.path().join(format!("node-{id}.log")),
+            child: None,
+        });
+        id
     }
 
     pub fn ids(&self) -> Vec<u64> {

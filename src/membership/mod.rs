@@ -1,0 +1,286 @@
+//! Membership administration: the admin requests behind `raftcache admin members|add-learner|
+//! promote|demote|remove-node|add-node|replace-node`, carried out on the leader.
+//!
+//! - A request that reaches a follower is forwarded to the leader over the peer RPC (the same
+//!   `PeerClients` the write path forwards with), and the leader's answer is returned: an
+//!   operator can point the CLI at any member.
+//! - The leader checks the safety rules (`safety.rs`) against which members answer its peer
+//!   probe right now, refuses a change while another is in progress, then proposes the change
+//!   through openraft (joint consensus) and answers once it is committed.
+//! - The probe (`node_info` on the peer port) also tells the leader a new node's client
+//!   address, and has a node that started without a cluster adopt this cluster's id.
+//! - `standing.rs`: whether this node is waiting, a member, or was removed.
+//! - `join.rs`: `serve --join`, a node asking a cluster to add it.
+
+mod join;
+mod leader;
+pub mod safety;
+mod standing;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+pub use join::{add_node, join_cluster, CatchUp, JoinRequest};
+pub use standing::{lists, Standing};
+
+use crate::network::{PeerClients, PeerError, PeerMethod};
+use crate::store::ClusterIdentity;
+use crate::types::{NodeId, Raft};
+
+/// One membership change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Add node `id` at `peer_addr` as a learner.
+    AddLearner { id: NodeId, peer_addr: String },
+    /// Make learner `id` a voter.
+    Promote { id: NodeId },
+    /// Make voter `id` a learner.
+    Demote { id: NodeId },
+    /// Remove voter or learner `id`.
+    Remove { id: NodeId },
+    /// Replace voter `old` by learner `new` in one joint-consensus change.
+    Replace { old: NodeId, new: NodeId },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::AddLearner { id, peer_addr } => write!(f, "adding learner {id} at {peer_addr}"),
+            Change::Promote { id } => write!(f, "promoting node {id}"),
+            Change::Demote { id } => write!(f, "demoting node {id}"),
+            Change::Remove { id } => write!(f, "removing node {id}"),
+            Change::Replace { old, new } => write!(f, "replacing node {old} by node {new}"),
+        }
+    }
+}
+
+/// What an admin caller asks of the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminRequest {
+    Members,
+    Change { change: Change, force: bool },
+}
+
+/// One member as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub peer_addr: String,
+    pub client_addr: String,
+    pub voter: bool,
+    pub reachable: bool,
+    /// Entries behind the leader's last log entry (None: no progress known yet).
+    pub lag: Option<u64>,
+}
+
+/// The membership as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersView {
+    pub leader: NodeId,
+    pub last_log_index: u64,
+    /// A joint configuration is in effect: a change is in progress.
+    pub changing: bool,
+    pub members: Vec<MemberView>,
+}
+
+/// Why an admin request failed.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum AdminError {
+    /// This node does not lead (`leader`: who it thinks does). Forwarding handles it.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// Refused and not made: a safety rule, a change in progress, or a wrong argument.
+    #[error("{0}")]
+    Refused(String),
+    /// No leader or no quorum in time. A change may or may not have been made: the message
+    /// says so, and `admin members` tells.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The leader's probe of a node's peer port: "are you node `id`? you belong to `cluster_id`",
+/// and, after a removal, "you were removed" (`removed`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfoRequest {
+    pub id: NodeId,
+    pub cluster_id: String,
+    pub removed: bool,
+}
+
+/// A node's answer to the probe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub client_addr: String,
+}
+
+/// Admin requests on one node.
+pub struct Admin {
+    id: NodeId,
+    raft: Raft,
+    peers: Arc<PeerClients>,
+    /// Whether this node is waiting, a member, or removed.
+    standing: Arc<Standing>,
+    /// Where clients reach this node (reported by the probe).
+    client_addr: String,
+    /// How long a probe of a peer port may take.
+    probe_timeout: Duration,
+    /// How long a request may wait for a leader or for its change to commit.
+    deadline: Duration,
+    /// Held while this leader makes a change: a second one is refused, never queued.
+    changing: tokio::sync::Mutex<()>,
+    /// Proposals still running here, including ones whose caller gave up at its deadline.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Longest wait between two attempts while no leader is known.
+const LEADER_POLL: Duration = Duration::from_millis(100);
+
+impl Admin {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        peers: Arc<PeerClients>,
+        standing: Arc<Standing>,
+        client_addr: String,
+        probe_timeout: Duration,
+        deadline: Duration,
+    ) -> Self {
+        Self {
+            id,
+            raft,
+            peers,
+            standing,
+            client_addr,
+            probe_timeout,
+            deadline,
+            changing: tokio::sync::Mutex::new(()),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Carries out `request` on the leader: here, or forwarded to it. Waits for a leader up
+    /// to the deadline.
+    pub async fn handle(&self, request: AdminRequest) -> Result<MembersView, AdminError> {
+        let deadline = Instant::now() + self.deadline;
+        loop {
+            if self.standing.removed() {
+                return Err(AdminError::Unavailable(self.standing.removed_message()));
+            }
+            if self.standing.waiting() {
+                return Err(AdminError::Unavailable(self.no_leader_message()));
+            }
+            let leader = self.raft.metrics().borrow().current_leader;
+            let outcome = match leader {
+                Some(leader) if leader == self.id => self.as_leader(request.clone()).await,
+                Some(leader) => self.forward(leader, &request, deadline).await,
+                None => Err(AdminError::NotLeader { leader: None }),
+            };
+            match outcome {
+                Err(AdminError::NotLeader { .. }) if Instant::now() < deadline => {
+                    let mut metrics = self.raft.metrics();
+                    let until = deadline.min(Instant::now() + LEADER_POLL);
+                    let _ = tokio::time::timeout_at(until, metrics.changed()).await;
+                }
+                Err(AdminError::NotLeader { .. }) => {
+                    return Err(AdminError::Unavailable(self.no_leader_message()))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn no_leader_message(&self) -> String {
+        if self.standing.waiting() {
+            return format!(
+                "node {} is not a member of any cluster yet: ask a member, or add this node with `raftcache admin add-node`",
+                self.id
+            );
+        }
+        format!(
+            "no leader within the request deadline of {} ms",
+            self.deadline.as_millis()
+        )
+    }
+
+    /// Sends `request` to the leader over the peer RPC.
+    async fn forward(
+        &self,
+        leader: NodeId,
+        request: &AdminRequest,
+        deadline: Instant,
+    ) -> Result<MembersView, AdminError> {
+        let Some(addr) = crate::network::peer_addr(&self.raft, leader) else {
+            return Err(AdminError::NotLeader { leader: None });
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now()) + self.deadline;
+        self.peers
+            .rpc::<_, Result<MembersView, AdminError>>(
+                leader,
+                &addr,
+                PeerMethod::Admin,
+                request,
+                timeout,
+            )
+            .await
+            .map_err(|e| match (request, &e) {
+                // Nothing was delivered, or nothing changes: asking again is safe.
+                (_, PeerError::Unreachable { .. }) | (AdminRequest::Members, _) => {
+                    AdminError::NotLeader { leader: None }
+                }
+                (AdminRequest::Change { .. }, _) => AdminError::Unavailable(format!(
+                    "the leader (node {leader}) did not answer: {e}; the change may or may not have been made (see `raftcache admin members`)"
+                )),
+            })?
+    }
+
+    /// Answers the leader's probe: who this node is, after joining the prober's cluster.
+    pub fn node_info(&self, request: NodeInfoRequest) -> Result<NodeInfo, String> {
+        if request.id != self.id {
+            return Err(format!(
+                "the node there is node {}, not node {}",
+                self.id, request.id
+            ));
+        }
+        let identity = self.identity_store();
+        identity.adopt(&request.cluster_id)?;
+        if request.removed || identity.told_removed() {
+            // Told it was removed; or probed to be added again, after a removal.
+            identity
+                .set_removed(request.removed)
+                .map_err(|e| format!("it cannot record its removal: {e}"))?;
+            tracing::warn!(removed = request.removed, "the leader says so");
+        }
+        Ok(NodeInfo {
+            id: self.id,
+            client_addr: self.client_addr.clone(),
+        })
+    }
+
+    fn identity_store(&self) -> &ClusterIdentity {
+        self.standing.identity()
+    }
+
+    /// This node's standing (the peer service tells it when the leader sends).
+    pub fn standing(&self) -> &Standing {
+        &self.standing
+    }
+}
+
+/// Voter ids of the target configuration.
+fn target_voters(raft: &Raft) -> BTreeSet<NodeId> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    metrics
+        .membership_config
+        .membership()
+        .get_joint_config()
+        .last()
+        .cloned()
+        .unwrap_or_default()
+}
