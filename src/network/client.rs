@@ -23,7 +23,6 @@ use thrift::protocol::{
     TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol,
     TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier, TType,
 };
-use thrift::TConfiguration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -259,16 +258,8 @@ fn encode_call(method: Method, payload: &[u8]) -> Vec<u8> {
 
 /// Decodes the answer to a call of `method`: its `binary` result, or why there is none.
 fn decode_reply(method: Method, answer: &[u8]) -> Result<Vec<u8>, String> {
-    let size = answer.len().max(1);
-    let config = TConfiguration::builder()
-        .max_message_size(Some(size))
-        .max_frame_size(Some(size))
-        .max_string_size(Some(size))
-        .max_container_size(Some(size))
-        .max_recursion_depth(Some(frame::MAX_DEPTH))
-        .build()
-        .expect("limits are positive");
-    let mut protocol = TBinaryInputProtocol::with_config(answer, true, config);
+    let limits = crate::server::in_memory_limits(answer);
+    let mut protocol = TBinaryInputProtocol::with_config(answer, true, limits);
     let result: thrift::Result<Option<Vec<u8>>> = (|| {
         let ident = protocol.read_message_begin()?;
         if ident.message_type == TMessageType::Exception {

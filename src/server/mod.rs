@@ -56,20 +56,25 @@ pub trait Service: Send + Sync + 'static {
 /// Fails only if the message header itself is unreadable. No string or container in the
 /// request is allowed to claim more bytes than the whole request has.
 pub fn process(processor: &dyn TProcessor, request: &[u8]) -> thrift::Result<Vec<u8>> {
-    let size = request.len().max(1);
-    let config = TConfiguration::builder()
+    let mut input = TBinaryInputProtocol::with_config(request, true, in_memory_limits(request));
+    let mut answer = Vec::new();
+    let mut output = TBinaryOutputProtocol::new(&mut answer, true);
+    processor.process(&mut input, &mut output)?;
+    Ok(answer)
+}
+
+/// Limits for decoding one whole message held in memory: no string or container may claim more
+/// bytes than the message has, and nesting stops at `frame::MAX_DEPTH`.
+pub fn in_memory_limits(message: &[u8]) -> TConfiguration {
+    let size = message.len().max(1);
+    TConfiguration::builder()
         .max_message_size(Some(size))
         .max_frame_size(Some(size))
         .max_string_size(Some(size))
         .max_container_size(Some(size))
         .max_recursion_depth(Some(frame::MAX_DEPTH))
         .build()
-        .expect("limits are positive");
-    let mut input = TBinaryInputProtocol::with_config(request, true, config);
-    let mut answer = Vec::new();
-    let mut output = TBinaryOutputProtocol::new(&mut answer, true);
-    processor.process(&mut input, &mut output)?;
-    Ok(answer)
+        .expect("limits are positive")
 }
 
 /// Bytes read from a socket at a time, at most.
