@@ -380,16 +380,20 @@ impl RunningNode {
     }
 
     /// Resolves when this node's Raft stops by itself (a fatal storage error), as opposed to
-    /// through `shutdown`.
+    /// through `shutdown`, within `STOPPED_POLL`.
+    ///
+    /// Polled rather than woken by every change of openraft's metrics: they change with every
+    /// commit, and waking the thread that waits here for each one cost a context switch per
+    /// write batch.
     pub async fn raft_stopped(&self) {
-        let mut metrics = self.raft.metrics();
+        let metrics = self.raft.metrics();
         loop {
-            if metrics.borrow().state == openraft::ServerState::Shutdown {
+            if metrics.has_changed().is_err()
+                || metrics.borrow().state == openraft::ServerState::Shutdown
+            {
                 return;
             }
-            if metrics.changed().await.is_err() {
-                return;
-            }
+            tokio::time::sleep(STOPPED_POLL).await;
         }
     }
 
@@ -467,6 +471,9 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// How often `raft_stopped` looks whether Raft stopped.
+const STOPPED_POLL: Duration = Duration::from_millis(200);
 
 /// Longest a shutdown step waits (a client request in flight may wait for its deadline).
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);

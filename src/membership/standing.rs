@@ -81,11 +81,21 @@ impl Standing {
         });
         let watcher = standing.clone();
         let mut metrics = raft.metrics();
-        standing.update(&metrics.borrow().membership_config.clone());
+        let mut seen = metrics.borrow().membership_config.clone();
+        standing.update(&seen);
         tokio::spawn(async move {
             while metrics.changed().await.is_ok() {
-                let membership = metrics.borrow().membership_config.clone();
-                watcher.update(&membership);
+                // Metrics change with every commit; the membership rarely does.
+                let changed = {
+                    let now = metrics.borrow();
+                    (now.membership_config.log_id() != seen.log_id()
+                        || now.membership_config.membership() != seen.membership())
+                    .then(|| now.membership_config.clone())
+                };
+                if let Some(membership) = changed {
+                    watcher.update(&membership);
+                    seen = membership;
+                }
             }
         });
         standing
