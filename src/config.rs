@@ -149,6 +149,11 @@ pub struct NodeConfig {
     /// sled's page cache, in bytes.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     pub cache_capacity_bytes: u64,
+
+    /// Size at which a Raft log segment file is closed and a new one started; the log is
+    /// deleted a whole segment at a time behind each snapshot.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub log_segment_bytes: u64,
 }
 
 /// The voters named by `--initial-cluster`: node id to addresses.

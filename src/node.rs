@@ -264,6 +264,7 @@ async fn open_core(
         cluster_id.as_deref(),
         &StoreOptions {
             cache_capacity_bytes: config.cache_capacity_bytes,
+            log_segment_bytes: config.log_segment_bytes,
         },
     )
     .await?;

@@ -30,8 +30,16 @@ async fn wait_caught_up_by_snapshot(cluster: &TestCluster, lagging: NodeId, lead
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
-    let mut cluster =
-        TestCluster::start(3, &["--snapshot-every=50", "--snapshot-keep-log=10"]).await;
+    // Small log segments, so that the log rotates through many and purges whole ones.
+    let mut cluster = TestCluster::start(
+        3,
+        &[
+            "--snapshot-every=50",
+            "--snapshot-keep-log=10",
+            "--log-segment-bytes=4096",
+        ],
+    )
+    .await;
     let leader = cluster.wait_for_leader().await;
     let lagging = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     cluster
@@ -74,6 +82,27 @@ async fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     assert!(
         purged.is_some_and(|p| p > lagging_last),
         "leader purged up to {purged:?}; the follower holds up to {lagging_last}: the test would not need a snapshot"
+    );
+
+    phase("the leader's log rotated through segments and deleted those behind the purge point");
+    let log_dir = cluster.dir.path().join(format!("node-{leader}/log"));
+    let mut segment_starts: Vec<u64> = std::fs::read_dir(&log_dir)
+        .expect("log dir")
+        .filter_map(|e| {
+            let name = e.expect("entry").file_name().into_string().ok()?;
+            name.strip_suffix(".seg")?.parse().ok()
+        })
+        .collect();
+    segment_starts.sort_unstable();
+    assert!(
+        segment_starts.len() > 1,
+        "400 entries rotate 4 KiB segments: {segment_starts:?}"
+    );
+    let purged = purged.expect("checked above");
+    assert!(
+        segment_starts[0] > 0 && segment_starts[0] <= purged + 1,
+        "the oldest segment left starts after index 0, at or before the first kept entry {}: {segment_starts:?}",
+        purged + 1
     );
 
     phase("restart the follower: it installs a snapshot and catches up");

@@ -26,8 +26,8 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_FILE: &str = "vote";
 const PURGED_FILE: &str = "purged";
-/// A segment file that reaches this size is closed and the next append starts a new one; the
-/// log is deleted a segment at a time behind each snapshot.
+/// The default size at which a segment file is closed and the next append starts a new one
+/// (`--log-segment-bytes`); the log is deleted a segment at a time behind each snapshot.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The log store. Cheap to clone: clones share the same files.
@@ -88,6 +88,7 @@ impl LogStore {
     /// Opens the log in `dir` (creating it). `state` flushes the state machine.
     pub(super) fn open(
         dir: &Path,
+        segment_bytes: u64,
         state: StateFlusher,
         watermark: Watermark,
     ) -> Result<Self, LogOpenError> {
@@ -95,7 +96,7 @@ impl LogStore {
         let vote: Option<Vote> = read_small(dir, VOTE_FILE)?;
         let last_purged: Option<LogId> = read_small(dir, PURGED_FILE)?;
         let (segments, cut_bytes) =
-            SegmentLog::open(dir, SEGMENT_BYTES, last_purged.map(|p| p.index))?;
+            SegmentLog::open(dir, segment_bytes, last_purged.map(|p| p.index))?;
         if cut_bytes > 0 {
             tracing::warn!(cut_bytes, "the log ended in an unfinished append, cut off");
         }

@@ -79,12 +79,15 @@ pub enum OpenError {
 pub struct StoreOptions {
     /// sled's page cache size in bytes (`--cache-capacity-bytes`).
     pub cache_capacity_bytes: u64,
+    /// Size at which a log segment is closed (`--log-segment-bytes`).
+    pub log_segment_bytes: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             cache_capacity_bytes: 256 * 1024 * 1024,
+            log_segment_bytes: log::SEGMENT_BYTES,
         }
     }
 }
@@ -132,13 +135,18 @@ pub async fn open(
     let sm_meta = open_tree(TREE_SM_META)?;
     let flusher = StateFlusher::new(db.clone(), sm_meta.clone(), watermark.clone());
     let log_dir = dir.join(LOG_DIR);
-    let log =
-        LogStore::open(&log_dir, flusher.clone(), watermark.clone()).map_err(|e| match e {
-            log::LogOpenError::Damaged(reason) => damaged(format!("its log is damaged: {reason}")),
-            log::LogOpenError::Io(e) => {
-                damaged(format!("cannot read its log {}: {e}", log_dir.display()))
-            }
-        })?;
+    let log = LogStore::open(
+        &log_dir,
+        opts.log_segment_bytes,
+        flusher.clone(),
+        watermark.clone(),
+    )
+    .map_err(|e| match e {
+        log::LogOpenError::Damaged(reason) => damaged(format!("its log is damaged: {reason}")),
+        log::LogOpenError::Io(e) => {
+            damaged(format!("cannot read its log {}: {e}", log_dir.display()))
+        }
+    })?;
 
     let storage = |source| OpenError::Storage {
         path: db_path.clone(),
