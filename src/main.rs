@@ -11,7 +11,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => serve(*config),
-        other => run_client(other),
+        other => {
+            // A client command's output may go to a pipe that closes early (`| head`): end
+            // quietly as other command-line tools do, rather than panic on a failed print.
+            // SAFETY: setting a signal's disposition to its default, before any thread exists.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
+            run_client(other)
+        }
     }
 }
 
