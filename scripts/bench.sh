@@ -7,6 +7,8 @@
 #   CLIENTS="1 64" OPS="put" REPEAT=5 SECONDS_PER_RUN=10 scripts/bench.sh
 #   ADDRS=leader scripts/bench.sh         # send everything to the leader instead
 #   SERVE_FLAGS="--batch-max-in-flight 2" scripts/bench.sh   # extra `serve` flags
+#   BENCH_FLAGS="--threads" scripts/bench.sh                  # extra `raftcache-bench` flags
+#   BIN=/path/to/other/raftcache scripts/bench.sh            # the nodes run another build
 #
 # Every commit is flushed (the only mode raftcache has). Values are VALUE_BYTES (100) bytes over
 # KEYS (10,000) keys. Flushes/s is the sum over the three nodes of `status`'s log_flushes.
@@ -22,9 +24,10 @@ KEYS=${KEYS:-10000}
 BASE=${BASE_PORT:-9700}
 ADDRS=${ADDRS:-all}
 SERVE_FLAGS=${SERVE_FLAGS:-}  # extra flags for every node, e.g. "--batch-max-in-flight 2"
+BENCH_FLAGS=${BENCH_FLAGS:-}  # extra flags for the load generator, e.g. "--threads"
 
 cargo build --release --quiet --bin raftcache --bin raftcache-bench
-bin=target/release/raftcache
+bin=${BIN:-target/release/raftcache}
 bench=target/release/raftcache-bench
 work=$(mktemp -d)
 pids=()
@@ -68,7 +71,7 @@ for op in $OPS; do
     for _ in $(seq 1 "$REPEAT"); do
       f0=$(flushes)
       line=$("$bench" --addrs "$targets" --clients "$c" --op "$op" --seconds "$SECONDS_PER_RUN" \
-        --keys "$KEYS" --value-bytes "$VALUE_BYTES" --pids "$pidlist")
+        --keys "$KEYS" --value-bytes "$VALUE_BYTES" --pids "$pidlist" $BENCH_FLAGS)
       f1=$(flushes)
       rows+=("$line flushes=$((f1 - f0))")
     done
