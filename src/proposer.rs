@@ -19,7 +19,9 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::network::{peer_addr, ForwardError, ForwardRequest, PeerClients, PeerError, PeerMethod};
+use crate::network::{
+    leader_replaced, peer_addr, ForwardError, ForwardRequest, PeerClients, PeerError, PeerMethod,
+};
 use crate::types::{Batch, NodeId, Raft, Request, Response};
 
 /// Bounds on proposal batching.
@@ -224,11 +226,22 @@ impl Batcher {
                 };
                 // A little longer than the leader's own deadline, so its answer can arrive.
                 let timeout = self.limits.forward_timeout + Duration::from_millis(500);
-                match self.peers.rpc(leader, &addr, PeerMethod::Forward, &request, timeout).await {
-                    Ok(answers) => Ok(answers),
-                    Err(e @ PeerError::Unreachable { .. }) => Err(ForwardError::TryAgain(e.to_string())),
-                    Err(e @ PeerError::NoAnswer { .. }) => Err(ForwardError::Failed(format!(
-                        "lost contact with the leader after sending the request; it may or may not have been applied: {e}"
+                let call = self
+                    .peers
+                    .rpc(leader, &addr, PeerMethod::Forward, &request, timeout);
+                // A leader whose host died answers nothing, not even a refusal: without this,
+                // the call (and every batch queued behind it) would wait out the whole timeout
+                // although this node stopped following that leader long before.
+                tokio::select! {
+                    answer = call => match answer {
+                        Ok(answers) => Ok(answers),
+                        Err(e @ PeerError::Unreachable { .. }) => Err(ForwardError::TryAgain(e.to_string())),
+                        Err(e @ PeerError::NoAnswer { .. }) => Err(ForwardError::Failed(format!(
+                            "lost contact with the leader after sending the request; it may or may not have been applied: {e}"
+                        ))),
+                    },
+                    () = leader_replaced(&self.raft, leader) => Err(ForwardError::Failed(format!(
+                        "node {leader} stopped being this node's leader while the request was with it (it went silent or lost an election); the write may or may not have been applied"
                     ))),
                 }
             }

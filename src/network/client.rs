@@ -130,6 +130,13 @@ impl PeerClients {
                 reason: "link cut by a test fault".into(),
             });
         }
+        if self.faults.is_silent(self.from, to) {
+            tokio::time::sleep(timeout).await;
+            return Err(PeerError::NoAnswer {
+                addr: addr.to_string(),
+                reason: "no answer within the timeout (link silenced by a test fault)".into(),
+            });
+        }
         if method == Method::InstallSnapshot {
             let delay = self.faults.snapshot_chunk_delay();
             if !delay.is_zero() {
