@@ -1,0 +1,241 @@
+//! The compose cluster as a user runs it: `cluster/docker-compose.yml` started with docker-compose
+//! on the image `cluster/build-image.sh` built, three containers on their own network. Checks
+//! that it bootstraps by itself, that every published port serves reads and writes, that writes
+//! keep working through the other two after `docker kill` of the leader, and that the killed
+//! node rejoins and catches up.
+//!
+//! This test builds nothing. It uses the image named by `RAFTCACHE_IMAGE` (default
+//! `raftcache:local`) and skips, saying why, when docker, docker-compose or the image is missing,
+//! unless `RAFTCACHE_REQUIRE_DOCKER=1` (set by `scripts/test.sh` after it built the image), when
+//! it fails instead. It runs as its own compose project on free ports, so it can run beside a
+//! user's cluster, and removes its containers, network and volumes when it ends, even on failure.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use raftcache::client::{describe_error, CacheClient};
+
+/// How long the cluster may take to elect a leader, a write to succeed after the leader is
+/// killed, or the killed node to catch up. Generous: a shared 2-core machine can be slow, and
+/// nothing here measures speed.
+const DEADLINE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(200);
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn phase(name: &str) {
+    eprintln!("--- compose: {name}");
+}
+
+/// One compose project of `cluster/docker-compose.yml`, taken down with its volumes on drop.
+struct Compose {
+    project: String,
+    file: PathBuf,
+    image: String,
+    ports: [u16; 3],
+}
+
+impl Compose {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("docker-compose");
+        cmd.arg("-p").arg(&self.project).arg("-f").arg(&self.file);
+        cmd.args(args);
+        cmd.env("RAFTCACHE_IMAGE", &self.image);
+        for (i, port) in self.ports.iter().enumerate() {
+            cmd.env(format!("RAFTCACHE_PORT_{}", i + 1), port.to_string());
+        }
+        cmd
+    }
+
+    /// Runs docker-compose with `args`; panics with its output if it fails.
+    fn run(&self, args: &[&str]) -> String {
+        let output = self.command(args).output().expect("docker-compose runs");
+        check_output(&format!("docker-compose {}", args.join(" ")), output)
+    }
+
+    fn addr(&self, node: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[node - 1])
+    }
+
+    /// The id of node `node`'s container.
+    fn container(&self, node: usize) -> String {
+        self.run(&["ps", "-q", &format!("node{node}")])
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        phase("down -v");
+        if std::thread::panicking() {
+            if let Ok(out) = self.command(&["logs", "--no-color", "--tail=40"]).output() {
+                eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+            }
+        }
+        match self.command(&["down", "-v", "--timeout", "5"]).output() {
+            Ok(out) if out.status.success() => {}
+            other => eprintln!("compose: down -v of {} failed: {other:?}", self.project),
+        }
+    }
+}
+
+fn check_output(what: &str, output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Why this test cannot run here, if it cannot.
+fn missing_prerequisite(image: &str) -> Option<String> {
+    let works = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if !works("docker", &["info"]) {
+        return Some("docker is not installed or its daemon is not reachable".into());
+    }
+    if !works("docker-compose", &["version"]) {
+        return Some("docker-compose is not installed".into());
+    }
+    if !works("docker", &["image", "inspect", image]) {
+        return Some(format!(
+            "no image {image}: build it with cluster/build-image.sh"
+        ));
+    }
+    None
+}
+
+/// Three ports free on the loopback right now.
+fn free_ports() -> [u16; 3] {
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    let port = |i: usize| listeners[i].local_addr().unwrap().port();
+    [port(0), port(1), port(2)]
+}
+
+/// Polls `attempt` until it returns `Some`, or panics after `DEADLINE` with its last error.
+fn eventually<T>(what: &str, mut attempt: impl FnMut() -> Result<Option<T>, String>) -> T {
+    let start = Instant::now();
+    loop {
+        let last = match attempt() {
+            Ok(Some(value)) => return value,
+            Ok(None) => "not yet".to_string(),
+            Err(e) => e,
+        };
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what}: not within {DEADLINE:?} (last: {last})"
+        );
+        sleep(POLL);
+    }
+}
+
+fn client(addr: &str) -> Result<CacheClient, String> {
+    CacheClient::connect(addr, CALL_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))
+}
+
+/// The leader every one of `nodes` names, once they agree.
+fn agreed_leader(compose: &Compose, nodes: &[usize]) -> Result<Option<usize>, String> {
+    let mut leaders = Vec::new();
+    for &node in nodes {
+        let status = client(&compose.addr(node))?
+            .status()
+            .map_err(|e| describe_error(&e))?;
+        leaders.push(status.leader);
+    }
+    Ok(match leaders[0] {
+        Some(l) if leaders.iter().all(|x| *x == Some(l)) => Some(l as usize),
+        _ => None,
+    })
+}
+
+fn put(addr: &str, key: &str, value: &str) -> Result<Option<()>, String> {
+    let ok = client(addr)?
+        .put(key, value)
+        .map_err(|e| describe_error(&e))?;
+    assert!(ok, "put answered false");
+    Ok(Some(()))
+}
+
+fn get(addr: &str, key: &str, linearizable: bool) -> Result<Option<String>, String> {
+    client(addr)?
+        .get(key, linearizable)
+        .map_err(|e| describe_error(&e))
+}
+
+#[test]
+fn the_compose_cluster_bootstraps_serves_every_port_and_survives_killing_the_leader() {
+    let image = std::env::var("RAFTCACHE_IMAGE").unwrap_or_else(|_| "raftcache:local".into());
+    if let Some(reason) = missing_prerequisite(&image) {
+        let required = std::env::var("RAFTCACHE_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+        assert!(!required, "RAFTCACHE_REQUIRE_DOCKER=1 but {reason}");
+        eprintln!("compose: SKIPPED: {reason}");
+        return;
+    }
+    let compose = Compose {
+        project: format!("raftcache-test-{}", std::process::id()),
+        file: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cluster/docker-compose.yml"),
+        image,
+        ports: free_ports(),
+    };
+    phase("up -d: three nodes bootstrap from --initial-cluster by service name");
+    compose.run(&["up", "-d"]);
+    let leader = eventually("the three nodes agree on a leader", || {
+        agreed_leader(&compose, &[1, 2, 3])
+    });
+
+    phase("a write through each port is read linearizably through every port");
+    for writer in 1..=3 {
+        let key = format!("via-{writer}");
+        eventually("write", || put(&compose.addr(writer), &key, "v"));
+        for reader in 1..=3 {
+            let found = get(&compose.addr(reader), &key, true).unwrap();
+            assert_eq!(
+                found.as_deref(),
+                Some("v"),
+                "{key} read through node{reader}"
+            );
+        }
+    }
+
+    phase("docker kill the leader; writes through each survivor succeed again");
+    let survivors: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
+    let killed = compose.container(leader);
+    check_output(
+        "docker kill",
+        Command::new("docker")
+            .args(["kill", &killed])
+            .output()
+            .unwrap(),
+    );
+    for &node in &survivors {
+        let key = format!("after-kill-{node}");
+        eventually("a write through a survivor", || {
+            put(&compose.addr(node), &key, "w")
+        });
+    }
+    let new_leader = eventually("the survivors agree on a new leader", || {
+        agreed_leader(&compose, &survivors)
+    });
+    assert_ne!(new_leader, leader, "the killed node cannot lead");
+
+    phase("the killed node starts again and catches up");
+    compose.run(&["start", &format!("node{leader}")]);
+    for &node in &survivors {
+        let key = format!("after-kill-{node}");
+        eventually("the restarted node holds the writes it missed", || {
+            Ok(get(&compose.addr(leader), &key, false)?.filter(|v| v == "w"))
+        });
+    }
+}
