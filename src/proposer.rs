@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::network::{
     leader_replaced, peer_addr, ForwardError, ForwardRequest, PeerClients, PeerError, PeerMethod,
+    SendGate,
 };
 use crate::types::{Batch, NodeId, Raft, Request, Response};
 
@@ -226,13 +227,20 @@ impl Batcher {
                 };
                 // A little longer than the leader's own deadline, so its answer can arrive.
                 let timeout = self.limits.forward_timeout + Duration::from_millis(500);
-                let call = self
-                    .peers
-                    .rpc(leader, &addr, PeerMethod::Forward, &request, timeout);
+                let gate = Arc::new(SendGate::default());
+                let call = self.peers.rpc_gated(
+                    leader,
+                    &addr,
+                    PeerMethod::Forward,
+                    &request,
+                    timeout,
+                    gate.clone(),
+                );
                 // A leader whose host died answers nothing, not even a refusal: without this,
                 // the call (and every batch queued behind it) would wait out the whole timeout
                 // although this node stopped following that leader long before.
                 tokio::select! {
+                    biased;
                     answer = call => match answer {
                         Ok(answers) => Ok(answers),
                         Err(e @ PeerError::Unreachable { .. }) => Err(ForwardError::TryAgain(e.to_string())),
@@ -240,9 +248,7 @@ impl Batcher {
                             "lost contact with the leader after sending the request; it may or may not have been applied: {e}"
                         ))),
                     },
-                    () = leader_replaced(&self.raft, leader) => Err(ForwardError::Failed(format!(
-                        "node {leader} stopped being this node's leader while the request was with it (it went silent or lost an election); the write may or may not have been applied"
-                    ))),
+                    () = leader_replaced(&self.raft, leader) => Err(leader_gone(leader, &gate)),
                 }
             }
         };
@@ -267,6 +273,20 @@ impl Batcher {
                 }
             }
         }
+    }
+}
+
+/// The answer for a batch whose leader was replaced while the batch was being forwarded: try
+/// again if it never left this node, else its outcome is unknown.
+fn leader_gone(leader: NodeId, gate: &SendGate) -> ForwardError {
+    if gate.close() {
+        ForwardError::TryAgain(format!(
+            "node {leader} stopped being this node's leader before the request was sent"
+        ))
+    } else {
+        ForwardError::Failed(format!(
+            "node {leader} stopped being this node's leader while the request was with it (it went silent or lost an election); the write may or may not have been applied"
+        ))
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::{Method as PeerMethod, PeerClients, PeerError, PeerNetwork};
+pub use client::{Method as PeerMethod, PeerClients, PeerError, PeerNetwork, SendGate};
 pub use service::PeerService;
 
 use crate::types::{NodeId, Request};
