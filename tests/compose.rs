@@ -2,7 +2,8 @@
 //! on the image `cluster/build-image.sh` built, three containers on their own network. Checks
 //! that it bootstraps by itself, that every published port serves reads and writes, that writes
 //! keep working through the other two after `docker kill` of the leader, and that the killed
-//! node rejoins and catches up.
+//! node rejoins and catches up; and that a history of concurrent clients recorded across the
+//! kill and the restart is linearizable (`raftcache::linearizability`).
 //!
 //! This test builds nothing. It uses the image named by `RAFTCACHE_IMAGE` (default
 //! `raftcache:local`) and skips, saying why, when docker, docker-compose or the image is missing,
@@ -16,7 +17,11 @@ use std::process::{Command, Output};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
 use raftcache::client::{describe_error, CacheClient};
+use raftcache::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
 
 /// How long the cluster may take to elect a leader, a write to succeed after the leader is
 /// killed, or the killed node to catch up. Generous: a shared 2-core machine can be slow, and
@@ -174,17 +179,18 @@ fn get(addr: &str, key: &str, linearizable: bool) -> Result<Option<String>, Stri
         .map_err(|e| describe_error(&e))
 }
 
-#[test]
-fn the_compose_cluster_bootstraps_serves_every_port_and_survives_killing_the_leader() {
+/// Starts the compose cluster as project `raftcache-NAME-PID` and waits for a leader; `None`
+/// (after saying why) when this machine cannot run it.
+fn start_cluster(name: &str) -> Option<(Compose, usize)> {
     let image = std::env::var("RAFTCACHE_IMAGE").unwrap_or_else(|_| "raftcache:local".into());
     if let Some(reason) = missing_prerequisite(&image) {
         let required = std::env::var("RAFTCACHE_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
         assert!(!required, "RAFTCACHE_REQUIRE_DOCKER=1 but {reason}");
         eprintln!("compose: SKIPPED: {reason}");
-        return;
+        return None;
     }
     let compose = Compose {
-        project: format!("raftcache-test-{}", std::process::id()),
+        project: format!("raftcache-{name}-{}", std::process::id()),
         file: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cluster/docker-compose.yml"),
         image,
         ports: free_ports(),
@@ -194,6 +200,26 @@ fn the_compose_cluster_bootstraps_serves_every_port_and_survives_killing_the_lea
     let leader = eventually("the three nodes agree on a leader", || {
         agreed_leader(&compose, &[1, 2, 3])
     });
+    Some((compose, leader))
+}
+
+/// SIGKILLs node `node`'s container.
+fn kill(compose: &Compose, node: usize) {
+    let container = compose.container(node);
+    check_output(
+        "docker kill",
+        Command::new("docker")
+            .args(["kill", &container])
+            .output()
+            .unwrap(),
+    );
+}
+
+#[test]
+fn the_compose_cluster_bootstraps_serves_every_port_and_survives_killing_the_leader() {
+    let Some((compose, leader)) = start_cluster("basic") else {
+        return;
+    };
 
     phase("a write through each port is read linearizably through every port");
     for writer in 1..=3 {
@@ -211,14 +237,7 @@ fn the_compose_cluster_bootstraps_serves_every_port_and_survives_killing_the_lea
 
     phase("docker kill the leader; writes through each survivor succeed again");
     let survivors: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
-    let killed = compose.container(leader);
-    check_output(
-        "docker kill",
-        Command::new("docker")
-            .args(["kill", &killed])
-            .output()
-            .unwrap(),
-    );
+    kill(&compose, leader);
     for &node in &survivors {
         let key = format!("after-kill-{node}");
         eventually("a write through a survivor", || {
@@ -238,4 +257,178 @@ fn the_compose_cluster_bootstraps_serves_every_port_and_survives_killing_the_lea
             Ok(get(&compose.addr(leader), &key, false)?.filter(|v| v == "w"))
         });
     }
+}
+
+/// Keys the history clients share, so their operations contend.
+const HISTORY_KEYS: [&str; 3] = ["h0", "h1", "h2"];
+const HISTORY_CLIENTS: u64 = 4;
+/// Operations a history client makes at most, however slow the phases are.
+const MAX_OPS_PER_CLIENT: u64 = 5000;
+/// Operations answered (by all clients together) in each phase before the next fault.
+const OPS_PER_PHASE: u64 = 150;
+
+/// What the history clients share.
+struct Traffic {
+    clock: Instant,
+    stop: AtomicBool,
+    /// Operations answered with a definite outcome, by all clients.
+    answered: AtomicU64,
+}
+
+/// The next number of a small xorshift generator.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// One operation on `conn`, timed on the shared clock. A failed write may or may not have taken
+/// effect (Unknown); a failed read says nothing (also Unknown: the checker ignores it).
+fn timed_op(conn: &mut CacheClient, traffic: &Traffic, key: &str, call: Call) -> (Operation, bool) {
+    let now_us = || traffic.clock.elapsed().as_micros() as u64;
+    let invoke_us = now_us();
+    let result = match &call {
+        Call::Put(value) => conn.put(key, value).map(|_| Outcome::Written),
+        Call::Remove => conn.remove(key).map(Outcome::Removed),
+        Call::Get => conn.get(key, true).map(Outcome::Read),
+    };
+    let return_us = now_us();
+    let ok = result.is_ok();
+    let outcome = result.unwrap_or(Outcome::Unknown);
+    let op = Operation {
+        client: 0,
+        key: key.to_string(),
+        call,
+        invoke_us,
+        return_us,
+        outcome,
+    };
+    (op, ok)
+}
+
+/// A client: random puts (unique values), removes and linearizable gets on the shared keys
+/// through `addr`, until told to stop. A connection that failed is replaced; an operation that
+/// could not even connect was never sent and is not recorded.
+fn history_client(id: u64, addr: String, traffic: Arc<Traffic>, seed: u64) -> Vec<Operation> {
+    let mut random = seed | 1;
+    let mut conn: Option<CacheClient> = None;
+    let mut history = Vec::new();
+    for n in 0..MAX_OPS_PER_CLIENT {
+        if traffic.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match CacheClient::connect(&addr, CALL_TIMEOUT) {
+                Ok(c) => conn.insert(c),
+                Err(_) => {
+                    sleep(POLL);
+                    continue;
+                }
+            },
+        };
+        let key = HISTORY_KEYS[(next_random(&mut random) % 3) as usize];
+        let call = match next_random(&mut random) % 10 {
+            0..=4 => Call::Put(format!("c{id}-{n}")),
+            5..=6 => Call::Remove,
+            _ => Call::Get,
+        };
+        let (mut op, ok) = timed_op(c, &traffic, key, call);
+        op.client = id;
+        if ok {
+            traffic.answered.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // docker's port proxy accepts connections for a dead container and then drops
+            // them: pause rather than spin on a node that is down.
+            conn = None;
+            sleep(POLL);
+        }
+        history.push(op);
+    }
+    history
+}
+
+/// Waits until the clients have had `count` more operations answered.
+fn wait_for_answers(traffic: &Traffic, count: u64) {
+    let target = traffic.answered.load(Ordering::Relaxed) + count;
+    eventually("clients get answers", || {
+        Ok((traffic.answered.load(Ordering::Relaxed) >= target).then_some(()))
+    });
+}
+
+/// Checks `history`; on anything but linearizable, saves it as JSON lines and fails.
+fn assert_linearizable(history: &[Operation]) {
+    let report = linearizability::check(history, Limits::default()).expect("a valid history");
+    let unknown = history.iter().filter(|op| op.outcome == Outcome::Unknown);
+    let reads = history
+        .iter()
+        .filter(|op| matches!(op.outcome, Outcome::Read(Some(_))));
+    eprintln!(
+        "compose: history of {} operations ({} with unknown outcome, {} reads of a value): {:?}",
+        history.len(),
+        unknown.count(),
+        reads.clone().count(),
+        report.verdict()
+    );
+    assert!(
+        reads.count() > 0,
+        "no read returned a value: nothing was checked"
+    );
+    if report.verdict() != Verdict::Linearizable {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("compose-history-{}.jsonl", std::process::id()));
+        let file = std::fs::File::create(&path).expect("create the history file");
+        linearizability::write_history(std::io::BufWriter::new(file), history).unwrap();
+        let violations: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
+        panic!(
+            "the history is {:?} (saved to {}):\n{}\nout of budget: {:?}",
+            report.verdict(),
+            path.display(),
+            violations.join("\n"),
+            report.unknown_keys
+        );
+    }
+}
+
+#[test]
+fn a_history_recorded_across_killing_and_restarting_the_leader_is_linearizable() {
+    let Some((compose, leader)) = start_cluster("history") else {
+        return;
+    };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("compose: history seed {seed}");
+    let traffic = Arc::new(Traffic {
+        clock: Instant::now(),
+        stop: AtomicBool::new(false),
+        answered: AtomicU64::new(0),
+    });
+    let clients: Vec<_> = (0..HISTORY_CLIENTS)
+        .map(|id| {
+            let addr = compose.addr(id as usize % 3 + 1);
+            let traffic = traffic.clone();
+            let seed = seed.wrapping_add(id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            std::thread::spawn(move || history_client(id, addr, traffic, seed))
+        })
+        .collect();
+
+    phase("clients run against the whole cluster");
+    wait_for_answers(&traffic, OPS_PER_PHASE);
+    phase("docker kill the leader while they run");
+    kill(&compose, leader);
+    wait_for_answers(&traffic, OPS_PER_PHASE);
+    phase("the killed node starts again while they run");
+    compose.run(&["start", &format!("node{leader}")]);
+    wait_for_answers(&traffic, OPS_PER_PHASE);
+    traffic.stop.store(true, Ordering::Relaxed);
+    let history: Vec<Operation> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("a history client panicked"))
+        .collect();
+
+    phase("check the history");
+    assert_linearizable(&history);
 }
