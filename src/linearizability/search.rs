@@ -339,7 +339,11 @@ fn search(ops: &OpsInfo, mut unplaced_answered: usize, max_steps: u64) -> Result
             deepest = Some(Deepest {
                 placed: stack.iter().map(|&(node, _)| events.op[node]).collect(),
                 blocked: op,
-                concurrent: events.invokes_before(at),
+                concurrent: events
+                    .invokes_before(at)
+                    .into_iter()
+                    .filter(|&other| other != op)
+                    .collect(),
             });
         }
         charge(&mut spent, max_steps)?;

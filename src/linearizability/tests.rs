@@ -78,6 +78,21 @@ fn stale_read_is_caught() {
     let v = violation(&history);
     assert_eq!(v.blocked, history[2]);
     assert_eq!(v.state_after_prefix.as_deref(), Some("b"));
+    assert_eq!(v.prefix_tail, history[..2].to_vec());
+    assert!(v.concurrent.is_empty(), "{v}");
+}
+
+#[test]
+fn a_violation_lists_the_operations_that_ran_alongside_the_blocked_one() {
+    let history = [
+        put(1, "a", (0, 10)),
+        put(1, "b", (20, 30)),
+        get(2, Some("a"), (40, 60)),
+        remove(3, false, (45, 70)),
+    ];
+    let v = violation(&history);
+    assert_eq!(v.blocked, history[2]);
+    assert_eq!(v.concurrent, vec![history[3].clone()]);
 }
 
 #[test]
