@@ -3,7 +3,8 @@
 //! that it bootstraps by itself, that every published port serves reads and writes, that writes
 //! keep working through the other two after `docker kill` of the leader, and that the killed
 //! node rejoins and catches up; and that a history of concurrent clients recorded across the
-//! kill and the restart is linearizable (`raftcache::linearizability`).
+//! kill and the restart, and another across cutting the leader off the network and back, are
+//! linearizable (`raftcache::linearizability`).
 //!
 //! This test builds nothing. It uses the image named by `RAFTCACHE_IMAGE` (default
 //! `raftcache:local`) and skips, saying why, when docker, docker-compose or the image is missing,
@@ -395,43 +396,115 @@ fn assert_linearizable(history: &[Operation]) {
     }
 }
 
+/// History clients running against a compose cluster.
+struct Workload {
+    traffic: Arc<Traffic>,
+    clients: Vec<std::thread::JoinHandle<Vec<Operation>>>,
+}
+
+impl Workload {
+    /// Starts `HISTORY_CLIENTS` clients, spread over the three ports.
+    fn start(compose: &Compose) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        eprintln!("compose: history seed {seed}");
+        let traffic = Arc::new(Traffic {
+            clock: Instant::now(),
+            stop: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
+        });
+        let clients = (0..HISTORY_CLIENTS)
+            .map(|id| {
+                let addr = compose.addr(id as usize % 3 + 1);
+                let traffic = traffic.clone();
+                let seed = seed.wrapping_add(id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                std::thread::spawn(move || history_client(id, addr, traffic, seed))
+            })
+            .collect();
+        Self { traffic, clients }
+    }
+
+    fn wait_for_answers(&self, count: u64) {
+        wait_for_answers(&self.traffic, count);
+    }
+
+    /// Stops the clients and returns everything they recorded.
+    fn finish(self) -> Vec<Operation> {
+        self.traffic.stop.store(true, Ordering::Relaxed);
+        self.clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("a history client panicked"))
+            .collect()
+    }
+}
+
 #[test]
 fn a_history_recorded_across_killing_and_restarting_the_leader_is_linearizable() {
     let Some((compose, leader)) = start_cluster("history") else {
         return;
     };
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("compose: history seed {seed}");
-    let traffic = Arc::new(Traffic {
-        clock: Instant::now(),
-        stop: AtomicBool::new(false),
-        answered: AtomicU64::new(0),
-    });
-    let clients: Vec<_> = (0..HISTORY_CLIENTS)
-        .map(|id| {
-            let addr = compose.addr(id as usize % 3 + 1);
-            let traffic = traffic.clone();
-            let seed = seed.wrapping_add(id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            std::thread::spawn(move || history_client(id, addr, traffic, seed))
-        })
-        .collect();
-
+    let workload = Workload::start(&compose);
     phase("clients run against the whole cluster");
-    wait_for_answers(&traffic, OPS_PER_PHASE);
+    workload.wait_for_answers(OPS_PER_PHASE);
     phase("docker kill the leader while they run");
     kill(&compose, leader);
-    wait_for_answers(&traffic, OPS_PER_PHASE);
+    workload.wait_for_answers(OPS_PER_PHASE);
     phase("the killed node starts again while they run");
     compose.run(&["start", &format!("node{leader}")]);
-    wait_for_answers(&traffic, OPS_PER_PHASE);
-    traffic.stop.store(true, Ordering::Relaxed);
-    let history: Vec<Operation> = clients
-        .into_iter()
-        .flat_map(|c| c.join().expect("a history client panicked"))
-        .collect();
+    workload.wait_for_answers(OPS_PER_PHASE);
+    let history = workload.finish();
+
+    phase("check the history");
+    assert_linearizable(&history);
+}
+
+/// The docker network node `node`'s container is on (the compose file gives it one).
+fn network_of(compose: &Compose, node: usize) -> String {
+    let format = "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}";
+    let container = compose.container(node);
+    let output = Command::new("docker")
+        .args(["inspect", "-f", format, &container])
+        .output()
+        .unwrap();
+    let names = check_output("docker inspect", output);
+    let names: Vec<&str> = names.split_whitespace().collect();
+    assert_eq!(names.len(), 1, "node{node} is on networks {names:?}");
+    names[0].to_string()
+}
+
+#[test]
+fn a_history_recorded_across_isolating_the_leader_is_linearizable() {
+    let Some((compose, leader)) = start_cluster("partition") else {
+        return;
+    };
+    let network = network_of(&compose, leader);
+    let container = compose.container(leader);
+    let docker_network = |action: &str| {
+        let output = Command::new("docker")
+            .args(["network", action, &network, &container])
+            .output()
+            .unwrap();
+        check_output(&format!("docker network {action}"), output);
+    };
+    let workload = Workload::start(&compose);
+    phase("clients run against the whole cluster");
+    workload.wait_for_answers(OPS_PER_PHASE);
+    phase("the leader's container is cut from the network while they run");
+    docker_network("disconnect");
+    let others: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
+    eventually("the other two elect a new leader", || {
+        Ok(agreed_leader(&compose, &others)?.filter(|&l| l != leader))
+    });
+    workload.wait_for_answers(OPS_PER_PHASE);
+    phase("it is connected again while they run, and rejoins");
+    docker_network("connect");
+    eventually("all three agree on a leader", || {
+        agreed_leader(&compose, &[1, 2, 3])
+    });
+    workload.wait_for_answers(OPS_PER_PHASE);
+    let history = workload.finish();
 
     phase("check the history");
     assert_linearizable(&history);
