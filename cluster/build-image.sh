@@ -49,6 +49,8 @@ for lib in $libs; do
 done
 cp "$here/Dockerfile" "$context/Dockerfile"
 
+# The image this build replaces, removed below once nothing else names it.
+previous="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
 revision="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 echo "build-image: docker build -t $image (revision $revision)"
 # The legacy builder: it needs no buildx plugin, and FROM scratch pulls nothing. Its output
@@ -57,6 +59,10 @@ if ! out="$(DOCKER_BUILDKIT=0 docker build --quiet -t "$image" \
   --label "org.opencontainers.image.revision=$revision" "$context" 2>&1)"; then
   echo "$out" >&2
   die "docker build failed"
+fi
+
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
+  docker image rm "$previous" >/dev/null 2>&1 || true  # kept while a container or tag uses it
 fi
 
 # The image must run: the binary, its libraries and the loader all found.
