@@ -2,9 +2,11 @@
 # Runs every raftcache test, after setting up what the tests need:
 #   - Debian's thrift-compiler (to check the generated code and to generate Python code),
 #   - a Python venv with thriftpy2, Apache thrift and pytest (scripts/python-env.sh),
-#   - the raftcache binary (debug build).
+#   - the raftcache binary (debug build),
+#   - with docker and docker-compose present, the image raftcache:test of that binary.
 # Then: the check that src/gen matches the IDL, the Rust tests (unit, storage conformance,
-# in-process clusters, bad input, multi-process crash tests), and the Python client tests.
+# in-process clusters, bad input, multi-process crash tests, the compose cluster), and the
+# Python client tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,15 @@ bash scripts/python-env.sh
 
 say "build"
 cargo build --all-targets --quiet
+
+# tests/compose.rs runs the compose cluster on an image of this build; without docker it skips.
+if docker info >/dev/null 2>&1 && docker-compose version >/dev/null 2>&1; then
+  say "container image raftcache:test (debug binary) for tests/compose.rs"
+  RAFTCACHE_BIN="$PWD/target/debug/raftcache" IMAGE=raftcache:test cluster/build-image.sh
+  export RAFTCACHE_IMAGE=raftcache:test RAFTCACHE_REQUIRE_DOCKER=1
+else
+  say "no docker or docker-compose here: tests/compose.rs will skip"
+fi
 
 say "rust tests"
 if cargo nextest --version >/dev/null 2>&1; then

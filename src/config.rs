@@ -17,6 +17,11 @@ pub struct NodeConfig {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub id: NodeId,
 
+    /// Take the node id from this machine's hostname instead of `--id`: the number after its
+    /// last `-`, plus one (`raftcache-0` is node 1), as a Kubernetes StatefulSet names its pods.
+    #[arg(long, conflicts_with = "id")]
+    pub id_from_hostname: bool,
+
     /// Address for clients (the Thrift `CacheService`).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub listen: SocketAddr,
@@ -214,6 +219,20 @@ fn parse_initial_cluster(text: &str) -> Result<InitialCluster, String> {
     Ok(members)
 }
 
+/// The node id of a StatefulSet pod named `hostname`: its ordinal (after the last `-`) plus
+/// one, since node ids start at 1.
+pub fn id_from_hostname(hostname: &str) -> Result<NodeId, String> {
+    let ordinal = hostname
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<NodeId>().ok())
+        .ok_or_else(|| {
+            format!("--id-from-hostname: hostname `{hostname}` does not end in -<number>")
+        })?;
+    ordinal
+        .checked_add(1)
+        .ok_or_else(|| format!("--id-from-hostname: ordinal in `{hostname}` is too large"))
+}
+
 #[derive(Parser)]
 struct Wrapper {
     #[command(flatten)]
@@ -227,6 +246,17 @@ impl NodeConfig {
     ) -> Result<Self, clap::Error> {
         let argv = std::iter::once("raftcache".into()).chain(args.into_iter().map(Into::into));
         Wrapper::try_parse_from(argv).map(|w| w.config)
+    }
+
+    /// Applies `--id-from-hostname`, reading the hostname from the kernel.
+    pub fn resolve_id(&mut self) -> Result<(), String> {
+        if !self.id_from_hostname {
+            return Ok(());
+        }
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_err(|e| format!("--id-from-hostname: cannot read the hostname: {e}"))?;
+        self.id = id_from_hostname(hostname.trim())?;
+        Ok(())
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -353,5 +383,42 @@ mod tests {
             join.cluster_id().as_deref(),
             Some(crate::store::PENDING_CLUSTER_ID)
         );
+    }
+
+    #[test]
+    fn a_statefulset_pod_name_gives_its_ordinal_plus_one() {
+        assert_eq!(id_from_hostname("raftcache-0"), Ok(1));
+        assert_eq!(id_from_hostname("my-cache-12"), Ok(13));
+        assert!(id_from_hostname("raftcache").is_err());
+        assert!(id_from_hostname("raftcache-x").is_err());
+        assert!(id_from_hostname("raftcache-18446744073709551615").is_err());
+    }
+
+    #[test]
+    fn id_from_hostname_replaces_the_id_and_excludes_an_explicit_one() {
+        let mut config = NodeConfig::from_args(["--id-from-hostname"]).unwrap();
+        assert!(config.id_from_hostname);
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        match id_from_hostname(hostname.trim()) {
+            Ok(id) => {
+                config.resolve_id().unwrap();
+                assert_eq!(config.id, id);
+            }
+            Err(e) => assert_eq!(config.resolve_id(), Err(e)),
+        }
+        assert!(NodeConfig::from_args(["--id-from-hostname", "--id", "2"]).is_err());
+        let mut plain = NodeConfig::from_args(["--id", "2"]).unwrap();
+        plain.resolve_id().unwrap();
+        assert_eq!(plain.id, 2);
+    }
+
+    #[test]
+    fn initial_cluster_takes_host_names() {
+        let config =
+            NodeConfig::from_args(["--initial-cluster", "1=node1:9190,2=node-2.peers.svc:9190"])
+                .unwrap();
+        let members = config.initial_cluster.unwrap();
+        assert_eq!(members[&1].peer_addr, "node1:9190");
+        assert_eq!(members[&2].peer_addr, "node-2.peers.svc:9190");
     }
 }

@@ -31,6 +31,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod gen;
+pub mod linearizability;
 pub mod membership;
 pub mod network;
 pub mod node;

@@ -57,7 +57,8 @@ pub struct RunningNode {
 }
 
 /// Binds the configured addresses and starts the node.
-pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
+pub async fn start(mut config: NodeConfig) -> Result<RunningNode, StartError> {
+    config.resolve_id().map_err(StartError::Config)?;
     let bind = |what, addr| {
         TcpListener::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
     };

@@ -19,7 +19,10 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::network::{peer_addr, ForwardError, ForwardRequest, PeerClients, PeerError, PeerMethod};
+use crate::network::{
+    leader_replaced, peer_addr, ForwardError, ForwardRequest, PeerClients, PeerError, PeerMethod,
+    SendGate,
+};
 use crate::types::{Batch, NodeId, Raft, Request, Response};
 
 /// Bounds on proposal batching.
@@ -237,12 +240,28 @@ impl Batcher {
                 };
                 // A little longer than the leader's own deadline, so its answer can arrive.
                 let timeout = self.limits.forward_timeout + Duration::from_millis(500);
-                match self.peers.rpc(leader, &addr, PeerMethod::Forward, &request, timeout).await {
-                    Ok(answers) => Ok(answers),
-                    Err(e @ PeerError::Unreachable { .. }) => Err(ForwardError::TryAgain(e.to_string())),
-                    Err(e @ PeerError::NoAnswer { .. }) => Err(ForwardError::Failed(format!(
-                        "lost contact with the leader after sending the request; it may or may not have been applied: {e}"
-                    ))),
+                let gate = Arc::new(SendGate::default());
+                let call = self.peers.rpc_gated(
+                    leader,
+                    &addr,
+                    PeerMethod::Forward,
+                    &request,
+                    timeout,
+                    gate.clone(),
+                );
+                // A leader whose host died answers nothing, not even a refusal: without this,
+                // the call (and every batch queued behind it) would wait out the whole timeout
+                // although this node stopped following that leader long before.
+                tokio::select! {
+                    biased;
+                    answer = call => match answer {
+                        Ok(answers) => Ok(answers),
+                        Err(e @ PeerError::Unreachable { .. }) => Err(ForwardError::TryAgain(e.to_string())),
+                        Err(e @ PeerError::NoAnswer { .. }) => Err(ForwardError::Failed(format!(
+                            "lost contact with the leader after sending the request; it may or may not have been applied: {e}"
+                        ))),
+                    },
+                    () = leader_replaced(&self.raft, leader) => Err(leader_gone(leader, &gate)),
                 }
             }
         };
@@ -267,6 +286,20 @@ impl Batcher {
                 }
             }
         }
+    }
+}
+
+/// The answer for a batch whose leader was replaced while the batch was being forwarded: try
+/// again if it never left this node, else its outcome is unknown.
+fn leader_gone(leader: NodeId, gate: &SendGate) -> ForwardError {
+    if gate.close() {
+        ForwardError::TryAgain(format!(
+            "node {leader} stopped being this node's leader before the request was sent"
+        ))
+    } else {
+        ForwardError::Failed(format!(
+            "node {leader} stopped being this node's leader while the request was with it (it went silent or lost an election); the write may or may not have been applied"
+        ))
     }
 }
 

@@ -13,7 +13,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::network::{peer_addr, ForwardError, PeerClients, PeerMethod};
+use crate::network::{leader_replaced, peer_addr, ForwardError, PeerClients, PeerMethod};
 use crate::types::{NodeId, Raft};
 
 /// One attempt at a read index: this node's, if it leads, else the leader's.
@@ -65,13 +65,17 @@ impl ReadIndexSource {
                 "leader {leader} is not in this node's membership yet"
             )));
         };
-        match self
+        let call = self
             .peers
-            .rpc::<(), Round>(leader, &addr, PeerMethod::ReadIndex, &(), timeout)
-            .await
-        {
-            Ok(answer) => answer,
-            Err(e) => Err(ForwardError::TryAgain(e.to_string())),
+            .rpc::<(), Round>(leader, &addr, PeerMethod::ReadIndex, &(), timeout);
+        tokio::select! {
+            answer = call => match answer {
+                Ok(answer) => answer,
+                Err(e) => Err(ForwardError::TryAgain(e.to_string())),
+            },
+            () = leader_replaced(&self.raft, leader) => Err(ForwardError::TryAgain(format!(
+                "node {leader} stopped being this node's leader before it answered"
+            ))),
         }
     }
 }

@@ -218,6 +218,64 @@ async fn partitioned_leader_stops_accepting_writes_and_majority_carries_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_forwarded_to_a_leader_that_went_silent_fails_fast_and_the_next_one_succeeds() {
+    // A long deadline: a forward that waited for the silent leader's answer would hang for a
+    // minute; the follower must give up as soon as it stops following that leader.
+    let cluster = TestCluster::start(3, &["--request-deadline-ms=60000"]).await;
+    let old_leader = cluster.wait_for_leader().await;
+    let f = followers(&cluster, old_leader);
+    cluster.client(f[0]).put("warm", "up").await.unwrap();
+
+    phase("the leader goes silent, as a dead host does: requests to it are never answered");
+    cluster.faults.silence(old_leader, &f);
+
+    phase("a write through a follower answers well before its deadline");
+    let first = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        cluster.client(f[0]).put("s", "first"),
+    )
+    .await
+    .expect("the write waited for the silent leader instead of giving up on it");
+    match first {
+        Ok(_) => {}
+        Err(e) => assert!(
+            is_unavailable(&e) && format!("{e:?}").contains("may or may not"),
+            "expected success or an Unavailable with an unknown outcome, got {e:?}"
+        ),
+    }
+
+    phase("the next write through the same follower goes to the new leader");
+    cluster.client(f[0]).put("s", "second").await.unwrap();
+    assert_eq!(
+        cluster
+            .client(f[1])
+            .get("s", true)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("second")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_linearizable_read_on_a_follower_does_not_wait_for_a_leader_that_went_silent() {
+    let cluster = TestCluster::start(3, &["--request-deadline-ms=60000"]).await;
+    let old_leader = cluster.wait_for_leader().await;
+    let f = followers(&cluster, old_leader);
+    cluster.client(f[0]).put("r", "before").await.unwrap();
+
+    phase("the leader goes silent; a linearizable read through a follower asks the new leader");
+    cluster.faults.silence(old_leader, &f);
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        cluster.client(f[0]).get("r", true),
+    )
+    .await
+    .expect("the read waited for the silent leader instead of asking the new one");
+    assert_eq!(read.unwrap().as_deref(), Some("before"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn whole_cluster_restart_keeps_every_write() {
     let mut cluster = TestCluster::start(3, &[]).await;
     cluster.wait_for_leader().await;

@@ -6,6 +6,7 @@
 //! a call (a blocking client on tokio's blocking pool cost two thread wake-ups per call).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,32 @@ pub enum PeerError {
     NoAnswer { addr: String, reason: String },
 }
 
+/// Decides, once, between "the request went out" and "the caller gave up before it did". A
+/// caller that stops waiting for a call closes the gate: if that succeeds the request was never
+/// sent and never will be (so it may be retried elsewhere); if not, the peer may have it.
+#[derive(Debug, Default)]
+pub struct SendGate(AtomicU8);
+
+const GATE_OPEN: u8 = 0;
+const GATE_SENT: u8 = 1;
+const GATE_CLOSED: u8 = 2;
+
+impl SendGate {
+    /// The sender, just before writing: false if the caller gave up first.
+    fn enter(&self) -> bool {
+        self.0
+            .compare_exchange(GATE_OPEN, GATE_SENT, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// The caller, giving up: true if the request was not sent and now will not be.
+    pub fn close(&self) -> bool {
+        self.0
+            .compare_exchange(GATE_OPEN, GATE_CLOSED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+}
+
 struct Conn {
     stream: TcpStream,
     last_used: Instant,
@@ -124,10 +151,37 @@ impl PeerClients {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
+        let gate = Arc::new(SendGate::default());
+        self.rpc_gated(to, addr, method, request, timeout, gate)
+            .await
+    }
+
+    /// `rpc`, for a caller that may give up while it runs: the request is sent only if
+    /// `gate` was not closed first, so a caller that closes it learns whether it went out.
+    pub async fn rpc_gated<Req, Resp>(
+        self: &Arc<Self>,
+        to: NodeId,
+        addr: &str,
+        method: Method,
+        request: &Req,
+        timeout: Duration,
+        gate: Arc<SendGate>,
+    ) -> Result<Resp, PeerError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
         if !self.faults.allows(self.from, to) {
             return Err(PeerError::Unreachable {
                 addr: addr.to_string(),
                 reason: "link cut by a test fault".into(),
+            });
+        }
+        if self.faults.is_silent(self.from, to) && gate.enter() {
+            tokio::time::sleep(timeout).await;
+            return Err(PeerError::NoAnswer {
+                addr: addr.to_string(),
+                reason: "no answer within the timeout (link silenced by a test fault)".into(),
             });
         }
         if method == Method::InstallSnapshot {
@@ -153,6 +207,12 @@ impl PeerClients {
                     reason: "connect timed out".into(),
                 })??,
         };
+        if !gate.enter() {
+            return Err(PeerError::Unreachable {
+                addr: addr.to_string(),
+                reason: "the caller gave up before the request was sent".into(),
+            });
+        }
         let answer = tokio::time::timeout_at(deadline, self.exchange(&mut conn, &message))
             .await
             .map_err(|_| no_answer(format!("timed out after {timeout:?}")))?

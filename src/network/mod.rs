@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::{Method as PeerMethod, PeerClients, PeerError, PeerNetwork};
+pub use client::{Method as PeerMethod, PeerClients, PeerError, PeerNetwork, SendGate};
 pub use service::PeerService;
 
 use crate::types::{NodeId, Request};
@@ -58,11 +58,27 @@ pub fn peer_addr(raft: &crate::types::Raft, id: NodeId) -> Option<String> {
         .map(|n| n.peer_addr.clone())
 }
 
+/// Resolves once this node no longer takes `leader` for its leader: it started an election
+/// (no heartbeat for an election timeout), voted in one, or learned of a newer leader; or its
+/// Raft stopped. A call to a leader whose host died is never answered, not even refused: a
+/// caller races it against this rather than waiting out its whole timeout.
+pub async fn leader_replaced(raft: &crate::types::Raft, leader: NodeId) {
+    let mut metrics = raft.metrics();
+    while metrics.borrow_and_update().current_leader == Some(leader) {
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Faults injected by tests: links cut (a message from `a` to `b` is dropped while `(a, b)` is
-/// blocked) and slow snapshot transfers. None in a real node.
+/// blocked), silent links, and slow snapshot transfers. None in a real node.
 #[derive(Debug, Default)]
 pub struct Faults {
     blocked: RwLock<HashSet<(NodeId, NodeId)>>,
+    /// Links where a request goes out and no answer ever comes back, as with a peer whose host
+    /// died or was cut off by a firewall (no refusal, just silence until the call times out).
+    silent: RwLock<HashSet<(NodeId, NodeId)>>,
     snapshot_chunk_delay: RwLock<Duration>,
 }
 
@@ -76,9 +92,20 @@ impl Faults {
         }
     }
 
+    /// Silences both directions between `node` and every node in `others`: calls wait out
+    /// their timeout and fail with no answer, as they do towards a dead host.
+    pub fn silence(&self, node: NodeId, others: &[NodeId]) {
+        let mut silent = self.silent.write().expect("faults lock");
+        for &other in others {
+            silent.insert((node, other));
+            silent.insert((other, node));
+        }
+    }
+
     /// Restores every link.
     pub fn heal(&self) {
         self.blocked.write().expect("faults lock").clear();
+        self.silent.write().expect("faults lock").clear();
     }
 
     /// Delays every snapshot chunk sent from now on by `delay`, as a slow link would.
@@ -89,6 +116,14 @@ impl Faults {
     /// How long each snapshot chunk is held back before it is sent.
     pub fn snapshot_chunk_delay(&self) -> Duration {
         *self.snapshot_chunk_delay.read().expect("faults lock")
+    }
+
+    /// Whether a call from `from` to `to` goes unanswered.
+    pub fn is_silent(&self, from: NodeId, to: NodeId) -> bool {
+        self.silent
+            .read()
+            .expect("faults lock")
+            .contains(&(from, to))
     }
 
     /// Whether a message from `from` to `to` may be sent.
