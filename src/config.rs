@@ -109,16 +109,11 @@ pub struct NodeConfig {
     #[arg(long, default_value_t = 1024)]
     pub batch_max_requests: usize,
 
-    /// Most write batches this node proposes as leader and has not yet committed, at once. One
-    /// by default: a batch then holds everything that queued while the last one committed, and
-    /// syncs, the largest cost per batch, are fewest (docs/benchmarks.md).
-    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    /// Most write batches proposed (or forwarded) but not yet committed at once. One by
+    /// default: a batch then holds everything that queued while the last one committed, and
+    /// flushes, the largest cost per batch, are fewest (docs/benchmarks.md).
+    #[arg(long, default_value_t = 1)]
     pub batch_max_in_flight: usize,
-
-    /// Most write batches this node forwards to the leader as a follower and has no answer for
-    /// yet, at once.
-    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub forward_max_in_flight: usize,
 
     /// Most writes waiting to join a batch; further writers wait (within their deadline).
     #[arg(long, default_value_t = 4096)]

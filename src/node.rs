@@ -168,7 +168,6 @@ fn start_router(
         max_requests: config.batch_max_requests,
         max_bytes: config.batch_max_bytes(),
         max_in_flight: config.batch_max_in_flight,
-        max_forwards_in_flight: config.forward_max_in_flight,
         max_pending: config.max_pending_writes,
         forward_timeout: config.request_deadline(),
     };

@@ -32,11 +32,8 @@ pub struct BatchLimits {
     pub max_requests: usize,
     /// Most bytes of requests in one log entry (one maximal write: key + value limits).
     pub max_bytes: usize,
-    /// Batches proposed as leader but not yet answered, at most (`--batch-max-in-flight`).
+    /// Batches proposed or forwarded but not yet answered, at most (`--batch-max-in-flight`).
     pub max_in_flight: usize,
-    /// Batches forwarded to the leader but not yet answered, at most
-    /// (`--forward-max-in-flight`).
-    pub max_forwards_in_flight: usize,
     /// Writes waiting to be batched, at most; more wait to enqueue (`--max-pending-writes`).
     pub max_pending: usize,
     /// How long a batch forwarded to the leader may take (the request deadline).
@@ -125,8 +122,7 @@ struct Batcher {
 impl Batcher {
     async fn run(self, mut queue: mpsc::Receiver<Pending>) {
         let this = Arc::new(self);
-        let proposals = Arc::new(Semaphore::new(this.limits.max_in_flight.max(1)));
-        let forwards = Arc::new(Semaphore::new(this.limits.max_forwards_in_flight.max(1)));
+        let in_flight = Arc::new(Semaphore::new(this.limits.max_in_flight.max(1)));
         let mut carried: Option<Pending> = None;
         loop {
             let first = match carried.take() {
@@ -136,9 +132,7 @@ impl Batcher {
                     None => return,
                 },
             };
-            // Waiting for a slot is what lets the next batch grow. Which limit applies depends
-            // on whether this node leads now; `dispatch` decides again with the batch in hand.
-            let in_flight = if this.leads() { &proposals } else { &forwards };
+            // Waiting for a slot is what lets the next batch grow.
             let Ok(slot) = in_flight.clone().acquire_owned().await else {
                 return;
             };
@@ -150,13 +144,6 @@ impl Batcher {
                 drop(slot);
             });
         }
-    }
-
-    /// Whether this node leads, as far as openraft knows now.
-    fn leads(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.current_leader == Some(self.id) && m.state == ServerState::Leader
     }
 
     /// Proposes the batch if this node leads, else forwards what may be forwarded.
@@ -345,7 +332,6 @@ mod tests {
             max_requests,
             max_bytes,
             max_in_flight: 1,
-            max_forwards_in_flight: 1,
             max_pending: 64,
             forward_timeout: Duration::from_secs(1),
         }
