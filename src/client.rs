@@ -52,6 +52,7 @@ impl CacheClient {
         };
         let options = ReadOptions {
             consistency: Some(consistency),
+            min_index: None,
         };
         match self.inner.get_with(key.to_string(), options) {
             Ok(entry) => Ok(Some(entry.value)),
@@ -61,10 +62,21 @@ impl CacheClient {
     }
 
     pub fn put(&mut self, key: &str, value: &str) -> thrift::Result<bool> {
+        self.put_ttl(key, value, None)
+    }
+
+    /// Stores `value` under `key`, expiring `ttl_ms` after the leader proposes it (if given).
+    pub fn put_ttl(&mut self, key: &str, value: &str, ttl_ms: Option<i64>) -> thrift::Result<bool> {
         self.inner.put(CacheEntry {
             key: key.to_string(),
             value: value.to_string(),
+            ttl_ms,
         })
+    }
+
+    /// The generated client, for every other method of the `CacheService`.
+    pub fn service(&mut self) -> &mut impl TCacheServiceSyncClient {
+        &mut self.inner
     }
 
     /// Whether the key existed.

@@ -93,6 +93,9 @@ pub async fn start_with_listeners(
     let api_limits = ApiLimits {
         max_key_bytes: config.max_key_bytes,
         max_value_bytes: config.max_value_bytes,
+        max_batch_items: config.max_batch_items,
+        max_batch_bytes: config.max_batch_bytes,
+        max_scan_items: config.max_scan_items,
     };
     let admin_parts = AdminParts {
         admin,
@@ -171,6 +174,18 @@ fn start_router(
         forward_timeout: config.request_deadline(),
     };
     let proposer = Proposer::spawn(config.id, raft.clone(), peers.clone(), batch_limits);
+    let expiry_limits = crate::expiry::ExpiryLimits {
+        interval: Duration::from_millis(config.expiry_interval_ms.max(1)),
+        scan_keys: config.expiry_scan_keys.max(1),
+        batch_keys: config.expiry_batch_keys.max(1),
+    };
+    crate::expiry::spawn(
+        config.id,
+        raft.clone(),
+        state.clone(),
+        proposer.clone(),
+        expiry_limits,
+    );
     Arc::new(Router::new(
         config.id,
         raft.clone(),

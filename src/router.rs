@@ -19,7 +19,7 @@ use crate::network::{ForwardError, PeerClients};
 use crate::proposer::{Origin, Proposer};
 use crate::read_index::{ReadIndexBatcher, ReadIndexSource};
 use crate::store::StateReader;
-use crate::types::{NodeId, Raft, Request, Response};
+use crate::types::{Applied, NodeId, Raft, Request};
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,30 +117,62 @@ impl Router {
         key: &str,
         consistency: Consistency,
     ) -> Result<Option<String>, RouteError> {
-        self.refuse_if_not_member()?;
-        if consistency == Consistency::Linearizable {
-            let deadline = Instant::now() + self.request_deadline;
-            if let Some(index) = self.read_index(deadline).await? {
-                let wait = deadline.saturating_duration_since(Instant::now());
-                self.raft
-                    .wait(Some(wait))
-                    .applied_index_at_least(Some(index), "linearizable read")
-                    .await
-                    .map_err(|e| {
-                        RouteError::Unavailable(format!(
-                            "this node did not catch up to the read index {index} in time: {e}"
-                        ))
-                    })?;
-            }
-        }
-        self.state
+        let state = self.reader(consistency, None).await?;
+        state
             .get(key)
             .map_err(|e| RouteError::Storage(e.to_string()))
     }
 
+    /// This replica's state as it is now (for counters, not for reads a client asked for).
+    pub fn state(&self) -> &StateReader {
+        &self.state
+    }
+
+    /// This replica's state, once it may be read with `consistency` and has applied at least
+    /// `min_index` (waiting up to the request deadline for both).
+    pub async fn reader(
+        &self,
+        consistency: Consistency,
+        min_index: Option<u64>,
+    ) -> Result<&StateReader, RouteError> {
+        self.refuse_if_not_member()?;
+        let deadline = Instant::now() + self.request_deadline;
+        if consistency == Consistency::Linearizable {
+            if let Some(index) = self.read_index(deadline).await? {
+                self.wait_applied(index, deadline, "the read index").await?;
+            }
+        }
+        if let Some(index) = min_index.filter(|i| *i > 0) {
+            self.wait_applied(index, deadline, "the requested min_index")
+                .await?;
+        }
+        Ok(&self.state)
+    }
+
+    /// Waits until this node has applied `index`, up to `deadline`.
+    async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<(), RouteError> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), what)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                RouteError::Unavailable(format!(
+                    "this node did not catch up to {what} {index} within the request deadline of {} ms: {e}",
+                    self.request_deadline.as_millis()
+                ))
+            })
+    }
+
     /// Proposes a write through Raft (here, or on the leader) and returns its result once it is
     /// committed on a majority and applied.
-    pub async fn write(&self, request: Request) -> Result<Response, RouteError> {
+    pub async fn write(&self, request: Request) -> Result<Applied, RouteError> {
         self.refuse_if_not_member()?;
         let deadline = Instant::now() + self.request_deadline;
         let mut last_reason = String::from("no leader");
@@ -177,7 +209,7 @@ impl Router {
         &self,
         requests: Vec<Request>,
         deadline: Duration,
-    ) -> Vec<Result<Response, ForwardError>> {
+    ) -> Vec<Result<Applied, ForwardError>> {
         let until = Instant::now() + deadline;
         let mut answers = Vec::with_capacity(requests.len());
         for request in requests {
