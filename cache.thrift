@@ -160,7 +160,7 @@ service CacheService {
     CacheEntry get(1: string key)
         throws (1: KeyNotFound not_found, 2: InvalidRequest invalid, 3: Unavailable unavailable),
     bool put(1: CacheEntry entry)
-        throws (1: InvalidRequest invalid, 2: Unavailable unavailable),
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
     /// True when the key existed.
     bool remove(1: string key)
         throws (1: InvalidRequest invalid, 2: Unavailable unavailable),

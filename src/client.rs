@@ -126,7 +126,7 @@ impl CacheClient {
 
 /// A readable one-line description of a client-side error, naming declared exceptions.
 pub fn describe_error(e: &thrift::Error) -> String {
-    use crate::gen::cache::{AdminRefused, InvalidRequest, Unauthorized, Unavailable};
+    use crate::gen::cache::{AdminRefused, CacheFull, InvalidRequest, Unauthorized, Unavailable};
     if let thrift::Error::User(user) = e {
         if let Some(x) = user.downcast_ref::<AdminRefused>() {
             return format!("refused: {}", x.message);
@@ -136,6 +136,9 @@ pub fn describe_error(e: &thrift::Error) -> String {
         }
         if let Some(x) = user.downcast_ref::<Unavailable>() {
             return format!("unavailable: {}", x.message);
+        }
+        if let Some(x) = user.downcast_ref::<CacheFull>() {
+            return format!("cache full: {}", x.message);
         }
         if let Some(x) = user.downcast_ref::<InvalidRequest>() {
             return format!("invalid request: {}", x.message);

@@ -99,6 +99,20 @@ pub struct NodeConfig {
     #[arg(long, default_value_t = 1000)]
     pub max_scan_items: usize,
 
+    /// Most bytes of keys and values the cache holds (0: no cap). Past it, see --eviction.
+    #[arg(long, default_value_t = 0)]
+    pub max_bytes: u64,
+
+    /// Most keys the cache holds (0: no cap). Past it, see --eviction.
+    #[arg(long, default_value_t = 0)]
+    pub max_keys: u64,
+
+    /// A write past --max-bytes or --max-keys: `none` fails it with CacheFull; `lru` has the
+    /// leader evict the least recently used keys first (by the accesses the leader saw; reads
+    /// served by followers do not count).
+    #[arg(long, value_enum, default_value_t = crate::eviction::Policy::None)]
+    pub eviction: crate::eviction::Policy,
+
     /// How often the leader looks for expired keys to remove.
     #[arg(long, default_value_t = 250)]
     pub expiry_interval_ms: u64,

@@ -14,7 +14,7 @@ use crate::gen::cache::NodeStatus;
 use crate::membership::{self, Admin, CatchUp, JoinRequest, Standing};
 use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
 use crate::proposer::{BatchLimits, Proposer};
-use crate::router::{Router, RouterLimits};
+use crate::router::{LocalState, Router, RouterLimits};
 use crate::server::{self, ServerHandle};
 use crate::store::{
     self, ClusterIdentity, FlushStats, OpenError, StateFlusher, StateReader, StoreOptions,
@@ -173,7 +173,22 @@ fn start_router(
         max_pending: config.max_pending_writes,
         forward_timeout: config.request_deadline(),
     };
-    let proposer = Proposer::spawn(config.id, raft.clone(), peers.clone(), batch_limits);
+    let capacity = crate::types::Capacity {
+        max_bytes: config.max_bytes,
+        max_keys: config.max_keys,
+    };
+    let eviction = Arc::new(crate::eviction::Eviction::new(
+        config.eviction,
+        capacity,
+        state.clone(),
+    ));
+    let proposer = Proposer::spawn(
+        config.id,
+        raft.clone(),
+        peers.clone(),
+        batch_limits,
+        eviction.clone(),
+    );
     let expiry_limits = crate::expiry::ExpiryLimits {
         interval: Duration::from_millis(config.expiry_interval_ms.max(1)),
         scan_keys: config.expiry_scan_keys.max(1),
@@ -186,10 +201,14 @@ fn start_router(
         proposer.clone(),
         expiry_limits,
     );
+    let local = LocalState {
+        state: state.clone(),
+        eviction,
+    };
     Arc::new(Router::new(
         config.id,
         raft.clone(),
-        state.clone(),
+        local,
         peers.clone(),
         proposer,
         RouterLimits {

@@ -28,6 +28,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::eviction::Eviction;
 use crate::network::{peer_addr, ForwardError, ForwardRequest, PeerClients, PeerError, PeerMethod};
 use crate::types::{now_ms, Applied, Batch, NodeId, Raft, Request};
 
@@ -77,13 +78,20 @@ fn stopping() -> ForwardError {
 
 impl Proposer {
     /// Starts the batching task for node `id`.
-    pub fn spawn(id: NodeId, raft: Raft, peers: Arc<PeerClients>, limits: BatchLimits) -> Self {
+    pub fn spawn(
+        id: NodeId,
+        raft: Raft,
+        peers: Arc<PeerClients>,
+        limits: BatchLimits,
+        eviction: Arc<Eviction>,
+    ) -> Self {
         let (queue, pending) = mpsc::channel(limits.max_pending.max(1));
         let batcher = Batcher {
             id,
             raft,
             peers,
             limits,
+            eviction,
         };
         tokio::spawn(batcher.run(pending));
         Self { queue }
@@ -119,6 +127,8 @@ struct Batcher {
     raft: Raft,
     peers: Arc<PeerClients>,
     limits: BatchLimits,
+    /// The caps written into each entry, and the evictions proposed ahead of writes.
+    eviction: Arc<Eviction>,
 }
 
 impl Batcher {
@@ -177,16 +187,28 @@ impl Batcher {
 
     async fn commit(&self, batch: Vec<Pending>) {
         let now_ms = now_ms();
-        let (requests, replies): (Vec<Request>, Vec<_>) = batch
+        let (mut requests, replies): (Vec<Request>, Vec<_>) = batch
             .into_iter()
             .map(|mut p| {
                 p.request.resolve_expiry(now_ms);
                 (p.request, p.reply)
             })
             .unzip();
-        let count = requests.len();
         let idempotent: Vec<bool> = requests.iter().map(Request::is_idempotent).collect();
-        match self.raft.client_write(Batch { requests, now_ms }).await {
+        // Room is made first, in the same entry, so replicas evict exactly these keys.
+        let evicting = self.eviction.plan(&requests);
+        let skip = usize::from(evicting.is_some());
+        if let Some(evict) = evicting {
+            requests.insert(0, evict);
+        }
+        let count = requests.len();
+        let capacity = self.eviction.capacity();
+        let batch = Batch {
+            requests,
+            now_ms,
+            capacity,
+        };
+        match self.raft.client_write(batch).await {
             Ok(written) => {
                 let index = written.log_id.index;
                 let responses = written.data.responses;
@@ -195,7 +217,7 @@ impl Batcher {
                     count,
                     "the state machine answers every request of a batch"
                 );
-                for (reply, response) in replies.into_iter().zip(responses) {
+                for (reply, response) in replies.into_iter().zip(responses.into_iter().skip(skip)) {
                     let _ = reply.send(Ok(Applied { index, response }));
                 }
             }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::eviction::Eviction;
 use crate::membership::Standing;
 use crate::network::{ForwardError, PeerClients};
 use crate::proposer::{Origin, Proposer};
@@ -54,6 +55,12 @@ pub struct RouterLimits {
     pub max_waiting_reads: usize,
 }
 
+/// This node's replica, and the access history its reads feed while it leads.
+pub struct LocalState {
+    pub state: StateReader,
+    pub eviction: Arc<Eviction>,
+}
+
 /// Routes client requests for one node.
 pub struct Router {
     id: NodeId,
@@ -68,18 +75,21 @@ pub struct Router {
     request_deadline: Duration,
     /// Whether this node is in a cluster: a removed or waiting node serves no client.
     standing: Arc<Standing>,
+    /// The access history LRU eviction uses (fed only while this node leads).
+    eviction: Arc<Eviction>,
 }
 
 impl Router {
     pub fn new(
         id: NodeId,
         raft: Raft,
-        state: StateReader,
+        local: LocalState,
         peers: Arc<PeerClients>,
         proposer: Proposer,
         limits: RouterLimits,
         standing: Arc<Standing>,
     ) -> Self {
+        let LocalState { state, eviction } = local;
         let RouterLimits {
             request_deadline,
             max_waiting_reads,
@@ -100,6 +110,15 @@ impl Router {
             read_rounds,
             request_deadline,
             standing,
+            eviction,
+        }
+    }
+
+    /// Records reads of `keys` as accesses for LRU eviction, if this node leads: only the
+    /// leader's view of accesses decides what is evicted.
+    pub fn note_reads<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        if self.raft.metrics().borrow().state == openraft::ServerState::Leader {
+            self.eviction.touch(keys);
         }
     }
 

@@ -116,6 +116,11 @@ pub enum Request {
     Expire {
         keys: Vec<String>,
     },
+    /// Removes `keys` to make room (chosen by the leader's LRU, proposed before the writes
+    /// that need the room).
+    Evict {
+        keys: Vec<String>,
+    },
 }
 
 impl Request {
@@ -126,7 +131,9 @@ impl Request {
             Request::Put { key, value, .. } => key.len() + value.len() + 24,
             Request::Remove { key } => key.len() + 16,
             Request::PutMany { items } => items.iter().map(Item::size_bytes).sum::<usize>() + 16,
-            Request::RemoveMany { keys: k } | Request::Expire { keys: k } => keys(k),
+            Request::RemoveMany { keys: k }
+            | Request::Expire { keys: k }
+            | Request::Evict { keys: k } => keys(k),
             Request::PutIfAbsent { item } => item.size_bytes(),
             Request::CompareAndPut { expected, item } => expected.len() + item.size_bytes(),
             Request::Increment { key, .. } => key.len() + 24,
@@ -175,6 +182,8 @@ pub enum Response {
     /// The request was refused and changed nothing (an increment of a value that is not an
     /// integer, or that would overflow).
     Refused(String),
+    /// The write would take the data past the entry's `Capacity`: it changed nothing.
+    Full(String),
 }
 
 /// A response together with the log index of the entry that carried its request.
@@ -192,6 +201,25 @@ pub struct Batch {
     /// The leader's clock when it proposed the batch (milliseconds since the Unix epoch):
     /// the time every expiry check of this entry uses, so replicas decide alike.
     pub now_ms: u64,
+    /// The leader's capacity limits when it proposed the batch: what every replica enforces
+    /// when it applies it, whatever its own flags say.
+    pub capacity: Capacity,
+}
+
+/// Caps on the data held (`--max-bytes`, `--max-keys`); 0 means no cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Bytes of keys and values.
+    pub max_bytes: u64,
+    pub max_keys: u64,
+}
+
+impl Capacity {
+    /// Whether `keys` keys of `bytes` bytes fit.
+    pub fn fits(&self, keys: u64, bytes: u64) -> bool {
+        (self.max_keys == 0 || keys <= self.max_keys)
+            && (self.max_bytes == 0 || bytes <= self.max_bytes)
+    }
 }
 
 /// The result of applying one log entry: one `Response` per request of its `Batch` (none for

@@ -81,6 +81,7 @@ impl CacheApi {
             found.extend(entry.map(|e| to_wire(e, now_ms)));
         }
         self.count_reads(keys.len() as u64, found.len() as u64);
+        self.router.note_reads(keys.iter().map(String::as_str));
         Ok(found)
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use openraft::ServerState;
 
 use crate::gen::cache::{
-    AdminChange, AdminOp, AdminRefused, CacheEntry, CacheServiceSyncProcessor,
+    AdminChange, AdminOp, AdminRefused, CacheEntry, CacheFull, CacheServiceSyncProcessor,
     Consistency as WireConsistency, InvalidRequest, KeyNotFound, Member, MemberState, Membership,
     NodeStatus, ReadOptions, Unauthorized, Unavailable,
 };
@@ -208,6 +208,7 @@ impl CacheApi {
             .entry(&key, now_ms)
             .map_err(|e| route_error(RouteError::Storage(e.to_string())))?;
         self.count_reads(1, u64::from(found.is_some()));
+        self.router.note_reads([key.as_str()]);
         match found {
             Some(entry) => Ok(to_wire(entry, now_ms)),
             None => Err(user_error(KeyNotFound { key })),
@@ -219,8 +220,13 @@ impl CacheApi {
         self.read(key, consistency, min_index).await
     }
 
+    /// Carries out a write; one the caps refused is `CacheFull`.
     async fn write(&self, request: Request) -> thrift::Result<Applied> {
-        self.router.write(request).await.map_err(route_error)
+        let applied = self.router.write(request).await.map_err(route_error)?;
+        if let Response::Full(message) = applied.response {
+            return Err(user_error(CacheFull { message }));
+        }
+        Ok(applied)
     }
 
     /// Checks an entry to write against the key and value limits and its TTL.

@@ -2190,7 +2190,7 @@ impl TCacheServiceProcessFunctions {
       Ok(handler_return) => {
         let message_ident = TMessageIdentifier::new("put", TMessageType::Reply, incoming_sequence_number);
         o_prot.write_message_begin(&message_ident)?;
-        let ret = CacheServicePutResult { result_value: Some(handler_return), invalid: None, unavailable: None };
+        let ret = CacheServicePutResult { result_value: Some(handler_return), invalid: None, unavailable: None, full: None };
         ret.write_to_out_protocol(o_prot)?;
         o_prot.write_message_end()?;
         o_prot.flush()
@@ -2200,7 +2200,7 @@ impl TCacheServiceProcessFunctions {
           thrift::Error::User(usr_err) => {
             if usr_err.downcast_ref::<InvalidRequest>().is_some() {
               let err = usr_err.downcast::<InvalidRequest>().expect("downcast already checked");
-              let ret_err = CacheServicePutResult{ result_value: None, invalid: Some(*err), unavailable: None };
+              let ret_err = CacheServicePutResult{ result_value: None, invalid: Some(*err), unavailable: None, full: None };
               let message_ident = TMessageIdentifier::new("put", TMessageType::Reply, incoming_sequence_number);
               o_prot.write_message_begin(&message_ident)?;
               ret_err.write_to_out_protocol(o_prot)?;
@@ -2208,7 +2208,15 @@ impl TCacheServiceProcessFunctions {
               o_prot.flush()
             } else if usr_err.downcast_ref::<Unavailable>().is_some() {
               let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
-              let ret_err = CacheServicePutResult{ result_value: None, invalid: None, unavailable: Some(*err) };
+              let ret_err = CacheServicePutResult{ result_value: None, invalid: None, unavailable: Some(*err), full: None };
+              let message_ident = TMessageIdentifier::new("put", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<CacheFull>().is_some() {
+              let err = usr_err.downcast::<CacheFull>().expect("downcast already checked");
+              let ret_err = CacheServicePutResult{ result_value: None, invalid: None, unavailable: None, full: Some(*err) };
               let message_ident = TMessageIdentifier::new("put", TMessageType::Reply, incoming_sequence_number);
               o_prot.write_message_begin(&message_ident)?;
               ret_err.write_to_out_protocol(o_prot)?;
@@ -3540,6 +3548,7 @@ struct CacheServicePutResult {
   result_value: Option<bool>,
   invalid: Option<InvalidRequest>,
   unavailable: Option<Unavailable>,
+  full: Option<CacheFull>,
 }
 
 impl CacheServicePutResult {
@@ -3548,6 +3557,8 @@ impl CacheServicePutResult {
       Err(thrift::Error::User(Box::new(self.invalid.unwrap())))
     } else if self.unavailable.is_some() {
       Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.full.is_some() {
+      Err(thrift::Error::User(Box::new(self.full.unwrap())))
     } else if self.result_value.is_some() {
       Ok(self.result_value.unwrap())
     } else {
@@ -3566,6 +3577,7 @@ impl CacheServicePutResult {
     let mut f_0: Option<bool> = None;
     let mut f_1: Option<InvalidRequest> = None;
     let mut f_2: Option<Unavailable> = None;
+    let mut f_3: Option<CacheFull> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -3585,6 +3597,10 @@ impl CacheServicePutResult {
           let val = Unavailable::read_from_in_protocol(i_prot)?;
           f_2 = Some(val);
         },
+        3 => {
+          let val = CacheFull::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -3596,6 +3612,7 @@ impl CacheServicePutResult {
       result_value: f_0,
       invalid: f_1,
       unavailable: f_2,
+      full: f_3,
     };
     Ok(ret)
   }
@@ -3614,6 +3631,11 @@ impl CacheServicePutResult {
     }
     if let Some(ref fld_var) = self.unavailable {
       o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.full {
+      o_prot.write_field_begin(&TFieldIdentifier::new("full", TType::Struct, 3))?;
       fld_var.write_to_out_protocol(o_prot)?;
       o_prot.write_field_end()?
     }

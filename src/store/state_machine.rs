@@ -21,7 +21,9 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use super::apply::{effect_key, read_u64, EntryTx, KEY_EVICTED, KEY_EXPIRED};
+use super::apply::{
+    effect_key, read_u64, EntryTx, Usage, KEY_BYTES, KEY_EVICTED, KEY_EXPIRED, KEY_KEYS,
+};
 use super::sm_flush::{PeriodicFlush, StateFlusher, STATE_FLUSH_INTERVAL};
 use super::value::{self, Stored};
 use super::{decode, encode, snapshot};
@@ -137,21 +139,34 @@ impl StateReader {
         Ok((expired, next))
     }
 
-    /// Keys, bytes and the replicated expiry and eviction counters. Counts bytes by reading
-    /// every key: O(keys).
+    /// Keys, bytes and the replicated expiry and eviction counters.
     pub fn stats(&self) -> Result<ReplicaStats, sled::Error> {
         let mut stats = ReplicaStats::default();
-        for pair in self.data.iter() {
-            let (key, raw) = pair?;
-            stats.keys += 1;
-            stats.bytes += (key.len() + value::decode(&raw).value.len()) as u64;
-        }
         let counter = |key: &[u8]| -> Result<u64, sled::Error> {
             Ok(self.meta.get(key)?.map_or(0, |raw| read_u64(&raw)))
         };
+        stats.keys = counter(KEY_KEYS)?;
+        stats.bytes = counter(KEY_BYTES)?;
         stats.expired = counter(KEY_EXPIRED)?;
         stats.evicted = counter(KEY_EVICTED)?;
         Ok(stats)
+    }
+
+    /// Bytes of `key` and its value, if it is held (expired or not).
+    pub fn size_of(&self, key: &str) -> Result<Option<u64>, sled::Error> {
+        Ok(self
+            .data
+            .get(key.as_bytes())?
+            .map(|raw| (key.len() + value::decode(&raw).value.len()) as u64))
+    }
+
+    /// Every key held, in byte order (stops at a read error).
+    pub fn keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.data
+            .iter()
+            .keys()
+            .map_while(Result::ok)
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
     }
 
     /// Number of keys held on this replica.
@@ -287,7 +302,16 @@ impl StateMachine {
                 .map_err(|e| std::io::Error::other(e.to_string()))
         })
         .map_err(read_err)?;
+        // The snapshot carries the data, not its counters: count what was installed.
+        let mut usage = Usage::default();
+        for pair in self.data.iter() {
+            let (key, raw) = pair.map_err(write_err)?;
+            usage.keys += 1;
+            usage.bytes += (key.len() + value::decode(&raw).value.len()) as u64;
+        }
         let mut batch = sled::Batch::default();
+        batch.insert(KEY_KEYS, &usage.keys.to_be_bytes());
+        batch.insert(KEY_BYTES, &usage.bytes.to_be_bytes());
         batch.insert(KEY_LAST_APPLIED, encode(&meta.last_log_id));
         batch.insert(KEY_MEMBERSHIP, encode(&meta.last_membership));
         batch.remove(KEY_INSTALLING);
@@ -326,6 +350,8 @@ fn apply_batch(
         return Ok(Vec::new());
     };
     let result = (data, meta, effects).transaction(|(data, meta, effects)| {
+        let before = Usage::read(meta)?;
+        let usage = Cell::new(before);
         let mut responses = Vec::with_capacity(entries.len());
         let mut membership = None;
         for entry in entries {
@@ -340,6 +366,8 @@ fn apply_batch(
                         index: entry.log_id.index,
                         now_ms: batch.now_ms,
                         seq: Cell::new(0),
+                        capacity: batch.capacity,
+                        usage: &usage,
                     };
                     for request in &batch.requests {
                         entry_responses.push(tx.apply(request)?);
@@ -352,6 +380,9 @@ fn apply_batch(
             responses.push(BatchResponse {
                 responses: entry_responses,
             });
+        }
+        if usage.get() != before {
+            usage.get().write(meta)?;
         }
         meta.insert(KEY_LAST_APPLIED, encode(&Some(last.log_id)))?;
         if let Some(m) = &membership {
@@ -735,7 +766,11 @@ mod tests {
     fn entry_at(index: u64, now_ms: u64, requests: Vec<Request>) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(crate::types::Batch { requests, now_ms }),
+            payload: EntryPayload::Normal(crate::types::Batch {
+                requests,
+                now_ms,
+                capacity: Default::default(),
+            }),
         }
     }
 
