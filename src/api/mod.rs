@@ -42,6 +42,9 @@ pub struct ApiLimits {
     pub max_scan_items: usize,
 }
 
+/// The name multiplexed clients (`TMultiplexedProtocol`) call this service by.
+pub const SERVICE_NAME: &str = "CacheService";
+
 /// This node's read counters, for `stats`.
 #[derive(Debug, Default)]
 struct ReadCounters {
@@ -94,11 +97,17 @@ impl Service for CacheApi {
     /// decode it into a `Call` (its answer is kept only if it could not decode the request:
     /// an exception), and, once the call has been carried out, once more to write the
     /// `Outcome` back with the request's method name and sequence number.
-    async fn call(&self, request: Vec<u8>) -> Option<Vec<u8>> {
+    async fn call(&self, request: Vec<u8>, protocol: server::Protocol) -> Option<Vec<u8>> {
+        // A multiplexed client's call of this service is served as a plain one.
+        let request = server::wire::demultiplex(protocol, &request, SERVICE_NAME);
         let call = {
             let decoded = Decoded::default();
-            let refusal =
-                server::process(&CacheServiceSyncProcessor::new(&decoded), &request).ok()?;
+            let refusal = server::process(
+                &CacheServiceSyncProcessor::new(&decoded),
+                &request,
+                protocol,
+            )
+            .ok()?;
             match decoded.0.into_inner() {
                 Some(call) => call,
                 None => return Some(refusal),
@@ -106,7 +115,7 @@ impl Service for CacheApi {
         };
         let outcome = self.execute(call).await;
         let answer = Answer(RefCell::new(Some(outcome)));
-        server::process(&CacheServiceSyncProcessor::new(answer), &request).ok()
+        server::process(&CacheServiceSyncProcessor::new(answer), &request, protocol).ok()
     }
 }
 
