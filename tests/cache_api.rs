@@ -311,6 +311,8 @@ async fn every_batch_method_refuses_more_items_than_its_cap() {
         "--max-batch-items=10",
         "--max-scan-items=5",
         "--max-batch-bytes=2000",
+        "--max-key-bytes=16",
+        "--max-value-bytes=1600",
     ];
     let cluster = TestCluster::start(3, &flags).await;
     let leader = cluster.wait_for_leader().await;
@@ -398,4 +400,68 @@ async fn every_batch_method_refuses_more_items_than_its_cap() {
         .await
         .unwrap_err();
     assert!(is_invalid(&e), "{e}");
+
+    phase("a key over --max-key-bytes or a value over --max-value-bytes, in every method");
+    let long = "k".repeat(17);
+    let calls: Vec<(&str, CallFn)> = vec![
+        (
+            "get_many",
+            Box::new(|c, k| {
+                c.service()
+                    .get_many(vec![k], ReadOptions::new(None, None))
+                    .map(drop)
+            }),
+        ),
+        (
+            "put_many",
+            Box::new(|c, k| c.service().put_many(vec![entry(&k, "v", None)]).map(drop)),
+        ),
+        (
+            "remove_many",
+            Box::new(|c, k| c.service().remove_many(vec![k]).map(drop)),
+        ),
+        (
+            "put_if_absent",
+            Box::new(|c, k| c.service().put_if_absent(entry(&k, "v", None)).map(drop)),
+        ),
+        (
+            "compare_and_put",
+            Box::new(|c, k| {
+                c.service()
+                    .compare_and_put(k.clone(), "v".into(), entry(&k, "w", None))
+                    .map(drop)
+            }),
+        ),
+        (
+            "increment",
+            Box::new(|c, k| c.service().increment(k, 1).map(drop)),
+        ),
+        (
+            "scan",
+            Box::new(|c, k| {
+                c.service()
+                    .scan(k, String::new(), 1, ReadOptions::new(None, None))
+                    .map(drop)
+            }),
+        ),
+    ];
+    for (method, call) in calls {
+        let key = long.clone();
+        let e = client.run(move |c| call(c, key)).await.unwrap_err();
+        assert!(
+            invalid_message(&e).contains("--max-key-bytes"),
+            "{method}: {e}"
+        );
+    }
+    let e = client
+        .run(|c| {
+            c.service()
+                .put_many(vec![entry("k", &"v".repeat(1601), None)])
+        })
+        .await
+        .unwrap_err();
+    assert!(invalid_message(&e).contains("--max-value-bytes"), "{e}");
 }
+
+type CallFn =
+    Box<dyn FnOnce(&mut raftcache::client::CacheClient, String) -> thrift::Result<()> + Send>;
