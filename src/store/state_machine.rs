@@ -829,6 +829,12 @@ mod tests {
             target.reader().get("k1").unwrap().as_deref(),
             Some("second")
         );
+        let (held, counted) = (
+            target.reader().stats().unwrap(),
+            source.reader().stats().unwrap(),
+        );
+        assert_eq!((held.keys, held.bytes), (counted.keys, counted.bytes));
+        assert_eq!(held.keys, target.reader().len() as u64);
         assert_eq!(target.reader().get("k1001").unwrap(), None);
         assert_eq!(
             target.applied_state().await.unwrap().0,
