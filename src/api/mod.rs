@@ -299,6 +299,30 @@ impl CacheApi {
     }
 }
 
+/// What the client port does with a connection's bytes before a call is carried out, without a
+/// node: tells the wire, splits the messages, strips a multiplexed prefix and decodes each
+/// message into a call (or the exception a client would get back). Returns how many messages
+/// were decoded. The fuzz target (`fuzz/`) runs it on arbitrary bytes.
+pub fn decode_connection_bytes(bytes: &[u8], max_message_bytes: usize) -> usize {
+    let Ok(Some(wire)) = server::wire::detect(bytes, max_message_bytes) else {
+        return 0;
+    };
+    let mut rest = bytes;
+    let mut decoded = 0;
+    while let server::frame::Scan::Complete(len) = server::wire::scan(wire, rest, max_message_bytes)
+    {
+        let message = server::wire::payload(wire, &rest[..len]);
+        let request = server::wire::demultiplex(wire.protocol, message, SERVICE_NAME);
+        let pass = Decoded::default();
+        let processor = CacheServiceSyncProcessor::new(&pass);
+        if server::process(&processor, &request, wire.protocol).is_ok() {
+            decoded += 1;
+        }
+        rest = &rest[len..];
+    }
+    decoded
+}
+
 /// The consistency and min_index a read asks for.
 fn read_options(options: &ReadOptions) -> thrift::Result<(Consistency, Option<u64>)> {
     let consistency = match options.consistency {
@@ -422,5 +446,32 @@ pub fn node_status(id: NodeId, raft: &Raft) -> NodeStatus {
         log_flushes: None,
         cluster_id: None,
         membership_changing: Some(membership.get_joint_config().len() > 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unframed binary `status()` call.
+    fn status_call() -> Vec<u8> {
+        let mut b = vec![0x80, 0x01, 0x00, 0x01, 0, 0, 0, 6];
+        b.extend(b"status");
+        b.extend([0, 0, 0, 1, 0]);
+        b
+    }
+
+    #[test]
+    fn pipelined_calls_are_each_decoded_and_garbage_is_not() {
+        let two = [status_call(), status_call()].concat();
+        assert_eq!(decode_connection_bytes(&two, 1024), 2);
+        let framed = [
+            &(status_call().len() as i32).to_be_bytes()[..],
+            &status_call(),
+        ]
+        .concat();
+        assert_eq!(decode_connection_bytes(&framed, 1024), 1);
+        assert_eq!(decode_connection_bytes(b"GET / HTTP/1.1\r\n\r\n", 1024), 0);
+        assert_eq!(decode_connection_bytes(&status_call()[..7], 1024), 0);
     }
 }
