@@ -11,6 +11,10 @@ namespace rs cache
 struct CacheEntry {
     1: required string key,
     2: required string value,
+    /// On writes: time to live in milliseconds (absent: no expiry). On reads: the milliseconds
+    /// left (absent for a key without expiry). The leader fixes the absolute expiry when it
+    /// proposes the write, so every replica agrees on it.
+    3: optional i64 ttl_ms,
 }
 
 /// `get` of a key that does not exist.
@@ -39,6 +43,35 @@ enum Consistency {
 
 struct ReadOptions {
     1: optional Consistency consistency = Consistency.LOCAL,
+    /// Answer only once this node has applied at least this log index (a `WriteResult.index`),
+    /// waiting up to the request deadline, then `Unavailable`: read-your-writes on any replica.
+    2: optional i64 min_index,
+}
+
+/// A write of several keys, as one log entry.
+struct WriteResult {
+    /// The log index of the write: usable as `ReadOptions.min_index`.
+    1: required i64 index,
+    /// `put_many`: entries written; `remove_many`: keys that existed.
+    2: required i32 count,
+}
+
+/// The cache is at its capacity (`--max-bytes`, `--max-keys`) and evicts nothing
+/// (`--eviction none`): the write was not applied.
+exception CacheFull {
+    1: required string message,
+}
+
+/// Counters of one node. Keys, bytes, expired and evicted are the replicated state (the same
+/// on every replica at the same applied index); hits and misses count this node's reads.
+struct CacheStats {
+    1: required i64 keys,
+    2: required i64 bytes,
+    3: required i64 hits,
+    4: required i64 misses,
+    5: required i64 expired,
+    6: required i64 evicted,
+    7: required i64 applied_index,
 }
 
 /// An admin call without the right admin token (`--admin-token` on the server). Reads and
@@ -127,7 +160,7 @@ service CacheService {
     CacheEntry get(1: string key)
         throws (1: KeyNotFound not_found, 2: InvalidRequest invalid, 3: Unavailable unavailable),
     bool put(1: CacheEntry entry)
-        throws (1: InvalidRequest invalid, 2: Unavailable unavailable),
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
     /// True when the key existed.
     bool remove(1: string key)
         throws (1: InvalidRequest invalid, 2: Unavailable unavailable),
@@ -151,4 +184,28 @@ service CacheService {
     /// admin_snapshot with the admin token (empty if the server has none).
     i64 admin_snapshot_with(1: string token)
         throws (1: Unavailable unavailable, 2: Unauthorized unauthorized),
+    /// The entries of `keys` that exist, in request order.
+    list<CacheEntry> get_many(1: list<string> keys, 2: ReadOptions options)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable),
+    /// All or nothing, one log entry; `count` = entries written.
+    WriteResult put_many(1: list<CacheEntry> entries)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
+    /// All or nothing, one log entry; `count` = keys that existed.
+    WriteResult remove_many(1: list<string> keys)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable),
+    /// Writes only if the key is absent (or expired); true when it wrote.
+    bool put_if_absent(1: CacheEntry entry)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
+    /// Writes only if the key exists with exactly `expected_value`; true when it wrote.
+    bool compare_and_put(1: string key, 2: string expected_value, 3: CacheEntry entry)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
+    /// Adds `delta` to the key's decimal integer value (absent: 0), stores and returns the sum.
+    /// A value that is not an integer, or an overflow, is InvalidRequest and changes nothing.
+    i64 increment(1: string key, 2: i64 delta)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
+    /// Keys with `prefix`, in byte order, after `start_after` (empty: from the start), at most
+    /// `limit` (capped by the server's --max-scan-items).
+    list<CacheEntry> scan(1: string prefix, 2: string start_after, 3: i32 limit, 4: ReadOptions options)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable),
+    CacheStats stats(),
 }

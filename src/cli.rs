@@ -10,7 +10,9 @@ use serde_json::json;
 
 use crate::client::{describe_error, CacheClient};
 use crate::config::NodeConfig;
-use crate::gen::cache::{AdminOp, Membership, NodeStatus};
+use crate::gen::cache::{
+    AdminOp, CacheStats, Membership, NodeStatus, ReadOptions, TCacheServiceSyncClient,
+};
 use crate::membership::{add_node, CatchUp};
 
 /// raftcache: a persistent, replicated key-value cache (Thrift API, Raft replication, sled).
@@ -38,6 +40,38 @@ pub enum Command {
     Put {
         key: String,
         value: String,
+        /// Expire the key this many milliseconds after the write.
+        #[arg(long)]
+        ttl_ms: Option<i64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Add DELTA (default 1) to the decimal integer under KEY (absent: 0); print the result.
+    Incr {
+        key: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        delta: i64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the keys starting with PREFIX and their values, in byte order, one per line.
+    Scan {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Start after this key.
+        #[arg(long, default_value = "")]
+        start_after: String,
+        /// Most entries to print (the server caps it with --max-scan-items).
+        #[arg(long, default_value_t = 100)]
+        limit: i32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print a node's cache counters (keys, bytes, hits, misses, expired, evicted).
+    Stats {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -218,8 +252,44 @@ fn client_command(command: Command) -> Result<ExitCode, String> {
                 Ok(ExitCode::from(1))
             }
         },
-        Command::Put { key, value, conn } => {
-            conn.connect()?.put(&key, &value).map_err(err)?;
+        Command::Put {
+            key,
+            value,
+            ttl_ms,
+            conn,
+        } => {
+            conn.connect()?.put_ttl(&key, &value, ttl_ms).map_err(err)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Incr { key, delta, conn } => {
+            let value = conn
+                .connect()?
+                .service()
+                .increment(key, delta)
+                .map_err(err)?;
+            println!("{value}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Scan {
+            prefix,
+            start_after,
+            limit,
+            conn,
+        } => {
+            let options = ReadOptions::new(None, None);
+            let entries = conn
+                .connect()?
+                .service()
+                .scan(prefix, start_after, limit, options)
+                .map_err(err)?;
+            for entry in entries {
+                println!("{}\t{}", entry.key, entry.value);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { json, conn } => {
+            let stats = conn.connect()?.service().stats().map_err(err)?;
+            println!("{}", stats_text(&stats, json));
             Ok(ExitCode::SUCCESS)
         }
         Command::Remove { key, conn } => {
@@ -435,4 +505,30 @@ fn status_text(s: &NodeStatus) -> String {
         ));
     }
     out
+}
+
+/// A node's cache counters, as text or one JSON object.
+fn stats_text(stats: &CacheStats, json: bool) -> String {
+    let fields = [
+        ("keys", stats.keys),
+        ("bytes", stats.bytes),
+        ("hits", stats.hits),
+        ("misses", stats.misses),
+        ("expired", stats.expired),
+        ("evicted", stats.evicted),
+        ("applied_index", stats.applied_index),
+    ];
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .map(|(name, value)| (name.to_string(), (*value).into()))
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    } else {
+        let lines: Vec<String> = fields
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}"))
+            .collect();
+        lines.join("\n")
+    }
 }

@@ -52,6 +52,7 @@ impl CacheClient {
         };
         let options = ReadOptions {
             consistency: Some(consistency),
+            min_index: None,
         };
         match self.inner.get_with(key.to_string(), options) {
             Ok(entry) => Ok(Some(entry.value)),
@@ -61,10 +62,21 @@ impl CacheClient {
     }
 
     pub fn put(&mut self, key: &str, value: &str) -> thrift::Result<bool> {
+        self.put_ttl(key, value, None)
+    }
+
+    /// Stores `value` under `key`, expiring `ttl_ms` after the leader proposes it (if given).
+    pub fn put_ttl(&mut self, key: &str, value: &str, ttl_ms: Option<i64>) -> thrift::Result<bool> {
         self.inner.put(CacheEntry {
             key: key.to_string(),
             value: value.to_string(),
+            ttl_ms,
         })
+    }
+
+    /// The generated client, for every other method of the `CacheService`.
+    pub fn service(&mut self) -> &mut impl TCacheServiceSyncClient {
+        &mut self.inner
     }
 
     /// Whether the key existed.
@@ -114,7 +126,7 @@ impl CacheClient {
 
 /// A readable one-line description of a client-side error, naming declared exceptions.
 pub fn describe_error(e: &thrift::Error) -> String {
-    use crate::gen::cache::{AdminRefused, InvalidRequest, Unauthorized, Unavailable};
+    use crate::gen::cache::{AdminRefused, CacheFull, InvalidRequest, Unauthorized, Unavailable};
     if let thrift::Error::User(user) = e {
         if let Some(x) = user.downcast_ref::<AdminRefused>() {
             return format!("refused: {}", x.message);
@@ -124,6 +136,9 @@ pub fn describe_error(e: &thrift::Error) -> String {
         }
         if let Some(x) = user.downcast_ref::<Unavailable>() {
             return format!("unavailable: {}", x.message);
+        }
+        if let Some(x) = user.downcast_ref::<CacheFull>() {
+            return format!("cache full: {}", x.message);
         }
         if let Some(x) = user.downcast_ref::<InvalidRequest>() {
             return format!("invalid request: {}", x.message);

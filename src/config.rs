@@ -92,6 +92,44 @@ pub struct NodeConfig {
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_value_bytes: usize,
 
+    /// Most keys or entries in one get_many, put_many or remove_many; more is InvalidRequest.
+    #[arg(long, default_value_t = 1000)]
+    pub max_batch_items: usize,
+
+    /// Most bytes of keys and values in one put_many; more is InvalidRequest.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_batch_bytes: usize,
+
+    /// Most entries one scan returns, whatever limit the client asks for.
+    #[arg(long, default_value_t = 1000)]
+    pub max_scan_items: usize,
+
+    /// Most bytes of keys and values the cache holds (0: no cap). Past it, see --eviction.
+    #[arg(long, default_value_t = 0)]
+    pub max_bytes: u64,
+
+    /// Most keys the cache holds (0: no cap). Past it, see --eviction.
+    #[arg(long, default_value_t = 0)]
+    pub max_keys: u64,
+
+    /// A write past --max-bytes or --max-keys: `none` fails it with CacheFull; `lru` has the
+    /// leader evict the least recently used keys first (by the accesses the leader saw; reads
+    /// served by followers do not count).
+    #[arg(long, value_enum, default_value_t = crate::eviction::Policy::None)]
+    pub eviction: crate::eviction::Policy,
+
+    /// How often the leader looks for expired keys to remove.
+    #[arg(long, default_value_t = 250)]
+    pub expiry_interval_ms: u64,
+
+    /// Most keys the leader looks at per expiry round (it resumes where it stopped).
+    #[arg(long, default_value_t = 10_000)]
+    pub expiry_scan_keys: usize,
+
+    /// Most expired keys removed by one replicated log entry.
+    #[arg(long, default_value_t = 1000)]
+    pub expiry_batch_keys: usize,
+
     /// A connection that stalls this long in the middle of a message is closed.
     #[arg(long, default_value_t = 10_000)]
     pub read_timeout_ms: u64,
@@ -302,9 +340,13 @@ impl NodeConfig {
         Duration::from_millis(self.peer_probe_timeout_ms)
     }
 
-    /// Largest encoded batch of writes in one log entry: one maximal write.
+    /// Largest encoded batch of writes in one log entry: one maximal write (a single put, a
+    /// put_many, or an expiry batch).
     pub fn batch_max_bytes(&self) -> usize {
-        self.max_key_bytes + self.max_value_bytes + 1024
+        let single = self.max_key_bytes + self.max_value_bytes;
+        let many = self.max_batch_bytes + 24 * self.max_batch_items;
+        let expiry = self.expiry_batch_keys * (self.max_key_bytes + 8);
+        single.max(many).max(expiry) + 1024
     }
 
     /// Largest message accepted on the peer port: a full append RPC of maximal entries (each

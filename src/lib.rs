@@ -11,6 +11,8 @@
 //!   read, write proposal, or forward to the leader.
 //! - `proposer`: group commit: concurrent writes become one Raft log entry (forwarded to the
 //!   leader as one batch from a follower).
+//! - `eviction`: capacity caps and the leader's LRU choice of keys to evict.
+//! - `expiry`: the leader's sweep that removes expired keys in replicated batches.
 //! - `read_index`: concurrent linearizable reads share one leadership-confirming round.
 //! - `membership`: admin membership changes (members, add, promote, demote, remove, replace),
 //!   carried out on the leader with safety checks; `--join`; whether this node was removed.
@@ -30,6 +32,8 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod eviction;
+pub mod expiry;
 pub mod gen;
 pub mod linearizability;
 pub mod membership;

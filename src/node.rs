@@ -14,7 +14,7 @@ use crate::gen::cache::NodeStatus;
 use crate::membership::{self, Admin, CatchUp, JoinRequest, Standing};
 use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
 use crate::proposer::{BatchLimits, Proposer};
-use crate::router::{Router, RouterLimits};
+use crate::router::{LocalState, Router, RouterLimits};
 use crate::server::{self, ServerHandle};
 use crate::store::{
     self, ClusterIdentity, FlushStats, OpenError, StateFlusher, StateReader, StoreOptions,
@@ -94,6 +94,9 @@ pub async fn start_with_listeners(
     let api_limits = ApiLimits {
         max_key_bytes: config.max_key_bytes,
         max_value_bytes: config.max_value_bytes,
+        max_batch_items: config.max_batch_items,
+        max_batch_bytes: config.max_batch_bytes,
+        max_scan_items: config.max_scan_items,
     };
     let admin_parts = AdminParts {
         admin,
@@ -171,11 +174,42 @@ fn start_router(
         max_pending: config.max_pending_writes,
         forward_timeout: config.request_deadline(),
     };
-    let proposer = Proposer::spawn(config.id, raft.clone(), peers.clone(), batch_limits);
-    Arc::new(Router::new(
+    let capacity = crate::types::Capacity {
+        max_bytes: config.max_bytes,
+        max_keys: config.max_keys,
+    };
+    let eviction = Arc::new(crate::eviction::Eviction::new(
+        config.eviction,
+        capacity,
+        state.clone(),
+    ));
+    let proposer = Proposer::spawn(
+        config.id,
+        raft.clone(),
+        peers.clone(),
+        batch_limits,
+        eviction.clone(),
+    );
+    let expiry_limits = crate::expiry::ExpiryLimits {
+        interval: Duration::from_millis(config.expiry_interval_ms.max(1)),
+        scan_keys: config.expiry_scan_keys.max(1),
+        batch_keys: config.expiry_batch_keys.max(1),
+    };
+    crate::expiry::spawn(
         config.id,
         raft.clone(),
         state.clone(),
+        proposer.clone(),
+        expiry_limits,
+    );
+    let local = LocalState {
+        state: state.clone(),
+        eviction,
+    };
+    Arc::new(Router::new(
+        config.id,
+        raft.clone(),
+        local,
         peers.clone(),
         proposer,
         RouterLimits {

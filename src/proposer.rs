@@ -8,6 +8,15 @@
 //! leader's own batching. Requests that arrived from a peer are never forwarded again, so two
 //! nodes with stale views of who leads cannot bounce them between each other.
 //!
+//! The leader fixes what depends on time as it proposes a batch: its clock goes into the entry
+//! (`Batch::now_ms`, the time every expiry check of the entry uses) and every relative TTL
+//! becomes an absolute expiry. A follower forwards requests as the client sent them.
+//!
+//! A write that may not be applied twice (`Request::is_idempotent`) is answered "outcome
+//! unknown" (`ForwardError::Failed`) rather than "not the leader" once it was proposed, so the
+//! router never retries it: openraft may report a lost leadership for an entry that a later
+//! leader still commits.
+//!
 //! A batch is bounded by a number of requests and by bytes (never more than one maximal single
 //! write, so peer messages keep their bound). A few batches may be in flight at once, so the
 //! next batch is appended while the previous one is being replicated.
@@ -19,11 +28,12 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::eviction::Eviction;
 use crate::network::{
     leader_replaced, peer_addr, ForwardError, ForwardRequest, PeerClients, PeerError, PeerMethod,
     SendGate,
 };
-use crate::types::{Batch, NodeId, Raft, Request, Response};
+use crate::types::{now_ms, Applied, Batch, NodeId, Raft, Request};
 
 /// Bounds on proposal batching.
 #[derive(Debug, Clone)]
@@ -50,13 +60,13 @@ pub enum Origin {
 }
 
 /// The answer to one proposed write.
-pub type Answer = oneshot::Receiver<Result<Response, ForwardError>>;
+pub type Answer = oneshot::Receiver<Result<Applied, ForwardError>>;
 
 /// A write waiting to be proposed, and where its answer goes.
 struct Pending {
     request: Request,
     origin: Origin,
-    reply: oneshot::Sender<Result<Response, ForwardError>>,
+    reply: oneshot::Sender<Result<Applied, ForwardError>>,
 }
 
 /// The handle writes are proposed through. Cheap to clone.
@@ -71,13 +81,20 @@ fn stopping() -> ForwardError {
 
 impl Proposer {
     /// Starts the batching task for node `id`.
-    pub fn spawn(id: NodeId, raft: Raft, peers: Arc<PeerClients>, limits: BatchLimits) -> Self {
+    pub fn spawn(
+        id: NodeId,
+        raft: Raft,
+        peers: Arc<PeerClients>,
+        limits: BatchLimits,
+        eviction: Arc<Eviction>,
+    ) -> Self {
         let (queue, pending) = mpsc::channel(limits.max_pending.max(1));
         let batcher = Batcher {
             id,
             raft,
             peers,
             limits,
+            eviction,
         };
         tokio::spawn(batcher.run(pending));
         Self { queue }
@@ -99,11 +116,7 @@ impl Proposer {
     }
 
     /// Proposes `request` and waits for its answer.
-    pub async fn propose(
-        &self,
-        request: Request,
-        origin: Origin,
-    ) -> Result<Response, ForwardError> {
+    pub async fn propose(&self, request: Request, origin: Origin) -> Result<Applied, ForwardError> {
         self.submit(request, origin)
             .await?
             .await
@@ -117,6 +130,8 @@ struct Batcher {
     raft: Raft,
     peers: Arc<PeerClients>,
     limits: BatchLimits,
+    /// The caps written into each entry, and the evictions proposed ahead of writes.
+    eviction: Arc<Eviction>,
 }
 
 impl Batcher {
@@ -174,19 +189,39 @@ impl Batcher {
     }
 
     async fn commit(&self, batch: Vec<Pending>) {
-        let (requests, replies): (Vec<Request>, Vec<_>) =
-            batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+        let now_ms = now_ms();
+        let (mut requests, replies): (Vec<Request>, Vec<_>) = batch
+            .into_iter()
+            .map(|mut p| {
+                p.request.resolve_expiry(now_ms);
+                (p.request, p.reply)
+            })
+            .unzip();
+        let idempotent: Vec<bool> = requests.iter().map(Request::is_idempotent).collect();
+        // Room is made first, in the same entry, so replicas evict exactly these keys.
+        let evicting = self.eviction.plan(&requests);
+        let skip = usize::from(evicting.is_some());
+        if let Some(evict) = evicting {
+            requests.insert(0, evict);
+        }
         let count = requests.len();
-        match self.raft.client_write(Batch { requests }).await {
+        let capacity = self.eviction.capacity();
+        let batch = Batch {
+            requests,
+            now_ms,
+            capacity,
+        };
+        match self.raft.client_write(batch).await {
             Ok(written) => {
+                let index = written.log_id.index;
                 let responses = written.data.responses;
                 assert_eq!(
                     responses.len(),
                     count,
                     "the state machine answers every request of a batch"
                 );
-                for (reply, response) in replies.into_iter().zip(responses) {
-                    let _ = reply.send(Ok(response));
+                for (reply, response) in replies.into_iter().zip(responses.into_iter().skip(skip)) {
+                    let _ = reply.send(Ok(Applied { index, response }));
                 }
             }
             Err(e) => {
@@ -203,8 +238,8 @@ impl Batcher {
                         ForwardError::Failed(format!("node {} is stopping: {e}", self.id))
                     }
                 };
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+                for (reply, idempotent) in replies.into_iter().zip(idempotent) {
+                    let _ = reply.send(Err(after_proposal(error.clone(), idempotent)));
                 }
             }
         }
@@ -216,7 +251,7 @@ impl Batcher {
             batch.into_iter().map(|p| (p.request, p.reply)).unzip();
         let count = requests.len();
         let addr = peer_addr(&self.raft, leader);
-        let answers: Result<Vec<Result<Response, ForwardError>>, ForwardError> = match addr {
+        let answers: Result<Vec<Result<Applied, ForwardError>>, ForwardError> = match addr {
             None => Err(ForwardError::TryAgain(format!(
                 "leader {leader} is not in this node's membership yet"
             ))),
@@ -290,6 +325,17 @@ fn leader_gone(leader: NodeId, gate: &SendGate) -> ForwardError {
     }
 }
 
+/// The error a proposed request is answered with: "not the leader" invites a retry, which only
+/// an idempotent request may take, since the entry may still be committed by the next leader.
+fn after_proposal(error: ForwardError, idempotent: bool) -> ForwardError {
+    match error {
+        ForwardError::NotLeader { leader } if !idempotent => ForwardError::Failed(format!(
+            "leadership changed (leader now: {leader:?}) while the write was being committed; it may or may not have been applied, and is not retried because applying it twice would differ"
+        )),
+        other => other,
+    }
+}
+
 /// `first` plus whatever is already queued, within the limits; also the request that did not
 /// fit, to start the next batch with. A batch always holds at least one request.
 fn take_batch(
@@ -321,6 +367,7 @@ mod tests {
             request: Request::Put {
                 key: key.into(),
                 value: "v".repeat(value_len),
+                expiry: crate::types::Expiry::Never,
             },
             origin: Origin::Client,
             reply,
@@ -367,6 +414,24 @@ mod tests {
             "the request over the byte limit starts the next batch"
         );
         assert_eq!(rx.len(), 1);
+    }
+
+    #[test]
+    fn a_write_that_may_not_apply_twice_is_not_retried_after_it_was_proposed() {
+        let lost = || ForwardError::NotLeader { leader: Some(2) };
+        assert!(matches!(
+            after_proposal(lost(), true),
+            ForwardError::NotLeader { .. }
+        ));
+        assert!(matches!(
+            after_proposal(lost(), false),
+            ForwardError::Failed(_)
+        ));
+        let increment = Request::Increment {
+            key: "n".into(),
+            delta: 1,
+        };
+        assert!(!increment.is_idempotent());
     }
 
     #[tokio::test]

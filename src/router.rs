@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::eviction::Eviction;
 use crate::membership::Standing;
 use crate::network::{ForwardError, PeerClients};
 use crate::proposer::{Origin, Proposer};
 use crate::read_index::{ReadIndexBatcher, ReadIndexSource};
 use crate::store::StateReader;
-use crate::types::{NodeId, Raft, Request, Response};
+use crate::types::{Applied, NodeId, Raft, Request};
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,12 @@ pub struct RouterLimits {
     pub max_waiting_reads: usize,
 }
 
+/// This node's replica, and the access history its reads feed while it leads.
+pub struct LocalState {
+    pub state: StateReader,
+    pub eviction: Arc<Eviction>,
+}
+
 /// Routes client requests for one node.
 pub struct Router {
     id: NodeId,
@@ -68,18 +75,21 @@ pub struct Router {
     request_deadline: Duration,
     /// Whether this node is in a cluster: a removed or waiting node serves no client.
     standing: Arc<Standing>,
+    /// The access history LRU eviction uses (fed only while this node leads).
+    eviction: Arc<Eviction>,
 }
 
 impl Router {
     pub fn new(
         id: NodeId,
         raft: Raft,
-        state: StateReader,
+        local: LocalState,
         peers: Arc<PeerClients>,
         proposer: Proposer,
         limits: RouterLimits,
         standing: Arc<Standing>,
     ) -> Self {
+        let LocalState { state, eviction } = local;
         let RouterLimits {
             request_deadline,
             max_waiting_reads,
@@ -100,6 +110,15 @@ impl Router {
             read_rounds,
             request_deadline,
             standing,
+            eviction,
+        }
+    }
+
+    /// Records reads of `keys` as accesses for LRU eviction, if this node leads: only the
+    /// leader's view of accesses decides what is evicted.
+    pub fn note_reads<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        if self.raft.metrics().borrow().state == openraft::ServerState::Leader {
+            self.eviction.touch(keys);
         }
     }
 
@@ -117,30 +136,62 @@ impl Router {
         key: &str,
         consistency: Consistency,
     ) -> Result<Option<String>, RouteError> {
-        self.refuse_if_not_member()?;
-        if consistency == Consistency::Linearizable {
-            let deadline = Instant::now() + self.request_deadline;
-            if let Some(index) = self.read_index(deadline).await? {
-                let wait = deadline.saturating_duration_since(Instant::now());
-                self.raft
-                    .wait(Some(wait))
-                    .applied_index_at_least(Some(index), "linearizable read")
-                    .await
-                    .map_err(|e| {
-                        RouteError::Unavailable(format!(
-                            "this node did not catch up to the read index {index} in time: {e}"
-                        ))
-                    })?;
-            }
-        }
-        self.state
+        let state = self.reader(consistency, None).await?;
+        state
             .get(key)
             .map_err(|e| RouteError::Storage(e.to_string()))
     }
 
+    /// This replica's state as it is now (for counters, not for reads a client asked for).
+    pub fn state(&self) -> &StateReader {
+        &self.state
+    }
+
+    /// This replica's state, once it may be read with `consistency` and has applied at least
+    /// `min_index` (waiting up to the request deadline for both).
+    pub async fn reader(
+        &self,
+        consistency: Consistency,
+        min_index: Option<u64>,
+    ) -> Result<&StateReader, RouteError> {
+        self.refuse_if_not_member()?;
+        let deadline = Instant::now() + self.request_deadline;
+        if consistency == Consistency::Linearizable {
+            if let Some(index) = self.read_index(deadline).await? {
+                self.wait_applied(index, deadline, "the read index").await?;
+            }
+        }
+        if let Some(index) = min_index.filter(|i| *i > 0) {
+            self.wait_applied(index, deadline, "the requested min_index")
+                .await?;
+        }
+        Ok(&self.state)
+    }
+
+    /// Waits until this node has applied `index`, up to `deadline`.
+    async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<(), RouteError> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), what)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                RouteError::Unavailable(format!(
+                    "this node did not catch up to {what} {index} within the request deadline of {} ms: {e}",
+                    self.request_deadline.as_millis()
+                ))
+            })
+    }
+
     /// Proposes a write through Raft (here, or on the leader) and returns its result once it is
     /// committed on a majority and applied.
-    pub async fn write(&self, request: Request) -> Result<Response, RouteError> {
+    pub async fn write(&self, request: Request) -> Result<Applied, RouteError> {
         self.refuse_if_not_member()?;
         let deadline = Instant::now() + self.request_deadline;
         let mut last_reason = String::from("no leader");
@@ -177,7 +228,7 @@ impl Router {
         &self,
         requests: Vec<Request>,
         deadline: Duration,
-    ) -> Vec<Result<Response, ForwardError>> {
+    ) -> Vec<Result<Applied, ForwardError>> {
         let until = Instant::now() + deadline;
         let mut answers = Vec::with_capacity(requests.len());
         for request in requests {

@@ -32,19 +32,136 @@ impl fmt::Display for Node {
     }
 }
 
-/// One client mutation of the cache.
+/// When a written key expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    /// Never.
+    Never,
+    /// This many milliseconds after the leader proposes the write: what a client (and a
+    /// follower forwarding its write) sends. The leader turns it into `AtMs` before proposing.
+    AfterMs(u64),
+    /// At this absolute time (milliseconds since the Unix epoch, by the leader's clock).
+    AtMs(u64),
+}
+
+impl Expiry {
+    /// The absolute expiry, fixing a relative one against `now_ms` (the leader's clock).
+    pub fn resolve(self, now_ms: u64) -> Expiry {
+        match self {
+            Expiry::AfterMs(ttl) => Expiry::AtMs(now_ms.saturating_add(ttl)),
+            other => other,
+        }
+    }
+
+    /// The absolute expiry, if any (a relative one that was never resolved counts as none, the
+    /// same way on every replica).
+    pub fn at_ms(self) -> Option<u64> {
+        match self {
+            Expiry::AtMs(at) => Some(at),
+            _ => None,
+        }
+    }
+}
+
+/// One key and value to write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    pub key: String,
+    pub value: String,
+    pub expiry: Expiry,
+}
+
+impl Item {
+    fn size_bytes(&self) -> usize {
+        self.key.len() + self.value.len() + 24
+    }
+}
+
+/// One client mutation of the cache. Conditional and read-modify-write requests are decided
+/// by the state machine when it applies them, so racing clients cannot both win.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    Put { key: String, value: String },
-    Remove { key: String },
+    Put {
+        key: String,
+        value: String,
+        expiry: Expiry,
+    },
+    Remove {
+        key: String,
+    },
+    /// All the items, in one step.
+    PutMany {
+        items: Vec<Item>,
+    },
+    /// All the keys, in one step; answered with how many existed.
+    RemoveMany {
+        keys: Vec<String>,
+    },
+    /// Writes the item only if its key is absent or expired.
+    PutIfAbsent {
+        item: Item,
+    },
+    /// Writes the item only if its key holds exactly `expected`.
+    CompareAndPut {
+        expected: String,
+        item: Item,
+    },
+    /// Adds `delta` to the decimal integer under `key` (absent: 0).
+    Increment {
+        key: String,
+        delta: i64,
+    },
+    /// Removes those of `keys` that are expired when the entry is applied (proposed by the
+    /// leader's expiry sweep).
+    Expire {
+        keys: Vec<String>,
+    },
+    /// Removes `keys` to make room (chosen by the leader's LRU, proposed before the writes
+    /// that need the room).
+    Evict {
+        keys: Vec<String>,
+    },
 }
 
 impl Request {
     /// Approximate encoded size, for bounding batches.
     pub fn size_bytes(&self) -> usize {
+        let keys = |keys: &[String]| keys.iter().map(|k| k.len() + 8).sum::<usize>() + 16;
         match self {
-            Request::Put { key, value } => key.len() + value.len() + 16,
+            Request::Put { key, value, .. } => key.len() + value.len() + 24,
             Request::Remove { key } => key.len() + 16,
+            Request::PutMany { items } => items.iter().map(Item::size_bytes).sum::<usize>() + 16,
+            Request::RemoveMany { keys: k }
+            | Request::Expire { keys: k }
+            | Request::Evict { keys: k } => keys(k),
+            Request::PutIfAbsent { item } => item.size_bytes(),
+            Request::CompareAndPut { expected, item } => expected.len() + item.size_bytes(),
+            Request::Increment { key, .. } => key.len() + 24,
+        }
+    }
+
+    /// Whether applying the request twice leaves the same state and answer as applying it
+    /// once: only those may be retried when a proposal's outcome is unknown.
+    pub fn is_idempotent(&self) -> bool {
+        matches!(
+            self,
+            Request::Put { .. } | Request::Remove { .. } | Request::PutMany { .. }
+        )
+    }
+
+    /// Fixes every relative expiry against the leader's clock, as the leader proposes it.
+    pub fn resolve_expiry(&mut self, now_ms: u64) {
+        match self {
+            Request::Put { expiry, .. } => *expiry = expiry.resolve(now_ms),
+            Request::PutMany { items } => {
+                for item in items {
+                    item.expiry = item.expiry.resolve(now_ms);
+                }
+            }
+            Request::PutIfAbsent { item } | Request::CompareAndPut { item, .. } => {
+                item.expiry = item.expiry.resolve(now_ms)
+            }
+            _ => {}
         }
     }
 }
@@ -56,6 +173,24 @@ pub enum Response {
     Put,
     /// A `Remove`: whether the key existed.
     Removed { existed: bool },
+    /// `PutMany`: items written; `RemoveMany`, `Expire`: keys removed.
+    Count(u64),
+    /// `PutIfAbsent`, `CompareAndPut`: whether it wrote.
+    Written(bool),
+    /// `Increment`: the new value.
+    Incremented(i64),
+    /// The request was refused and changed nothing (an increment of a value that is not an
+    /// integer, or that would overflow).
+    Refused(String),
+    /// The write would take the data past the entry's `Capacity`: it changed nothing.
+    Full(String),
+}
+
+/// A response together with the log index of the entry that carried its request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub index: u64,
+    pub response: Response,
 }
 
 /// The payload of one Raft log entry: requests proposed together (group commit), applied in
@@ -63,6 +198,28 @@ pub enum Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     pub requests: Vec<Request>,
+    /// The leader's clock when it proposed the batch (milliseconds since the Unix epoch):
+    /// the time every expiry check of this entry uses, so replicas decide alike.
+    pub now_ms: u64,
+    /// The leader's capacity limits when it proposed the batch: what every replica enforces
+    /// when it applies it, whatever its own flags say.
+    pub capacity: Capacity,
+}
+
+/// Caps on the data held (`--max-bytes`, `--max-keys`); 0 means no cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Bytes of keys and values.
+    pub max_bytes: u64,
+    pub max_keys: u64,
+}
+
+impl Capacity {
+    /// Whether `keys` keys of `bytes` bytes fit.
+    pub fn fits(&self, keys: u64, bytes: u64) -> bool {
+        (self.max_keys == 0 || keys <= self.max_keys)
+            && (self.max_bytes == 0 || bytes <= self.max_bytes)
+    }
 }
 
 /// The result of applying one log entry: one `Response` per request of its `Batch` (none for
@@ -70,6 +227,14 @@ pub struct Batch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchResponse {
     pub responses: Vec<Response>,
+}
+
+/// Milliseconds since the Unix epoch by this node's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 openraft::declare_raft_types!(

@@ -619,3 +619,96 @@ async fn unknown_method_gets_an_exception_and_the_connection_stays_usable() {
     );
     cluster.stop(1).await;
 }
+
+// ---- framed transport and compact protocol -------------------------------------------------
+
+/// A compact-protocol call header (seqid 1) of `method`.
+fn compact_call(method: &str) -> Vec<u8> {
+    let mut b = vec![0x82, 0x21, 0x01, method.len() as u8];
+    b.extend(method.as_bytes());
+    b
+}
+
+/// `bytes` behind a 4-byte frame length.
+fn framed(bytes: &[u8]) -> Vec<u8> {
+    [(bytes.len() as i32).to_be_bytes().as_slice(), bytes].concat()
+}
+
+/// The message types of the framed compact answers in `bytes` (0x41 reply, 0x61 exception).
+fn framed_compact_answers(bytes: &[u8]) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 6 {
+        let len = i32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        assert_eq!(rest[4], 0x82, "a compact answer: {rest:?}");
+        kinds.push(rest[5]);
+        rest = &rest[(4 + len).min(rest.len())..];
+    }
+    kinds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_frame_lengths_close_the_connection() {
+    let (_g, mut cluster, panics) = start(&["--read-timeout-ms=1000"]).await;
+    let status = compact_call("status");
+    for (what, len) in [("negative", -1i32), ("zero", 0), ("huge", 0x7FFF_FFF0)] {
+        phase(&format!("a frame length that is {what}"));
+        let bad = [len.to_be_bytes().as_slice(), &status, &[0]].concat();
+        let out = send_and_read(cluster.client_addrs[&1], bad, PROMPT).await;
+        assert!(out.bytes.is_empty(), "{what}: no answer: {out:?}");
+        assert_ne!(out.end, End::StillOpen, "{what}: closed");
+        assert_healthy(&cluster, panics, what).await;
+    }
+    phase("a frame length larger than the bytes that follow, then a stall");
+    let short = [100i32.to_be_bytes().as_slice(), &status, &[0]].concat();
+    let out = send_and_read(cluster.client_addrs[&1], short, WAIT).await;
+    assert!(out.bytes.is_empty() && out.end != End::StillOpen, "{out:?}");
+    assert_healthy(&cluster, panics, "short frame").await;
+    cluster.stop(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_compact_strings_are_refused_without_a_normal_reply() {
+    let (_g, mut cluster, panics) = start(&["--read-timeout-ms=1000"]).await;
+    phase("unframed compact get whose key claims 2^31 bytes (varint)");
+    let mut huge = compact_call("get");
+    huge.extend([0x18, 0x80, 0x80, 0x80, 0x80, 0x08, b'a']);
+    let out = send_and_read(cluster.client_addrs[&1], huge, PROMPT).await;
+    assert_ne!(out.end, End::StillOpen, "{out:?}");
+    assert!(
+        out.bytes.len() < 2 || out.bytes[1] != 0x41,
+        "no normal reply: {out:?}"
+    );
+    assert_healthy(&cluster, panics, "huge compact string").await;
+
+    phase("framed compact get whose key claims more bytes than its frame holds");
+    let mut inside = compact_call("get");
+    inside.extend([0x18, 100, b'a', b'b', 0]);
+    let out = send_and_read(cluster.client_addrs[&1], framed(&inside), PROMPT).await;
+    let kinds = framed_compact_answers(&out.bytes);
+    assert!(!kinds.contains(&0x41), "no normal reply: {out:?}");
+    assert_healthy(&cluster, panics, "short compact string").await;
+    cluster.stop(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_method_over_framed_compact_gets_an_exception_and_the_connection_stays_usable() {
+    let (_g, mut cluster, panics) = start(&["--read-timeout-ms=30000"]).await;
+    phase("framed compact: drop_everything(\"all of it\"), then status, pipelined");
+    let mut unknown = compact_call("drop_everything");
+    unknown.extend([0x18, 9]);
+    unknown.extend(b"all of it");
+    unknown.push(0);
+    let mut status = compact_call("status");
+    status.push(0);
+    let bytes = [framed(&unknown), framed(&status)].concat();
+    let out = send_and_read(cluster.client_addrs[&1], bytes, PROMPT).await;
+    assert_eq!(
+        framed_compact_answers(&out.bytes),
+        [0x61, 0x41],
+        "an exception, then the status reply: {out:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.bytes).contains("drop_everything"));
+    assert_healthy(&cluster, panics, "unknown method over framed compact").await;
+    cluster.stop(1).await;
+}

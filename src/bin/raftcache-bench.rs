@@ -129,13 +129,13 @@ fn call<'a>(
 ) -> impl Fn(&mut dyn TCacheServiceSyncClient) -> bool + 'a {
     move |c: &mut dyn TCacheServiceSyncClient| match op {
         Op::Put => c
-            .put(CacheEntry::new(key.to_string(), value.to_string()))
+            .put(CacheEntry::new(key.to_string(), value.to_string(), None))
             .is_ok(),
         Op::Get => c.get(key.to_string()).is_ok(),
         Op::Lget => c
             .get_with(
                 key.to_string(),
-                ReadOptions::new(Some(Consistency::LINEARIZABLE)),
+                ReadOptions::new(Some(Consistency::LINEARIZABLE), None),
             )
             .is_ok(),
     }

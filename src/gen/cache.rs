@@ -144,13 +144,15 @@ impl From<&AdminOp> for i32 {
 pub struct CacheEntry {
   pub key: String,
   pub value: String,
+  pub ttl_ms: Option<i64>,
 }
 
 impl CacheEntry {
-  pub fn new(key: String, value: String) -> CacheEntry {
+  pub fn new<F3>(key: String, value: String, ttl_ms: F3) -> CacheEntry where F3: Into<Option<i64>> {
     CacheEntry {
       key,
       value,
+      ttl_ms: ttl_ms.into(),
     }
   }
 }
@@ -160,6 +162,7 @@ impl TSerializable for CacheEntry {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<String> = None;
     let mut f_2: Option<String> = None;
+    let mut f_3: Option<i64> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -175,6 +178,10 @@ impl TSerializable for CacheEntry {
           let val = i_prot.read_string()?;
           f_2 = Some(val);
         },
+        3 => {
+          let val = i_prot.read_i64()?;
+          f_3 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -187,6 +194,7 @@ impl TSerializable for CacheEntry {
     let ret = CacheEntry {
       key: f_1.expect("auto-generated code should have checked for presence of required fields"),
       value: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      ttl_ms: f_3,
     };
     Ok(ret)
   }
@@ -199,6 +207,11 @@ impl TSerializable for CacheEntry {
     o_prot.write_field_begin(&TFieldIdentifier::new("value", TType::String, 2))?;
     o_prot.write_string(&self.value)?;
     o_prot.write_field_end()?;
+    if let Some(fld_var) = self.ttl_ms {
+      o_prot.write_field_begin(&TFieldIdentifier::new("ttl_ms", TType::I64, 3))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -421,12 +434,14 @@ impl Display for Unavailable {
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct ReadOptions {
   pub consistency: Option<Consistency>,
+  pub min_index: Option<i64>,
 }
 
 impl ReadOptions {
-  pub fn new<F1>(consistency: F1) -> ReadOptions where F1: Into<Option<Consistency>> {
+  pub fn new<F1, F2>(consistency: F1, min_index: F2) -> ReadOptions where F1: Into<Option<Consistency>>, F2: Into<Option<i64>> {
     ReadOptions {
       consistency: consistency.into(),
+      min_index: min_index.into(),
     }
   }
 }
@@ -435,6 +450,7 @@ impl TSerializable for ReadOptions {
   fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<ReadOptions> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<Consistency> = None;
+    let mut f_2: Option<i64> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -446,6 +462,10 @@ impl TSerializable for ReadOptions {
           let val = Consistency::read_from_in_protocol(i_prot)?;
           f_1 = Some(val);
         },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -455,6 +475,7 @@ impl TSerializable for ReadOptions {
     i_prot.read_struct_end()?;
     let ret = ReadOptions {
       consistency: f_1,
+      min_index: f_2,
     };
     Ok(ret)
   }
@@ -466,6 +487,11 @@ impl TSerializable for ReadOptions {
       fld_var.write_to_out_protocol(o_prot)?;
       o_prot.write_field_end()?
     }
+    if let Some(fld_var) = self.min_index {
+      o_prot.write_field_begin(&TFieldIdentifier::new("min_index", TType::I64, 2))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -475,7 +501,274 @@ impl Default for ReadOptions {
   fn default() -> Self {
     ReadOptions{
       consistency: None,
+      min_index: Some(0),
     }
+  }
+}
+
+//
+// WriteResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct WriteResult {
+  pub index: i64,
+  pub count: i32,
+}
+
+impl WriteResult {
+  pub fn new(index: i64, count: i32) -> WriteResult {
+    WriteResult {
+      index,
+      count,
+    }
+  }
+}
+
+impl TSerializable for WriteResult {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<WriteResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<i64> = None;
+    let mut f_2: Option<i32> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_i64()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i32()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("WriteResult.index", &f_1)?;
+    verify_required_field_exists("WriteResult.count", &f_2)?;
+    let ret = WriteResult {
+      index: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      count: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("WriteResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("index", TType::I64, 1))?;
+    o_prot.write_i64(self.index)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("count", TType::I32, 2))?;
+    o_prot.write_i32(self.count)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheFull
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct CacheFull {
+  pub message: String,
+}
+
+impl CacheFull {
+  pub fn new(message: String) -> CacheFull {
+    CacheFull {
+      message,
+    }
+  }
+}
+
+impl TSerializable for CacheFull {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheFull> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheFull.message", &f_1)?;
+    let ret = CacheFull {
+      message: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheFull");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("message", TType::String, 1))?;
+    o_prot.write_string(&self.message)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+impl Error for CacheFull {}
+
+impl From<CacheFull> for thrift::Error {
+  fn from(e: CacheFull) -> Self {
+    thrift::Error::User(Box::new(e))
+  }
+}
+
+impl Display for CacheFull {
+  fn fmt(&self, f: &mut Formatter) -> fmt::Result {
+    write!(f, "remote service threw CacheFull")
+  }
+}
+
+//
+// CacheStats
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct CacheStats {
+  pub keys: i64,
+  pub bytes: i64,
+  pub hits: i64,
+  pub misses: i64,
+  pub expired: i64,
+  pub evicted: i64,
+  pub applied_index: i64,
+}
+
+impl CacheStats {
+  pub fn new(keys: i64, bytes: i64, hits: i64, misses: i64, expired: i64, evicted: i64, applied_index: i64) -> CacheStats {
+    CacheStats {
+      keys,
+      bytes,
+      hits,
+      misses,
+      expired,
+      evicted,
+      applied_index,
+    }
+  }
+}
+
+impl TSerializable for CacheStats {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheStats> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<i64> = None;
+    let mut f_2: Option<i64> = None;
+    let mut f_3: Option<i64> = None;
+    let mut f_4: Option<i64> = None;
+    let mut f_5: Option<i64> = None;
+    let mut f_6: Option<i64> = None;
+    let mut f_7: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_i64()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i64()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_i64()?;
+          f_4 = Some(val);
+        },
+        5 => {
+          let val = i_prot.read_i64()?;
+          f_5 = Some(val);
+        },
+        6 => {
+          let val = i_prot.read_i64()?;
+          f_6 = Some(val);
+        },
+        7 => {
+          let val = i_prot.read_i64()?;
+          f_7 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheStats.keys", &f_1)?;
+    verify_required_field_exists("CacheStats.bytes", &f_2)?;
+    verify_required_field_exists("CacheStats.hits", &f_3)?;
+    verify_required_field_exists("CacheStats.misses", &f_4)?;
+    verify_required_field_exists("CacheStats.expired", &f_5)?;
+    verify_required_field_exists("CacheStats.evicted", &f_6)?;
+    verify_required_field_exists("CacheStats.applied_index", &f_7)?;
+    let ret = CacheStats {
+      keys: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      bytes: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      hits: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      misses: f_4.expect("auto-generated code should have checked for presence of required fields"),
+      expired: f_5.expect("auto-generated code should have checked for presence of required fields"),
+      evicted: f_6.expect("auto-generated code should have checked for presence of required fields"),
+      applied_index: f_7.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheStats");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("keys", TType::I64, 1))?;
+    o_prot.write_i64(self.keys)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("bytes", TType::I64, 2))?;
+    o_prot.write_i64(self.bytes)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("hits", TType::I64, 3))?;
+    o_prot.write_i64(self.hits)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("misses", TType::I64, 4))?;
+    o_prot.write_i64(self.misses)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("expired", TType::I64, 5))?;
+    o_prot.write_i64(self.expired)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("evicted", TType::I64, 6))?;
+    o_prot.write_i64(self.evicted)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("applied_index", TType::I64, 7))?;
+    o_prot.write_i64(self.applied_index)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
   }
 }
 
@@ -1230,6 +1523,14 @@ pub trait TCacheServiceSyncClient {
   fn admin_members(&mut self, token: String) -> thrift::Result<Membership>;
   fn admin_change(&mut self, change: AdminChange, token: String) -> thrift::Result<Membership>;
   fn admin_snapshot_with(&mut self, token: String) -> thrift::Result<i64>;
+  fn get_many(&mut self, keys: Vec<String>, options: ReadOptions) -> thrift::Result<Vec<CacheEntry>>;
+  fn put_many(&mut self, entries: Vec<CacheEntry>) -> thrift::Result<WriteResult>;
+  fn remove_many(&mut self, keys: Vec<String>) -> thrift::Result<WriteResult>;
+  fn put_if_absent(&mut self, entry: CacheEntry) -> thrift::Result<bool>;
+  fn compare_and_put(&mut self, key: String, expected_value: String, entry: CacheEntry) -> thrift::Result<bool>;
+  fn increment(&mut self, key: String, delta: i64) -> thrift::Result<i64>;
+  fn scan(&mut self, prefix: String, start_after: String, limit: i32, options: ReadOptions) -> thrift::Result<Vec<CacheEntry>>;
+  fn stats(&mut self) -> thrift::Result<CacheStats>;
 }
 
 pub trait TCacheServiceSyncClientMarker {}
@@ -1499,6 +1800,222 @@ impl <C: TThriftClient + TCacheServiceSyncClientMarker> TCacheServiceSyncClient 
       result.ok_or()
     }
   }
+  fn get_many(&mut self, keys: Vec<String>, options: ReadOptions) -> thrift::Result<Vec<CacheEntry>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("get_many", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceGetManyArgs { keys, options };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("get_many", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceGetManyResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn put_many(&mut self, entries: Vec<CacheEntry>) -> thrift::Result<WriteResult> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("put_many", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServicePutManyArgs { entries };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("put_many", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServicePutManyResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn remove_many(&mut self, keys: Vec<String>) -> thrift::Result<WriteResult> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("remove_many", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceRemoveManyArgs { keys };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("remove_many", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceRemoveManyResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn put_if_absent(&mut self, entry: CacheEntry) -> thrift::Result<bool> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("put_if_absent", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServicePutIfAbsentArgs { entry };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("put_if_absent", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServicePutIfAbsentResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn compare_and_put(&mut self, key: String, expected_value: String, entry: CacheEntry) -> thrift::Result<bool> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("compare_and_put", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceCompareAndPutArgs { key, expected_value, entry };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("compare_and_put", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceCompareAndPutResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn increment(&mut self, key: String, delta: i64) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("increment", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceIncrementArgs { key, delta };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("increment", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceIncrementResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn scan(&mut self, prefix: String, start_after: String, limit: i32, options: ReadOptions) -> thrift::Result<Vec<CacheEntry>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("scan", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceScanArgs { prefix, start_after, limit, options };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("scan", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceScanResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn stats(&mut self) -> thrift::Result<CacheStats> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("stats", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceStatsArgs {  };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("stats", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceStatsResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -1515,6 +2032,14 @@ pub trait CacheServiceSyncHandler {
   fn handle_admin_members(&self, token: String) -> thrift::Result<Membership>;
   fn handle_admin_change(&self, change: AdminChange, token: String) -> thrift::Result<Membership>;
   fn handle_admin_snapshot_with(&self, token: String) -> thrift::Result<i64>;
+  fn handle_get_many(&self, keys: Vec<String>, options: ReadOptions) -> thrift::Result<Vec<CacheEntry>>;
+  fn handle_put_many(&self, entries: Vec<CacheEntry>) -> thrift::Result<WriteResult>;
+  fn handle_remove_many(&self, keys: Vec<String>) -> thrift::Result<WriteResult>;
+  fn handle_put_if_absent(&self, entry: CacheEntry) -> thrift::Result<bool>;
+  fn handle_compare_and_put(&self, key: String, expected_value: String, entry: CacheEntry) -> thrift::Result<bool>;
+  fn handle_increment(&self, key: String, delta: i64) -> thrift::Result<i64>;
+  fn handle_scan(&self, prefix: String, start_after: String, limit: i32, options: ReadOptions) -> thrift::Result<Vec<CacheEntry>>;
+  fn handle_stats(&self) -> thrift::Result<CacheStats>;
 }
 
 pub struct CacheServiceSyncProcessor<H: CacheServiceSyncHandler> {
@@ -1553,6 +2078,30 @@ impl <H: CacheServiceSyncHandler> CacheServiceSyncProcessor<H> {
   }
   fn process_admin_snapshot_with(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TCacheServiceProcessFunctions::process_admin_snapshot_with(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_get_many(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_get_many(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_put_many(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_put_many(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_remove_many(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_remove_many(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_put_if_absent(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_put_if_absent(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_compare_and_put(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_compare_and_put(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_increment(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_increment(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_scan(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_scan(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_stats(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_stats(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -1641,7 +2190,7 @@ impl TCacheServiceProcessFunctions {
       Ok(handler_return) => {
         let message_ident = TMessageIdentifier::new("put", TMessageType::Reply, incoming_sequence_number);
         o_prot.write_message_begin(&message_ident)?;
-        let ret = CacheServicePutResult { result_value: Some(handler_return), invalid: None, unavailable: None };
+        let ret = CacheServicePutResult { result_value: Some(handler_return), invalid: None, unavailable: None, full: None };
         ret.write_to_out_protocol(o_prot)?;
         o_prot.write_message_end()?;
         o_prot.flush()
@@ -1651,7 +2200,7 @@ impl TCacheServiceProcessFunctions {
           thrift::Error::User(usr_err) => {
             if usr_err.downcast_ref::<InvalidRequest>().is_some() {
               let err = usr_err.downcast::<InvalidRequest>().expect("downcast already checked");
-              let ret_err = CacheServicePutResult{ result_value: None, invalid: Some(*err), unavailable: None };
+              let ret_err = CacheServicePutResult{ result_value: None, invalid: Some(*err), unavailable: None, full: None };
               let message_ident = TMessageIdentifier::new("put", TMessageType::Reply, incoming_sequence_number);
               o_prot.write_message_begin(&message_ident)?;
               ret_err.write_to_out_protocol(o_prot)?;
@@ -1659,7 +2208,15 @@ impl TCacheServiceProcessFunctions {
               o_prot.flush()
             } else if usr_err.downcast_ref::<Unavailable>().is_some() {
               let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
-              let ret_err = CacheServicePutResult{ result_value: None, invalid: None, unavailable: Some(*err) };
+              let ret_err = CacheServicePutResult{ result_value: None, invalid: None, unavailable: Some(*err), full: None };
+              let message_ident = TMessageIdentifier::new("put", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<CacheFull>().is_some() {
+              let err = usr_err.downcast::<CacheFull>().expect("downcast already checked");
+              let ret_err = CacheServicePutResult{ result_value: None, invalid: None, unavailable: None, full: Some(*err) };
               let message_ident = TMessageIdentifier::new("put", TMessageType::Reply, incoming_sequence_number);
               o_prot.write_message_begin(&message_ident)?;
               ret_err.write_to_out_protocol(o_prot)?;
@@ -2164,6 +2721,551 @@ impl TCacheServiceProcessFunctions {
       },
     }
   }
+  pub fn process_get_many<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceGetManyArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_get_many(args.keys, args.options) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("get_many", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceGetManyResult { result_value: Some(handler_return), invalid: None, unavailable: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<InvalidRequest>().is_some() {
+              let err = usr_err.downcast::<InvalidRequest>().expect("downcast already checked");
+              let ret_err = CacheServiceGetManyResult{ result_value: None, invalid: Some(*err), unavailable: None };
+              let message_ident = TMessageIdentifier::new("get_many", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServiceGetManyResult{ result_value: None, invalid: None, unavailable: Some(*err) };
+              let message_ident = TMessageIdentifier::new("get_many", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("get_many", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("get_many", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("get_many", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_put_many<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServicePutManyArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_put_many(args.entries) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("put_many", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServicePutManyResult { result_value: Some(handler_return), invalid: None, unavailable: None, full: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<InvalidRequest>().is_some() {
+              let err = usr_err.downcast::<InvalidRequest>().expect("downcast already checked");
+              let ret_err = CacheServicePutManyResult{ result_value: None, invalid: Some(*err), unavailable: None, full: None };
+              let message_ident = TMessageIdentifier::new("put_many", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServicePutManyResult{ result_value: None, invalid: None, unavailable: Some(*err), full: None };
+              let message_ident = TMessageIdentifier::new("put_many", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<CacheFull>().is_some() {
+              let err = usr_err.downcast::<CacheFull>().expect("downcast already checked");
+              let ret_err = CacheServicePutManyResult{ result_value: None, invalid: None, unavailable: None, full: Some(*err) };
+              let message_ident = TMessageIdentifier::new("put_many", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("put_many", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("put_many", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("put_many", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_remove_many<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceRemoveManyArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_remove_many(args.keys) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("remove_many", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceRemoveManyResult { result_value: Some(handler_return), invalid: None, unavailable: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<InvalidRequest>().is_some() {
+              let err = usr_err.downcast::<InvalidRequest>().expect("downcast already checked");
+              let ret_err = CacheServiceRemoveManyResult{ result_value: None, invalid: Some(*err), unavailable: None };
+              let message_ident = TMessageIdentifier::new("remove_many", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServiceRemoveManyResult{ result_value: None, invalid: None, unavailable: Some(*err) };
+              let message_ident = TMessageIdentifier::new("remove_many", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("remove_many", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("remove_many", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("remove_many", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_put_if_absent<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServicePutIfAbsentArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_put_if_absent(args.entry) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("put_if_absent", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServicePutIfAbsentResult { result_value: Some(handler_return), invalid: None, unavailable: None, full: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<InvalidRequest>().is_some() {
+              let err = usr_err.downcast::<InvalidRequest>().expect("downcast already checked");
+              let ret_err = CacheServicePutIfAbsentResult{ result_value: None, invalid: Some(*err), unavailable: None, full: None };
+              let message_ident = TMessageIdentifier::new("put_if_absent", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServicePutIfAbsentResult{ result_value: None, invalid: None, unavailable: Some(*err), full: None };
+              let message_ident = TMessageIdentifier::new("put_if_absent", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<CacheFull>().is_some() {
+              let err = usr_err.downcast::<CacheFull>().expect("downcast already checked");
+              let ret_err = CacheServicePutIfAbsentResult{ result_value: None, invalid: None, unavailable: None, full: Some(*err) };
+              let message_ident = TMessageIdentifier::new("put_if_absent", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("put_if_absent", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("put_if_absent", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("put_if_absent", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_compare_and_put<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceCompareAndPutArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_compare_and_put(args.key, args.expected_value, args.entry) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("compare_and_put", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceCompareAndPutResult { result_value: Some(handler_return), invalid: None, unavailable: None, full: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<InvalidRequest>().is_some() {
+              let err = usr_err.downcast::<InvalidRequest>().expect("downcast already checked");
+              let ret_err = CacheServiceCompareAndPutResult{ result_value: None, invalid: Some(*err), unavailable: None, full: None };
+              let message_ident = TMessageIdentifier::new("compare_and_put", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServiceCompareAndPutResult{ result_value: None, invalid: None, unavailable: Some(*err), full: None };
+              let message_ident = TMessageIdentifier::new("compare_and_put", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<CacheFull>().is_some() {
+              let err = usr_err.downcast::<CacheFull>().expect("downcast already checked");
+              let ret_err = CacheServiceCompareAndPutResult{ result_value: None, invalid: None, unavailable: None, full: Some(*err) };
+              let message_ident = TMessageIdentifier::new("compare_and_put", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("compare_and_put", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("compare_and_put", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("compare_and_put", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_increment<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceIncrementArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_increment(args.key, args.delta) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("increment", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceIncrementResult { result_value: Some(handler_return), invalid: None, unavailable: None, full: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<InvalidRequest>().is_some() {
+              let err = usr_err.downcast::<InvalidRequest>().expect("downcast already checked");
+              let ret_err = CacheServiceIncrementResult{ result_value: None, invalid: Some(*err), unavailable: None, full: None };
+              let message_ident = TMessageIdentifier::new("increment", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServiceIncrementResult{ result_value: None, invalid: None, unavailable: Some(*err), full: None };
+              let message_ident = TMessageIdentifier::new("increment", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<CacheFull>().is_some() {
+              let err = usr_err.downcast::<CacheFull>().expect("downcast already checked");
+              let ret_err = CacheServiceIncrementResult{ result_value: None, invalid: None, unavailable: None, full: Some(*err) };
+              let message_ident = TMessageIdentifier::new("increment", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("increment", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("increment", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("increment", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_scan<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceScanArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_scan(args.prefix, args.start_after, args.limit, args.options) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("scan", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceScanResult { result_value: Some(handler_return), invalid: None, unavailable: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<InvalidRequest>().is_some() {
+              let err = usr_err.downcast::<InvalidRequest>().expect("downcast already checked");
+              let ret_err = CacheServiceScanResult{ result_value: None, invalid: Some(*err), unavailable: None };
+              let message_ident = TMessageIdentifier::new("scan", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServiceScanResult{ result_value: None, invalid: None, unavailable: Some(*err) };
+              let message_ident = TMessageIdentifier::new("scan", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("scan", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("scan", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("scan", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_stats<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let _ = CacheServiceStatsArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_stats() {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("stats", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceStatsResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("stats", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("stats", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: CacheServiceSyncHandler> TProcessor for CacheServiceSyncProcessor<H> {
@@ -2196,6 +3298,30 @@ impl <H: CacheServiceSyncHandler> TProcessor for CacheServiceSyncProcessor<H> {
       },
       "admin_snapshot_with" => {
         self.process_admin_snapshot_with(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "get_many" => {
+        self.process_get_many(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "put_many" => {
+        self.process_put_many(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "remove_many" => {
+        self.process_remove_many(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "put_if_absent" => {
+        self.process_put_if_absent(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "compare_and_put" => {
+        self.process_compare_and_put(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "increment" => {
+        self.process_increment(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "scan" => {
+        self.process_scan(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "stats" => {
+        self.process_stats(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -2422,6 +3548,7 @@ struct CacheServicePutResult {
   result_value: Option<bool>,
   invalid: Option<InvalidRequest>,
   unavailable: Option<Unavailable>,
+  full: Option<CacheFull>,
 }
 
 impl CacheServicePutResult {
@@ -2430,6 +3557,8 @@ impl CacheServicePutResult {
       Err(thrift::Error::User(Box::new(self.invalid.unwrap())))
     } else if self.unavailable.is_some() {
       Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.full.is_some() {
+      Err(thrift::Error::User(Box::new(self.full.unwrap())))
     } else if self.result_value.is_some() {
       Ok(self.result_value.unwrap())
     } else {
@@ -2448,6 +3577,7 @@ impl CacheServicePutResult {
     let mut f_0: Option<bool> = None;
     let mut f_1: Option<InvalidRequest> = None;
     let mut f_2: Option<Unavailable> = None;
+    let mut f_3: Option<CacheFull> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -2467,6 +3597,10 @@ impl CacheServicePutResult {
           let val = Unavailable::read_from_in_protocol(i_prot)?;
           f_2 = Some(val);
         },
+        3 => {
+          let val = CacheFull::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -2478,6 +3612,7 @@ impl CacheServicePutResult {
       result_value: f_0,
       invalid: f_1,
       unavailable: f_2,
+      full: f_3,
     };
     Ok(ret)
   }
@@ -2496,6 +3631,11 @@ impl CacheServicePutResult {
     }
     if let Some(ref fld_var) = self.unavailable {
       o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.full {
+      o_prot.write_field_begin(&TFieldIdentifier::new("full", TType::Struct, 3))?;
       fld_var.write_to_out_protocol(o_prot)?;
       o_prot.write_field_end()?
     }
@@ -3467,6 +4607,1261 @@ impl CacheServiceAdminSnapshotWithResult {
     }
     if let Some(ref fld_var) = self.unauthorized {
       o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceGetManyArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceGetManyArgs {
+  keys: Vec<String>,
+  options: ReadOptions,
+}
+
+impl CacheServiceGetManyArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceGetManyArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<String>> = None;
+    let mut f_2: Option<ReadOptions> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<String> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_2 = i_prot.read_string()?;
+            val.push(list_elem_2);
+          }
+          i_prot.read_list_end()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = ReadOptions::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceGetManyArgs.keys", &f_1)?;
+    verify_required_field_exists("CacheServiceGetManyArgs.options", &f_2)?;
+    let ret = CacheServiceGetManyArgs {
+      keys: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      options: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("get_many_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("keys", TType::List, 1))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::String, self.keys.len() as i32))?;
+    for e in &self.keys {
+      o_prot.write_string(e)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("options", TType::Struct, 2))?;
+    self.options.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceGetManyResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceGetManyResult {
+  result_value: Option<Vec<CacheEntry>>,
+  invalid: Option<InvalidRequest>,
+  unavailable: Option<Unavailable>,
+}
+
+impl CacheServiceGetManyResult {
+  fn ok_or(self) -> thrift::Result<Vec<CacheEntry>> {
+    if self.invalid.is_some() {
+      Err(thrift::Error::User(Box::new(self.invalid.unwrap())))
+    } else if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceGetMany"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceGetManyResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<CacheEntry>> = None;
+    let mut f_1: Option<InvalidRequest> = None;
+    let mut f_2: Option<Unavailable> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<CacheEntry> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_3 = CacheEntry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_3);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = InvalidRequest::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceGetManyResult {
+      result_value: f_0,
+      invalid: f_1,
+      unavailable: f_2,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceGetManyResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.invalid {
+      o_prot.write_field_begin(&TFieldIdentifier::new("invalid", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServicePutManyArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServicePutManyArgs {
+  entries: Vec<CacheEntry>,
+}
+
+impl CacheServicePutManyArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServicePutManyArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<CacheEntry>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<CacheEntry> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_4 = CacheEntry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_4);
+          }
+          i_prot.read_list_end()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServicePutManyArgs.entries", &f_1)?;
+    let ret = CacheServicePutManyArgs {
+      entries: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("put_many_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("entries", TType::List, 1))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, self.entries.len() as i32))?;
+    for e in &self.entries {
+      e.write_to_out_protocol(o_prot)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServicePutManyResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServicePutManyResult {
+  result_value: Option<WriteResult>,
+  invalid: Option<InvalidRequest>,
+  unavailable: Option<Unavailable>,
+  full: Option<CacheFull>,
+}
+
+impl CacheServicePutManyResult {
+  fn ok_or(self) -> thrift::Result<WriteResult> {
+    if self.invalid.is_some() {
+      Err(thrift::Error::User(Box::new(self.invalid.unwrap())))
+    } else if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.full.is_some() {
+      Err(thrift::Error::User(Box::new(self.full.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServicePutMany"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServicePutManyResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<WriteResult> = None;
+    let mut f_1: Option<InvalidRequest> = None;
+    let mut f_2: Option<Unavailable> = None;
+    let mut f_3: Option<CacheFull> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = WriteResult::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = InvalidRequest::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = CacheFull::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServicePutManyResult {
+      result_value: f_0,
+      invalid: f_1,
+      unavailable: f_2,
+      full: f_3,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServicePutManyResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.invalid {
+      o_prot.write_field_begin(&TFieldIdentifier::new("invalid", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.full {
+      o_prot.write_field_begin(&TFieldIdentifier::new("full", TType::Struct, 3))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceRemoveManyArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceRemoveManyArgs {
+  keys: Vec<String>,
+}
+
+impl CacheServiceRemoveManyArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceRemoveManyArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<String>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<String> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_5 = i_prot.read_string()?;
+            val.push(list_elem_5);
+          }
+          i_prot.read_list_end()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceRemoveManyArgs.keys", &f_1)?;
+    let ret = CacheServiceRemoveManyArgs {
+      keys: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("remove_many_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("keys", TType::List, 1))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::String, self.keys.len() as i32))?;
+    for e in &self.keys {
+      o_prot.write_string(e)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceRemoveManyResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceRemoveManyResult {
+  result_value: Option<WriteResult>,
+  invalid: Option<InvalidRequest>,
+  unavailable: Option<Unavailable>,
+}
+
+impl CacheServiceRemoveManyResult {
+  fn ok_or(self) -> thrift::Result<WriteResult> {
+    if self.invalid.is_some() {
+      Err(thrift::Error::User(Box::new(self.invalid.unwrap())))
+    } else if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceRemoveMany"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceRemoveManyResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<WriteResult> = None;
+    let mut f_1: Option<InvalidRequest> = None;
+    let mut f_2: Option<Unavailable> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = WriteResult::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = InvalidRequest::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceRemoveManyResult {
+      result_value: f_0,
+      invalid: f_1,
+      unavailable: f_2,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceRemoveManyResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.invalid {
+      o_prot.write_field_begin(&TFieldIdentifier::new("invalid", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServicePutIfAbsentArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServicePutIfAbsentArgs {
+  entry: CacheEntry,
+}
+
+impl CacheServicePutIfAbsentArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServicePutIfAbsentArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<CacheEntry> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = CacheEntry::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServicePutIfAbsentArgs.entry", &f_1)?;
+    let ret = CacheServicePutIfAbsentArgs {
+      entry: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("put_if_absent_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("entry", TType::Struct, 1))?;
+    self.entry.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServicePutIfAbsentResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServicePutIfAbsentResult {
+  result_value: Option<bool>,
+  invalid: Option<InvalidRequest>,
+  unavailable: Option<Unavailable>,
+  full: Option<CacheFull>,
+}
+
+impl CacheServicePutIfAbsentResult {
+  fn ok_or(self) -> thrift::Result<bool> {
+    if self.invalid.is_some() {
+      Err(thrift::Error::User(Box::new(self.invalid.unwrap())))
+    } else if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.full.is_some() {
+      Err(thrift::Error::User(Box::new(self.full.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServicePutIfAbsent"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServicePutIfAbsentResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<bool> = None;
+    let mut f_1: Option<InvalidRequest> = None;
+    let mut f_2: Option<Unavailable> = None;
+    let mut f_3: Option<CacheFull> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_bool()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = InvalidRequest::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = CacheFull::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServicePutIfAbsentResult {
+      result_value: f_0,
+      invalid: f_1,
+      unavailable: f_2,
+      full: f_3,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServicePutIfAbsentResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Bool, 0))?;
+      o_prot.write_bool(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.invalid {
+      o_prot.write_field_begin(&TFieldIdentifier::new("invalid", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.full {
+      o_prot.write_field_begin(&TFieldIdentifier::new("full", TType::Struct, 3))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceCompareAndPutArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceCompareAndPutArgs {
+  key: String,
+  expected_value: String,
+  entry: CacheEntry,
+}
+
+impl CacheServiceCompareAndPutArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceCompareAndPutArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    let mut f_2: Option<String> = None;
+    let mut f_3: Option<CacheEntry> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_string()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = CacheEntry::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceCompareAndPutArgs.key", &f_1)?;
+    verify_required_field_exists("CacheServiceCompareAndPutArgs.expected_value", &f_2)?;
+    verify_required_field_exists("CacheServiceCompareAndPutArgs.entry", &f_3)?;
+    let ret = CacheServiceCompareAndPutArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      expected_value: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      entry: f_3.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("compare_and_put_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_string(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("expected_value", TType::String, 2))?;
+    o_prot.write_string(&self.expected_value)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("entry", TType::Struct, 3))?;
+    self.entry.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceCompareAndPutResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceCompareAndPutResult {
+  result_value: Option<bool>,
+  invalid: Option<InvalidRequest>,
+  unavailable: Option<Unavailable>,
+  full: Option<CacheFull>,
+}
+
+impl CacheServiceCompareAndPutResult {
+  fn ok_or(self) -> thrift::Result<bool> {
+    if self.invalid.is_some() {
+      Err(thrift::Error::User(Box::new(self.invalid.unwrap())))
+    } else if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.full.is_some() {
+      Err(thrift::Error::User(Box::new(self.full.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceCompareAndPut"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceCompareAndPutResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<bool> = None;
+    let mut f_1: Option<InvalidRequest> = None;
+    let mut f_2: Option<Unavailable> = None;
+    let mut f_3: Option<CacheFull> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_bool()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = InvalidRequest::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = CacheFull::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceCompareAndPutResult {
+      result_value: f_0,
+      invalid: f_1,
+      unavailable: f_2,
+      full: f_3,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceCompareAndPutResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Bool, 0))?;
+      o_prot.write_bool(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.invalid {
+      o_prot.write_field_begin(&TFieldIdentifier::new("invalid", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.full {
+      o_prot.write_field_begin(&TFieldIdentifier::new("full", TType::Struct, 3))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceIncrementArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceIncrementArgs {
+  key: String,
+  delta: i64,
+}
+
+impl CacheServiceIncrementArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceIncrementArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    let mut f_2: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceIncrementArgs.key", &f_1)?;
+    verify_required_field_exists("CacheServiceIncrementArgs.delta", &f_2)?;
+    let ret = CacheServiceIncrementArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      delta: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("increment_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_string(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("delta", TType::I64, 2))?;
+    o_prot.write_i64(self.delta)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceIncrementResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceIncrementResult {
+  result_value: Option<i64>,
+  invalid: Option<InvalidRequest>,
+  unavailable: Option<Unavailable>,
+  full: Option<CacheFull>,
+}
+
+impl CacheServiceIncrementResult {
+  fn ok_or(self) -> thrift::Result<i64> {
+    if self.invalid.is_some() {
+      Err(thrift::Error::User(Box::new(self.invalid.unwrap())))
+    } else if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.full.is_some() {
+      Err(thrift::Error::User(Box::new(self.full.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceIncrement"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceIncrementResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<i64> = None;
+    let mut f_1: Option<InvalidRequest> = None;
+    let mut f_2: Option<Unavailable> = None;
+    let mut f_3: Option<CacheFull> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_i64()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = InvalidRequest::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = CacheFull::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceIncrementResult {
+      result_value: f_0,
+      invalid: f_1,
+      unavailable: f_2,
+      full: f_3,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceIncrementResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.invalid {
+      o_prot.write_field_begin(&TFieldIdentifier::new("invalid", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.full {
+      o_prot.write_field_begin(&TFieldIdentifier::new("full", TType::Struct, 3))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceScanArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceScanArgs {
+  prefix: String,
+  start_after: String,
+  limit: i32,
+  options: ReadOptions,
+}
+
+impl CacheServiceScanArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceScanArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    let mut f_2: Option<String> = None;
+    let mut f_3: Option<i32> = None;
+    let mut f_4: Option<ReadOptions> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_string()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i32()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = ReadOptions::read_from_in_protocol(i_prot)?;
+          f_4 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceScanArgs.prefix", &f_1)?;
+    verify_required_field_exists("CacheServiceScanArgs.start_after", &f_2)?;
+    verify_required_field_exists("CacheServiceScanArgs.limit", &f_3)?;
+    verify_required_field_exists("CacheServiceScanArgs.options", &f_4)?;
+    let ret = CacheServiceScanArgs {
+      prefix: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      start_after: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      limit: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      options: f_4.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("scan_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("prefix", TType::String, 1))?;
+    o_prot.write_string(&self.prefix)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("start_after", TType::String, 2))?;
+    o_prot.write_string(&self.start_after)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("limit", TType::I32, 3))?;
+    o_prot.write_i32(self.limit)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("options", TType::Struct, 4))?;
+    self.options.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceScanResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceScanResult {
+  result_value: Option<Vec<CacheEntry>>,
+  invalid: Option<InvalidRequest>,
+  unavailable: Option<Unavailable>,
+}
+
+impl CacheServiceScanResult {
+  fn ok_or(self) -> thrift::Result<Vec<CacheEntry>> {
+    if self.invalid.is_some() {
+      Err(thrift::Error::User(Box::new(self.invalid.unwrap())))
+    } else if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceScan"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceScanResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<CacheEntry>> = None;
+    let mut f_1: Option<InvalidRequest> = None;
+    let mut f_2: Option<Unavailable> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<CacheEntry> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_6 = CacheEntry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_6);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = InvalidRequest::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceScanResult {
+      result_value: f_0,
+      invalid: f_1,
+      unavailable: f_2,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceScanResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.invalid {
+      o_prot.write_field_begin(&TFieldIdentifier::new("invalid", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceStatsArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceStatsArgs {
+}
+
+impl CacheServiceStatsArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceStatsArgs> {
+    i_prot.read_struct_begin()?;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceStatsArgs {};
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("stats_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceStatsResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceStatsResult {
+  result_value: Option<CacheStats>,
+}
+
+impl CacheServiceStatsResult {
+  fn ok_or(self) -> thrift::Result<CacheStats> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceStats"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceStatsResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<CacheStats> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = CacheStats::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceStatsResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceStatsResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
       fld_var.write_to_out_protocol(o_prot)?;
       o_prot.write_field_end()?
     }

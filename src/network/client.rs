@@ -318,7 +318,7 @@ fn encode_call(method: Method, payload: &[u8]) -> Vec<u8> {
 
 /// Decodes the answer to a call of `method`: its `binary` result, or why there is none.
 fn decode_reply(method: Method, answer: &[u8]) -> Result<Vec<u8>, String> {
-    let limits = crate::server::in_memory_limits(answer);
+    let limits = crate::server::wire::limits(answer.len());
     let mut protocol = TBinaryInputProtocol::with_config(answer, true, limits);
     let result: thrift::Result<Option<Vec<u8>>> = (|| {
         let ident = protocol.read_message_begin()?;

@@ -121,10 +121,11 @@ fn encode<T: Serialize>(value: &T) -> thrift::Result<Vec<u8>> {
 impl Service for PeerService {
     /// Two passes of the generated processor, as in `CacheApi::call`: one decodes the call,
     /// the other writes its answer back.
-    async fn call(&self, request: Vec<u8>) -> Option<Vec<u8>> {
+    async fn call(&self, request: Vec<u8>, protocol: server::Protocol) -> Option<Vec<u8>> {
         let (method, payload) = {
             let decoded = Decoded::default();
-            let refusal = server::process(&RaftPeerSyncProcessor::new(&decoded), &request).ok()?;
+            let processor = RaftPeerSyncProcessor::new(&decoded);
+            let refusal = server::process(&processor, &request, protocol).ok()?;
             match decoded.0.into_inner() {
                 Some(call) => call,
                 None => return Some(refusal),
@@ -134,6 +135,7 @@ impl Service for PeerService {
         server::process(
             &RaftPeerSyncProcessor::new(Answer(RefCell::new(Some(answer)))),
             &request,
+            protocol,
         )
         .ok()
     }

@@ -9,8 +9,10 @@
 //! tokio runtime and back, two thread wake-ups per request, and on these VMs a wake-up of a
 //! thread on the other core is among the most expensive things a request does.
 //!
-//! A connection reads bytes until `frame::scan` finds one whole message, then hands it to the
-//! `Service`, which decodes it from memory, answers it, and the answer is written back.
+//! A connection first detects its transport (unframed or framed) and protocol (binary or
+//! compact) from its first bytes (`wire.rs`), then reads bytes until one whole message has
+//! arrived, and hands it to the `Service`, which decodes it from memory, answers it in the
+//! same protocol, and the answer is written back (framed if the request was).
 //! Messages on one connection are answered in order, one at a time.
 
 use std::future::Future;
@@ -20,15 +22,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
+};
 use thrift::server::TProcessor;
-use thrift::TConfiguration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub mod frame;
+pub mod wire;
 use frame::Scan;
+pub use wire::Protocol;
 
 /// Limits applied to every connection of one server.
 #[derive(Debug, Clone)]
@@ -46,35 +51,39 @@ pub struct ConnectionLimits {
 
 /// What a server does with each request.
 pub trait Service: Send + Sync + 'static {
-    /// Answers one whole request message (strict binary protocol). `None` closes the
-    /// connection without an answer.
-    fn call(&self, request: Vec<u8>) -> impl Future<Output = Option<Vec<u8>>> + Send;
+    /// Answers one whole request message in `protocol` (strict binary, or compact), in the
+    /// same protocol. `None` closes the connection without an answer.
+    fn call(
+        &self,
+        request: Vec<u8>,
+        protocol: Protocol,
+    ) -> impl Future<Output = Option<Vec<u8>>> + Send;
 }
 
 /// Runs a generated (synchronous) Thrift processor over one request held in memory and
 /// returns what it wrote: the answer, or an exception for a request it could not decode.
 /// Fails only if the message header itself is unreadable. No string or container in the
 /// request is allowed to claim more bytes than the whole request has.
-pub fn process(processor: &dyn TProcessor, request: &[u8]) -> thrift::Result<Vec<u8>> {
-    let mut input = TBinaryInputProtocol::with_config(request, true, in_memory_limits(request));
+pub fn process(
+    processor: &dyn TProcessor,
+    request: &[u8],
+    protocol: Protocol,
+) -> thrift::Result<Vec<u8>> {
+    let config = wire::limits(request.len());
     let mut answer = Vec::new();
-    let mut output = TBinaryOutputProtocol::new(&mut answer, true);
-    processor.process(&mut input, &mut output)?;
+    match protocol {
+        Protocol::Binary => {
+            let mut input = TBinaryInputProtocol::with_config(request, true, config);
+            let mut output = TBinaryOutputProtocol::new(&mut answer, true);
+            processor.process(&mut input, &mut output)?;
+        }
+        Protocol::Compact => {
+            let mut input = TCompactInputProtocol::with_config(request, config);
+            let mut output = TCompactOutputProtocol::new(&mut answer);
+            processor.process(&mut input, &mut output)?;
+        }
+    }
     Ok(answer)
-}
-
-/// Limits for decoding one whole message held in memory: no string or container may claim more
-/// bytes than the message has, and nesting stops at `frame::MAX_DEPTH`.
-pub fn in_memory_limits(message: &[u8]) -> TConfiguration {
-    let size = message.len().max(1);
-    TConfiguration::builder()
-        .max_message_size(Some(size))
-        .max_frame_size(Some(size))
-        .max_string_size(Some(size))
-        .max_container_size(Some(size))
-        .max_recursion_depth(Some(frame::MAX_DEPTH))
-        .build()
-        .expect("limits are positive")
 }
 
 /// Bytes read from a socket at a time, at most.
@@ -220,12 +229,20 @@ impl<S: Service> Server<S> {
         }
         let max = self.limits.max_message_bytes;
         let mut buf: Vec<u8> = Vec::new();
+        let mut detected: Option<wire::Wire> = None;
         loop {
-            let len = loop {
-                let needed = match frame::scan(&buf, max) {
-                    Scan::Complete(len) => break len,
-                    Scan::Invalid(reason) => return End::Refused(reason),
-                    Scan::Incomplete(needed) => needed,
+            let (len, wire) = loop {
+                if detected.is_none() {
+                    detected = match wire::detect(&buf, max) {
+                        Ok(found) => found,
+                        Err(reason) => return End::Refused(reason),
+                    };
+                }
+                let needed = match detected.map(|wire| (wire, wire::scan(wire, &buf, max))) {
+                    Some((wire, Scan::Complete(len))) => break (len, wire),
+                    Some((_, Scan::Invalid(reason))) => return End::Refused(reason),
+                    Some((_, Scan::Incomplete(needed))) => needed,
+                    None => buf.len() + 1,
                 };
                 let (timeout, what) = if buf.is_empty() {
                     (self.limits.idle_timeout, "idle timeout")
@@ -252,13 +269,17 @@ impl<S: Service> Server<S> {
                 }
             };
             let rest = buf.split_off(len);
-            let request = std::mem::replace(&mut buf, rest);
+            let mut request = std::mem::replace(&mut buf, rest);
             if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
                 buf = Vec::new();
             }
-            let Some(answer) = self.service.call(request).await else {
+            if wire.framed {
+                request = wire::payload(wire, &request).to_vec();
+            }
+            let Some(answer) = self.service.call(request, wire.protocol).await else {
                 return End::Refused("undecodable request".into());
             };
+            let answer = wire::wrap(wire, answer);
             match tokio::time::timeout(self.limits.read_timeout, stream.write_all(&answer)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return End::Refused(format!("cannot write the answer: {e}")),

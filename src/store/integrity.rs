@@ -30,8 +30,9 @@ pub const IDENTITY_FILE: &str = "raftcache.json";
 pub const WATERMARK_FILE: &str = "flushed";
 /// Bumped when the on-disk format changes incompatibly. 3: the Raft log moved out of sled into
 /// segment files, and a member records its client address (`types::Node`), in the log, the
-/// state machine and snapshots alike.
-pub const FORMAT_VERSION: u32 = 3;
+/// state machine and snapshots alike. 4: a stored value carries its expiry (`store::value`),
+/// and log entries carry the cache API's requests and the leader's clock.
+pub const FORMAT_VERSION: u32 = 4;
 /// The cluster id of a data dir whose node has not joined a cluster yet (`--join` or
 /// `--no-bootstrap` on first start): it adopts the id of the cluster that adds it.
 pub const PENDING_CLUSTER_ID: &str = "";

@@ -155,18 +155,6 @@ impl LogStore {
         read_entries(&self.segments(), start, end)
     }
 
-    /// Writes entries without syncing them or telling openraft: for tests that need a log.
-    #[cfg(test)]
-    pub(super) fn write_unsynced(&self, entries: &[Entry]) -> std::io::Result<()> {
-        let records: Vec<_> = entries
-            .iter()
-            .map(|e| (e.log_id.index, encode(e)))
-            .collect();
-        self.segments().append(&records)?;
-        self.meta().last_log_id = entries.last().map(|e| e.log_id);
-        Ok(())
-    }
-
     /// The counters of the syncs this store makes.
     pub fn flush_stats(&self) -> Arc<FlushStats> {
         self.inner.flushes.clone()

@@ -9,12 +9,14 @@
 //! flush of sled. sled's own background flush (every 500 ms) is never relied on for anything
 //! acknowledged.
 
+mod apply;
 mod integrity;
 mod log;
 mod segments;
 mod sm_flush;
 mod snapshot;
 mod state_machine;
+mod value;
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +25,7 @@ use integrity::{Identity, Watermark};
 pub use integrity::{fnv1a, ClusterIdentity, FORMAT_VERSION, PENDING_CLUSTER_ID};
 pub use log::{FlushStats, LogStore};
 pub use sm_flush::StateFlusher;
-pub use state_machine::{StateMachine, StateReader};
+pub use state_machine::{LiveEntry, ReplicaStats, StateMachine, StateReader};
 
 use crate::types::{NodeId, StorageError};
 
@@ -168,7 +170,6 @@ pub async fn open(
         db.clone(),
         open_tree(TREE_DATA)?,
         sm_meta,
-        log.clone(),
         &flusher,
         dir.join("snapshots"),
     )

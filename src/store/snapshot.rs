@@ -3,10 +3,12 @@
 //!
 //! A snapshot is built without pausing applies: a copy of the data tree taken while applies go
 //! on (each key as it was at some moment between applied indexes X0 and X1), followed by the
-//! writes of the log entries X0+1..=X1, replayed in order on install. Puts and removes are
-//! idempotent, so the copy plus the replay is exactly the state at X1: a key no entry touched
-//! kept its X0 value, and a touched key ends with its last write. (Any future write that is not
-//! idempotent must be recorded here by its effect, not as the request.)
+//! effects of the log entries X0+1..=X1 (each changed key's new stored bytes, or its removal,
+//! as `store/apply.rs` recorded them while the build ran), replayed in order on install.
+//! Writing a key's final bytes is idempotent, so the copy plus the replay is exactly the state
+//! at X1: a key no entry touched kept its X0 value, and a touched key ends with its last
+//! effect. Replaying the requests instead would not be exact: an increment or compare-and-put
+//! the copy already saw would be applied again to a different value.
 //!
 //! Layout: the magic `RCSNAP02`; the copied records (`u32` key length, key, `u32` value length,
 //! value); an end marker (`u32::MAX`) and their count (`u64`); the replayed writes (a tag byte,

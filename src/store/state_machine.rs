@@ -3,11 +3,17 @@
 //! transaction over both trees, so an entry's effect and `last_applied` never come apart: a
 //! restart neither applies an entry twice nor skips one.
 //!
+//! Stored values carry their absolute expiry (`value.rs`); reads on every node hide a value
+//! from its expiry on, by the node's own clock. Requests are applied by `apply.rs`.
+//!
 //! The current snapshot lives in `<data-dir>/snapshots/current` (written to a temp file, synced,
 //! then renamed). Installing a snapshot received from the leader is recorded in `sm_meta` first,
 //! so a crash half-way through an install is finished from the snapshot file on the next start.
 
+use std::cell::Cell;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
@@ -15,11 +21,14 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
+use super::apply::{
+    effect_key, read_u64, EntryTx, Usage, KEY_BYTES, KEY_EVICTED, KEY_EXPIRED, KEY_KEYS,
+};
 use super::sm_flush::{PeriodicFlush, StateFlusher, STATE_FLUSH_INTERVAL};
-use super::{decode, encode, snapshot, LogStore};
+use super::value::{self, Stored};
+use super::{decode, encode, snapshot};
 use crate::types::{
-    BatchResponse, Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+    BatchResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 pub(super) const KEY_LAST_APPLIED: &[u8] = b"last_applied";
@@ -27,19 +36,137 @@ const KEY_MEMBERSHIP: &[u8] = b"membership";
 /// Present while a received snapshot is being installed into `sm_data`.
 const KEY_INSTALLING: &[u8] = b"installing_snapshot";
 
-/// A read-only handle on the replica's data, for serving local reads.
+/// Tree of the changes made while a snapshot is being built (`apply.rs`).
+const TREE_EFFECTS: &str = "sm_effects";
+
+/// A read-only handle on the replica's data, for serving local reads. Every read hides values
+/// expired at `now_ms` (the caller passes this node's clock).
 #[derive(Clone)]
 pub struct StateReader {
     data: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// One live entry read from the replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveEntry {
+    pub key: String,
+    pub value: String,
+    pub expires_at_ms: Option<u64>,
+}
+
+/// The replicated counters of a replica (the same on every replica at the same index).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Keys held, expired ones not yet swept included.
+    pub keys: u64,
+    /// Bytes of keys and values held.
+    pub bytes: u64,
+    pub expired: u64,
+    pub evicted: u64,
 }
 
 impl StateReader {
-    /// The value stored under `key` on this replica, as of its last applied entry.
+    /// The value stored under `key` on this replica, as of its last applied entry, unless it
+    /// is expired by this node's clock.
     pub fn get(&self, key: &str) -> Result<Option<String>, sled::Error> {
+        Ok(self
+            .entry(key, crate::types::now_ms())?
+            .map(|entry| entry.value))
+    }
+
+    /// The live entry of `key` at `now_ms`.
+    pub fn entry(&self, key: &str, now_ms: u64) -> Result<Option<LiveEntry>, sled::Error> {
+        let Some(raw) = self.data.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(live(key.as_bytes(), &raw, now_ms))
+    }
+
+    /// Up to `limit` live entries whose keys start with `prefix` and sort after `start_after`,
+    /// in byte order.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<LiveEntry>, sled::Error> {
+        let from = std::ops::Bound::Excluded(start_after.as_bytes().to_vec());
+        let start = if start_after.as_bytes() < prefix.as_bytes() {
+            std::ops::Bound::Included(prefix.as_bytes().to_vec())
+        } else {
+            from
+        };
+        let mut out = Vec::new();
+        for pair in self
+            .data
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, raw) = pair?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            out.extend(live(&key, &raw, now_ms));
+        }
+        Ok(out)
+    }
+
+    /// Keys expired at `now_ms`, looking at up to `scan_limit` keys after `cursor` (wrapping to
+    /// the start); also where the next look should start.
+    pub fn expired_keys(
+        &self,
+        cursor: &[u8],
+        scan_limit: usize,
+        now_ms: u64,
+    ) -> Result<(Vec<String>, Vec<u8>), sled::Error> {
+        let mut expired = Vec::new();
+        let mut next = Vec::new();
+        let range = (
+            std::ops::Bound::Excluded(cursor.to_vec()),
+            std::ops::Bound::Unbounded,
+        );
+        for pair in self.data.range::<Vec<u8>, _>(range).take(scan_limit) {
+            let (key, raw) = pair?;
+            if value::decode(&raw).expired(now_ms) {
+                expired.push(String::from_utf8_lossy(&key).into_owned());
+            }
+            next = key.to_vec();
+        }
+        Ok((expired, next))
+    }
+
+    /// Keys, bytes and the replicated expiry and eviction counters.
+    pub fn stats(&self) -> Result<ReplicaStats, sled::Error> {
+        let mut stats = ReplicaStats::default();
+        let counter = |key: &[u8]| -> Result<u64, sled::Error> {
+            Ok(self.meta.get(key)?.map_or(0, |raw| read_u64(&raw)))
+        };
+        stats.keys = counter(KEY_KEYS)?;
+        stats.bytes = counter(KEY_BYTES)?;
+        stats.expired = counter(KEY_EXPIRED)?;
+        stats.evicted = counter(KEY_EVICTED)?;
+        Ok(stats)
+    }
+
+    /// Bytes of `key` and its value, if it is held (expired or not).
+    pub fn size_of(&self, key: &str) -> Result<Option<u64>, sled::Error> {
         Ok(self
             .data
             .get(key.as_bytes())?
-            .map(|raw| String::from_utf8_lossy(&raw).into_owned()))
+            .map(|raw| (key.len() + value::decode(&raw).value.len()) as u64))
+    }
+
+    /// Every key held, in byte order (stops at a read error).
+    pub fn keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.data
+            .iter()
+            .keys()
+            .map_while(Result::ok)
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
     }
 
     /// Number of keys held on this replica.
@@ -52,16 +179,28 @@ impl StateReader {
     }
 }
 
+/// The entry in stored bytes, unless expired at `now_ms`.
+fn live(key: &[u8], raw: &[u8], now_ms: u64) -> Option<LiveEntry> {
+    let stored: Stored = value::decode(raw);
+    (!stored.expired(now_ms)).then(|| LiveEntry {
+        key: String::from_utf8_lossy(key).into_owned(),
+        value: stored.text(),
+        expires_at_ms: stored.expires_at_ms,
+    })
+}
+
 /// The state machine openraft applies committed entries to.
 pub struct StateMachine {
     db: sled::Db,
     data: sled::Tree,
     meta: sled::Tree,
+    /// The changes applied while a snapshot is being built, for the builder to replay.
+    effects: sled::Tree,
+    /// Set while a snapshot is being built: applies then record their changes in `effects`.
+    recording: Arc<AtomicBool>,
     snapshot_dir: PathBuf,
     /// The file the snapshot being received from the leader is written to.
     receiving: Option<PathBuf>,
-    /// The Raft log, read when a snapshot replays the entries applied while it was copied.
-    log: LogStore,
     /// Flushes this state machine about once a second, while it exists.
     _periodic_flush: PeriodicFlush,
 }
@@ -74,7 +213,6 @@ impl StateMachine {
         db: sled::Db,
         data: sled::Tree,
         meta: sled::Tree,
-        log: LogStore,
         flusher: &StateFlusher,
         snapshot_dir: PathBuf,
     ) -> Result<Self, StorageError> {
@@ -82,11 +220,15 @@ impl StateMachine {
             |e: std::io::Error| -> StorageError { StorageIOError::write_snapshot(None, &e).into() };
         std::fs::create_dir_all(&snapshot_dir).map_err(io_err)?;
         snapshot::remove_temporaries(&snapshot_dir).map_err(io_err)?;
+        let effects = db
+            .open_tree(TREE_EFFECTS)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
         let mut sm = Self {
             db,
             data,
             meta,
-            log,
+            effects,
+            recording: Arc::new(AtomicBool::new(false)),
             snapshot_dir,
             receiving: None,
             _periodic_flush: flusher
@@ -113,6 +255,7 @@ impl StateMachine {
     pub fn reader(&self) -> StateReader {
         StateReader {
             data: self.data.clone(),
+            meta: self.meta.clone(),
         }
     }
 
@@ -159,7 +302,16 @@ impl StateMachine {
                 .map_err(|e| std::io::Error::other(e.to_string()))
         })
         .map_err(read_err)?;
+        // The snapshot carries the data, not its counters: count what was installed.
+        let mut usage = Usage::default();
+        for pair in self.data.iter() {
+            let (key, raw) = pair.map_err(write_err)?;
+            usage.keys += 1;
+            usage.bytes += (key.len() + value::decode(&raw).value.len()) as u64;
+        }
         let mut batch = sled::Batch::default();
+        batch.insert(KEY_KEYS, &usage.keys.to_be_bytes());
+        batch.insert(KEY_BYTES, &usage.bytes.to_be_bytes());
         batch.insert(KEY_LAST_APPLIED, encode(&meta.last_log_id));
         batch.insert(KEY_MEMBERSHIP, encode(&meta.last_membership));
         batch.remove(KEY_INSTALLING);
@@ -185,16 +337,21 @@ impl StateMachine {
     }
 }
 
-/// Applies entries in a single transaction and returns one response per entry.
+/// Applies entries in a single transaction and returns one response per entry. With
+/// `recording`, each change is also recorded in `effects` (a snapshot is being built).
 fn apply_batch(
     data: &sled::Tree,
     meta: &sled::Tree,
+    effects: &sled::Tree,
+    recording: bool,
     entries: &[Entry],
 ) -> Result<Vec<BatchResponse>, StorageError> {
     let Some(last) = entries.last() else {
         return Ok(Vec::new());
     };
-    let result = (data, meta).transaction(|(data, meta)| {
+    let result = (data, meta, effects).transaction(|(data, meta, effects)| {
+        let before = Usage::read(meta)?;
+        let usage = Cell::new(before);
         let mut responses = Vec::with_capacity(entries.len());
         let mut membership = None;
         for entry in entries {
@@ -202,16 +359,18 @@ fn apply_batch(
             match &entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(batch) => {
+                    let tx = EntryTx {
+                        data,
+                        meta,
+                        effects: recording.then_some(effects),
+                        index: entry.log_id.index,
+                        now_ms: batch.now_ms,
+                        seq: Cell::new(0),
+                        capacity: batch.capacity,
+                        usage: &usage,
+                    };
                     for request in &batch.requests {
-                        entry_responses.push(match request {
-                            Request::Put { key, value } => {
-                                data.insert(key.as_bytes(), value.as_bytes())?;
-                                Response::Put
-                            }
-                            Request::Remove { key } => Response::Removed {
-                                existed: data.remove(key.as_bytes())?.is_some(),
-                            },
-                        });
+                        entry_responses.push(tx.apply(request)?);
                     }
                 }
                 EntryPayload::Membership(m) => {
@@ -221,6 +380,9 @@ fn apply_batch(
             responses.push(BatchResponse {
                 responses: entry_responses,
             });
+        }
+        if usage.get() != before {
+            usage.get().write(meta)?;
         }
         meta.insert(KEY_LAST_APPLIED, encode(&Some(last.log_id)))?;
         if let Some(m) = &membership {
@@ -250,20 +412,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         // Not flushed here: the entries are already durable in the log on a majority, and a
         // restart re-applies whatever the state machine had not yet made durable.
-        apply_batch(&self.data, &self.meta, &entries)
+        let recording = self.recording.load(Ordering::Acquire);
+        apply_batch(&self.data, &self.meta, &self.effects, recording, &entries)
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // No pause: remember where applies stand; the builder copies while they go on.
+        // No pause: remember where applies stand, and have every later apply record its
+        // changes; the builder copies while applies go on, then replays those changes. No apply
+        // runs while this runs (both hold the state machine), so none is missed.
         let from = self
             .read_meta::<Option<LogId>>(KEY_LAST_APPLIED)
             .map(Option::flatten)
             .map_err(|e| e.to_string());
+        let from = match self.effects.clear() {
+            Ok(()) => from,
+            Err(e) => Err(e.to_string()),
+        };
+        self.recording.store(true, Ordering::Release);
         SnapshotBuilder {
             from,
             data: self.data.clone(),
             meta: self.meta.clone(),
-            log: self.log.clone(),
+            effects: self.effects.clone(),
+            recording: self.recording.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
         }
     }
@@ -338,19 +509,19 @@ async fn same_file(file: &tokio::fs::File, path: &std::path::Path) -> bool {
     }
 }
 
-/// Builds a snapshot while applies go on: a copy of the data tree, then the writes of the
-/// entries applied during the copy (`store/snapshot.rs` says why that is exact).
+/// Builds a snapshot while applies go on: a copy of the data tree, then the changes applied
+/// during the copy, as recorded in the effects tree (`store/snapshot.rs` says why that is
+/// exact).
 pub struct SnapshotBuilder {
     /// The applied log id when the build started, or why it could not be read.
     from: Result<Option<LogId>, String>,
     data: sled::Tree,
     meta: sled::Tree,
-    log: LogStore,
+    effects: sled::Tree,
+    /// Cleared when the build ends: applies stop recording their changes.
+    recording: Arc<AtomicBool>,
     snapshot_dir: PathBuf,
 }
-
-/// Log entries read at a time when a snapshot replays them.
-const REPLAY_CHUNK: u64 = 256;
 
 impl SnapshotBuilder {
     /// Writes the snapshot file at `path` and returns its metadata. Blocking.
@@ -383,28 +554,14 @@ impl SnapshotBuilder {
             .transpose()
             .map_err(|e| err(&e))?
             .unwrap_or_default();
-        // The entries applied since `from`, up to `upto` (none if nothing is applied).
+        // The changes of the entries applied since `from`, up to `upto`, in apply order.
         let first = from.map_or(0, |id| id.index + 1);
-        let replay = upto.map_or(0..0, |upto| first..upto.index + 1);
-        for start in replay.clone().step_by(REPLAY_CHUNK as usize) {
-            let end = (start + REPLAY_CHUNK).min(replay.end);
-            let entries = self.log.entries(start, end).map_err(|e| err(&e))?;
-            if entries.len() as u64 != end - start {
-                return Err(format!("log entries {start}..{end} are gone"));
-            }
-            for entry in &entries {
-                let EntryPayload::Normal(batch) = &entry.payload else {
-                    continue;
-                };
-                for request in &batch.requests {
-                    match request {
-                        Request::Put { key, value } => {
-                            out.write(key.as_bytes(), Some(value.as_bytes()))
-                        }
-                        Request::Remove { key } => out.write(key.as_bytes(), None),
-                    }
-                    .map_err(|e| err(&e))?;
-                }
+        if let Some(upto) = upto.filter(|upto| upto.index >= first) {
+            let range = effect_key(first, 0).to_vec()..effect_key(upto.index + 1, 0).to_vec();
+            for pair in self.effects.range(range) {
+                let (_, raw) = pair.map_err(|e| err(&e))?;
+                let (key, value): (Vec<u8>, Option<Vec<u8>>) = decode(&raw).map_err(|e| err(&e))?;
+                out.write(&key, value.as_deref()).map_err(|e| err(&e))?;
             }
         }
         let nanos = SystemTime::now()
@@ -435,18 +592,27 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let failed = |e: String| -> StorageError {
             StorageIOError::write_snapshot(None, &std::io::Error::other(e)).into()
         };
-        let from = self.from.clone().map_err(failed)?;
+        let from = match self.from.clone() {
+            Ok(from) => from,
+            Err(e) => {
+                self.recording.store(false, Ordering::Release);
+                return Err(failed(e));
+            }
+        };
         let path = snapshot::temp_path(&self.snapshot_dir, "building");
         let builder = SnapshotBuilder {
             from: Ok(from),
             data: self.data.clone(),
             meta: self.meta.clone(),
-            log: self.log.clone(),
+            effects: self.effects.clone(),
+            recording: self.recording.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
         };
         let written = path.clone();
-        let meta = tokio::task::spawn_blocking(move || builder.write(&written, from))
-            .await
+        let built = tokio::task::spawn_blocking(move || builder.write(&written, from)).await;
+        // Applies stop recording; what they recorded is cleared when the next build starts.
+        self.recording.store(false, Ordering::Release);
+        let meta = built
             .map_err(|e| failed(e.to_string()))?
             .inspect_err(|_| {
                 let _ = std::fs::remove_file(&path);
@@ -471,6 +637,7 @@ mod tests {
 
     use super::*;
     use crate::store::{self, StoreOptions};
+    use crate::types::{Expiry, Request, Response};
 
     fn meta() -> SnapshotMeta {
         let membership = StoredMembership::new(
@@ -592,9 +759,18 @@ mod tests {
     }
 
     fn entry(index: u64, requests: Vec<Request>) -> Entry {
+        entry_at(index, 1_000, requests)
+    }
+
+    /// An entry proposed when the leader's clock read `now_ms`.
+    fn entry_at(index: u64, now_ms: u64, requests: Vec<Request>) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(crate::types::Batch { requests }),
+            payload: EntryPayload::Normal(crate::types::Batch {
+                requests,
+                now_ms,
+                capacity: Default::default(),
+            }),
         }
     }
 
@@ -608,6 +784,7 @@ mod tests {
         let put = |i: u64, v: &str| Request::Put {
             key: format!("k{i}"),
             value: v.to_string(),
+            expiry: Expiry::Never,
         };
         let mut entries = Vec::new();
         for index in 1..=100 {
@@ -631,8 +808,6 @@ mod tests {
                 ],
             ));
         }
-        let all: Vec<Entry> = entries.iter().chain(&later).cloned().collect();
-        source.log.write_unsynced(&all).unwrap();
         source.apply(entries).await.unwrap();
         let mut builder = source.get_snapshot_builder().await;
         source.apply(later).await.unwrap();
@@ -654,10 +829,167 @@ mod tests {
             target.reader().get("k1").unwrap().as_deref(),
             Some("second")
         );
+        let (held, counted) = (
+            target.reader().stats().unwrap(),
+            source.reader().stats().unwrap(),
+        );
+        assert_eq!((held.keys, held.bytes), (counted.keys, counted.bytes));
+        assert_eq!(held.keys, target.reader().len() as u64);
         assert_eq!(target.reader().get("k1001").unwrap(), None);
         assert_eq!(
             target.applied_state().await.unwrap().0,
             built.meta.last_log_id
         );
+    }
+
+    /// Installs the current snapshot of `source` into a fresh state machine under `dir`.
+    async fn install_copy(
+        source: &StateMachine,
+        built: &Snapshot,
+        dir: &std::path::Path,
+    ) -> StateMachine {
+        let (_log, mut target) = store::open(dir, 1, None, &StoreOptions::default())
+            .await
+            .unwrap();
+        let mut file = target.begin_receiving_snapshot().await.unwrap();
+        let bytes = std::fs::read(source.snapshot_dir.join(snapshot::CURRENT)).unwrap();
+        file.write_all(&bytes).await.unwrap();
+        target.install_snapshot(&built.meta, file).await.unwrap();
+        target
+    }
+
+    #[tokio::test]
+    async fn increments_applied_while_a_snapshot_is_copied_are_replayed_by_their_effect() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut source) =
+            store::open(&dir.path().join("a"), 1, None, &StoreOptions::default())
+                .await
+                .unwrap();
+        let increment = |index| {
+            entry(
+                index,
+                vec![Request::Increment {
+                    key: "n".into(),
+                    delta: 1,
+                }],
+            )
+        };
+        let before: Vec<Entry> = (1..=10).map(increment).collect();
+        source.apply(before).await.unwrap();
+        let mut builder = source.get_snapshot_builder().await;
+        // Applied after the build started and before it copies: the copy already holds their
+        // result, so replaying the requests would count them twice.
+        let during: Vec<Entry> = (11..=15).map(increment).collect();
+        let answers = source.apply(during).await.unwrap();
+        assert_eq!(answers[4].responses, vec![Response::Incremented(15)]);
+        let built = builder.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(15));
+        let target = install_copy(&source, &built, &dir.path().join("b")).await;
+        assert_eq!(target.reader().get("n").unwrap().as_deref(), Some("15"));
+        assert!(
+            !source.recording.load(Ordering::Acquire),
+            "applies stop recording once the build is done"
+        );
+    }
+
+    #[tokio::test]
+    async fn conditional_writes_and_expiry_are_decided_by_the_entry_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = store::open(&dir.path().join("a"), 1, None, &StoreOptions::default())
+            .await
+            .unwrap();
+        let item = |key: &str, value: &str, expiry| crate::types::Item {
+            key: key.into(),
+            value: value.into(),
+            expiry,
+        };
+        let requests = vec![
+            Request::PutIfAbsent {
+                item: item("a", "1", Expiry::AtMs(1_500)),
+            },
+            Request::PutIfAbsent {
+                item: item("a", "2", Expiry::Never),
+            },
+            Request::CompareAndPut {
+                expected: "0".into(),
+                item: item("a", "3", Expiry::Never),
+            },
+            Request::CompareAndPut {
+                expected: "1".into(),
+                item: item("a", "4", Expiry::AtMs(1_500)),
+            },
+            Request::Put {
+                key: "text".into(),
+                value: "x".into(),
+                expiry: Expiry::Never,
+            },
+            Request::Increment {
+                key: "text".into(),
+                delta: 1,
+            },
+            Request::Increment {
+                key: "big".into(),
+                delta: i64::MAX,
+            },
+            Request::Increment {
+                key: "big".into(),
+                delta: 1,
+            },
+        ];
+        let answers = sm.apply(vec![entry(1, requests)]).await.unwrap();
+        let answers = &answers[0].responses;
+        assert_eq!(
+            answers[..4],
+            [
+                Response::Written(true),
+                Response::Written(false),
+                Response::Written(false),
+                Response::Written(true),
+            ]
+        );
+        assert!(matches!(answers[5], Response::Refused(_)));
+        assert_eq!(answers[6], Response::Incremented(i64::MAX));
+        assert!(matches!(answers[7], Response::Refused(_)));
+        let reader = sm.reader();
+        assert_eq!(reader.entry("a", 1_499).unwrap().unwrap().value, "4");
+        assert_eq!(
+            reader.entry("a", 1_500).unwrap(),
+            None,
+            "hidden from its expiry on"
+        );
+        assert_eq!(reader.entry("text", 0).unwrap().unwrap().value, "x");
+        // At 2,000 "a" has expired: put_if_absent writes, and the sweep leaves the new value.
+        let later = vec![
+            Request::PutIfAbsent {
+                item: item("a", "5", Expiry::Never),
+            },
+            Request::Expire {
+                keys: vec!["a".into(), "text".into()],
+            },
+        ];
+        let answers = sm.apply(vec![entry_at(2, 2_000, later)]).await.unwrap();
+        assert_eq!(
+            answers[0].responses,
+            [Response::Written(true), Response::Count(0)]
+        );
+        let mut ttl = sm
+            .apply(vec![entry(
+                3,
+                vec![
+                    Request::Put {
+                        key: "t".into(),
+                        value: "v".into(),
+                        expiry: Expiry::AtMs(1_000),
+                    },
+                    Request::Expire {
+                        keys: vec!["t".into()],
+                    },
+                ],
+            )])
+            .await
+            .unwrap();
+        assert_eq!(ttl.remove(0).responses[1], Response::Count(1));
+        assert_eq!(reader.stats().unwrap().expired, 1);
+        assert_eq!(reader.len(), 3);
     }
 }

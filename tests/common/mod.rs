@@ -187,7 +187,8 @@ pub struct BlockingClient {
 }
 
 impl BlockingClient {
-    async fn run<T: Send + 'static>(
+    /// Runs `f` with a fresh connection, on a blocking thread.
+    pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut CacheClient) -> thrift::Result<T> + Send + 'static,
     ) -> thrift::Result<T> {

@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Optional
 
@@ -220,16 +220,19 @@ class Node:
     stdout_path: Path
     proc: Optional[subprocess.Popen] = None
     sent_sigterm: bool = False
+    node_id: int = NODE_ID
+    # Further flags of `raftcache serve` (e.g. --initial-cluster for a multi-node cluster).
+    extra: list = field(default_factory=list)
 
     @property
     def argv(self) -> list:
         return [
             str(self.bin), "serve",
-            "--id", str(NODE_ID),
+            "--id", str(self.node_id),
             "--listen", f"{self.host}:{self.port}",
             "--peer-listen", f"{self.host}:{self.peer_port}",
             "--data-dir", str(self.data_dir),
-        ]  # fmt: skip
+        ] + list(self.extra)  # fmt: skip
 
     def output(self) -> str:
         parts = [f"command: {' '.join(self.argv)}"]
@@ -389,3 +392,46 @@ def node(tmp_path_factory, thriftpy2_lib):
         problem = n.stop()
     if problem:
         pytest.fail(f"{problem}\n{n.output()}", pytrace=False)
+
+
+def start_cluster(base: Path, lib: ThriftLib, size: int, flags: list) -> list:
+    """Starts a `size`-node raftcache cluster with `flags` on every node and waits until each
+    node accepts a put. Returns the Node objects (stop them with `stop_cluster`)."""
+    binary = _server_bin()
+    ports = _free_ports(2 * size)
+    members = ",".join(f"{i + 1}={HOST}:{ports[size + i]}" for i in range(size))
+    nodes = []
+    for i in range(size):
+        d = base / f"n{i + 1}"
+        d.mkdir(parents=True)
+        nodes.append(
+            Node(
+                bin=binary,
+                host=HOST,
+                port=ports[i],
+                peer_port=ports[size + i],
+                data_dir=d / "data",
+                stderr_path=d / "node.stderr.log",
+                stdout_path=d / "node.stdout.log",
+                node_id=i + 1,
+                extra=["--initial-cluster", members] + list(flags),
+            )
+        )
+    try:
+        for n in nodes:
+            n.start()
+        for n in nodes:
+            n.wait_ready(lib, time.monotonic() + STARTUP_DEADLINE_S)
+    except Exception as e:
+        for n in nodes:
+            n.stop()
+        outputs = "\n".join(n.output() for n in nodes)
+        pytest.fail(f"raftcache cluster failed to start: {e}\n{outputs}", pytrace=False)
+    return nodes
+
+
+def stop_cluster(nodes: list) -> None:
+    problems = [(n, n.stop()) for n in nodes]
+    bad = [f"{p}\n{n.output()}" for n, p in problems if p]
+    if bad:
+        pytest.fail("\n".join(bad), pytrace=False)

@@ -2,30 +2,54 @@
 //! limits, hands it to the router, and turns every error into a declared Thrift exception with a
 //! message a person can act on. Admin calls are checked against the admin token here, then
 //! handed to `membership::Admin`.
+//!
+//! - `passes.rs`: the generated processor's two passes over a request (decode, answer).
+//! - `data.rs`: the cache methods beyond get/put/remove (batches, conditional writes,
+//!   counters, scans, stats, TTLs).
+
+mod data;
+mod passes;
 
 use std::cell::RefCell;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::ServerState;
-use thrift::{ApplicationError, ApplicationErrorKind};
 
 use crate::gen::cache::{
-    AdminChange, AdminOp, AdminRefused, CacheEntry, CacheServiceSyncHandler,
-    CacheServiceSyncProcessor, Consistency as WireConsistency, InvalidRequest, KeyNotFound, Member,
-    MemberState, Membership, NodeStatus, ReadOptions, Unauthorized, Unavailable,
+    AdminChange, AdminOp, AdminRefused, CacheEntry, CacheFull, CacheServiceSyncProcessor,
+    Consistency as WireConsistency, InvalidRequest, KeyNotFound, Member, MemberState, Membership,
+    NodeStatus, ReadOptions, Unauthorized, Unavailable,
 };
 use crate::membership::{Admin, AdminError, AdminRequest, Change, MembersView, Standing};
 use crate::router::{Consistency, RouteError, Router};
 use crate::server::{self, Service};
 use crate::store::FlushStats;
-use crate::types::{NodeId, Raft, Request, Response};
+use crate::types::{Applied, Expiry, NodeId, Raft, Request, Response};
+use passes::{Answer, Call, Decoded, Outcome};
 
-/// Size limits on what a client may write.
+/// Limits on what a client may send (flags of `raftcache serve`).
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// Most keys or entries in one `get_many`, `put_many` or `remove_many`
+    /// (`--max-batch-items`).
+    pub max_batch_items: usize,
+    /// Most bytes of keys and values in one `put_many` (`--max-batch-bytes`).
+    pub max_batch_bytes: usize,
+    /// Most entries one `scan` returns, whatever limit it asks for (`--max-scan-items`).
+    pub max_scan_items: usize,
+}
+
+/// The name multiplexed clients (`TMultiplexedProtocol`) call this service by.
+pub const SERVICE_NAME: &str = "CacheService";
+
+/// This node's read counters, for `stats`.
+#[derive(Debug, Default)]
+struct ReadCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 /// The `CacheService` of one node.
@@ -42,6 +66,8 @@ pub struct CacheApi {
     standing: Arc<Standing>,
     /// Admin calls must carry it when set (`--admin-token`).
     admin_token: Option<String>,
+    /// Hits and misses of the reads this node served.
+    reads: ReadCounters,
 }
 
 /// The parts of a node the admin calls need.
@@ -66,37 +92,22 @@ fn route_error(e: RouteError) -> thrift::Error {
     }
 }
 
-/// One decoded client call.
-enum Call {
-    Get { key: String },
-    GetWith { key: String, options: ReadOptions },
-    Put { entry: CacheEntry },
-    Remove { key: String },
-    Status,
-    AdminSnapshot { token: String },
-    AdminMembers { token: String },
-    AdminChange { change: AdminChange, token: String },
-}
-
-/// What a call returns, in the shape the generated processor writes back.
-enum Outcome {
-    Entry(thrift::Result<CacheEntry>),
-    Flag(thrift::Result<bool>),
-    Status(thrift::Result<NodeStatus>),
-    Index(thrift::Result<i64>),
-    Membership(thrift::Result<Membership>),
-}
-
 impl Service for CacheApi {
     /// The generated processor is synchronous, so it runs twice over the request: once to
     /// decode it into a `Call` (its answer is kept only if it could not decode the request:
     /// an exception), and, once the call has been carried out, once more to write the
     /// `Outcome` back with the request's method name and sequence number.
-    async fn call(&self, request: Vec<u8>) -> Option<Vec<u8>> {
+    async fn call(&self, request: Vec<u8>, protocol: server::Protocol) -> Option<Vec<u8>> {
+        // A multiplexed client's call of this service is served as a plain one.
+        let request = server::wire::demultiplex(protocol, &request, SERVICE_NAME);
         let call = {
             let decoded = Decoded::default();
-            let refusal =
-                server::process(&CacheServiceSyncProcessor::new(&decoded), &request).ok()?;
+            let refusal = server::process(
+                &CacheServiceSyncProcessor::new(&decoded),
+                &request,
+                protocol,
+            )
+            .ok()?;
             match decoded.0.into_inner() {
                 Some(call) => call,
                 None => return Some(refusal),
@@ -104,7 +115,7 @@ impl Service for CacheApi {
         };
         let outcome = self.execute(call).await;
         let answer = Answer(RefCell::new(Some(outcome)));
-        server::process(&CacheServiceSyncProcessor::new(answer), &request).ok()
+        server::process(&CacheServiceSyncProcessor::new(answer), &request, protocol).ok()
     }
 }
 
@@ -126,12 +137,13 @@ impl CacheApi {
             admin: admin.admin,
             standing: admin.standing,
             admin_token: admin.admin_token,
+            reads: ReadCounters::default(),
         }
     }
 
     async fn execute(&self, call: Call) -> Outcome {
         match call {
-            Call::Get { key } => Outcome::Entry(self.read(key, Consistency::Local).await),
+            Call::Get { key } => Outcome::Entry(self.read(key, Consistency::Local, None).await),
             Call::GetWith { key, options } => Outcome::Entry(self.get_with(key, options).await),
             Call::Put { entry } => Outcome::Flag(self.put(entry).await),
             Call::Remove { key } => Outcome::Flag(self.remove(key).await),
@@ -145,6 +157,7 @@ impl CacheApi {
                     to_change(change).map(|(change, force)| AdminRequest::Change { change, force });
                 Outcome::Membership(self.admin_call(&token, request).await)
             }
+            other => self.execute_data(other).await,
         }
     }
 
@@ -187,33 +200,46 @@ impl CacheApi {
         Ok(())
     }
 
-    async fn read(&self, key: String, consistency: Consistency) -> thrift::Result<CacheEntry> {
+    async fn read(
+        &self,
+        key: String,
+        consistency: Consistency,
+        min_index: Option<u64>,
+    ) -> thrift::Result<CacheEntry> {
         self.check_key(&key)?;
-        match self
+        let state = self
             .router
-            .read(&key, consistency)
+            .reader(consistency, min_index)
             .await
-            .map_err(route_error)?
-        {
-            Some(value) => Ok(CacheEntry { key, value }),
+            .map_err(route_error)?;
+        let now_ms = crate::types::now_ms();
+        let found = state
+            .entry(&key, now_ms)
+            .map_err(|e| route_error(RouteError::Storage(e.to_string())))?;
+        self.count_reads(1, u64::from(found.is_some()));
+        self.router.note_reads([key.as_str()]);
+        match found {
+            Some(entry) => Ok(to_wire(entry, now_ms)),
             None => Err(user_error(KeyNotFound { key })),
         }
     }
 
     async fn get_with(&self, key: String, options: ReadOptions) -> thrift::Result<CacheEntry> {
-        let consistency = match options.consistency {
-            None | Some(WireConsistency::LOCAL) => Consistency::Local,
-            Some(WireConsistency::LINEARIZABLE) => Consistency::Linearizable,
-            Some(other) => return Err(invalid(format!("unknown consistency level {}", other.0))),
-        };
-        self.read(key, consistency).await
+        let (consistency, min_index) = read_options(&options)?;
+        self.read(key, consistency, min_index).await
     }
 
-    async fn write(&self, request: Request) -> thrift::Result<Response> {
-        self.router.write(request).await.map_err(route_error)
+    /// Carries out a write; one the caps refused is `CacheFull`.
+    async fn write(&self, request: Request) -> thrift::Result<Applied> {
+        let applied = self.router.write(request).await.map_err(route_error)?;
+        if let Response::Full(message) = applied.response {
+            return Err(user_error(CacheFull { message }));
+        }
+        Ok(applied)
     }
 
-    async fn put(&self, entry: CacheEntry) -> thrift::Result<bool> {
+    /// Checks an entry to write against the key and value limits and its TTL.
+    fn check_entry(&self, entry: &CacheEntry) -> thrift::Result<Expiry> {
         self.check_key(&entry.key)?;
         if entry.value.len() > self.limits.max_value_bytes {
             return Err(invalid(format!(
@@ -222,9 +248,21 @@ impl CacheApi {
                 self.limits.max_value_bytes
             )));
         }
+        match entry.ttl_ms {
+            None => Ok(Expiry::Never),
+            Some(ttl) if ttl > 0 => Ok(Expiry::AfterMs(ttl as u64)),
+            Some(ttl) => Err(invalid(format!(
+                "ttl_ms is {ttl}; it must be positive (leave it out for no expiry)"
+            ))),
+        }
+    }
+
+    async fn put(&self, entry: CacheEntry) -> thrift::Result<bool> {
+        let expiry = self.check_entry(&entry)?;
         self.write(Request::Put {
             key: entry.key,
             value: entry.value,
+            expiry,
         })
         .await?;
         Ok(true)
@@ -232,11 +270,9 @@ impl CacheApi {
 
     async fn remove(&self, key: String) -> thrift::Result<bool> {
         self.check_key(&key)?;
-        match self.write(Request::Remove { key }).await? {
+        match self.write(Request::Remove { key }).await?.response {
             Response::Removed { existed } => Ok(existed),
-            other => Err(user_error(Unavailable {
-                message: format!("unexpected result {other:?} for a remove"),
-            })),
+            other => Err(unexpected(other, "remove")),
         }
     }
 
@@ -263,118 +299,65 @@ impl CacheApi {
     }
 }
 
-/// The first pass: records the call the processor decoded. What it returns is never sent.
-#[derive(Default)]
-struct Decoded(RefCell<Option<Call>>);
+/// What the client port does with a connection's bytes before a call is carried out, without a
+/// node: tells the wire, splits the messages, strips a multiplexed prefix and decodes each
+/// message into a call (or the exception a client would get back). Returns how many messages
+/// were decoded. The fuzz target (`fuzz/`) runs it on arbitrary bytes.
+pub fn decode_connection_bytes(bytes: &[u8], max_message_bytes: usize) -> usize {
+    let Ok(Some(wire)) = server::wire::detect(bytes, max_message_bytes) else {
+        return 0;
+    };
+    let mut rest = bytes;
+    let mut decoded = 0;
+    while let server::frame::Scan::Complete(len) = server::wire::scan(wire, rest, max_message_bytes)
+    {
+        let message = server::wire::payload(wire, &rest[..len]);
+        let request = server::wire::demultiplex(wire.protocol, message, SERVICE_NAME);
+        let pass = Decoded::default();
+        let processor = CacheServiceSyncProcessor::new(&pass);
+        if server::process(&processor, &request, wire.protocol).is_ok() {
+            decoded += 1;
+        }
+        rest = &rest[len..];
+    }
+    decoded
+}
 
-impl Decoded {
-    fn record<T>(&self, call: Call) -> thrift::Result<T> {
-        *self.0.borrow_mut() = Some(call);
-        Err(thrift::Error::Application(ApplicationError::new(
-            ApplicationErrorKind::Unknown,
-            "decoded",
-        )))
+/// The consistency and min_index a read asks for.
+fn read_options(options: &ReadOptions) -> thrift::Result<(Consistency, Option<u64>)> {
+    let consistency = match options.consistency {
+        None | Some(WireConsistency::LOCAL) => Consistency::Local,
+        Some(WireConsistency::LINEARIZABLE) => Consistency::Linearizable,
+        Some(other) => return Err(invalid(format!("unknown consistency level {}", other.0))),
+    };
+    let min_index = match options.min_index {
+        None => None,
+        Some(i) if i >= 0 => Some(i as u64),
+        Some(i) => {
+            return Err(invalid(format!(
+                "min_index is {i}; it must not be negative"
+            )))
+        }
+    };
+    Ok((consistency, min_index))
+}
+
+/// A live entry as the client sees it: its TTL is the time left.
+fn to_wire(entry: crate::store::LiveEntry, now_ms: u64) -> CacheEntry {
+    CacheEntry {
+        key: entry.key,
+        value: entry.value,
+        ttl_ms: entry
+            .expires_at_ms
+            .map(|at| at.saturating_sub(now_ms).max(1) as i64),
     }
 }
 
-impl CacheServiceSyncHandler for &Decoded {
-    fn handle_get(&self, key: String) -> thrift::Result<CacheEntry> {
-        self.record(Call::Get { key })
-    }
-    fn handle_put(&self, entry: CacheEntry) -> thrift::Result<bool> {
-        self.record(Call::Put { entry })
-    }
-    fn handle_remove(&self, key: String) -> thrift::Result<bool> {
-        self.record(Call::Remove { key })
-    }
-    fn handle_get_with(&self, key: String, options: ReadOptions) -> thrift::Result<CacheEntry> {
-        self.record(Call::GetWith { key, options })
-    }
-    fn handle_status(&self) -> thrift::Result<NodeStatus> {
-        self.record(Call::Status)
-    }
-    fn handle_admin_snapshot(&self) -> thrift::Result<i64> {
-        self.record(Call::AdminSnapshot {
-            token: String::new(),
-        })
-    }
-    fn handle_admin_snapshot_with(&self, token: String) -> thrift::Result<i64> {
-        self.record(Call::AdminSnapshot { token })
-    }
-    fn handle_admin_members(&self, token: String) -> thrift::Result<Membership> {
-        self.record(Call::AdminMembers { token })
-    }
-    fn handle_admin_change(
-        &self,
-        change: AdminChange,
-        token: String,
-    ) -> thrift::Result<Membership> {
-        self.record(Call::AdminChange { change, token })
-    }
-}
-
-/// The second pass: hands the processor the outcome of the call it decodes again.
-struct Answer(RefCell<Option<Outcome>>);
-
-impl Answer {
-    fn take(&self) -> Option<Outcome> {
-        self.0.borrow_mut().take()
-    }
-}
-
-fn mismatch() -> thrift::Error {
-    thrift::Error::Application(ApplicationError::new(
-        ApplicationErrorKind::InternalError,
-        "the answer does not match the request",
-    ))
-}
-
-impl CacheServiceSyncHandler for Answer {
-    fn handle_get(&self, _key: String) -> thrift::Result<CacheEntry> {
-        match self.take() {
-            Some(Outcome::Entry(result)) => result,
-            _ => Err(mismatch()),
-        }
-    }
-    fn handle_put(&self, _entry: CacheEntry) -> thrift::Result<bool> {
-        match self.take() {
-            Some(Outcome::Flag(result)) => result,
-            _ => Err(mismatch()),
-        }
-    }
-    fn handle_remove(&self, _key: String) -> thrift::Result<bool> {
-        match self.take() {
-            Some(Outcome::Flag(result)) => result,
-            _ => Err(mismatch()),
-        }
-    }
-    fn handle_get_with(&self, key: String, _options: ReadOptions) -> thrift::Result<CacheEntry> {
-        self.handle_get(key)
-    }
-    fn handle_status(&self) -> thrift::Result<NodeStatus> {
-        match self.take() {
-            Some(Outcome::Status(result)) => result,
-            _ => Err(mismatch()),
-        }
-    }
-    fn handle_admin_snapshot(&self) -> thrift::Result<i64> {
-        match self.take() {
-            Some(Outcome::Index(result)) => result,
-            _ => Err(mismatch()),
-        }
-    }
-    fn handle_admin_snapshot_with(&self, _token: String) -> thrift::Result<i64> {
-        self.handle_admin_snapshot()
-    }
-    fn handle_admin_members(&self, _token: String) -> thrift::Result<Membership> {
-        match self.take() {
-            Some(Outcome::Membership(result)) => result,
-            _ => Err(mismatch()),
-        }
-    }
-    fn handle_admin_change(&self, _: AdminChange, _: String) -> thrift::Result<Membership> {
-        self.handle_admin_members(String::new())
-    }
+/// A state machine answer of the wrong kind: a bug, reported rather than hidden.
+fn unexpected(response: Response, method: &str) -> thrift::Error {
+    user_error(Unavailable {
+        message: format!("unexpected result {response:?} for {method}"),
+    })
 }
 
 /// Compares tokens in time independent of where they first differ.
@@ -463,5 +446,32 @@ pub fn node_status(id: NodeId, raft: &Raft) -> NodeStatus {
         log_flushes: None,
         cluster_id: None,
         membership_changing: Some(membership.get_joint_config().len() > 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unframed binary `status()` call.
+    fn status_call() -> Vec<u8> {
+        let mut b = vec![0x80, 0x01, 0x00, 0x01, 0, 0, 0, 6];
+        b.extend(b"status");
+        b.extend([0, 0, 0, 1, 0]);
+        b
+    }
+
+    #[test]
+    fn pipelined_calls_are_each_decoded_and_garbage_is_not() {
+        let two = [status_call(), status_call()].concat();
+        assert_eq!(decode_connection_bytes(&two, 1024), 2);
+        let framed = [
+            &(status_call().len() as i32).to_be_bytes()[..],
+            &status_call(),
+        ]
+        .concat();
+        assert_eq!(decode_connection_bytes(&framed, 1024), 1);
+        assert_eq!(decode_connection_bytes(b"GET / HTTP/1.1\r\n\r\n", 1024), 0);
+        assert_eq!(decode_connection_bytes(&status_call()[..7], 1024), 0);
     }
 }

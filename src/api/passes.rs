@@ -1,0 +1,259 @@
+//! The two passes of the generated (synchronous) processor over one request: `Decoded`
+//! records the `Call` it decoded; `Answer` hands back the `Outcome` of carrying it out, so the
+//! processor writes it with the request's method name and sequence number.
+
+use std::cell::RefCell;
+
+use thrift::{ApplicationError, ApplicationErrorKind};
+
+use crate::gen::cache::{
+    AdminChange, CacheEntry, CacheServiceSyncHandler, CacheStats, Membership, NodeStatus,
+    ReadOptions, WriteResult,
+};
+
+/// One decoded client call.
+pub(super) enum Call {
+    Get {
+        key: String,
+    },
+    GetWith {
+        key: String,
+        options: ReadOptions,
+    },
+    Put {
+        entry: CacheEntry,
+    },
+    Remove {
+        key: String,
+    },
+    Status,
+    AdminSnapshot {
+        token: String,
+    },
+    AdminMembers {
+        token: String,
+    },
+    AdminChange {
+        change: AdminChange,
+        token: String,
+    },
+    GetMany {
+        keys: Vec<String>,
+        options: ReadOptions,
+    },
+    PutMany {
+        entries: Vec<CacheEntry>,
+    },
+    RemoveMany {
+        keys: Vec<String>,
+    },
+    PutIfAbsent {
+        entry: CacheEntry,
+    },
+    CompareAndPut {
+        key: String,
+        expected: String,
+        entry: CacheEntry,
+    },
+    Increment {
+        key: String,
+        delta: i64,
+    },
+    Scan {
+        prefix: String,
+        start_after: String,
+        limit: i32,
+        options: ReadOptions,
+    },
+    Stats,
+}
+
+/// What a call returns, in the shape the generated processor writes back.
+pub(super) enum Outcome {
+    Entry(thrift::Result<CacheEntry>),
+    Entries(thrift::Result<Vec<CacheEntry>>),
+    Flag(thrift::Result<bool>),
+    Status(thrift::Result<NodeStatus>),
+    Index(thrift::Result<i64>),
+    Membership(thrift::Result<Membership>),
+    Write(thrift::Result<WriteResult>),
+    Stats(thrift::Result<CacheStats>),
+}
+
+/// The first pass: records the call the processor decoded. What it returns is never sent.
+#[derive(Default)]
+pub(super) struct Decoded(pub(super) RefCell<Option<Call>>);
+
+impl Decoded {
+    fn record<T>(&self, call: Call) -> thrift::Result<T> {
+        *self.0.borrow_mut() = Some(call);
+        Err(thrift::Error::Application(ApplicationError::new(
+            ApplicationErrorKind::Unknown,
+            "decoded",
+        )))
+    }
+}
+
+impl CacheServiceSyncHandler for &Decoded {
+    fn handle_get(&self, key: String) -> thrift::Result<CacheEntry> {
+        self.record(Call::Get { key })
+    }
+    fn handle_put(&self, entry: CacheEntry) -> thrift::Result<bool> {
+        self.record(Call::Put { entry })
+    }
+    fn handle_remove(&self, key: String) -> thrift::Result<bool> {
+        self.record(Call::Remove { key })
+    }
+    fn handle_get_with(&self, key: String, options: ReadOptions) -> thrift::Result<CacheEntry> {
+        self.record(Call::GetWith { key, options })
+    }
+    fn handle_status(&self) -> thrift::Result<NodeStatus> {
+        self.record(Call::Status)
+    }
+    fn handle_admin_snapshot(&self) -> thrift::Result<i64> {
+        self.record(Call::AdminSnapshot {
+            token: String::new(),
+        })
+    }
+    fn handle_admin_snapshot_with(&self, token: String) -> thrift::Result<i64> {
+        self.record(Call::AdminSnapshot { token })
+    }
+    fn handle_admin_members(&self, token: String) -> thrift::Result<Membership> {
+        self.record(Call::AdminMembers { token })
+    }
+    fn handle_admin_change(
+        &self,
+        change: AdminChange,
+        token: String,
+    ) -> thrift::Result<Membership> {
+        self.record(Call::AdminChange { change, token })
+    }
+    fn handle_get_many(
+        &self,
+        keys: Vec<String>,
+        options: ReadOptions,
+    ) -> thrift::Result<Vec<CacheEntry>> {
+        self.record(Call::GetMany { keys, options })
+    }
+    fn handle_put_many(&self, entries: Vec<CacheEntry>) -> thrift::Result<WriteResult> {
+        self.record(Call::PutMany { entries })
+    }
+    fn handle_remove_many(&self, keys: Vec<String>) -> thrift::Result<WriteResult> {
+        self.record(Call::RemoveMany { keys })
+    }
+    fn handle_put_if_absent(&self, entry: CacheEntry) -> thrift::Result<bool> {
+        self.record(Call::PutIfAbsent { entry })
+    }
+    fn handle_compare_and_put(
+        &self,
+        key: String,
+        expected: String,
+        entry: CacheEntry,
+    ) -> thrift::Result<bool> {
+        self.record(Call::CompareAndPut {
+            key,
+            expected,
+            entry,
+        })
+    }
+    fn handle_increment(&self, key: String, delta: i64) -> thrift::Result<i64> {
+        self.record(Call::Increment { key, delta })
+    }
+    fn handle_scan(
+        &self,
+        prefix: String,
+        start_after: String,
+        limit: i32,
+        options: ReadOptions,
+    ) -> thrift::Result<Vec<CacheEntry>> {
+        self.record(Call::Scan {
+            prefix,
+            start_after,
+            limit,
+            options,
+        })
+    }
+    fn handle_stats(&self) -> thrift::Result<CacheStats> {
+        self.record(Call::Stats)
+    }
+}
+
+/// The second pass: hands the processor the outcome of the call it decodes again.
+pub(super) struct Answer(pub(super) RefCell<Option<Outcome>>);
+
+fn mismatch() -> thrift::Error {
+    thrift::Error::Application(ApplicationError::new(
+        ApplicationErrorKind::InternalError,
+        "the answer does not match the request",
+    ))
+}
+
+/// Takes the outcome out of an `Answer` if it has the expected shape, else `mismatch()`.
+macro_rules! answer {
+    ($self:ident, $variant:ident) => {
+        match $self.0.borrow_mut().take() {
+            Some(Outcome::$variant(result)) => result,
+            _ => Err(mismatch()),
+        }
+    };
+}
+
+impl CacheServiceSyncHandler for Answer {
+    fn handle_get(&self, _key: String) -> thrift::Result<CacheEntry> {
+        answer!(self, Entry)
+    }
+    fn handle_put(&self, _entry: CacheEntry) -> thrift::Result<bool> {
+        answer!(self, Flag)
+    }
+    fn handle_remove(&self, _key: String) -> thrift::Result<bool> {
+        answer!(self, Flag)
+    }
+    fn handle_get_with(&self, _key: String, _options: ReadOptions) -> thrift::Result<CacheEntry> {
+        answer!(self, Entry)
+    }
+    fn handle_status(&self) -> thrift::Result<NodeStatus> {
+        answer!(self, Status)
+    }
+    fn handle_admin_snapshot(&self) -> thrift::Result<i64> {
+        answer!(self, Index)
+    }
+    fn handle_admin_snapshot_with(&self, _token: String) -> thrift::Result<i64> {
+        answer!(self, Index)
+    }
+    fn handle_admin_members(&self, _token: String) -> thrift::Result<Membership> {
+        answer!(self, Membership)
+    }
+    fn handle_admin_change(&self, _: AdminChange, _: String) -> thrift::Result<Membership> {
+        answer!(self, Membership)
+    }
+    fn handle_get_many(&self, _: Vec<String>, _: ReadOptions) -> thrift::Result<Vec<CacheEntry>> {
+        answer!(self, Entries)
+    }
+    fn handle_put_many(&self, _: Vec<CacheEntry>) -> thrift::Result<WriteResult> {
+        answer!(self, Write)
+    }
+    fn handle_remove_many(&self, _: Vec<String>) -> thrift::Result<WriteResult> {
+        answer!(self, Write)
+    }
+    fn handle_put_if_absent(&self, _: CacheEntry) -> thrift::Result<bool> {
+        answer!(self, Flag)
+    }
+    fn handle_compare_and_put(&self, _: String, _: String, _: CacheEntry) -> thrift::Result<bool> {
+        answer!(self, Flag)
+    }
+    fn handle_increment(&self, _: String, _: i64) -> thrift::Result<i64> {
+        answer!(self, Index)
+    }
+    fn handle_scan(
+        &self,
+        _: String,
+        _: String,
+        _: i32,
+        _: ReadOptions,
+    ) -> thrift::Result<Vec<CacheEntry>> {
+        answer!(self, Entries)
+    }
+    fn handle_stats(&self) -> thrift::Result<CacheStats> {
+        answer!(self, Stats)
+    }
+}
