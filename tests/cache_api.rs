@@ -38,21 +38,6 @@ async fn stats(client: &BlockingClient) -> CacheStats {
     client.run(|c| c.service().stats()).await.expect("stats")
 }
 
-/// Every key node `id` holds, with its value, as a local scan sees it.
-async fn keys(client: &BlockingClient) -> Vec<(String, String)> {
-    let options = ReadOptions::new(Some(Consistency::LOCAL), None);
-    client
-        .run(move |c| {
-            c.service()
-                .scan(String::new(), String::new(), 1000, options)
-        })
-        .await
-        .expect("scan")
-        .into_iter()
-        .map(|e| (e.key, e.value))
-        .collect()
-}
-
 /// Polls `check` on every node until it holds on all of them, or fails after `WAIT`.
 async fn until_all<F, Fut>(cluster: &TestCluster, what: &str, check: F)
 where
@@ -125,10 +110,14 @@ async fn a_key_with_a_ttl_is_visible_everywhere_then_nowhere_and_counted_as_expi
         s.expired == 1 && s.keys == 1
     })
     .await;
-    let first = keys(&cluster.client(1)).await;
+    let first = cluster.client(1).local_contents().await;
     assert_eq!(first, vec![("kept".to_string(), "forever".to_string())]);
     for id in [2, 3] {
-        assert_eq!(keys(&cluster.client(id)).await, first, "node {id}");
+        assert_eq!(
+            cluster.client(id).local_contents().await,
+            first,
+            "node {id}"
+        );
     }
 }
 

@@ -4,26 +4,11 @@
 
 mod common;
 
-use common::{phase, BlockingClient, TestCluster};
-use raftcache::gen::cache::{CacheEntry, CacheFull, ReadOptions, TCacheServiceSyncClient};
+use common::{phase, TestCluster};
+use raftcache::gen::cache::{CacheEntry, CacheFull, TCacheServiceSyncClient};
 
 fn is_full(e: &thrift::Error) -> bool {
     matches!(e, thrift::Error::User(u) if u.is::<CacheFull>())
-}
-
-/// Every key and value node `client` holds, as a local scan sees it.
-async fn contents(client: &BlockingClient) -> Vec<(String, String)> {
-    client
-        .run(|c| {
-            let options = ReadOptions::new(None, None);
-            c.service()
-                .scan(String::new(), String::new(), 1000, options)
-        })
-        .await
-        .expect("scan")
-        .into_iter()
-        .map(|e| (e.key, e.value))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -68,7 +53,7 @@ async fn lru_keeps_twice_the_cap_under_the_cap_and_the_same_on_every_replica() {
     for id in [1, 2, 3] {
         cluster.wait_applied(id, index).await;
     }
-    let first = contents(&cluster.client(1)).await;
+    let first = cluster.client(1).local_contents().await;
     for id in [1, 2, 3] {
         let stats = cluster
             .client(id)
@@ -78,7 +63,11 @@ async fn lru_keeps_twice_the_cap_under_the_cap_and_the_same_on_every_replica() {
         assert!(stats.bytes as u64 <= max_bytes, "node {id}: {stats:?}");
         assert!(stats.evicted > 0, "node {id}: {stats:?}");
         assert_eq!(stats.keys as usize, first.len(), "node {id}");
-        assert_eq!(contents(&cluster.client(id)).await, first, "node {id}");
+        assert_eq!(
+            cluster.client(id).local_contents().await,
+            first,
+            "node {id}"
+        );
     }
     let keys: Vec<&str> = first.iter().map(|(k, _)| k.as_str()).collect();
     assert!(keys.contains(&"key-0399"), "the newest write stays");

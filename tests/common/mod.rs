@@ -187,6 +187,21 @@ pub struct BlockingClient {
 }
 
 impl BlockingClient {
+    /// Every key and value the node holds (up to 1,000), as a local scan sees it.
+    pub async fn local_contents(&self) -> Vec<(String, String)> {
+        use raftcache::gen::cache::{Consistency, ReadOptions, TCacheServiceSyncClient};
+        self.run(|c| {
+            let options = ReadOptions::new(Some(Consistency::LOCAL), None);
+            c.service()
+                .scan(String::new(), String::new(), 1000, options)
+        })
+        .await
+        .expect("scan")
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect()
+    }
+
     /// Runs `f` with a fresh connection, on a blocking thread.
     pub async fn run<T: Send + 'static>(
         &self,
