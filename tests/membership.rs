@@ -124,6 +124,16 @@ fn assert_members_agree(cluster: &Cluster, on: &[u64], voters: &[u64]) {
     }
 }
 
+/// Starts nodes 2 and 3 with `--join` to node 1 (client address `a1`) and waits until all three
+/// are voters everywhere.
+fn grow_to_three_with_join(cluster: &mut Cluster, a1: SocketAddr) {
+    for _ in 0..2 {
+        let id = cluster.add_node(&[format!("--join={a1}")]);
+        cluster.node_mut(id).start();
+    }
+    settle(cluster, &[1, 2, 3], &[1, 2, 3]);
+}
+
 /// Waits until every node of `on` shows exactly `voters` (and no learner) in `status`, then
 /// checks that `admin members --json` agrees via each of them.
 fn settle(cluster: &Cluster, on: &[u64], voters: &[u64]) {
@@ -264,11 +274,7 @@ fn grow_shrink_remove_the_leader_and_replace_a_dead_node_while_writing() {
     let writer = Writer::start(vec![a1]);
 
     phase(start, "grow to 3 with --join");
-    for _ in 0..2 {
-        let id = cluster.add_node(&[format!("--join={a1}")]);
-        cluster.node_mut(id).start();
-    }
-    settle(&cluster, &[1, 2, 3], &[1, 2, 3]);
+    grow_to_three_with_join(&mut cluster, a1);
     writer.set_addrs(client_addrs(&cluster, &[1, 2, 3]));
 
     phase(
@@ -640,11 +646,7 @@ fn acceptance_join_kill_replace_remove_and_return_as_a_new_node() {
     let writer = Writer::start(vec![a1]);
 
     phase(start, "grow to 3 with --join");
-    for _ in 0..2 {
-        let id = cluster.add_node(&[format!("--join={a1}")]);
-        cluster.node_mut(id).start();
-    }
-    settle(&cluster, &[1, 2, 3], &[1, 2, 3]);
+    grow_to_three_with_join(&mut cluster, a1);
 
     phase(start, "kill node 1, replace it by a fresh node 4");
     writer.set_addrs(client_addrs(&cluster, &[2, 3]));

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use super::passes::{Call, Outcome};
-use super::{invalid, read_options, route_error, to_wire, unexpected, CacheApi, RouteError};
+use super::{invalid, route_error, to_wire, unexpected, CacheApi, RouteError};
 use crate::gen::cache::{CacheEntry, CacheStats, ReadOptions, WriteResult};
 use crate::types::{now_ms, Item, Request, Response};
 
@@ -68,12 +68,7 @@ impl CacheApi {
         for key in &keys {
             self.check_key(key)?;
         }
-        let (consistency, min_index) = read_options(&options)?;
-        let state = self
-            .router
-            .reader(consistency, min_index)
-            .await
-            .map_err(route_error)?;
+        let state = self.readable_with(&options).await?;
         let now_ms = now_ms();
         let mut found = Vec::with_capacity(keys.len());
         for key in &keys {
@@ -170,12 +165,7 @@ impl CacheApi {
             )));
         }
         let limit = (limit as usize).min(self.limits.max_scan_items);
-        let (consistency, min_index) = read_options(&options)?;
-        let state = self
-            .router
-            .reader(consistency, min_index)
-            .await
-            .map_err(route_error)?;
+        let state = self.readable_with(&options).await?;
         let now_ms = now_ms();
         let entries = state
             .scan(&prefix, &start_after, limit, now_ms)

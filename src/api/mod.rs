@@ -207,11 +207,7 @@ impl CacheApi {
         min_index: Option<u64>,
     ) -> thrift::Result<CacheEntry> {
         self.check_key(&key)?;
-        let state = self
-            .router
-            .reader(consistency, min_index)
-            .await
-            .map_err(route_error)?;
+        let state = self.readable(consistency, min_index).await?;
         let now_ms = crate::types::now_ms();
         let found = state
             .entry(&key, now_ms)
@@ -222,6 +218,27 @@ impl CacheApi {
             Some(entry) => Ok(to_wire(entry, now_ms)),
             None => Err(user_error(KeyNotFound { key })),
         }
+    }
+
+    /// This replica's state once it may be read as asked (see `Router::reader`).
+    async fn readable(
+        &self,
+        consistency: Consistency,
+        min_index: Option<u64>,
+    ) -> thrift::Result<&crate::store::StateReader> {
+        self.router
+            .reader(consistency, min_index)
+            .await
+            .map_err(route_error)
+    }
+
+    /// `readable`, with the client's `ReadOptions`.
+    async fn readable_with(
+        &self,
+        options: &ReadOptions,
+    ) -> thrift::Result<&crate::store::StateReader> {
+        let (consistency, min_index) = read_options(options)?;
+        self.readable(consistency, min_index).await
     }
 
     async fn get_with(&self, key: String, options: ReadOptions) -> thrift::Result<CacheEntry> {
