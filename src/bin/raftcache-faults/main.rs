@@ -1,0 +1,270 @@
+//! `raftcache-faults`: the fault-injection suite. Each run starts a fresh compose cluster of
+//! the raftcache image (3 or 5 nodes), runs clients that record every operation, injects the
+//! faults of a seeded schedule (partitions, kills, pauses, restarts, membership changes), heals
+//! everything, kills and restarts every node, and checks that the history is linearizable,
+//! that no acknowledged write is lost and that every node holds the same contents.
+//! `docs/testing.md` describes the faults, the checks and how to replay a seed.
+
+mod docker;
+mod run;
+mod schedule;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use clap::Parser;
+use raftcache::linearizability::{self, Limits, Verdict};
+
+use run::{RunConfig, RunReport};
+use schedule::FaultKind;
+use workload::ClientLimits;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "raftcache-faults",
+    about = "Fault injection on a container cluster of raftcache, with a linearizability check",
+    long_about = "Runs raftcache in containers (docker-compose, the image of cluster/build-image.sh), \
+injects faults from a seeded random schedule while clients record every operation, and checks \
+the history for linearizability, lost acknowledged writes and diverging replicas. Run N uses seed \
+SEED+N; a failed run prints the command that replays it and keeps its history, schedule and node \
+logs under --out-dir. Exit status: 0 every run passed, 1 a run failed, 2 it could not run."
+)]
+struct Args {
+    /// Runs to make, one fresh cluster each.
+    #[arg(long, default_value_t = 1)]
+    runs: u64,
+    /// Seconds of client traffic (and faults) per run.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Concurrent clients per run.
+    #[arg(long, default_value_t = 5)]
+    clients: u64,
+    /// Seed of the first run (default: from the clock). The same seed replays the same schedule.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Nodes per run (3 or 5). Default: 3 for an even seed, 5 for an odd one.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["3", "5"]))]
+    nodes: Option<String>,
+    /// Keys the clients share (the contended registers).
+    #[arg(long, default_value_t = 5)]
+    hot_keys: u64,
+    /// Spare nodes per run, each used by one membership change.
+    #[arg(long, default_value_t = 2)]
+    spares: u64,
+    /// Most operations one client makes in a run.
+    #[arg(long, default_value_t = 100_000)]
+    max_ops_per_client: u64,
+    /// Pause of a client between two operations, in milliseconds.
+    #[arg(long, default_value_t = 2)]
+    think_ms: u64,
+    /// Search steps the linearizability checker may spend on one key.
+    #[arg(long, default_value_t = 1_000_000)]
+    checker_max_steps: u64,
+    /// The raftcache image to run (built by cluster/build-image.sh).
+    #[arg(long, env = "RAFTCACHE_IMAGE", default_value = "raftcache:local")]
+    image: String,
+    /// Where failed runs keep their files.
+    #[arg(long, default_value = "target/faults")]
+    out_dir: PathBuf,
+    /// Check a saved history (JSON lines) instead of running anything.
+    #[arg(long, value_name = "FILE")]
+    check_history: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(path) = &args.check_history {
+        return check_saved(path, args.checker_max_steps);
+    }
+    if let Some(reason) = missing_prerequisite(&args.image) {
+        eprintln!("raftcache-faults: cannot run: {reason}");
+        return ExitCode::from(2);
+    }
+    if args.runs == 0 || args.seconds < 10 || args.clients == 0 || args.hot_keys == 0 {
+        eprintln!("raftcache-faults: --runs, --clients and --hot-keys must be at least 1 and --seconds at least 10");
+        return ExitCode::from(2);
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64 % 1_000_000_000)
+            .unwrap_or(1)
+    });
+    let config = RunConfig {
+        seconds: args.seconds,
+        clients: args.clients,
+        nodes: args.nodes.as_deref().map(|n| n.parse().expect("3 or 5")),
+        spares: args.spares,
+        image: args.image.clone(),
+        out_dir: args.out_dir.clone(),
+        limits: ClientLimits {
+            hot_keys: args.hot_keys,
+            max_ops: args.max_ops_per_client,
+            think: Duration::from_millis(args.think_ms),
+        },
+        checker: Limits {
+            max_steps_per_key: args.checker_max_steps,
+        },
+    };
+    println!(
+        "raftcache-faults: {} runs of {} s, {} clients, first seed {seed}, image {}",
+        args.runs, args.seconds, args.clients, args.image
+    );
+    let mut reports = Vec::new();
+    for i in 0..args.runs {
+        let report = run::run(&config, seed + i);
+        println!("{}", run_line(i + 1, args.runs, &report));
+        if let Some(failure) = &report.failure {
+            println!("{failure}");
+            println!(
+                "  replay: cargo run --bin raftcache-faults -- --seed {} --runs 1 --seconds {} --clients {}{}",
+                report.seed,
+                args.seconds,
+                args.clients,
+                args.nodes.as_ref().map(|n| format!(" --nodes {n}")).unwrap_or_default()
+            );
+            if let Some(dir) = &report.kept {
+                println!("  kept: {}", dir.display());
+            }
+        }
+        reports.push(report);
+    }
+    println!("{}", summary(&reports));
+    if reports.iter().any(|r| r.failure.is_some()) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn run_line(n: u64, runs: u64, r: &RunReport) -> String {
+    let faults: Vec<String> = r
+        .faults
+        .iter()
+        .map(|(kind, count)| format!("{kind}×{count}"))
+        .collect();
+    format!(
+        "run {n}/{runs} seed {}: {} nodes, {} operations ({} checked, {} own keys read back), faults [{}]: {}",
+        r.seed,
+        r.nodes,
+        r.operations,
+        r.checked,
+        r.own_keys_checked,
+        faults.join(", "),
+        if r.failure.is_some() { "FAILED" } else { "ok" }
+    )
+}
+
+fn summary(reports: &[RunReport]) -> String {
+    let mut faults: BTreeMap<FaultKind, u64> = BTreeMap::new();
+    for r in reports {
+        for (kind, count) in &r.faults {
+            *faults.entry(*kind).or_default() += count;
+        }
+    }
+    let failed: Vec<u64> = reports
+        .iter()
+        .filter(|r| r.failure.is_some())
+        .map(|r| r.seed)
+        .collect();
+    let never: Vec<&str> = FaultKind::ALL
+        .iter()
+        .filter(|k| !faults.contains_key(k))
+        .map(|k| k.name())
+        .collect();
+    let mut text = format!(
+        "summary: {} runs ({} with 5 nodes), {} operations, {} checked for linearizability, {} own keys read back\n",
+        reports.len(),
+        reports.iter().filter(|r| r.nodes == 5).count(),
+        reports.iter().map(|r| r.operations).sum::<usize>(),
+        reports.iter().map(|r| r.checked).sum::<usize>(),
+        reports.iter().map(|r| r.own_keys_checked).sum::<usize>(),
+    );
+    text += &format!(
+        "faults injected: {} ({})\n",
+        faults.values().sum::<u64>(),
+        faults
+            .iter()
+            .map(|(k, c)| format!("{k} {c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if !never.is_empty() {
+        text += &format!("never injected: {}\n", never.join(", "));
+    }
+    let skipped: usize = reports.iter().map(|r| r.not_injected.len()).sum();
+    text += &format!("planned steps not injected: {skipped}\n");
+    text += &format!("failed runs: {} {failed:?}", failed.len());
+    text
+}
+
+/// Why the suite cannot run here, if it cannot.
+fn missing_prerequisite(image: &str) -> Option<String> {
+    let works = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if !works("docker", &["info"]) {
+        return Some("docker is not installed or its daemon is not reachable".into());
+    }
+    if !works("docker-compose", &["version"]) {
+        return Some("docker-compose is not installed".into());
+    }
+    if !works("docker", &["image", "inspect", image]) {
+        return Some(format!(
+            "no image {image}: build it with cluster/build-image.sh (or name another with --image)"
+        ));
+    }
+    None
+}
+
+/// `--check-history`: the verdict on a saved history.
+fn check_saved(path: &PathBuf, max_steps: u64) -> ExitCode {
+    let history = std::fs::File::open(path)
+        .map_err(linearizability::HistoryError::from)
+        .and_then(|f| linearizability::read_history(std::io::BufReader::new(f)));
+    let history = match history {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("raftcache-faults: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let limits = Limits {
+        max_steps_per_key: max_steps,
+    };
+    match linearizability::check(&history, limits) {
+        Ok(report) => {
+            for v in &report.violations {
+                println!("{v}");
+            }
+            println!(
+                "{}: {} operations, {} checked on {} keys: {:?}{}",
+                path.display(),
+                history.len(),
+                report.operations_checked,
+                report.keys_checked,
+                report.verdict(),
+                if report.unknown_keys.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (out of budget: {:?})", report.unknown_keys)
+                }
+            );
+            if report.verdict() == Verdict::Linearizable {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("raftcache-faults: {}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,803 @@
+//! One run: a fresh compose cluster, clients recording every operation, the seed's faults one
+//! after another (each healed before the next), then everything healed, every node killed and
+//! started again, and the checks: the history is linearizable, no acknowledged write is lost,
+//! and every node holds the same contents.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use raftcache::client::{describe_error, CacheClient};
+use raftcache::gen::cache::{AdminOp, Consistency, ReadOptions, TCacheServiceSyncClient};
+use raftcache::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
+use raftcache::membership::{add_node, CatchUp};
+
+use crate::docker::Cluster;
+use crate::schedule::{plan, FaultKind, Rng, Schedule, Step};
+use crate::workload::{ClientLimits, Workload, CALL_TIMEOUT};
+
+/// How long the cluster may take to have every member answer and agree on a leader: generous,
+/// since nothing here measures speed and a shared 2-core machine can be slow.
+const HEALTHY_DEADLINE: Duration = Duration::from_secs(120);
+/// How long the nodes may take to hold the same contents once the clients stopped.
+const CONVERGE_DEADLINE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(250);
+/// A status call's timeout.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How a new node catches up before a membership change makes it a voter.
+const CATCH_UP: CatchUp = CatchUp {
+    max_lag: 1_000,
+    timeout: Duration::from_secs(60),
+};
+/// Keys per page when a node's contents are listed.
+const SCAN_PAGE: i32 = 500;
+
+/// What every run shares.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub seconds: u64,
+    pub clients: u64,
+    pub nodes: Option<usize>,
+    pub spares: u64,
+    pub image: String,
+    /// Where a failed run's files are kept.
+    pub out_dir: PathBuf,
+    pub limits: ClientLimits,
+    pub checker: Limits,
+}
+
+/// What a run did and found.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub seed: u64,
+    pub nodes: usize,
+    pub operations: usize,
+    /// Operations that constrained the linearizability check.
+    pub checked: usize,
+    /// Acknowledged puts of keys written once, each read back at the end.
+    pub own_keys_checked: usize,
+    pub faults: BTreeMap<FaultKind, u64>,
+    /// Steps that did not happen, and why (out of time, no spare node, a refused change).
+    pub not_injected: Vec<String>,
+    /// Why the run failed; `None` when every check passed.
+    pub failure: Option<String>,
+    /// The directory holding the failed run's history, schedule and logs.
+    pub kept: Option<PathBuf>,
+}
+
+/// Runs the schedule of `seed`.
+pub fn run(config: &RunConfig, seed: u64) -> RunReport {
+    let schedule = plan(seed, config.seconds, config.nodes);
+    let dir = config.out_dir.join(format!("run-{seed}"));
+    let mut report = RunReport {
+        seed,
+        nodes: schedule.nodes,
+        ..RunReport::default()
+    };
+    let mut journal = Journal::new(&dir);
+    journal.line(format!(
+        "seed {seed}: {} nodes, {} s, {} clients, image {}",
+        schedule.nodes, config.seconds, config.clients, config.image
+    ));
+    for (i, step) in schedule.steps.iter().enumerate() {
+        journal.line(format!("plan {}: {step}", i + 1));
+    }
+    let result = std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating {}", dir.display()))
+        .and_then(|()| Run::start(config, &schedule, &dir, &mut journal))
+        .and_then(|mut run| {
+            let outcome = run.execute(&schedule, &mut report, &mut journal);
+            if outcome.is_err() || report.failure.is_some() {
+                run.cluster.save_logs(&dir);
+            }
+            outcome
+        });
+    if let Err(e) = result {
+        report.failure = Some(format!("the run could not go on: {e:#}"));
+    }
+    journal.save();
+    if report.failure.is_some() {
+        report.kept = Some(dir);
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    report
+}
+
+/// The run's log of what happened when, printed as it goes and kept with a failed run.
+struct Journal {
+    path: PathBuf,
+    start: Instant,
+    lines: Vec<String>,
+}
+
+impl Journal {
+    fn new(dir: &Path) -> Self {
+        Self {
+            path: dir.join("schedule.log"),
+            start: Instant::now(),
+            lines: Vec::new(),
+        }
+    }
+
+    fn line(&mut self, text: String) {
+        let line = format!("[{:7.2} s] {text}", self.start.elapsed().as_secs_f64());
+        eprintln!("faults: {line}");
+        self.lines.push(line);
+    }
+
+    fn save(&self) {
+        if let Some(dir) = self.path.parent() {
+            if dir.exists() {
+                let _ = std::fs::write(&self.path, self.lines.join("\n") + "\n");
+            }
+        }
+    }
+}
+
+struct Run<'a> {
+    config: &'a RunConfig,
+    cluster: Cluster,
+    /// Members (voters and learners) as the run knows them.
+    members: Vec<u64>,
+    spares: VecDeque<u64>,
+    dir: &'a Path,
+    /// Times (on the clients' clock) when no side of a partition held a quorum.
+    no_quorum: Vec<(u64, u64)>,
+}
+
+impl<'a> Run<'a> {
+    fn start(
+        config: &'a RunConfig,
+        schedule: &Schedule,
+        dir: &'a Path,
+        journal: &mut Journal,
+    ) -> Result<Self> {
+        let project = format!("rcfaults{}s{}", std::process::id(), schedule.seed);
+        let voters = schedule.nodes as u64;
+        let cluster = Cluster::create(dir, &project, &config.image, voters, config.spares)?;
+        let members: Vec<u64> = (1..=voters).collect();
+        let spares = (voters + 1..=voters + config.spares).collect();
+        cluster.up(&members)?;
+        let run = Run {
+            config,
+            cluster,
+            members,
+            spares,
+            dir,
+            no_quorum: Vec::new(),
+        };
+        let leader = run.wait_healthy()?;
+        journal.line(format!(
+            "cluster {project} up, node {leader} leads; clients start"
+        ));
+        Ok(run)
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|id| self.cluster.node(*id).addr())
+            .collect()
+    }
+
+    fn execute(
+        &mut self,
+        schedule: &Schedule,
+        report: &mut RunReport,
+        journal: &mut Journal,
+    ) -> Result<()> {
+        let workload = Workload::start(
+            self.config.clients,
+            schedule.seed,
+            self.addrs(),
+            self.config.limits,
+        );
+        let shared = workload.shared.clone();
+        let end = shared.clock + Duration::from_secs(self.config.seconds);
+        let tail = Duration::from_secs(3);
+        for (i, step) in schedule.steps.iter().enumerate() {
+            if Instant::now() + step.quiet + step.hold + tail > end {
+                report
+                    .not_injected
+                    .push(format!("step {} ({}): out of time", i + 1, step.kind));
+                continue;
+            }
+            sleep(step.quiet);
+            let before = workload.answered();
+            match self.inject(step, &workload)? {
+                Injected::Done(what) => {
+                    *report.faults.entry(step.kind).or_default() += 1;
+                    journal.line(format!(
+                        "step {} {}: {what} ({} answers meanwhile)",
+                        i + 1,
+                        step.kind,
+                        workload.answered() - before
+                    ));
+                }
+                Injected::Not(why) => {
+                    journal.line(format!("step {} {}: not injected: {why}", i + 1, step.kind));
+                    report
+                        .not_injected
+                        .push(format!("step {} ({}): {why}", i + 1, step.kind));
+                }
+            }
+        }
+        if let Some(left) = end.checked_duration_since(Instant::now()) {
+            sleep(left);
+        }
+        let answered = workload.answered();
+        let mut history = workload.finish();
+        journal.line(format!(
+            "clients stopped: {} operations, {answered} answered",
+            history.len()
+        ));
+
+        self.cluster.unpause_all()?;
+        self.cluster.heal()?;
+        let leader = self.wait_healthy()?;
+        journal.line(format!("healed; node {leader} leads"));
+        for &id in &self.members {
+            self.cluster.kill(id)?;
+        }
+        for &id in &self.members {
+            self.cluster.start(id)?;
+        }
+        let leader = self.wait_healthy()?;
+        journal.line(format!(
+            "every node killed and started again; node {leader} leads"
+        ));
+
+        let final_reads = self.read_back(&mut history, leader, &shared)?;
+        report.operations = history.len();
+        let mut failures = Vec::new();
+
+        let lost = lost_writes(&history, &final_reads);
+        report.own_keys_checked = history
+            .iter()
+            .filter(|op| op.key.starts_with("own-") && op.outcome == Outcome::Written)
+            .count();
+        if !lost.is_empty() {
+            failures.push(format!(
+                "{} acknowledged writes lost, e.g. {}",
+                lost.len(),
+                lost[..lost.len().min(5)].join("; ")
+            ));
+        }
+
+        let answered = answered_without_quorum(&history, &self.no_quorum);
+        if !answered.is_empty() {
+            failures.push(format!(
+                "{} operations sent while no side of a partition held a quorum were answered, e.g. {}",
+                answered.len(),
+                answered[..answered.len().min(5)].join("; ")
+            ));
+        }
+
+        match self.converge(&final_reads) {
+            Ok(()) => journal.line(format!(
+                "all {} members hold the same {} keys",
+                self.members.len(),
+                final_reads.len()
+            )),
+            Err(e) => failures.push(e),
+        }
+
+        let checked = linearizability::check(&history, self.config.checker)
+            .map_err(|e| anyhow!("the recorded history is malformed: {e}"))?;
+        report.checked = checked.operations_checked;
+        journal.line(format!(
+            "checked {} operations on {} keys: {:?}",
+            checked.operations_checked,
+            checked.keys_checked,
+            checked.verdict()
+        ));
+        match checked.verdict() {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable => {
+                let shown: Vec<String> = checked
+                    .violations
+                    .iter()
+                    .take(3)
+                    .map(|v| v.to_string())
+                    .collect();
+                failures.push(format!(
+                    "not linearizable on {} keys:\n{}",
+                    checked.violations.len(),
+                    shown.join("\n")
+                ));
+            }
+            Verdict::Unknown => failures.push(format!(
+                "the checker ran out of its step budget on keys {:?}: nothing proven",
+                checked.unknown_keys
+            )),
+        }
+        if !failures.is_empty() {
+            let path = self.dir.join("history.jsonl");
+            let file = std::fs::File::create(&path)?;
+            linearizability::write_history(std::io::BufWriter::new(file), &history)?;
+            report.failure = Some(failures.join("\n"));
+        }
+        Ok(())
+    }
+
+    /// Injects one fault and heals it.
+    fn inject(&mut self, step: &Step, workload: &Workload) -> Result<Injected> {
+        let mut pick = Rng::new(step.choice);
+        let mut shuffled = self.members.clone();
+        pick.shuffle(&mut shuffled);
+        let random = shuffled[0];
+        let quorum = self.members.len() / 2 + 1;
+        let done = match step.kind {
+            FaultKind::PartitionMinority => {
+                let size = 1 + pick.below((quorum - 1) as u64) as usize;
+                let (minority, rest) = shuffled.split_at(size);
+                hold_partition(
+                    &mut self.cluster,
+                    &[minority.to_vec(), rest.to_vec()],
+                    step.hold,
+                )?
+            }
+            FaultKind::PartitionMajority => {
+                let sides: Vec<Vec<u64>> =
+                    shuffled.chunks(quorum - 1).map(<[u64]>::to_vec).collect();
+                self.cluster.partition(&sides)?;
+                let cut_us = workload.shared.now_us();
+                sleep(step.hold);
+                self.no_quorum.push((cut_us, workload.shared.now_us()));
+                self.cluster.heal()?;
+                format!("sides {sides:?} for {} ms", step.hold.as_millis())
+            }
+            FaultKind::PartitionLeader => {
+                let leader = self.leader_or(random);
+                let rest: Vec<u64> = self
+                    .members
+                    .iter()
+                    .copied()
+                    .filter(|&n| n != leader)
+                    .collect();
+                hold_partition(&mut self.cluster, &[vec![leader], rest], step.hold)?
+            }
+            FaultKind::PartitionBridge => {
+                if shuffled.len() < 5 {
+                    return Ok(Injected::Not(format!(
+                        "{} members, a bridge needs 5",
+                        shuffled.len()
+                    )));
+                }
+                let sides = [shuffled[..3].to_vec(), shuffled[2..].to_vec()];
+                let text = hold_partition(&mut self.cluster, &sides, step.hold)?;
+                format!("{text}, node {} bridges", shuffled[2])
+            }
+            FaultKind::KillLeader | FaultKind::KillRandom => {
+                let target = if step.kind == FaultKind::KillLeader {
+                    self.leader_or(random)
+                } else {
+                    random
+                };
+                self.cluster.kill(target)?;
+                sleep(step.hold);
+                self.cluster.start(target)?;
+                format!(
+                    "node {target} killed, started after {} ms",
+                    step.hold.as_millis()
+                )
+            }
+            FaultKind::KillAll => {
+                for &id in &self.members {
+                    self.cluster.kill(id)?;
+                }
+                sleep(step.hold);
+                for &id in &self.members {
+                    self.cluster.start(id)?;
+                }
+                format!(
+                    "nodes {:?} killed, started after {} ms",
+                    self.members,
+                    step.hold.as_millis()
+                )
+            }
+            FaultKind::Pause => {
+                let target = if step.choice.is_multiple_of(2) {
+                    self.leader_or(random)
+                } else {
+                    random
+                };
+                self.cluster.pause(target)?;
+                sleep(step.hold);
+                self.cluster.unpause_all()?;
+                format!("node {target} paused for {} ms", step.hold.as_millis())
+            }
+            FaultKind::Restart => {
+                self.cluster.stop(random)?;
+                self.cluster.start(random)?;
+                format!("node {random} stopped cleanly and started")
+            }
+            FaultKind::Membership => {
+                let replace = (step.choice >> 32).is_multiple_of(2);
+                return self.change_membership(random, replace, workload);
+            }
+        };
+        Ok(Injected::Done(done))
+    }
+
+    /// The leader now, waiting a little for one; `fallback` if there is none.
+    fn leader_or(&self, fallback: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(leader) = self.leader() {
+                return leader;
+            }
+            if Instant::now() >= deadline {
+                return fallback;
+            }
+            sleep(POLL);
+        }
+    }
+
+    /// The member that says it leads, with the highest term.
+    fn leader(&self) -> Option<u64> {
+        self.members
+            .iter()
+            .filter_map(|&id| {
+                let status = status(&self.cluster.node(id).addr())?;
+                (status.role == "leader").then_some((status.term, id))
+            })
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    /// Removes `old` and adds a fresh spare, once every member answers.
+    fn change_membership(
+        &mut self,
+        old: u64,
+        replace: bool,
+        workload: &Workload,
+    ) -> Result<Injected> {
+        let Some(new) = self.spares.pop_front() else {
+            return Ok(Injected::Not("no spare node left".into()));
+        };
+        let leader = self.wait_healthy()?;
+        self.cluster.up(&[new])?;
+        // Ask through a member that stays, so the answer is not lost with the removed node.
+        let via = if leader != old {
+            leader
+        } else {
+            *self
+                .members
+                .iter()
+                .find(|&&id| id != old)
+                .expect("more than one member")
+        };
+        let mut client = connect(&self.cluster.node(via).addr())?;
+        let peer = self.cluster.node(new).peer_addr();
+        let mut progress = |_: &str| {};
+        let added = add_node(
+            &mut client,
+            new,
+            &peer,
+            replace.then_some(old),
+            CATCH_UP,
+            false,
+            "",
+            &mut progress,
+        );
+        let changed = added.and_then(|_| {
+            if replace {
+                return Ok(());
+            }
+            client
+                .admin_change(AdminOp::REMOVE_NODE, old, None, None, false, "")
+                .map(drop)
+                .map_err(|e| describe_error(&e))
+        });
+        // What the cluster holds now decides which nodes the run follows.
+        let members = self.current_members(via)?;
+        self.members = members;
+        workload.set_targets(self.addrs());
+        if !self.members.contains(&old) {
+            self.cluster.stop(old)?;
+        }
+        let how = if replace {
+            "replace-node"
+        } else {
+            "add-node, then remove-node"
+        };
+        Ok(match changed {
+            Ok(()) => Injected::Done(format!(
+                "node {old} replaced by node {new} ({how}); members now {:?}",
+                self.members
+            )),
+            Err(why) => Injected::Not(format!(
+                "{how} of {old} by {new} refused: {why}; members now {:?}",
+                self.members
+            )),
+        })
+    }
+
+    /// The members (voters and learners) the cluster's leader lists, asked through `via`.
+    fn current_members(&self, via: u64) -> Result<Vec<u64>> {
+        let deadline = Instant::now() + HEALTHY_DEADLINE;
+        loop {
+            let listed = connect(&self.cluster.node(via).addr()).and_then(|mut c| {
+                c.admin_members("")
+                    .map_err(|e| anyhow!("admin members: {}", describe_error(&e)))
+            });
+            match listed {
+                Ok(m) => return Ok(m.members.iter().map(|m| m.id as u64).collect()),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => sleep(POLL),
+            }
+        }
+    }
+
+    /// Waits until every member answers and all name the same leader, one of them.
+    fn wait_healthy(&self) -> Result<u64> {
+        let deadline = Instant::now() + HEALTHY_DEADLINE;
+        loop {
+            let leaders: Vec<Option<u64>> = self
+                .members
+                .iter()
+                .map(|&id| {
+                    status(&self.cluster.node(id).addr()).and_then(|s| s.leader.map(|l| l as u64))
+                })
+                .collect();
+            if let Some(Some(leader)) = leaders.first() {
+                if leaders.iter().all(|l| *l == Some(*leader)) && self.members.contains(leader) {
+                    return Ok(*leader);
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the members {:?} did not all answer and agree on a leader within {:?} (they name {leaders:?})",
+                    self.members,
+                    HEALTHY_DEADLINE
+                );
+            }
+            sleep(POLL);
+        }
+    }
+
+    /// Reads every key of the history linearizably through the leader, adding each read to
+    /// the history; returns the keys that hold a value.
+    fn read_back(
+        &self,
+        history: &mut Vec<Operation>,
+        leader: u64,
+        shared: &crate::workload::Shared,
+    ) -> Result<BTreeMap<String, String>> {
+        let keys: BTreeSet<String> = history.iter().map(|op| op.key.clone()).collect();
+        let addr = self.cluster.node(leader).addr();
+        let reader = self.config.clients;
+        let mut values = BTreeMap::new();
+        let mut conn = connect(&addr)?;
+        for key in keys {
+            let deadline = Instant::now() + HEALTHY_DEADLINE;
+            loop {
+                let invoke_us = shared.now_us();
+                match conn.get(&key, true) {
+                    Ok(value) => {
+                        history.push(Operation {
+                            client: reader,
+                            key: key.clone(),
+                            call: Call::Get,
+                            invoke_us,
+                            return_us: shared.now_us(),
+                            outcome: Outcome::Read(value.clone()),
+                        });
+                        if let Some(value) = value {
+                            values.insert(key, value);
+                        }
+                        break;
+                    }
+                    Err(e) if Instant::now() >= deadline => {
+                        bail!(
+                            "the final read of {key:?} through node {leader} failed: {}",
+                            describe_error(&e)
+                        )
+                    }
+                    Err(_) => {
+                        sleep(POLL);
+                        conn = connect(&addr)?;
+                    }
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    /// Waits until every member's own contents equal `expected`; the differences if not.
+    fn converge(&self, expected: &BTreeMap<String, String>) -> std::result::Result<(), String> {
+        let deadline = Instant::now() + CONVERGE_DEADLINE;
+        loop {
+            let mut differences = Vec::new();
+            for &id in &self.members {
+                match local_contents(&self.cluster.node(id).addr()) {
+                    Ok(held) if &held == expected => {}
+                    Ok(held) => differences.push(format!("node {id}: {}", diff(expected, &held))),
+                    Err(e) => differences.push(format!("node {id}: {e:#}")),
+                }
+            }
+            if differences.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the members do not converge to the final reads within {CONVERGE_DEADLINE:?}:\n{}",
+                    differences.join("\n")
+                ));
+            }
+            sleep(POLL);
+        }
+    }
+}
+
+enum Injected {
+    Done(String),
+    Not(String),
+}
+
+fn hold_partition(cluster: &mut Cluster, sides: &[Vec<u64>], hold: Duration) -> Result<String> {
+    cluster.partition(sides)?;
+    sleep(hold);
+    cluster.heal()?;
+    Ok(format!("sides {sides:?} for {} ms", hold.as_millis()))
+}
+
+fn connect(addr: &str) -> Result<CacheClient> {
+    CacheClient::connect(addr, CALL_TIMEOUT).with_context(|| format!("connecting to {addr}"))
+}
+
+fn status(addr: &str) -> Option<raftcache::gen::cache::NodeStatus> {
+    CacheClient::connect(addr, STATUS_TIMEOUT)
+        .ok()?
+        .status()
+        .ok()
+}
+
+/// A node's own contents (a local scan, no leader involved).
+fn local_contents(addr: &str) -> Result<BTreeMap<String, String>> {
+    let mut client = connect(addr)?;
+    let mut held = BTreeMap::new();
+    let mut after = String::new();
+    loop {
+        let options = ReadOptions {
+            consistency: Some(Consistency::LOCAL),
+            min_index: None,
+        };
+        let page = client
+            .service()
+            .scan(String::new(), after.clone(), SCAN_PAGE, options)
+            .map_err(|e| anyhow!("scan: {}", describe_error(&e)))?;
+        let full = page.len() == SCAN_PAGE as usize;
+        for entry in page {
+            after = entry.key.clone();
+            held.insert(entry.key, entry.value);
+        }
+        if !full {
+            return Ok(held);
+        }
+    }
+}
+
+/// The first few differences between two contents.
+fn diff(expected: &BTreeMap<String, String>, held: &BTreeMap<String, String>) -> String {
+    let mut out = Vec::new();
+    for (key, value) in expected {
+        match held.get(key) {
+            None => out.push(format!("missing {key}")),
+            Some(v) if v != value => out.push(format!("{key}={v:?}, the final read {value:?}")),
+            Some(_) => {}
+        }
+    }
+    for key in held.keys().filter(|k| !expected.contains_key(*k)) {
+        out.push(format!("extra {key}"));
+    }
+    let count = out.len();
+    out.truncate(5);
+    format!("{count} differences: {}", out.join(", "))
+}
+
+/// Acknowledged puts of keys written once whose value the final read did not return.
+fn lost_writes(history: &[Operation], final_reads: &BTreeMap<String, String>) -> Vec<String> {
+    history
+        .iter()
+        .filter(|op| op.key.starts_with("own-") && op.outcome == Outcome::Written)
+        .filter_map(|op| match &op.call {
+            Call::Put(value) if final_reads.get(&op.key) != Some(value) => Some(format!(
+                "{} = {value:?} (acknowledged at {} us, read back {:?})",
+                op.key,
+                op.return_us,
+                final_reads.get(&op.key)
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Operations invoked while no side of a partition held a quorum (`windows`) that got a
+/// definite answer: none can, since a write must be committed by a quorum and a linearizable
+/// read must hear from one after it arrives.
+fn answered_without_quorum(history: &[Operation], windows: &[(u64, u64)]) -> Vec<String> {
+    history
+        .iter()
+        .filter(|op| op.outcome != Outcome::Unknown)
+        .filter(|op| {
+            windows
+                .iter()
+                .any(|&(from, to)| op.invoke_us >= from && op.invoke_us <= to)
+        })
+        .map(|op| op.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str, outcome: Outcome) -> Operation {
+        Operation {
+            client: 0,
+            key: key.into(),
+            call: Call::Put(value.into()),
+            invoke_us: 1,
+            return_us: 2,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn an_acknowledged_own_key_missing_or_changed_is_lost_and_an_unknown_one_is_not() {
+        let history = vec![
+            put("own-c0-1", "a", Outcome::Written),
+            put("own-c0-2", "b", Outcome::Written),
+            put("own-c0-3", "c", Outcome::Unknown),
+            put("own-c0-4", "d", Outcome::Written),
+            put("k0", "e", Outcome::Written),
+        ];
+        let reads: BTreeMap<String, String> = [("own-c0-1", "a"), ("own-c0-4", "x")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lost = lost_writes(&history, &reads);
+        assert_eq!(lost.len(), 2, "{lost:?}");
+        assert!(lost[0].starts_with("own-c0-2"));
+        assert!(lost[1].starts_with("own-c0-4"));
+    }
+
+    #[test]
+    fn only_answers_to_operations_sent_during_a_partition_without_quorum_count() {
+        let op = |invoke_us, outcome| Operation {
+            invoke_us,
+            return_us: invoke_us + 10,
+            ..put("k0", "v", outcome)
+        };
+        let history = vec![
+            op(5, Outcome::Written),
+            op(100, Outcome::Unknown),
+            op(150, Outcome::Written),
+            op(250, Outcome::Written),
+        ];
+        let answered = answered_without_quorum(&history, &[(100, 200)]);
+        assert_eq!(answered.len(), 1, "{answered:?}");
+        assert!(answered[0].contains("[150..160 us]"), "{answered:?}");
+    }
+
+    #[test]
+    fn diff_names_missing_changed_and_extra_keys() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let text = diff(
+            &map(&[("a", "1"), ("b", "2")]),
+            &map(&[("b", "3"), ("c", "4")]),
+        );
+        assert!(text.starts_with("3 differences"), "{text}");
+        assert!(text.contains("missing a") && text.contains("b=\"3\"") && text.contains("extra c"));
+    }
+}

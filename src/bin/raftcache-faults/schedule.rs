@@ -1,0 +1,277 @@
+//! The fault schedule of one run: how many nodes, which faults in which order, how long each is
+//! held and the quiet time before it. It is drawn from the run's seed alone, so the same seed
+//! gives the same schedule. What depends on the cluster at that moment (which node leads, which
+//! nodes are members after a membership change) is resolved when the step runs, from the step's
+//! own random `choice`.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A small deterministic generator (splitmix64): the same seed, the same numbers.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// A duration between `lo_ms` and `hi_ms` milliseconds, both included.
+    pub fn millis(&mut self, lo_ms: u64, hi_ms: u64) -> Duration {
+        Duration::from_millis(lo_ms + self.below(hi_ms - lo_ms + 1))
+    }
+
+    /// `items` in a random order (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// One kind of fault the suite injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// A random minority of the nodes is cut off from the rest (it may hold the leader).
+    PartitionMinority,
+    /// Every side is a minority: no side can elect a leader or commit anything.
+    PartitionMajority,
+    /// The leader alone is cut off from the rest.
+    PartitionLeader,
+    /// Five nodes: two sides of two that cannot see each other, and a fifth node that sees
+    /// both ("bridge").
+    PartitionBridge,
+    /// `docker kill` (SIGKILL) of the leader's container, started again after the hold.
+    KillLeader,
+    /// `docker kill` of a random node's container, started again after the hold.
+    KillRandom,
+    /// `docker kill` of every node's container at once, all started again after the hold.
+    KillAll,
+    /// `docker pause` (frozen, connections kept open) of a node, the leader half of the time,
+    /// for 1 to 10 s.
+    Pause,
+    /// `docker stop` (SIGTERM, a clean shutdown) and `docker start` of a random node.
+    Restart,
+    /// Membership change under traffic: a random member (the leader included) is removed and a
+    /// fresh node added, either by `replace-node` or by `add-node` then `remove-node`.
+    Membership,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 10] = [
+        FaultKind::PartitionMinority,
+        FaultKind::PartitionMajority,
+        FaultKind::PartitionLeader,
+        FaultKind::PartitionBridge,
+        FaultKind::KillLeader,
+        FaultKind::KillRandom,
+        FaultKind::KillAll,
+        FaultKind::Pause,
+        FaultKind::Restart,
+        FaultKind::Membership,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::PartitionMinority => "partition-minority",
+            FaultKind::PartitionMajority => "partition-majority",
+            FaultKind::PartitionLeader => "partition-leader",
+            FaultKind::PartitionBridge => "partition-bridge",
+            FaultKind::KillLeader => "kill-leader",
+            FaultKind::KillRandom => "kill-random",
+            FaultKind::KillAll => "kill-all",
+            FaultKind::Pause => "pause",
+            FaultKind::Restart => "restart",
+            FaultKind::Membership => "membership",
+        }
+    }
+
+    /// Whether the fault makes sense on a cluster of `nodes` voters.
+    pub fn applies_to(self, nodes: usize) -> bool {
+        match self {
+            FaultKind::PartitionBridge => nodes >= 5,
+            _ => true,
+        }
+    }
+
+    /// How long the fault is held before it is healed (for a kill: how long the node stays
+    /// down; for a restart or a membership change: nothing, the step takes what it takes).
+    fn hold(self, rng: &mut Rng) -> Duration {
+        match self {
+            FaultKind::PartitionMinority
+            | FaultKind::PartitionMajority
+            | FaultKind::PartitionLeader
+            | FaultKind::PartitionBridge => rng.millis(2_000, 8_000),
+            FaultKind::KillLeader | FaultKind::KillRandom => rng.millis(500, 5_000),
+            FaultKind::KillAll => rng.millis(500, 3_000),
+            FaultKind::Pause => rng.millis(1_000, 10_000),
+            FaultKind::Restart | FaultKind::Membership => Duration::ZERO,
+        }
+    }
+
+    /// A rough guess of the time the step needs besides its hold (restarts, elections), used
+    /// only to decide how many steps fit in a run.
+    fn overhead(self) -> Duration {
+        match self {
+            FaultKind::Restart | FaultKind::KillAll | FaultKind::Membership => {
+                Duration::from_secs(5)
+            }
+            _ => Duration::from_secs(2),
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One fault of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Time without a fault before this one.
+    pub quiet: Duration,
+    pub kind: FaultKind,
+    pub hold: Duration,
+    /// Picks the targets among the nodes when the step runs.
+    pub choice: u64,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "after {} ms quiet: {} held {} ms (choice {})",
+            self.quiet.as_millis(),
+            self.kind,
+            self.hold.as_millis(),
+            self.choice
+        )
+    }
+}
+
+/// The plan of one run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub seed: u64,
+    /// Voters the cluster starts with (and keeps: a membership change replaces one).
+    pub nodes: usize,
+    pub steps: Vec<Step>,
+}
+
+/// Time kept free of faults at the end of a run, before everything is healed.
+const TAIL: Duration = Duration::from_secs(3);
+
+/// The schedule of a run of `seconds` with `seed`: `nodes` voters if given, otherwise 3 for an
+/// even seed and 5 for an odd one (so consecutive seeds alternate). The kinds come in shuffled
+/// rounds, each round holding every kind that applies once, so a run of N steps injects
+/// min(N, kinds) different kinds.
+pub fn plan(seed: u64, seconds: u64, nodes: Option<usize>) -> Schedule {
+    let nodes = nodes.unwrap_or(if seed.is_multiple_of(2) { 3 } else { 5 });
+    let mut rng = Rng::new(seed);
+    let budget = Duration::from_secs(seconds).saturating_sub(TAIL);
+    let mut planned = Duration::ZERO;
+    let mut steps = Vec::new();
+    let mut round: Vec<FaultKind> = Vec::new();
+    loop {
+        if round.is_empty() {
+            round = FaultKind::ALL
+                .into_iter()
+                .filter(|k| k.applies_to(nodes))
+                .collect();
+            rng.shuffle(&mut round);
+        }
+        let kind = round.pop().expect("a round holds kinds");
+        let step = Step {
+            quiet: rng.millis(1_000, 4_000),
+            kind,
+            hold: kind.hold(&mut rng),
+            choice: rng.next_u64(),
+        };
+        planned += step.quiet + step.hold + kind.overhead();
+        // Every run injects at least one fault.
+        if planned > budget && !steps.is_empty() {
+            break;
+        }
+        steps.push(step);
+    }
+    Schedule { seed, nodes, steps }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_same_seed_gives_the_same_schedule_and_another_seed_another() {
+        assert_eq!(plan(42, 60, None), plan(42, 60, None));
+        assert_ne!(plan(42, 60, None).steps, plan(44, 60, None).steps);
+    }
+
+    #[test]
+    fn seeds_alternate_three_and_five_nodes_unless_told() {
+        assert_eq!(plan(10, 30, None).nodes, 3);
+        assert_eq!(plan(11, 30, None).nodes, 5);
+        assert_eq!(plan(11, 30, Some(3)).nodes, 3);
+    }
+
+    #[test]
+    fn a_bridge_needs_five_nodes() {
+        for seed in 0..50 {
+            let three = plan(seed * 2, 120, Some(3));
+            assert!(three
+                .steps
+                .iter()
+                .all(|s| s.kind != FaultKind::PartitionBridge));
+        }
+    }
+
+    #[test]
+    fn long_runs_inject_every_kind_and_fit_their_time() {
+        let five = plan(7, 120, Some(5));
+        let kinds: BTreeSet<FaultKind> = five.steps.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds.len(), FaultKind::ALL.len(), "{five:?}");
+        for seed in 0..20 {
+            let s = plan(seed, 30, None);
+            let planned: Duration = s
+                .steps
+                .iter()
+                .map(|st| st.quiet + st.hold + st.kind.overhead())
+                .sum();
+            assert!(!s.steps.is_empty());
+            assert!(s.steps.len() == 1 || planned <= Duration::from_secs(27));
+            for step in &s.steps {
+                if step.kind == FaultKind::Pause {
+                    assert!((1_000..=10_000).contains(&(step.hold.as_millis() as u64)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shuffle_keeps_every_item() {
+        let mut rng = Rng::new(3);
+        let mut items: Vec<u32> = (0..20).collect();
+        rng.shuffle(&mut items);
+        let mut sorted = items.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..20).collect::<Vec<_>>());
+        assert_ne!(items, sorted, "20 items kept their order");
+    }
+}
