@@ -10,6 +10,10 @@ use clap::Parser;
 
 use crate::types::NodeId;
 
+mod advertised;
+
+pub use advertised::Advertised;
+
 /// Flags of `raftcache serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodeConfig {
@@ -30,6 +34,21 @@ pub struct NodeConfig {
     #[arg(long, default_value = "127.0.0.1:9190")]
     pub peer_listen: SocketAddr,
 
+    /// The address the other nodes use to reach this node's peer port, when it is not the
+    /// --peer-listen address (a node that listens on 0.0.0.0 in a container, behind NAT). It is
+    /// the peer address --join registers, and the one a one-node cluster records for itself. A
+    /// host name is kept as written and looked up on every connect. [default: the --peer-listen
+    /// address; with --join, required if that is 0.0.0.0 or ::]
+    #[arg(long, value_name = "HOST:PORT", value_parser = advertised::parse_addr)]
+    pub advertise_peer: Option<String>,
+
+    /// The address clients and operators use to reach this node's client port, when it is not
+    /// the --listen address. It is the client address the cluster records for this node (shown by
+    /// `admin members` and `status`), told to the leader when it probes this node. [default: the
+    /// --listen address; with --join, required if that is 0.0.0.0 or ::]
+    #[arg(long, value_name = "HOST:PORT", value_parser = advertised::parse_addr)]
+    pub advertise_client: Option<String>,
+
     /// Where this node keeps its data [default: raftcache-data/node-<id>].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -42,8 +61,9 @@ pub struct NodeConfig {
     pub initial_cluster: Option<InitialCluster>,
 
     /// Join the cluster that the node at this client address belongs to: on first start (and
-    /// on a restart, until it is done) ask it to add this node as a learner, wait to catch up,
-    /// then become a voter. Once a member, a restart just resumes.
+    /// on a restart, until it is done) ask it to add this node as a learner at its
+    /// --advertise-peer address, wait to catch up, then become a voter. Once a member, a restart
+    /// just resumes.
     #[arg(long, value_name = "CLIENT_ADDR", conflicts_with = "no_bootstrap")]
     pub join: Option<String>,
 
@@ -298,12 +318,9 @@ impl NodeConfig {
             .unwrap_or_else(|| PathBuf::from(format!("raftcache-data/node-{}", self.id)))
     }
 
-    /// The voters to bootstrap with on first start: `--initial-cluster`, or this node alone.
-    pub fn bootstrap_members(
-        &self,
-        own_peer_addr: SocketAddr,
-        own_client_addr: SocketAddr,
-    ) -> Result<InitialCluster, String> {
+    /// The voters to bootstrap with on first start: `--initial-cluster`, or this node alone at
+    /// its advertised addresses.
+    pub fn bootstrap_members(&self, own: &Advertised) -> Result<InitialCluster, String> {
         match &self.initial_cluster {
             Some(members) if !members.contains_key(&self.id) => Err(format!(
                 "--initial-cluster does not list this node's id {}",
@@ -313,8 +330,8 @@ impl NodeConfig {
             None => Ok(BTreeMap::from([(
                 self.id,
                 InitialMember {
-                    peer_addr: own_peer_addr.to_string(),
-                    client_addr: own_client_addr.to_string(),
+                    peer_addr: own.peer_addr.clone(),
+                    client_addr: own.client_addr.clone(),
                 },
             )])),
         }

@@ -9,7 +9,7 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::SnapshotPolicy;
 
 use crate::api::{AdminParts, ApiLimits, CacheApi};
-use crate::config::{NodeConfig, StartMode, MAX_ENTRIES_PER_APPEND};
+use crate::config::{Advertised, NodeConfig, StartMode, MAX_ENTRIES_PER_APPEND};
 use crate::gen::cache::NodeStatus;
 use crate::membership::{self, Admin, CatchUp, JoinRequest, Standing};
 use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
@@ -59,6 +59,11 @@ pub struct RunningNode {
 /// Binds the configured addresses and starts the node.
 pub async fn start(mut config: NodeConfig) -> Result<RunningNode, StartError> {
     config.resolve_id().map_err(StartError::Config)?;
+    // Refused before anything is bound: a joining node on an unspecified address needs
+    // --advertise-peer (and --advertise-client).
+    config
+        .advertised(config.peer_listen, config.listen)
+        .map_err(StartError::Config)?;
     let bind = |what, addr| {
         TcpListener::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
     };
@@ -76,8 +81,9 @@ pub async fn start_with_listeners(
 ) -> Result<RunningNode, StartError> {
     let id = config.id;
     let data_dir = config.data_dir();
-    let peer_addr = peer_listener.local_addr()?;
-    let client_addr = client_listener.local_addr()?;
+    let advertised = config
+        .advertised(peer_listener.local_addr()?, client_listener.local_addr()?)
+        .map_err(StartError::Config)?;
     let Core {
         raft,
         peers,
@@ -85,8 +91,8 @@ pub async fn start_with_listeners(
         state_flusher,
         flushes,
         identity,
-    } = open_core(&config, faults, peer_addr, client_addr).await?;
-    let (standing, admin) = start_membership(&config, &raft, &peers, identity, client_addr);
+    } = open_core(&config, faults, &advertised).await?;
+    let (standing, admin) = start_membership(&config, &raft, &peers, identity, &advertised);
     let router = start_router(&config, &raft, &state, &peers, standing.clone());
     let peer_service = PeerService::new(raft.clone(), router.clone(), peers, admin.clone());
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());
@@ -117,11 +123,13 @@ pub async fn start_with_listeners(
         id,
         client_addr = %client_server.local_addr(),
         peer_addr = %peer_server.local_addr(),
+        advertise_client = %advertised.client_addr,
+        advertise_peer = %advertised.peer_addr,
         data_dir = %data_dir.display(),
         mode = ?config.start_mode(),
         "raftcache node started"
     );
-    let failed = spawn_join(&config, &raft, &standing, peer_addr);
+    let failed = spawn_join(&config, &raft, &standing, &advertised);
     Ok(RunningNode {
         id,
         flushes,
@@ -141,7 +149,7 @@ fn start_membership(
     raft: &Raft,
     peers: &Arc<PeerClients>,
     identity: Arc<ClusterIdentity>,
-    client_addr: SocketAddr,
+    advertised: &Advertised,
 ) -> (Arc<Standing>, Arc<Admin>) {
     // A leaving node that hears nothing from the leader for this long was removed (it is far
     // longer than a heartbeat, and than an election).
@@ -152,7 +160,7 @@ fn start_membership(
         raft.clone(),
         peers.clone(),
         standing.clone(),
-        client_addr.to_string(),
+        advertised.client_addr.clone(),
         config.peer_probe_timeout(),
         config.request_deadline(),
     ));
@@ -226,7 +234,7 @@ fn spawn_join(
     config: &NodeConfig,
     raft: &Raft,
     standing: &Arc<Standing>,
-    peer_addr: SocketAddr,
+    advertised: &Advertised,
 ) -> tokio::sync::watch::Receiver<Option<String>> {
     let (tx, rx) = tokio::sync::watch::channel(None);
     let StartMode::Join { addr, voter } = config.start_mode() else {
@@ -234,7 +242,7 @@ fn spawn_join(
     };
     let request = JoinRequest {
         id: config.id,
-        peer_addr: peer_addr.to_string(),
+        peer_addr: advertised.peer_addr.clone(),
         member_addr: addr,
         voter,
         token: config.admin_token.clone().unwrap_or_default(),
@@ -288,8 +296,7 @@ struct Core {
 async fn open_core(
     config: &NodeConfig,
     faults: Arc<Faults>,
-    peer_addr: SocketAddr,
-    client_addr: SocketAddr,
+    advertised: &Advertised,
 ) -> Result<Core, StartError> {
     let (id, data_dir) = (config.id, config.data_dir());
     let cluster_id = config.cluster_id();
@@ -326,7 +333,7 @@ async fn open_core(
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
     if config.start_mode() == StartMode::Bootstrap {
-        bootstrap(&raft, config, peer_addr, client_addr).await?;
+        bootstrap(&raft, config, advertised).await?;
     }
     Ok(Core {
         raft,
@@ -361,12 +368,7 @@ fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, StartError>
 /// On first start (empty data dir), proposes the initial membership. Every node of a new
 /// cluster may do this with the same members; a node that already heard from a leader is told
 /// it is not allowed, which is fine.
-async fn bootstrap(
-    raft: &Raft,
-    config: &NodeConfig,
-    own_peer_addr: SocketAddr,
-    own_client_addr: SocketAddr,
-) -> Result<(), StartError> {
+async fn bootstrap(raft: &Raft, config: &NodeConfig, own: &Advertised) -> Result<(), StartError> {
     if raft
         .is_initialized()
         .await
@@ -378,9 +380,7 @@ async fn bootstrap(
         );
         return Ok(());
     }
-    let members = config
-        .bootstrap_members(own_peer_addr, own_client_addr)
-        .map_err(StartError::Config)?;
+    let members = config.bootstrap_members(own).map_err(StartError::Config)?;
     let nodes = members.into_iter().map(|(id, m)| {
         let node = Node {
             peer_addr: m.peer_addr,

@@ -695,3 +695,85 @@ fn acceptance_join_kill_replace_remove_and_return_as_a_new_node() {
         wait_local_reads(cluster.node(id), &expected);
     }
 }
+
+/// The `admin members --json` entry of node `id`, asked via `addr`.
+fn member_entry(addr: SocketAddr, id: u64) -> serde_json::Value {
+    let out = admin_ok(addr, &["members", "--json"], None);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("members --json");
+    let members = json["members"].as_array().expect("members array");
+    let entry = members.iter().find(|m| m["id"] == id);
+    entry
+        .unwrap_or_else(|| panic!("node {id} is not listed: {out}"))
+        .clone()
+}
+
+#[test]
+fn join_registers_the_advertised_addresses_and_refuses_an_unspecified_one_without_them() {
+    let start = Instant::now();
+    phase(start, "one node");
+    let mut cluster = Cluster::single();
+    let a1 = cluster.node(1).client_addr;
+
+    phase(
+        start,
+        "--join with --peer-listen 0.0.0.0 and no --advertise-peer: refused, nothing bound or written",
+    );
+    // The node would bind 0.0.0.0:P. Holding 127.0.0.1:P keeps this test on loopback even if
+    // the refusal were missing: that bind then fails (the port is taken) instead of listening
+    // on every interface, and the test still fails on the message.
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let held_port = held.local_addr().expect("local addr").port();
+    let refused = cluster.add_node(&[format!("--join={a1}")]);
+    let unspecified: SocketAddr = format!("0.0.0.0:{held_port}").parse().unwrap();
+    cluster.node_mut(refused).peer_addr = unspecified;
+    cluster.node_mut(refused).spawn();
+    let exit = cluster.node_mut(refused).wait_exit(DEADLINE);
+    drop(held);
+    let log = cluster.node(refused).log_tail(20);
+    assert_eq!(exit.and_then(|e| e.code()), Some(2), "{log}");
+    assert!(log.contains("invalid configuration"), "{log}");
+    assert!(log.contains("--advertise-peer HOST:PORT"), "{log}");
+    assert!(log.contains(&unspecified.to_string()), "{log}");
+    assert!(
+        !cluster.node(refused).data_dir.exists(),
+        "a refused node must not create its data dir"
+    );
+
+    phase(
+        start,
+        "a node on loopback advertising host names joins; the cluster records those names",
+    );
+    let joined = cluster.add_node(&[format!("--join={a1}")]);
+    let node = cluster.node(joined);
+    let peer_name = format!("localhost:{}", node.peer_addr.port());
+    let client_name = format!("localhost:{}", node.client_addr.port());
+    cluster.node_mut(joined).extra_args.extend([
+        format!("--advertise-peer={peer_name}"),
+        format!("--advertise-client={client_name}"),
+    ]);
+    cluster.node_mut(joined).start();
+    wait_membership(&cluster, &[1, joined], &[1, joined], &[]);
+    for via in [1, joined] {
+        let entry = member_entry(cluster.node(via).client_addr, joined);
+        assert_eq!(entry["peer_addr"], peer_name.as_str(), "via node {via}");
+        assert_eq!(entry["client_addr"], client_name.as_str(), "via node {via}");
+        assert_eq!(entry["reachable"], true, "via node {via}");
+    }
+
+    phase(
+        start,
+        "both voters take writes: the leader replicates to the advertised name",
+    );
+    connect(a1).unwrap().put("from-1", "a").unwrap();
+    connect(cluster.node(joined).client_addr)
+        .unwrap()
+        .put("from-joined", "b")
+        .unwrap();
+    let expected = BTreeMap::from([
+        ("from-1".to_string(), "a".to_string()),
+        ("from-joined".to_string(), "b".to_string()),
+    ]);
+    for id in [1, joined] {
+        wait_local_reads(cluster.node(id), &expected);
+    }
+}

@@ -135,6 +135,7 @@ fn caught_up(lag: Option<i64>, max_lag: u64) -> bool {
 #[derive(Debug, Clone)]
 pub struct JoinRequest {
     pub id: NodeId,
+    /// Where the other nodes reach this one (`--advertise-peer`): what the cluster records.
     pub peer_addr: String,
     /// The client address of any member.
     pub member_addr: String,

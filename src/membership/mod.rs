@@ -126,7 +126,8 @@ pub struct Admin {
     peers: Arc<PeerClients>,
     /// Whether this node is waiting, a member, or removed.
     standing: Arc<Standing>,
-    /// Where clients reach this node (reported by the probe).
+    /// Where clients reach this node (`--advertise-client`, else `--listen`): reported by the
+    /// probe, and so recorded by the leader that adds this node.
     client_addr: String,
     /// How long a probe of a peer port may take.
     probe_timeout: Duration,
