@@ -283,7 +283,8 @@ fn compose_file(project: &str, image: &str, nodes: &BTreeMap<u64, Node>) -> Stri
     environment:
       RUST_LOG: "info,openraft=warn"
     command: ["serve", "--id", "{id}", "--listen", "0.0.0.0:{CLIENT_PORT}",
-              "--peer-listen", "0.0.0.0:{PEER_PORT}", "--data-dir", "/data", {mode}]
+              "--peer-listen", "0.0.0.0:{PEER_PORT}", "--advertise-client", "node{id}:{CLIENT_PORT}",
+              "--advertise-peer", "node{id}:{PEER_PORT}", "--data-dir", "/data", {mode}]
     ports: ["127.0.0.1:{port}:{CLIENT_PORT}"]
     volumes: ["node{id}-data:/data"]
     stop_grace_period: 10s
@@ -321,6 +322,7 @@ mod tests {
         assert_eq!(text.matches(cluster).count(), 3, "{text}");
         assert_eq!(text.matches("--no-bootstrap").count(), 1);
         assert!(text.contains("container_name: \"p-node4\""));
+        assert!(text.contains("\"--advertise-peer\", \"node4:9190\""));
         assert!(text.contains("\"127.0.0.1:20004:9090\""));
         assert!(text.contains("node4-data: {}"));
     }
