@@ -5,8 +5,9 @@
 #   - the raftcache binary (debug build),
 #   - with docker and docker-compose present, the image raftcache:test of that binary.
 # Then: the check that src/gen matches the IDL, the Rust tests (unit, storage conformance,
-# in-process clusters, bad input, multi-process crash tests, the compose cluster), and the
-# Python client tests.
+# in-process clusters, bad input, multi-process crash tests, the compose cluster), the Python
+# client tests, and (with docker) the short fault-injection run: RAFTCACHE_FAULT_RUNS runs of
+# RAFTCACHE_FAULT_SECONDS seconds [5 and 30], seed RAFTCACHE_FAULT_SEED [from the clock].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,8 +33,10 @@ if docker info >/dev/null 2>&1 && docker-compose version >/dev/null 2>&1; then
   say "container image raftcache:test (debug binary) for tests/compose.rs"
   RAFTCACHE_BIN="$PWD/target/debug/raftcache" IMAGE=raftcache:test cluster/build-image.sh
   export RAFTCACHE_IMAGE=raftcache:test RAFTCACHE_REQUIRE_DOCKER=1
+  faults=yes
 else
-  say "no docker or docker-compose here: tests/compose.rs will skip"
+  say "no docker or docker-compose here: tests/compose.rs and the fault-injection run will skip"
+  faults=no
 fi
 
 say "rust tests"
@@ -45,3 +48,10 @@ fi
 
 say "python client tests"
 RAFTCACHE_BIN="$PWD/target/debug/raftcache" .venv-test/bin/pytest tests/python -q
+
+if [ "$faults" = yes ]; then
+  runs="${RAFTCACHE_FAULT_RUNS:-5}" seconds="${RAFTCACHE_FAULT_SECONDS:-30}"
+  say "fault injection: $runs runs of $seconds s on the compose cluster (docs/testing.md)"
+  target/debug/raftcache-faults --image raftcache:test --runs "$runs" --seconds "$seconds" \
+    ${RAFTCACHE_FAULT_SEED:+--seed "$RAFTCACHE_FAULT_SEED"} --out-dir target/faults
+fi
