@@ -32,6 +32,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod containers;
 pub mod eviction;
 pub mod expiry;
 pub mod gen;

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use raftcache::client::{describe_error, CacheClient};
+use raftcache::containers::missing_prerequisite;
 use raftcache::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
 
 /// How long the cluster may take to elect a leader, a write to succeed after the leader is
@@ -97,28 +98,6 @@ fn check_output(what: &str, output: Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Why this test cannot run here, if it cannot.
-fn missing_prerequisite(image: &str) -> Option<String> {
-    let works = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .output()
-            .is_ok_and(|out| out.status.success())
-    };
-    if !works("docker", &["info"]) {
-        return Some("docker is not installed or its daemon is not reachable".into());
-    }
-    if !works("docker-compose", &["version"]) {
-        return Some("docker-compose is not installed".into());
-    }
-    if !works("docker", &["image", "inspect", image]) {
-        return Some(format!(
-            "no image {image}: build it with cluster/build-image.sh"
-        ));
-    }
-    None
 }
 
 /// Three ports free on the loopback right now.

@@ -12,10 +12,11 @@ mod workload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use raftcache::containers::missing_prerequisite;
 use raftcache::linearizability::{self, Limits, Verdict};
 
 use run::{RunConfig, RunReport};
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
         return check_saved(path, args.checker_max_steps);
     }
     if let Some(reason) = missing_prerequisite(&args.image) {
-        eprintln!("raftcache-faults: cannot run: {reason}");
+        eprintln!("raftcache-faults: cannot run: {reason} (or name another with --image)");
         return ExitCode::from(2);
     }
     if args.runs == 0 || args.seconds < 10 || args.clients == 0 || args.hot_keys == 0 {
@@ -199,28 +200,6 @@ fn summary(reports: &[RunReport]) -> String {
     text += &format!("planned steps not injected: {skipped}\n");
     text += &format!("failed runs: {} {failed:?}", failed.len());
     text
-}
-
-/// Why the suite cannot run here, if it cannot.
-fn missing_prerequisite(image: &str) -> Option<String> {
-    let works = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .output()
-            .is_ok_and(|out| out.status.success())
-    };
-    if !works("docker", &["info"]) {
-        return Some("docker is not installed or its daemon is not reachable".into());
-    }
-    if !works("docker-compose", &["version"]) {
-        return Some("docker-compose is not installed".into());
-    }
-    if !works("docker", &["image", "inspect", image]) {
-        return Some(format!(
-            "no image {image}: build it with cluster/build-image.sh (or name another with --image)"
-        ));
-    }
-    None
 }
 
 /// `--check-history`: the verdict on a saved history.
