@@ -208,7 +208,10 @@ impl Router {
             }
             let proposed = self.proposer.propose(request.clone(), Origin::Client);
             match tokio::time::timeout(remaining, proposed).await {
-                Ok(Ok(response)) => return Ok(response),
+                Ok(Ok(applied)) => {
+                    self.settle_locally(applied.index, deadline).await;
+                    return Ok(applied);
+                }
                 Ok(Err(ForwardError::Failed(reason))) => {
                     return Err(RouteError::Unavailable(reason))
                 }
@@ -220,6 +223,17 @@ impl Router {
                 }
             }
             self.wait_for_change(deadline).await;
+        }
+    }
+
+    /// Waits (up to `deadline`) until this node has applied the write at `index` too, so that a
+    /// local read here right after the answer sees it: read-your-writes on the node a client
+    /// writes through, follower or leader (the leader has applied it already). The write is
+    /// committed either way; a follower that cannot apply it in time (cut off from the leader
+    /// right after the commit) still answers it as done, and only its local reads lag.
+    async fn settle_locally(&self, index: u64, deadline: Instant) {
+        if let Err(e) = self.wait_applied(index, deadline, "its own write").await {
+            tracing::debug!(index, error = %e, "answering a committed write not yet applied here");
         }
     }
 

@@ -367,3 +367,28 @@ async fn concurrent_linearizable_reads_never_see_less_than_what_was_acknowledged
     assert!(total > 0, "readers made no reads");
     eprintln!("{total} linearizable reads checked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_answered_by_a_follower_is_visible_to_a_local_read_there_right_away() {
+    let cluster = TestCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = followers(&cluster, leader)[0];
+    let client = cluster.client(follower);
+
+    phase("put, local get, remove, local get through one follower, 200 times");
+    for i in 0..200 {
+        let key = format!("ryw-{i}");
+        assert!(client.put(&key, "v").await.expect("put"));
+        assert_eq!(
+            client.get(&key, false).await.expect("get").as_deref(),
+            Some("v"),
+            "a local read on node {follower} right after its put of {key} was answered"
+        );
+        assert!(client.remove(&key).await.expect("remove"));
+        assert_eq!(
+            client.get(&key, false).await.expect("get"),
+            None,
+            "a local read on node {follower} right after its remove of {key} was answered"
+        );
+    }
+}
