@@ -100,10 +100,11 @@ pub(super) fn due(
     let until = ..now_ms.saturating_add(1).to_be_bytes().to_vec();
     for entry in index.range(until).keys().take(limit) {
         let entry = entry?;
-        let (at, key) = split(&entry);
+        let (_, key) = split(&entry);
+        // The entry is due, so a key that still expires at its time is expired; a key that
+        // expires later, or no longer at all, has (or needs) no entry at this time.
         match data.get(key)?.and_then(|raw| value::peek(&raw).0) {
             Some(held) if held <= now_ms => expired.push(String::from_utf8_lossy(key).into_owned()),
-            Some(held) if held == at => {}
             _ => stale.push(entry),
         }
     }
