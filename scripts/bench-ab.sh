@@ -2,12 +2,15 @@
 # Compares raftcache builds at 1 and 64 put clients, interleaved so that a noisy machine weighs on
 # every build alike: each round starts a fresh 3-node cluster of each build in turn and runs
 # raftcache-bench for SECONDS_PER_RUN at 1 client, then at 64 (clients spread over the three
-# nodes). Prints, per build, the medians over ROUNDS and the ratio of 64 clients to 1.
+# nodes). Every other round takes the builds in reverse order (A B, B A, ...): the build that
+# runs second in a round was measured slower, even against a copy of itself. Prints, per build,
+# the medians over ROUNDS and the ratio of 64 clients to 1.
 #
 #   scripts/bench-ab.sh old=/path/to/old/raftcache new=target/release/raftcache
 #   ROUNDS=4 SECONDS_PER_RUN=6 scripts/bench-ab.sh a=bin1 "b=bin1 --forward-flag 4"
 #
 # A build is NAME=BINARY [extra serve flags]; the load generator is this tree's release build.
+# RAW=1 also prints every run's line (to stderr) before the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +30,13 @@ trap 'stop_nodes; rm -rf "$work"' EXIT
 
 addrs="127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2)),127.0.0.1:$((BASE + 3))"
 initial="1=127.0.0.1:$((BASE + 11)),2=127.0.0.1:$((BASE + 12)),3=127.0.0.1:$((BASE + 13))"
+builds=("$@")
+reversed=()
+for ((i = ${#builds[@]} - 1; i >= 0; i--)); do reversed+=("${builds[i]}"); done
 for round in $(seq 1 "$ROUNDS"); do
-  for build in "$@"; do
+  order=("${builds[@]}")
+  if ((round % 2 == 0)); then order=("${reversed[@]}"); fi
+  for build in "${order[@]}"; do
     name=${build%%=*}
     read -r bin flags <<<"${build#*=}"
     rm -rf "$work/data"
@@ -49,6 +57,7 @@ for round in $(seq 1 "$ROUNDS"); do
     stop_nodes
   done
 done
+if [ -n "${RAW:-}" ]; then cat "$work/results" >&2; fi
 python3 - "$work/results" <<'PY'
 import collections, statistics, sys
 runs = collections.defaultdict(list)

@@ -142,7 +142,7 @@ pub struct NodeConfig {
     #[arg(long, default_value_t = 250)]
     pub expiry_interval_ms: u64,
 
-    /// Most keys the leader looks at per expiry round (it resumes where it stopped).
+    /// Most expired keys the leader looks at per expiry round (soonest expiry first).
     #[arg(long, default_value_t = 10_000)]
     pub expiry_scan_keys: usize,
 

@@ -1,11 +1,13 @@
 //! The expiry sweep: the leader removes expired keys physically, in replicated batches.
 //!
 //! Reads never depend on it: every node hides a value from its expiry on by its own clock. The
-//! sweep only frees the space. Each round, the leader looks at up to `scan_keys` keys (resuming
-//! where the last round stopped, wrapping at the end) and proposes the expired ones, at most
-//! `batch_keys` per log entry, as `Request::Expire`. The state machine removes a key only if it
-//! is still expired at the entry's time (it may have been written again meanwhile), so every
-//! replica removes the same keys and counts them in `stats.expired`.
+//! sweep only frees the space. Each round, the leader reads up to `scan_keys` keys whose expiry
+//! has passed from the state machine's expiry index (soonest first; keys without an expiry are
+//! never looked at) and proposes their removal, at most `batch_keys` per log entry, as
+//! `Request::Expire`. The state machine removes a key only if it is still expired at the entry's
+//! time (it may have been written again meanwhile), so every replica removes the same keys and
+//! counts them in `stats.expired`; removing a key removes its index entry, so the next round
+//! finds the next ones.
 
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use crate::types::{now_ms, NodeId, Raft, Request};
 pub struct ExpiryLimits {
     /// Time between two rounds.
     pub interval: Duration,
-    /// Most keys looked at per round.
+    /// Most expired keys looked at per round.
     pub scan_keys: usize,
     /// Most keys removed by one log entry.
     pub batch_keys: usize,
@@ -30,7 +32,6 @@ pub struct ExpiryLimits {
 /// Starts the sweep of node `id`; it runs while its Raft runs, and acts only while it leads.
 pub fn spawn(id: NodeId, raft: Raft, state: StateReader, proposer: Proposer, limits: ExpiryLimits) {
     tokio::spawn(async move {
-        let mut cursor = Vec::new();
         loop {
             tokio::time::sleep(limits.interval).await;
             let (leader, state_now) = {
@@ -44,7 +45,7 @@ pub fn spawn(id: NodeId, raft: Raft, state: StateReader, proposer: Proposer, lim
             if leader != Some(id) || state_now != ServerState::Leader {
                 continue;
             }
-            match round(&state, &proposer, &mut cursor, limits).await {
+            match round(&state, &proposer, limits).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::debug!(removed, "expired keys removed"),
                 Err(reason) => tracing::warn!(%reason, "expiry sweep round failed"),
@@ -53,19 +54,15 @@ pub fn spawn(id: NodeId, raft: Raft, state: StateReader, proposer: Proposer, lim
     });
 }
 
-/// One round: finds expired keys after `cursor` and proposes their removal. Returns how many
-/// were removed.
+/// One round: finds expired keys and proposes their removal. Returns how many were removed.
 async fn round(
     state: &StateReader,
     proposer: &Proposer,
-    cursor: &mut Vec<u8>,
     limits: ExpiryLimits,
 ) -> Result<u64, String> {
-    let (expired, next) = state
-        .expired_keys(cursor, limits.scan_keys, now_ms())
+    let expired = state
+        .expired_keys(limits.scan_keys, now_ms())
         .map_err(|e| e.to_string())?;
-    // An empty `next` means the scan reached the end: the next round starts over.
-    *cursor = next;
     let mut removed = 0;
     for keys in expired.chunks(limits.batch_keys.max(1)) {
         let request = Request::Expire {

@@ -13,12 +13,17 @@
 //! and its new stored bytes, or its removal), keyed by log index: the builder replays those
 //! effects over its copy of `sm_data` (replaying the requests would not be exact: an
 //! increment or a compare-and-put gives another result on another state).
+//!
+//! Every key that carries an expiry also has an entry in `sm_expiry` (`expiry_index.rs`),
+//! written and removed in the same transaction as the value, so the expiry sweep reads only the
+//! keys that can expire. A key without expiry never touches it.
 
 use std::cell::Cell;
 use std::collections::HashMap;
 
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
+use super::expiry_index;
 use super::value::{self, Stored};
 use crate::types::{Capacity, Item, Request, Response};
 
@@ -55,7 +60,7 @@ impl Usage {
     }
 }
 
-type TxResult<T> = Result<T, UnabortableTransactionError>;
+pub(super) type TxResult<T> = Result<T, UnabortableTransactionError>;
 
 /// Key of an effect in `sm_effects`: the entry's index, then the change's order in it.
 pub(super) fn effect_key(index: u64, seq: u32) -> [u8; 12] {
@@ -71,6 +76,8 @@ pub(super) struct EntryTx<'a> {
     pub meta: &'a TransactionalTree,
     /// Set while a snapshot is being built: where each change is recorded.
     pub effects: Option<&'a TransactionalTree>,
+    /// `sm_expiry`: the keys that carry an expiry, by expiry.
+    pub expiry: &'a TransactionalTree,
     pub index: u64,
     /// The leader's clock when it proposed the entry.
     pub now_ms: u64,
@@ -104,22 +111,34 @@ impl EntryTx<'_> {
     fn set(&self, key: &str, value: &str, expires_at_ms: Option<u64>) -> TxResult<()> {
         let raw = value::encode(value.as_bytes(), expires_at_ms);
         let old = self.data.insert(key.as_bytes(), raw.as_slice())?;
-        self.account(key, old.as_deref(), Some(value.len()));
+        self.account(key, old.as_deref(), Some((value.len(), expires_at_ms)))?;
         self.record(key, Some(&raw))
     }
 
-    /// Counts a key going from `old` (stored bytes) to a value of `new` bytes (or none).
-    fn account(&self, key: &str, old: Option<&[u8]>, new: Option<usize>) {
+    /// Counts a key going from `old` (stored bytes) to a value of `new` (its length and expiry),
+    /// or to none, and moves its entry in `sm_expiry` if its expiry changed.
+    fn account(
+        &self,
+        key: &str,
+        old: Option<&[u8]>,
+        new: Option<(usize, Option<u64>)>,
+    ) -> TxResult<()> {
         let mut usage = self.usage.get();
+        let mut old_at = None;
         if let Some(old) = old {
+            let (at, len) = value::peek(old);
+            old_at = at;
             usage.keys -= 1;
-            usage.bytes -= (key.len() + value::decode(old).value.len()) as u64;
+            usage.bytes -= (key.len() + len) as u64;
         }
-        if let Some(new) = new {
+        let mut new_at = None;
+        if let Some((len, at)) = new {
+            new_at = at;
             usage.keys += 1;
-            usage.bytes += (key.len() + new) as u64;
+            usage.bytes += (key.len() + len) as u64;
         }
         self.usage.set(usage);
+        expiry_index::moved(self.expiry, key.as_bytes(), old_at, new_at)
     }
 
     /// Why writing `writes` (key, value length) would take the data past the caps, if it
@@ -136,7 +155,7 @@ impl EntryTx<'_> {
         let mut grows = false;
         for (key, len) in distinct {
             let old = self.data.get(key.as_bytes())?;
-            let old_len = old.map(|raw| key.len() + value::decode(&raw).value.len());
+            let old_len = old.map(|raw| key.len() + value::peek(&raw).1);
             let new_len = key.len() + len;
             grows |= old_len.is_none_or(|old| new_len > old);
             if old_len.is_none() {
@@ -160,7 +179,7 @@ impl EntryTx<'_> {
     fn remove(&self, key: &str) -> TxResult<bool> {
         let existed = self.live(key)?.is_some();
         if let Some(old) = self.data.remove(key.as_bytes())? {
-            self.account(key, Some(&old), None);
+            self.account(key, Some(&old), None)?;
             self.record(key, None)?;
         }
         Ok(existed)
@@ -235,7 +254,7 @@ impl EntryTx<'_> {
                 let mut evicted = 0;
                 for key in keys {
                     if let Some(old) = self.data.remove(key.as_bytes())? {
-                        self.account(key, Some(&old), None);
+                        self.account(key, Some(&old), None)?;
                         self.record(key, None)?;
                         evicted += 1;
                     }
@@ -283,10 +302,10 @@ impl EntryTx<'_> {
             let expired = self
                 .data
                 .get(key.as_bytes())?
-                .is_some_and(|raw| value::decode(&raw).expired(self.now_ms));
+                .is_some_and(|raw| value::peek(&raw).0.is_some_and(|at| self.now_ms >= at));
             if expired {
                 if let Some(old) = self.data.remove(key.as_bytes())? {
-                    self.account(key, Some(&old), None);
+                    self.account(key, Some(&old), None)?;
                 }
                 self.record(key, None)?;
                 removed += 1;

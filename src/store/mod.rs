@@ -10,6 +10,7 @@
 //! acknowledged.
 
 mod apply;
+mod expiry_index;
 mod integrity;
 mod log;
 mod segments;

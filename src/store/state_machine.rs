@@ -4,7 +4,10 @@
 //! restart neither applies an entry twice nor skips one.
 //!
 //! Stored values carry their absolute expiry (`value.rs`); reads on every node hide a value
-//! from its expiry on, by the node's own clock. Requests are applied by `apply.rs`.
+//! from its expiry on, by the node's own clock. Requests are applied by `apply.rs`. `sm_expiry`
+//! indexes the keys that carry an expiry by their expiry, for the leader's sweep; it is derived
+//! from `sm_data` (kept in the apply transaction, rebuilt when a snapshot is installed, built on
+//! open for a data dir that lacks it) and never sent in a snapshot.
 //!
 //! The current snapshot lives in `<data-dir>/snapshots/current` (written to a temp file, synced,
 //! then renamed). Installing a snapshot received from the leader is recorded in `sm_meta` first,
@@ -24,6 +27,7 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use super::apply::{
     effect_key, read_u64, EntryTx, Usage, KEY_BYTES, KEY_EVICTED, KEY_EXPIRED, KEY_KEYS,
 };
+use super::expiry_index;
 use super::sm_flush::{PeriodicFlush, StateFlusher, STATE_FLUSH_INTERVAL};
 use super::value::{self, Stored};
 use super::{decode, encode, snapshot};
@@ -45,6 +49,7 @@ const TREE_EFFECTS: &str = "sm_effects";
 pub struct StateReader {
     data: sled::Tree,
     meta: sled::Tree,
+    expiry: sled::Tree,
 }
 
 /// One live entry read from the replica.
@@ -115,28 +120,10 @@ impl StateReader {
         Ok(out)
     }
 
-    /// Keys expired at `now_ms`, looking at up to `scan_limit` keys after `cursor` (wrapping to
-    /// the start); also where the next look should start.
-    pub fn expired_keys(
-        &self,
-        cursor: &[u8],
-        scan_limit: usize,
-        now_ms: u64,
-    ) -> Result<(Vec<String>, Vec<u8>), sled::Error> {
-        let mut expired = Vec::new();
-        let mut next = Vec::new();
-        let range = (
-            std::ops::Bound::Excluded(cursor.to_vec()),
-            std::ops::Bound::Unbounded,
-        );
-        for pair in self.data.range::<Vec<u8>, _>(range).take(scan_limit) {
-            let (key, raw) = pair?;
-            if value::decode(&raw).expired(now_ms) {
-                expired.push(String::from_utf8_lossy(&key).into_owned());
-            }
-            next = key.to_vec();
-        }
-        Ok((expired, next))
+    /// Up to `limit` keys expired at `now_ms`, soonest expiry first, read from the expiry
+    /// index: keys without an expiry, or with one still to come, are not looked at.
+    pub fn expired_keys(&self, limit: usize, now_ms: u64) -> Result<Vec<String>, sled::Error> {
+        expiry_index::due(&self.data, &self.expiry, limit, now_ms)
     }
 
     /// Keys, bytes and the replicated expiry and eviction counters.
@@ -196,6 +183,8 @@ pub struct StateMachine {
     meta: sled::Tree,
     /// The changes applied while a snapshot is being built, for the builder to replay.
     effects: sled::Tree,
+    /// The keys that carry an expiry, by expiry (`apply.rs` keeps it).
+    expiry: sled::Tree,
     /// Set while a snapshot is being built: applies then record their changes in `effects`.
     recording: Arc<AtomicBool>,
     snapshot_dir: PathBuf,
@@ -220,14 +209,18 @@ impl StateMachine {
             |e: std::io::Error| -> StorageError { StorageIOError::write_snapshot(None, &e).into() };
         std::fs::create_dir_all(&snapshot_dir).map_err(io_err)?;
         snapshot::remove_temporaries(&snapshot_dir).map_err(io_err)?;
-        let effects = db
-            .open_tree(TREE_EFFECTS)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let open_tree = |name| {
+            db.open_tree(name)
+                .map_err(|e| StorageIOError::read_state_machine(&e))
+        };
+        let effects = open_tree(TREE_EFFECTS)?;
+        let expiry = open_tree(expiry_index::TREE)?;
         let mut sm = Self {
             db,
             data,
             meta,
             effects,
+            expiry,
             recording: Arc::new(AtomicBool::new(false)),
             snapshot_dir,
             receiving: None,
@@ -248,7 +241,32 @@ impl StateMachine {
                 .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
             sm.install_current(&meta)?;
         }
+        let indexed = sm
+            .meta
+            .contains_key(expiry_index::KEY_BUILT)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        if !indexed {
+            sm.build_expiry_index()
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        }
         Ok(sm)
+    }
+
+    /// Builds `sm_expiry` from `sm_data` (a data dir that lacks it). Flushed before it is marked
+    /// built, so a crash half-way builds it again on the next open.
+    fn build_expiry_index(&self) -> Result<(), sled::Error> {
+        let (_, indexed) = expiry_index::rebuild(&self.data, &self.expiry)?;
+        self.db.flush()?;
+        self.meta.insert(expiry_index::KEY_BUILT, &[])?;
+        self.db.flush()?;
+        tracing::info!(keys = indexed, "expiry index built");
+        Ok(())
+    }
+
+    /// The expiry index, for tests of its upkeep.
+    #[cfg(test)]
+    pub(super) fn expiry_tree(&self) -> &sled::Tree {
+        &self.expiry
     }
 
     /// A handle for local reads.
@@ -256,6 +274,7 @@ impl StateMachine {
         StateReader {
             data: self.data.clone(),
             meta: self.meta.clone(),
+            expiry: self.expiry.clone(),
         }
     }
 
@@ -302,18 +321,15 @@ impl StateMachine {
                 .map_err(|e| std::io::Error::other(e.to_string()))
         })
         .map_err(read_err)?;
-        // The snapshot carries the data, not its counters: count what was installed.
-        let mut usage = Usage::default();
-        for pair in self.data.iter() {
-            let (key, raw) = pair.map_err(write_err)?;
-            usage.keys += 1;
-            usage.bytes += (key.len() + value::decode(&raw).value.len()) as u64;
-        }
+        // The snapshot carries the data, not its counters nor its expiry index: count what was
+        // installed, and index it.
+        let (usage, _) = expiry_index::rebuild(&self.data, &self.expiry).map_err(write_err)?;
         let mut batch = sled::Batch::default();
         batch.insert(KEY_KEYS, &usage.keys.to_be_bytes());
         batch.insert(KEY_BYTES, &usage.bytes.to_be_bytes());
         batch.insert(KEY_LAST_APPLIED, encode(&meta.last_log_id));
         batch.insert(KEY_MEMBERSHIP, encode(&meta.last_membership));
+        batch.insert(expiry_index::KEY_BUILT, &[]);
         batch.remove(KEY_INSTALLING);
         self.meta.apply_batch(batch).map_err(write_err)?;
         self.db.flush().map_err(write_err)?;
@@ -343,13 +359,15 @@ fn apply_batch(
     data: &sled::Tree,
     meta: &sled::Tree,
     effects: &sled::Tree,
+    expiry: &sled::Tree,
     recording: bool,
     entries: &[Entry],
 ) -> Result<Vec<BatchResponse>, StorageError> {
     let Some(last) = entries.last() else {
         return Ok(Vec::new());
     };
-    let result = (data, meta, effects).transaction(|(data, meta, effects)| {
+    let trees = (data, meta, effects, expiry);
+    let result = trees.transaction(|(data, meta, effects, expiry)| {
         let before = Usage::read(meta)?;
         let usage = Cell::new(before);
         let mut responses = Vec::with_capacity(entries.len());
@@ -363,6 +381,7 @@ fn apply_batch(
                         data,
                         meta,
                         effects: recording.then_some(effects),
+                        expiry,
                         index: entry.log_id.index,
                         now_ms: batch.now_ms,
                         seq: Cell::new(0),
@@ -413,7 +432,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Not flushed here: the entries are already durable in the log on a majority, and a
         // restart re-applies whatever the state machine had not yet made durable.
         let recording = self.recording.load(Ordering::Acquire);
-        apply_batch(&self.data, &self.meta, &self.effects, recording, &entries)
+        apply_batch(
+            &self.data,
+            &self.meta,
+            &self.effects,
+            &self.expiry,
+            recording,
+            &entries,
+        )
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
@@ -632,7 +658,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use openraft::{CommittedLeaderId, Membership};
 
     use super::*;
@@ -758,7 +784,7 @@ mod tests {
         assert_eq!(records, 2000);
     }
 
-    fn entry(index: u64, requests: Vec<Request>) -> Entry {
+    pub(in crate::store) fn entry(index: u64, requests: Vec<Request>) -> Entry {
         entry_at(index, 1_000, requests)
     }
 
@@ -843,7 +869,7 @@ mod tests {
     }
 
     /// Installs the current snapshot of `source` into a fresh state machine under `dir`.
-    async fn install_copy(
+    pub(in crate::store) async fn install_copy(
         source: &StateMachine,
         built: &Snapshot,
         dir: &std::path::Path,
@@ -991,5 +1017,39 @@ mod tests {
         assert_eq!(ttl.remove(0).responses[1], Response::Count(1));
         assert_eq!(reader.stats().unwrap().expired, 1);
         assert_eq!(reader.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_without_the_expiry_index_gets_it_built_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        let expected = {
+            let (_log, mut sm) = store::open(&path, 1, None, &StoreOptions::default())
+                .await
+                .unwrap();
+            let put = |key: &str, expiry| Request::Put {
+                key: key.into(),
+                value: "1".into(),
+                expiry,
+            };
+            let requests = vec![
+                put("t1", Expiry::AtMs(5_000)),
+                put("plain", Expiry::Never),
+                put("t2", Expiry::AtMs(4_000)),
+            ];
+            sm.apply(vec![entry(1, requests)]).await.unwrap();
+            let expected = expiry_index::entries(sm.expiry_tree());
+            // As a data dir written before the index existed: no index, no marker.
+            sm.expiry.clear().unwrap();
+            sm.meta.remove(expiry_index::KEY_BUILT).unwrap();
+            sm.db.flush().unwrap();
+            expected
+        };
+        assert_eq!(expected, [(4_000, "t2".into()), (5_000, "t1".into())]);
+        let (_log, sm) = store::open(&path, 1, None, &StoreOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(expiry_index::entries(sm.expiry_tree()), expected);
+        assert!(sm.meta.contains_key(expiry_index::KEY_BUILT).unwrap());
     }
 }

@@ -68,6 +68,19 @@ pub fn decode(raw: &[u8]) -> Stored {
     }
 }
 
+/// The expiry and the value's length in stored bytes, without copying the value (what the
+/// counters and the expiry index need from an old value being replaced or removed).
+pub fn peek(raw: &[u8]) -> (Option<u64>, usize) {
+    match raw.split_first() {
+        Some((&NO_EXPIRY, rest)) => (None, rest.len()),
+        Some((&WITH_EXPIRY, rest)) if rest.len() >= 8 => (
+            Some(u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"))),
+            rest.len() - 8,
+        ),
+        _ => (None, raw.len()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +100,25 @@ mod tests {
         assert!(!stored.expired(999));
         assert!(stored.expired(1000));
         assert!(!decode(&encode(b"v", None)).expired(u64::MAX));
+    }
+
+    #[test]
+    fn peek_reads_what_decode_reads() {
+        let raws = [
+            encode(b"hello", None),
+            encode(b"hello", Some(7)),
+            encode(b"", Some(7)),
+            b"".to_vec(),
+            vec![9, 1, 2],
+            vec![WITH_EXPIRY, 1, 2],
+        ];
+        for raw in raws {
+            let stored = decode(&raw);
+            assert_eq!(
+                peek(&raw),
+                (stored.expires_at_ms, stored.value.len()),
+                "{raw:?}"
+            );
+        }
     }
 }
