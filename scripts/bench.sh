@@ -27,32 +27,16 @@ SERVE_FLAGS=${SERVE_FLAGS:-}  # extra flags for every node, e.g. "--batch-max-in
 BENCH_FLAGS=${BENCH_FLAGS:-}  # extra flags for the load generator, e.g. "--threads"
 
 cargo build --release --quiet --bin raftcache --bin raftcache-bench
-bin=${BIN:-target/release/raftcache}
+BIN=${BIN:-target/release/raftcache}
 bench=target/release/raftcache-bench
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-initial="1=127.0.0.1:$((BASE + 11)),2=127.0.0.1:$((BASE + 12)),3=127.0.0.1:$((BASE + 13))"
-for i in 1 2 3; do
-  "$bin" serve --id "$i" --listen "127.0.0.1:$((BASE + i))" --peer-listen "127.0.0.1:$((BASE + 10 + i))" \
-    --data-dir "$work/n$i" --initial-cluster "$initial" $SERVE_FLAGS >"$work/n$i.log" 2>&1 &
-  pids+=($!)
-done
-addr() { echo "127.0.0.1:$((BASE + $1))"; }
-status_field() { "$bin" status --addr "$(addr "$1")" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['$2'] or 0)"; }
-for _ in $(seq 1 100); do
-  leader=$(status_field 1 leader 2>/dev/null || echo 0)
-  [ "$leader" != 0 ] && break
-  sleep 0.2
-done
-[ "$leader" != 0 ] || { echo "no leader elected" >&2; exit 1; }
-if [ "$ADDRS" = leader ]; then targets=$(addr "$leader"); else targets="$(addr 1),$(addr 2),$(addr 3)"; fi
+# shellcheck source=scripts/local-cluster.sh
+. scripts/local-cluster.sh
+# shellcheck disable=SC2086
+cluster_start $SERVE_FLAGS
+leader=$(cluster_leader)
+addr() { cluster_addr "$1"; }
+status_field() { cluster_status_field "$1" "$2"; }
+if [ "$ADDRS" = leader ]; then targets=$(addr "$leader"); else targets=$(cluster_addrs); fi
 flushes() { echo $(( $(status_field 1 log_flushes) + $(status_field 2 log_flushes) + $(status_field 3 log_flushes) )); }
 
 # Fill the key space once so gets find their keys.

@@ -13,29 +13,13 @@ KEYS=${KEYS:-10000}
 IDLE_SECONDS=${IDLE_SECONDS:-10}
 BASE=${BASE_PORT:-9970}
 cargo build --release --quiet --bin raftcache --bin raftcache-bench
-bin=${BIN:-target/release/raftcache}
+BIN=${BIN:-target/release/raftcache}
 bench=target/release/raftcache-bench
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-initial="1=127.0.0.1:$((BASE + 11)),2=127.0.0.1:$((BASE + 12)),3=127.0.0.1:$((BASE + 13))"
-addrs="127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2)),127.0.0.1:$((BASE + 3))"
-for i in 1 2 3; do
-  "$bin" serve --id "$i" --listen "127.0.0.1:$((BASE + i))" --peer-listen "127.0.0.1:$((BASE + 10 + i))" \
-    --data-dir "$work/n$i" --initial-cluster "$initial" >"$work/n$i.log" 2>&1 &
-  pids+=($!)
-done
-until "$bin" status --addr "127.0.0.1:$((BASE + 1))" --json 2>/dev/null | grep -q '"leader": *[1-9]'; do
-  sleep 0.1
-done
-leader=$("$bin" status --addr "127.0.0.1:$((BASE + 1))" --json |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["leader"])')
+# shellcheck source=scripts/local-cluster.sh
+. scripts/local-cluster.sh
+cluster_start
+leader=$(cluster_leader)
+addrs=$(cluster_addrs)
 "$bench" --addrs "$addrs" --clients 16 --op put --seconds 60 --max-ops "$KEYS" --keys "$KEYS" >/dev/null
 sleep 2
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
