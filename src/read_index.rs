@@ -6,15 +6,15 @@
 //! have fixed its index before a write that the reader saw acknowledged, so the reader would
 //! miss it. Reads that arrive during a round wait for the next one; rounds run one at a time.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::network::{leader_replaced, peer_addr, ForwardError, PeerClients, PeerMethod};
-use crate::types::{NodeId, Raft};
+use crate::types::{now_ms, Batch, Capacity, NodeId, Raft};
 
 /// One attempt at a read index: this node's, if it leads, else the leader's.
 #[derive(Clone)]
@@ -22,22 +22,83 @@ pub struct ReadIndexSource {
     pub id: NodeId,
     pub raft: Raft,
     pub peers: Arc<PeerClients>,
+    /// The term and index of an entry this process proposed and saw committed while leading.
+    pub barrier: Arc<Mutex<Option<(u64, u64)>>>,
 }
 
 type Round = Result<Option<u64>, ForwardError>;
 
 impl ReadIndexSource {
+    pub fn new(id: NodeId, raft: Raft, peers: Arc<PeerClients>) -> Self {
+        Self {
+            id,
+            raft,
+            peers,
+            barrier: Arc::new(Mutex::new(None)),
+        }
+    }
+
     /// The read index, if this node leads: leadership confirmed by a quorum, then the larger of
-    /// the commit index and this node's applied index.
+    /// the commit index and this node's applied index, never below this process's barrier for
+    /// the term (see `barrier`).
     pub async fn as_leader(&self) -> Round {
+        let barrier = self.barrier().await?;
         match self.raft.get_read_log_id().await {
-            Ok((read, applied)) => Ok(read.max(applied).map(|id| id.index)),
+            Ok((read, applied)) => Ok(read.max(applied).map(|id| id.index.max(barrier))),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(ForwardError::NotLeader {
                     leader: f.leader_id,
                 })
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(ForwardError::TryAgain(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(ForwardError::Failed(format!(
+                "node {} is stopping: {e}",
+                self.id
+            ))),
+        }
+    }
+
+    /// The index of an entry this process proposed as leader in the current term and saw
+    /// committed, proposing an empty one first if there is none yet.
+    ///
+    /// Raft lets a leader serve reads only once it has committed an entry of its own term: only
+    /// then does its commit index cover everything committed before. openraft's read index is
+    /// the larger of the commit index and the leader's first entry of its term, which does that
+    /// after an election. But a leader killed and started again finds its own vote and leads at
+    /// once in the same term, its first entry long behind it, and its commit index only as far
+    /// as its state machine had made durable: a read index from that misses writes it had
+    /// acknowledged before the crash. An entry proposed after the restart and committed comes
+    /// after every entry the log held, so a read index at or past it misses nothing.
+    async fn barrier(&self) -> Result<u64, ForwardError> {
+        let term = self.raft.metrics().borrow().current_term;
+        if let Some((barrier_term, index)) = *self.barrier.lock().unwrap() {
+            if barrier_term == term {
+                return Ok(index);
+            }
+        }
+        let empty = Batch {
+            requests: Vec::new(),
+            now_ms: now_ms(),
+            capacity: Capacity::default(),
+        };
+        match self.raft.client_write(empty).await {
+            Ok(written) => {
+                let log_id = written.log_id;
+                let entry_term = log_id.leader_id.term;
+                let mut barrier = self.barrier.lock().unwrap();
+                if barrier.is_none_or(|(t, _)| t < entry_term) {
+                    *barrier = Some((entry_term, log_id.index));
+                }
+                Ok(log_id.index)
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ForwardError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ForwardError::TryAgain(e.to_string()))
             }
             Err(RaftError::Fatal(e)) => Err(ForwardError::Failed(format!(

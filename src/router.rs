@@ -94,11 +94,7 @@ impl Router {
             request_deadline,
             max_waiting_reads,
         } = limits;
-        let read_source = ReadIndexSource {
-            id,
-            raft: raft.clone(),
-            peers,
-        };
+        let read_source = ReadIndexSource::new(id, raft.clone(), peers);
         let read_rounds =
             ReadIndexBatcher::spawn(read_source.clone(), request_deadline, max_waiting_reads);
         Self {
