@@ -461,6 +461,14 @@ impl<'a> Run<'a> {
         };
         let leader = self.wait_healthy()?;
         self.cluster.up(&[new])?;
+        // The leader's probe must find the new node's peer port open: wait until it answers.
+        let deadline = Instant::now() + HEALTHY_DEADLINE;
+        while status(&self.cluster.node(new).addr()).is_none() {
+            if Instant::now() >= deadline {
+                bail!("spare node {new} did not answer within {HEALTHY_DEADLINE:?} of its start");
+            }
+            sleep(POLL);
+        }
         // Ask through a member that stays, so the answer is not lost with the removed node.
         let via = if leader != old {
             leader
