@@ -17,6 +17,8 @@ use anyhow::{bail, Context, Result};
 const SHARED_NETWORK: &str = "shared";
 const CLIENT_PORT: u16 = 9090;
 const PEER_PORT: u16 = 9190;
+/// Tries of one `docker pause` (see `Cluster::pause`).
+const PAUSE_ATTEMPTS: u32 = 5;
 
 /// A node of the run's compose project.
 #[derive(Clone, Debug)]
@@ -128,10 +130,27 @@ impl Cluster {
         self.docker(&["start", &self.container(id)]).map(drop)
     }
 
+    /// `docker pause`, tried up to `PAUSE_ATTEMPTS` times: the kernel's freezer gives up on a
+    /// process it cannot stop in time (one blocked in a disk sync on a busy machine), and docker
+    /// then reports "unable to freeze" and leaves the container running.
     pub fn pause(&mut self, id: u64) -> Result<()> {
-        self.docker(&["pause", &self.container(id)])?;
-        self.paused.insert(id);
-        Ok(())
+        let container = self.container(id);
+        let mut attempt = 1;
+        loop {
+            match self.docker(&["pause", &container]) {
+                Ok(_) => {
+                    self.paused.insert(id);
+                    return Ok(());
+                }
+                Err(e) if attempt >= PAUSE_ATTEMPTS => return Err(e),
+                Err(_) => {
+                    // In case the failed freeze left anything frozen.
+                    let _ = self.docker(&["unpause", &container]);
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            }
+        }
     }
 
     pub fn unpause_all(&mut self) -> Result<()> {

@@ -196,44 +196,18 @@ impl<'a> Run<'a> {
             self.config.limits,
         );
         let shared = workload.shared.clone();
-        let end = shared.clock + Duration::from_secs(self.config.seconds);
-        let tail = Duration::from_secs(3);
-        for (i, step) in schedule.steps.iter().enumerate() {
-            if Instant::now() + step.quiet + step.hold + tail > end {
-                report
-                    .not_injected
-                    .push(format!("step {} ({}): out of time", i + 1, step.kind));
-                continue;
-            }
-            sleep(step.quiet);
-            let before = workload.answered();
-            match self.inject(step, &workload)? {
-                Injected::Done(what) => {
-                    *report.faults.entry(step.kind).or_default() += 1;
-                    journal.line(format!(
-                        "step {} {}: {what} ({} answers meanwhile)",
-                        i + 1,
-                        step.kind,
-                        workload.answered() - before
-                    ));
-                }
-                Injected::Not(why) => {
-                    journal.line(format!("step {} {}: not injected: {why}", i + 1, step.kind));
-                    report
-                        .not_injected
-                        .push(format!("step {} ({}): {why}", i + 1, step.kind));
-                }
-            }
-        }
-        if let Some(left) = end.checked_duration_since(Instant::now()) {
-            sleep(left);
-        }
+        let faults = self.inject_all(schedule, report, journal, &workload);
         let answered = workload.answered();
         let mut history = workload.finish();
         journal.line(format!(
             "clients stopped: {} operations, {answered} answered",
             history.len()
         ));
+        if let Err(e) = faults {
+            report.operations = history.len();
+            self.save_history(&history)?;
+            return Err(e);
+        }
 
         self.cluster.unpause_all()?;
         self.cluster.heal()?;
@@ -315,11 +289,60 @@ impl<'a> Run<'a> {
             )),
         }
         if !failures.is_empty() {
-            let path = self.dir.join("history.jsonl");
-            let file = std::fs::File::create(&path)?;
-            linearizability::write_history(std::io::BufWriter::new(file), &history)?;
+            self.save_history(&history)?;
             report.failure = Some(failures.join("\n"));
         }
+        Ok(())
+    }
+
+    /// Injects the schedule's faults while the clients run, until `--seconds` have passed.
+    fn inject_all(
+        &mut self,
+        schedule: &Schedule,
+        report: &mut RunReport,
+        journal: &mut Journal,
+        workload: &Workload,
+    ) -> Result<()> {
+        let end = workload.shared.clock + Duration::from_secs(self.config.seconds);
+        let tail = Duration::from_secs(3);
+        for (i, step) in schedule.steps.iter().enumerate() {
+            if Instant::now() + step.quiet + step.hold + tail > end {
+                report
+                    .not_injected
+                    .push(format!("step {} ({}): out of time", i + 1, step.kind));
+                continue;
+            }
+            sleep(step.quiet);
+            let before = workload.answered();
+            match self.inject(step, workload)? {
+                Injected::Done(what) => {
+                    *report.faults.entry(step.kind).or_default() += 1;
+                    journal.line(format!(
+                        "step {} {}: {what} ({} answers meanwhile)",
+                        i + 1,
+                        step.kind,
+                        workload.answered() - before
+                    ));
+                }
+                Injected::Not(why) => {
+                    journal.line(format!("step {} {}: not injected: {why}", i + 1, step.kind));
+                    report
+                        .not_injected
+                        .push(format!("step {} ({}): {why}", i + 1, step.kind));
+                }
+            }
+        }
+        if let Some(left) = end.checked_duration_since(Instant::now()) {
+            sleep(left);
+        }
+        Ok(())
+    }
+
+    /// Writes the history of a failed run next to its schedule and logs.
+    fn save_history(&self, history: &[Operation]) -> Result<()> {
+        let path = self.dir.join("history.jsonl");
+        let file = std::fs::File::create(&path)?;
+        linearizability::write_history(std::io::BufWriter::new(file), history)?;
         Ok(())
     }
 
@@ -405,7 +428,9 @@ impl<'a> Run<'a> {
                 } else {
                     random
                 };
-                self.cluster.pause(target)?;
+                if let Err(e) = self.cluster.pause(target) {
+                    return Ok(Injected::Not(format!("node {target}: {e:#}")));
+                }
                 sleep(step.hold);
                 self.cluster.unpause_all()?;
                 format!("node {target} paused for {} ms", step.hold.as_millis())
