@@ -31,6 +31,9 @@ const CATCH_UP: CatchUp = CatchUp {
     max_lag: 1_000,
     timeout: Duration::from_secs(60),
 };
+/// How long one admin call of a membership change may take: a joint change commits twice, and
+/// the leader first probes the new node.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keys per page when a node's contents are listed.
 const SCAN_PAGE: i32 = 500;
 
@@ -504,7 +507,9 @@ impl<'a> Run<'a> {
                 .find(|&&id| id != old)
                 .expect("more than one member")
         };
-        let mut client = connect(&self.cluster.node(via).addr())?;
+        let addr = self.cluster.node(via).addr();
+        let mut client = CacheClient::connect(&addr, ADMIN_TIMEOUT)
+            .with_context(|| format!("connecting to {addr}"))?;
         let peer = self.cluster.node(new).peer_addr();
         let mut progress = |_: &str| {};
         let added = add_node(
