@@ -75,6 +75,22 @@ pub struct Proposer {
     queue: mpsc::Sender<Pending>,
 }
 
+/// What a failed `client_write` on node `id` means to the writer.
+pub fn write_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, crate::types::Node>>,
+    id: NodeId,
+) -> ForwardError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ForwardError::Failed(e.to_string())
+        }
+        RaftError::Fatal(e) => ForwardError::Failed(format!("node {id} is stopping: {e}")),
+    }
+}
+
 fn stopping() -> ForwardError {
     ForwardError::Failed("this node is stopping".into())
 }
@@ -225,19 +241,7 @@ impl Batcher {
                 }
             }
             Err(e) => {
-                let error = match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                        ForwardError::NotLeader {
-                            leader: f.leader_id,
-                        }
-                    }
-                    RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                        ForwardError::Failed(e.to_string())
-                    }
-                    RaftError::Fatal(e) => {
-                        ForwardError::Failed(format!("node {} is stopping: {e}", self.id))
-                    }
-                };
+                let error = write_error(e, self.id);
                 for (reply, idempotent) in replies.into_iter().zip(idempotent) {
                     let _ = reply.send(Err(after_proposal(error.clone(), idempotent)));
                 }

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -93,18 +93,7 @@ impl ReadIndexSource {
                 }
                 Ok(log_id.index)
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ForwardError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ForwardError::TryAgain(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(ForwardError::Failed(format!(
-                "node {} is stopping: {e}",
-                self.id
-            ))),
+            Err(e) => Err(crate::proposer::write_error(e, self.id)),
         }
     }
 
