@@ -261,15 +261,19 @@ impl Router {
         results
     }
 
-    /// Builds a snapshot on this node now and waits (up to the request deadline) until one
-    /// covers everything applied here when it was asked for. Returns the index it covers.
-    pub async fn snapshot(&self) -> Result<u64, RouteError> {
-        let applied = self
-            .raft
+    /// The index this node's replica has applied up to (0 before anything).
+    pub fn applied_index(&self) -> u64 {
+        self.raft
             .metrics()
             .borrow()
             .last_applied
-            .map_or(0, |id| id.index);
+            .map_or(0, |id| id.index)
+    }
+
+    /// Builds a snapshot on this node now and waits (up to the request deadline) until one
+    /// covers everything applied here when it was asked for. Returns the index it covers.
+    pub async fn snapshot(&self) -> Result<u64, RouteError> {
+        let applied = self.applied_index();
         self.raft
             .trigger()
             .snapshot()

@@ -176,12 +176,7 @@ impl CacheApi {
     fn stats(&self) -> thrift::Result<CacheStats> {
         let state = self.router.state();
         let replica = state.stats().map_err(storage)?;
-        let applied = self
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map_or(0, |id| id.index);
+        let applied = self.router.applied_index();
         Ok(CacheStats {
             keys: replica.keys as i64,
             bytes: replica.bytes as i64,
