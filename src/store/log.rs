@@ -379,11 +379,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let err = |e: &std::io::Error| StorageIOError::write_logs(e);
-        // The state machine is made durable first (it has applied at least up to `log_id`,
-        // which a snapshot covers), then the purge point: after a crash, the state machine
-        // never needs an entry that is gone.
+        // The state machine is made durable first (it has applied at least up to `log_id`, or
+        // the install of a snapshot that covers it is marked), then the purge point: after a
+        // crash, the state machine never needs an entry that is gone.
         let state = self.inner.state.clone();
-        tokio::task::spawn_blocking(move || state.flush())
+        let index = log_id.index;
+        tokio::task::spawn_blocking(move || state.wait_until_covered(index))
             .await
             .map_err(|e| err(&std::io::Error::other(e)))?
             .map_err(|e| err(&e))?;

@@ -14,7 +14,7 @@
 //! so a crash half-way through an install is finished from the snapshot file on the next start.
 
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,6 +42,21 @@ const KEY_INSTALLING: &[u8] = b"installing_snapshot";
 
 /// Tree of the changes made while a snapshot is being built (`apply.rs`).
 const TREE_EFFECTS: &str = "sm_effects";
+
+/// Who may replace `snapshots/current`, shared by the state machine and its snapshot builders.
+///
+/// A build runs in a task of its own while the state machine goes on, and a snapshot received
+/// from the leader can be installed meanwhile. An install replaces the data the build is
+/// copying, so a build that an install overtook holds a mix of both states, stamped with an
+/// index it does not describe. An install holds the lock from before it publishes the received
+/// file until the data holds it, and counts itself; a build publishes its file only under the
+/// lock and only if no install happened since the build started. Otherwise it is dropped and
+/// the build answers with the installed snapshot.
+#[derive(Debug, Default)]
+struct SnapshotSlot {
+    /// Installs begun since the state machine was opened.
+    installs: u64,
+}
 
 /// A read-only handle on the replica's data, for serving local reads. Every read hides values
 /// expired at `now_ms` (the caller passes this node's clock).
@@ -190,6 +205,10 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     /// The file the snapshot being received from the leader is written to.
     receiving: Option<PathBuf>,
+    /// Serializes installs with the publishing of builds.
+    slot: Arc<std::sync::Mutex<SnapshotSlot>>,
+    /// Told when an install is durably under way, so the log behind it may be purged.
+    flusher: StateFlusher,
     /// Flushes this state machine about once a second, while it exists.
     _periodic_flush: PeriodicFlush,
 }
@@ -224,6 +243,8 @@ impl StateMachine {
             recording: Arc::new(AtomicBool::new(false)),
             snapshot_dir,
             receiving: None,
+            slot: Arc::default(),
+            flusher: flusher.clone(),
             _periodic_flush: flusher
                 .spawn_periodic(STATE_FLUSH_INTERVAL)
                 .map_err(io_err)?,
@@ -239,7 +260,7 @@ impl StateMachine {
             let current = sm.snapshot_dir.join(snapshot::CURRENT);
             let meta = snapshot::read_meta(&current)
                 .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-            sm.install_current(&meta)?;
+            sm.install_current(&meta, Verified::No)?;
         }
         let indexed = sm
             .meta
@@ -292,9 +313,15 @@ impl StateMachine {
     }
 
     /// Replaces the whole state with the current snapshot file, streaming it in chunks. The file
-    /// is checked whole first; the install is marked in `sm_meta` (and flushed) before `sm_data`
-    /// is touched, and unmarked in the same batch that records the new `last_applied`.
-    fn install_current(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+    /// is checked whole first (unless the caller just did); the install is marked in `sm_meta`
+    /// (and flushed) before `sm_data` is touched, and unmarked in the same batch that records
+    /// the new `last_applied`. Once marked, a restart finishes the install from the file, so
+    /// the log up to the snapshot's index may be purged (`StateFlusher::install_marked`).
+    fn install_current(
+        &mut self,
+        meta: &SnapshotMeta,
+        verified: Verified,
+    ) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
         let path = self.snapshot_dir.join(snapshot::CURRENT);
         let read_err = |e: std::io::Error| -> StorageError {
@@ -302,11 +329,16 @@ impl StateMachine {
         };
         let write_err =
             |e: sled::Error| -> StorageError { StorageIOError::write_state_machine(&e).into() };
-        snapshot::verify(&path).map_err(read_err)?;
+        if verified == Verified::No {
+            snapshot::verify(&path).map_err(read_err)?;
+        }
         self.meta
             .insert(KEY_INSTALLING, meta.snapshot_id.as_bytes())
             .map_err(write_err)?;
         self.db.flush().map_err(write_err)?;
+        if let Some(installed) = meta.last_log_id {
+            self.flusher.install_marked(installed.index);
+        }
         self.data.clear().map_err(write_err)?;
         let data = &self.data;
         let records = snapshot::for_each_chunk(&path, INSTALL_CHUNK, |pairs| {
@@ -455,6 +487,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Err(e) => Err(e.to_string()),
         };
         self.recording.store(true, Ordering::Release);
+        let installs_before = self.slot.lock().expect("snapshot slot lock").installs;
         SnapshotBuilder {
             from,
             data: self.data.clone(),
@@ -462,6 +495,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             effects: self.effects.clone(),
             recording: self.recording.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
+            slot: self.slot.clone(),
+            installs_before,
         }
     }
 
@@ -478,6 +513,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(stale) = self.receiving.replace(path) {
             let _ = std::fs::remove_file(stale);
         }
+        self.flusher.receiving();
         Ok(Box::new(file))
     }
 
@@ -515,15 +551,53 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         };
         drop(file);
-        // Checked before it replaces the current snapshot, so a cut-short transfer changes nothing.
-        snapshot::verify(&received).map_err(write_err)?;
-        snapshot::publish(&self.snapshot_dir, &received).map_err(write_err)?;
-        self.install_current(meta)
+        let installed = self.install_received(&received, meta);
+        if installed.is_err() {
+            let _ = std::fs::remove_file(&received);
+            self.flusher.install_failed();
+        }
+        installed
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         self.open_current()
     }
+}
+
+impl StateMachine {
+    /// Makes the received snapshot file the current one and loads it, under the snapshot lock
+    /// (see `SnapshotSlot`). The file is checked whole, and must describe the snapshot openraft
+    /// says it received, before it replaces anything: a cut-short or damaged transfer changes
+    /// nothing.
+    fn install_received(
+        &mut self,
+        received: &Path,
+        meta: &SnapshotMeta,
+    ) -> Result<(), StorageError> {
+        let write_err = |e: std::io::Error| -> StorageError {
+            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
+        };
+        let slot = self.slot.clone();
+        let mut slot = slot.lock().expect("snapshot slot lock");
+        slot.installs += 1;
+        snapshot::verify(received).map_err(write_err)?;
+        let described = snapshot::read_meta(received).map_err(write_err)?;
+        if described.last_log_id != meta.last_log_id || described.snapshot_id != meta.snapshot_id {
+            return Err(write_err(std::io::Error::other(format!(
+                "the received file holds snapshot {} at {:?}, not {} at {:?}",
+                described.snapshot_id, described.last_log_id, meta.snapshot_id, meta.last_log_id
+            ))));
+        }
+        snapshot::publish(&self.snapshot_dir, received).map_err(write_err)?;
+        self.install_current(meta, Verified::Yes)
+    }
+}
+
+/// Whether a snapshot file was just checked whole by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verified {
+    Yes,
+    No,
 }
 
 /// Whether `file` is the file at `path` (same device and inode).
@@ -547,6 +621,11 @@ pub struct SnapshotBuilder {
     /// Cleared when the build ends: applies stop recording their changes.
     recording: Arc<AtomicBool>,
     snapshot_dir: PathBuf,
+    /// Taken to publish the built file; see `SnapshotSlot`.
+    slot: Arc<std::sync::Mutex<SnapshotSlot>>,
+    /// `SnapshotSlot::installs` when the build started: any other value when it ends means an
+    /// install overtook it.
+    installs_before: u64,
 }
 
 impl SnapshotBuilder {
@@ -633,6 +712,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             effects: self.effects.clone(),
             recording: self.recording.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
+            slot: self.slot.clone(),
+            installs_before: self.installs_before,
         };
         let written = path.clone();
         let built = tokio::task::spawn_blocking(move || builder.write(&written, from)).await;
@@ -644,12 +725,33 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 let _ = std::fs::remove_file(&path);
             })
             .map_err(failed)?;
+        let signature = meta.signature();
         let write_err = |e: std::io::Error| -> StorageError {
-            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
+            StorageIOError::write_snapshot(Some(signature.clone()), &e).into()
         };
-        snapshot::publish(&self.snapshot_dir, &path).map_err(write_err)?;
-        let file =
-            std::fs::File::open(self.snapshot_dir.join(snapshot::CURRENT)).map_err(write_err)?;
+        let current = self.snapshot_dir.join(snapshot::CURRENT);
+        let slot = self.slot.lock().expect("snapshot slot lock");
+        let overtaken = if slot.installs != self.installs_before {
+            Some("a snapshot was installed while it was built")
+        } else if snapshot::read_meta(&current).is_ok_and(|c| c.last_log_id >= meta.last_log_id) {
+            Some("the current snapshot is as recent")
+        } else {
+            None
+        };
+        let meta = match overtaken {
+            Some(why) => {
+                let _ = std::fs::remove_file(&path);
+                let installed = snapshot::read_meta(&current).map_err(write_err)?;
+                tracing::info!(built = %meta.snapshot_id, kept = %installed.snapshot_id, why, "snapshot build dropped");
+                installed
+            }
+            None => {
+                snapshot::publish(&self.snapshot_dir, &path).map_err(write_err)?;
+                meta
+            }
+        };
+        let file = std::fs::File::open(&current).map_err(write_err)?;
+        drop(slot);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
@@ -738,6 +840,49 @@ pub(super) mod tests {
         assert_eq!(applied, meta().last_log_id);
     }
 
+    /// openraft purges a follower's log up to a received snapshot as soon as it hands the
+    /// snapshot to the state machine. The purge must not be durable before the install is: a
+    /// crash between the two left a log starting after what the state machine held, and a node
+    /// that refused to start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_behind_a_snapshot_is_purged_only_once_its_install_is_marked() {
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = snapshot_bytes(dir.path(), 1000);
+        let path = dir.path().join("node");
+        let (mut log, mut sm) = store::open(&path, 1, None, &StoreOptions::default())
+            .await
+            .unwrap();
+        let old: Vec<Entry> = (1..=10).map(|i| entry(i, Vec::new())).collect();
+        sm.apply(old).await.unwrap();
+        let upto = meta().last_log_id.unwrap();
+        // As openraft does: the snapshot is received, then its install and the purge of the
+        // log behind it are started together.
+        let mut file = sm.begin_receiving_snapshot().await.unwrap();
+        file.write_all(&bytes).await.unwrap();
+        let purge = tokio::spawn(async move { log.purge(upto).await.map(|()| log) });
+        // Nothing marks the install yet: the purge must still be waiting. (A wait for
+        // something not to happen; it would be done within milliseconds.)
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(
+            !purge.is_finished(),
+            "the log was purged up to {} while the state machine holds 10",
+            upto.index
+        );
+        sm.install_snapshot(&meta(), file).await.unwrap();
+        let log = tokio::time::timeout(std::time::Duration::from_secs(30), purge)
+            .await
+            .expect("the purge goes on once the install is marked")
+            .unwrap()
+            .unwrap();
+        assert_eq!(log.last_purged(), Some(upto));
+        drop((log, sm));
+        let (_log, mut sm) = store::open(&path, 1, None, &StoreOptions::default())
+            .await
+            .expect("the node restarts");
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(upto));
+    }
+
     #[tokio::test]
     async fn a_snapshot_cut_short_in_transfer_is_refused_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -758,6 +903,86 @@ pub(super) mod tests {
             sm.get_current_snapshot().await.unwrap().is_none(),
             "nor become the current snapshot"
         );
+    }
+
+    /// Every pair held by `sm`, in key order.
+    fn dump(sm: &StateMachine) -> Vec<(sled::IVec, sled::IVec)> {
+        sm.data.iter().map(|kv| kv.unwrap()).collect()
+    }
+
+    /// A snapshot build that started before a snapshot was installed, and had seen applies
+    /// meanwhile, ends after the install: the installed snapshot stays the current one, and a
+    /// node that installs the current snapshot holds exactly what was installed.
+    #[tokio::test]
+    async fn a_build_overtaken_by_an_install_never_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            let path = dir.path().join(name);
+            async move {
+                store::open(&path, 1, None, &StoreOptions::default())
+                    .await
+                    .unwrap()
+                    .1
+            }
+        };
+        let put = |key: &str, value: &str| Request::Put {
+            key: key.into(),
+            value: value.into(),
+            expiry: Expiry::Never,
+        };
+        // The leader's state at index 50: keys l0..l99.
+        let mut leader = open("leader").await;
+        let writes: Vec<Entry> = (1..=50)
+            .map(|i| entry(i, vec![put(&format!("l{i}"), "leader")]))
+            .collect();
+        leader.apply(writes).await.unwrap();
+        let sent = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let sent_bytes = std::fs::read(leader.snapshot_dir.join(snapshot::CURRENT)).unwrap();
+
+        // The follower is at index 10, starts a build, applies two more entries, then installs
+        // the leader's snapshot (index 50) before its build finishes.
+        let mut follower = open("follower").await;
+        let old: Vec<Entry> = (1..=10)
+            .map(|i| entry(i, vec![put(&format!("f{i}"), "old")]))
+            .collect();
+        follower.apply(old).await.unwrap();
+        let mut build = follower.get_snapshot_builder().await;
+        let during = vec![
+            entry(11, vec![put("f-late", "during the build")]),
+            entry(12, vec![Request::Remove { key: "l7".into() }]),
+        ];
+        follower.apply(during).await.unwrap();
+        let mut file = follower.begin_receiving_snapshot().await.unwrap();
+        file.write_all(&sent_bytes).await.unwrap();
+        follower.install_snapshot(&sent.meta, file).await.unwrap();
+        assert_eq!(
+            dump(&follower),
+            dump(&leader),
+            "the install loaded the leader's state"
+        );
+
+        let built = build.build_snapshot().await.unwrap();
+        let current = follower.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(
+            current.meta, sent.meta,
+            "the installed snapshot is still the current one"
+        );
+        assert_eq!(
+            built.meta, sent.meta,
+            "the overtaken build yields the installed snapshot"
+        );
+        let copy = install_copy(&follower, &current, &dir.path().join("copy")).await;
+        assert_eq!(
+            dump(&copy),
+            dump(&leader),
+            "a node added from it holds the leader's state"
+        );
+        assert_eq!(dump(&follower), dump(&leader));
     }
 
     #[tokio::test]
