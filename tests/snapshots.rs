@@ -232,3 +232,58 @@ async fn a_snapshot_transfer_longer_than_the_election_timeout_deposes_no_leader(
         .faults
         .delay_snapshot_chunks(std::time::Duration::ZERO);
 }
+
+/// Snapshot chunks damaged on the way (a bit flipped after the sender took their checksum) are
+/// refused by the follower and sent again: it ends with exactly the leader's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damaged_snapshot_chunks_are_refused_and_sent_again() {
+    let mut cluster = TestCluster::start(
+        3,
+        &[
+            "--snapshot-every=50",
+            "--snapshot-keep-log=10",
+            "--snapshot-chunk-bytes=1024",
+        ],
+    )
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let lagging = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+
+    phase("stop a follower; write 300 keys; the leader compacts its log past it");
+    cluster.stop(lagging).await;
+    let writer = cluster.client(leader);
+    for i in 0..300 {
+        writer
+            .put(&format!("k{i}"), &format!("val-{i:04}"))
+            .await
+            .expect("put");
+    }
+    cluster
+        .node(leader)
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(|m| m.purged.is_some(), "log purged")
+        .await
+        .expect("the leader compacts its log: the follower will need a snapshot");
+
+    phase("restart the follower with the first 3 snapshot chunks damaged on the way");
+    cluster.faults.damage_snapshot_chunks(3);
+    cluster.restart(lagging).await;
+    wait_caught_up_by_snapshot(&cluster, lagging, leader).await;
+    assert!(
+        !cluster.faults.take_damaged_snapshot_chunk(),
+        "every damaged chunk was sent (the fault was exercised)"
+    );
+
+    phase("its data equals the leader's, key by key");
+    let (ours, theirs) = (cluster.node(lagging).state(), cluster.node(leader).state());
+    for i in 0..300 {
+        let key = format!("k{i}");
+        assert_eq!(
+            ours.get(&key).unwrap(),
+            theirs.get(&key).unwrap(),
+            "key {key}"
+        );
+    }
+    assert_eq!(ours.len(), theirs.len());
+}

@@ -27,7 +27,7 @@ use thrift::protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::Faults;
+use super::{Faults, SnapshotChunk};
 use crate::server::frame::{self, Scan};
 use crate::types::{Node, NodeId, TypeConfig};
 
@@ -425,7 +425,16 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Method::InstallSnapshot, &rpc, option.hard_ttl())
+        let checksum = crc32fast::hash(&rpc.data);
+        let mut rpc = rpc;
+        if self.clients.faults.take_damaged_snapshot_chunk() && !rpc.data.is_empty() {
+            rpc.data[0] ^= 0x01;
+        }
+        let chunk = SnapshotChunk {
+            checksum,
+            request: rpc,
+        };
+        self.call(Method::InstallSnapshot, &chunk, option.hard_ttl())
             .await
     }
 

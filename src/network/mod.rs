@@ -32,6 +32,15 @@ pub struct ForwardRequest {
     pub deadline_ms: u64,
 }
 
+/// One snapshot chunk as it travels: openraft's request and the CRC-32 of its data. The receiver
+/// checks it before openraft writes the chunk, and refuses a damaged one; the leader then sends
+/// it again. (The whole file's checksum is checked again before the install: `store::snapshot`.)
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotChunk<R> {
+    pub checksum: u32,
+    pub request: R,
+}
+
 /// Why the leader did not carry out a forwarded write or a read-index request.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 pub enum ForwardError {
@@ -80,6 +89,8 @@ pub struct Faults {
     /// died or was cut off by a firewall (no refusal, just silence until the call times out).
     silent: RwLock<HashSet<(NodeId, NodeId)>>,
     snapshot_chunk_delay: RwLock<Duration>,
+    /// Snapshot chunks still to be damaged on the way (a bit flipped after the checksum).
+    damaged_snapshot_chunks: std::sync::atomic::AtomicU32,
 }
 
 impl Faults {
@@ -111,6 +122,21 @@ impl Faults {
     /// Delays every snapshot chunk sent from now on by `delay`, as a slow link would.
     pub fn delay_snapshot_chunks(&self, delay: Duration) {
         *self.snapshot_chunk_delay.write().expect("faults lock") = delay;
+    }
+
+    /// Flips a bit in each of the next `count` snapshot chunks sent, after their checksum was
+    /// taken, as a faulty link or NIC would.
+    pub fn damage_snapshot_chunks(&self, count: u32) {
+        self.damaged_snapshot_chunks
+            .store(count, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether to damage the snapshot chunk about to be sent (counts it).
+    pub fn take_damaged_snapshot_chunk(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.damaged_snapshot_chunks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// How long each snapshot chunk is held back before it is sent.

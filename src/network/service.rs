@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thrift::{ApplicationError, ApplicationErrorKind, ProtocolError, ProtocolErrorKind};
 
-use super::{peer_addr, ForwardRequest, PeerClients, PeerMethod};
+use super::{peer_addr, ForwardRequest, PeerClients, PeerMethod, SnapshotChunk};
 use crate::gen::peer::{RaftPeerSyncHandler, RaftPeerSyncProcessor};
 use crate::membership::{Admin, AdminRequest, NodeInfoRequest};
 use crate::router::Router;
@@ -105,6 +105,27 @@ impl PeerService {
     }
 }
 
+/// Refuses a snapshot chunk whose data does not match the checksum it was sent with: the
+/// leader sees the call fail and sends the chunk again.
+fn check_chunk(request: &InstallSnapshotRequest<TypeConfig>, checksum: u32) -> thrift::Result<()> {
+    let found = crc32fast::hash(&request.data);
+    if found == checksum {
+        return Ok(());
+    }
+    tracing::warn!(
+        offset = request.offset,
+        bytes = request.data.len(),
+        "a snapshot chunk failed its checksum; refused"
+    );
+    Err(thrift::Error::Protocol(ProtocolError::new(
+        ProtocolErrorKind::InvalidData,
+        format!(
+            "the snapshot chunk at offset {} fails its checksum (crc32 {found:08x}, sent {checksum:08x})",
+            request.offset
+        ),
+    )))
+}
+
 fn decode<T: DeserializeOwned>(raw: &[u8]) -> thrift::Result<T> {
     bincode::deserialize(raw).map_err(|e| {
         thrift::Error::Protocol(ProtocolError::new(
@@ -154,7 +175,8 @@ impl PeerService {
                 encode(&self.raft.vote(request).await)
             }
             PeerMethod::InstallSnapshot => {
-                let request: InstallSnapshotRequest<TypeConfig> = decode(payload)?;
+                let SnapshotChunk { checksum, request } = decode(payload)?;
+                check_chunk(&request, checksum)?;
                 encode(&self.install_snapshot_chunk(request).await)
             }
             PeerMethod::Forward => {

@@ -10,11 +10,17 @@
 //! effect. Replaying the requests instead would not be exact: an increment or compare-and-put
 //! the copy already saw would be applied again to a different value.
 //!
-//! Layout: the magic `RCSNAP02`; the copied records (`u32` key length, key, `u32` value length,
+//! Layout: the magic `RCSNAP03`; the copied records (`u32` key length, key, `u32` value length,
 //! value); an end marker (`u32::MAX`) and their count (`u64`); the replayed writes (a tag byte,
 //! 1 put or 2 remove, the key, and for a put the value); a zero tag and their count (`u64`); the
-//! metadata (bincode), its length (`u32`) and the magic again. A file cut short is detected by
-//! its missing trailer, markers or counts. The same bytes travel to followers.
+//! metadata (bincode), its length (`u32`), the CRC-32 (IEEE) of every byte
+//! before it (`u32`), and the magic again. A file cut short is detected by its missing trailer,
+//! markers or counts; a damaged byte anywhere by its checksum, which every read of the whole
+//! file checks (`for_each_chunk`, `verify`): before a received snapshot is installed, before a
+//! node sends its own, and when a node starts. The same bytes travel to followers.
+//!
+//! Files of the previous layout (`RCSNAP02`, without the checksum) are rewritten in this one
+//! when a node starts (`upgrade`).
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -24,7 +30,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::{decode, encode};
 use crate::types::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"RCSNAP02";
+const MAGIC: &[u8; 8] = b"RCSNAP03";
+/// The layout before snapshots carried a checksum.
+const MAGIC_UNCHECKED: &[u8; 8] = b"RCSNAP02";
 const END: u32 = u32::MAX;
 const TAG_END: u8 = 0;
 const TAG_PUT: u8 = 1;
@@ -60,10 +68,49 @@ pub fn remove_temporaries(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Passes bytes through to `inner` and keeps the CRC-32 of every byte that went through.
+struct Checksummed<T> {
+    inner: T,
+    crc: crc32fast::Hasher,
+}
+
+impl<T> Checksummed<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            inner,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+
+    fn checksum(&self) -> u32 {
+        self.crc.clone().finalize()
+    }
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.crc.update(&buf[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Checksummed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.crc.update(&buf[..read]);
+        Ok(read)
+    }
+}
+
 /// Writes a snapshot file: copied records, then replayed writes, then the metadata.
 pub struct Writer {
     file: File,
-    out: BufWriter<File>,
+    out: BufWriter<Checksummed<File>>,
     records: u64,
     writes: u64,
     bytes: u64,
@@ -72,7 +119,7 @@ pub struct Writer {
 impl Writer {
     pub fn create(path: &Path) -> io::Result<Writer> {
         let file = File::create(path)?;
-        let mut out = BufWriter::with_capacity(BUFFER_BYTES, file.try_clone()?);
+        let mut out = BufWriter::with_capacity(BUFFER_BYTES, Checksummed::new(file.try_clone()?));
         out.write_all(MAGIC)?;
         Ok(Writer {
             file,
@@ -124,9 +171,11 @@ impl Writer {
         self.out.write_all(&meta_bytes)?;
         self.out
             .write_all(&(meta_bytes.len() as u32).to_be_bytes())?;
-        self.out.write_all(MAGIC)?;
-        self.out.flush()?;
-        drop(self.out);
+        let mut summed = self.out.into_inner().map_err(|e| e.into_error())?;
+        let checksum = summed.checksum();
+        summed.inner.write_all(&checksum.to_be_bytes())?;
+        summed.inner.write_all(MAGIC)?;
+        drop(summed);
         self.file.sync_all()?;
         Ok((self.records, self.writes, self.bytes))
     }
@@ -162,8 +211,16 @@ fn read_part(input: &mut impl Read) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The metadata of the snapshot file at `path`, from its trailer.
-pub fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
+/// What a snapshot file's trailer says.
+struct Trailer {
+    meta: SnapshotMeta,
+    meta_len: usize,
+    /// The checksum of every byte before it; None in a file of the layout without one.
+    checksum: Option<u32>,
+}
+
+/// Reads the trailer of the snapshot file at `path`.
+fn read_trailer(path: &Path) -> io::Result<Trailer> {
     let mut file = File::open(path)?;
     let not_snapshot = || {
         invalid(format!(
@@ -173,17 +230,65 @@ pub fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
     };
     let mut magic = [0u8; 8];
     file.read_exact(&mut magic).map_err(|_| not_snapshot())?;
-    file.seek(SeekFrom::End(-12)).map_err(|_| not_snapshot())?;
+    let checked = match &magic {
+        m if m == MAGIC => true,
+        m if m == MAGIC_UNCHECKED => false,
+        _ => return Err(not_snapshot()),
+    };
+    // From the end: [checksum: u32] magic (8 bytes), before them the metadata's length.
+    let tail_len = if checked { 16 } else { 12 };
+    file.seek(SeekFrom::End(-tail_len))
+        .map_err(|_| not_snapshot())?;
     let meta_len = read_u32(&mut file)? as usize;
+    let checksum = if checked {
+        Some(read_u32(&mut file)?)
+    } else {
+        None
+    };
     let mut tail = [0u8; 8];
     file.read_exact(&mut tail)?;
-    if &magic != MAGIC || &tail != MAGIC || meta_len > MAX_PART_BYTES {
+    if tail != magic || meta_len > MAX_PART_BYTES {
         return Err(not_snapshot());
     }
-    file.seek(SeekFrom::End(-12 - meta_len as i64))?;
+    file.seek(SeekFrom::End(-tail_len - meta_len as i64))
+        .map_err(|_| not_snapshot())?;
     let mut meta = vec![0u8; meta_len];
     file.read_exact(&mut meta)?;
-    decode(&meta).map_err(|e| invalid(e.to_string()))
+    let meta = decode(&meta).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    Ok(Trailer {
+        meta,
+        meta_len,
+        checksum,
+    })
+}
+
+/// The metadata of the snapshot file at `path`, from its trailer. Checks neither the contents
+/// nor the checksum: `verify` does.
+pub fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
+    read_trailer(path).map(|t| t.meta)
+}
+
+/// Whether the snapshot file at `path` has the layout without a checksum.
+pub fn is_unchecked(path: &Path) -> io::Result<bool> {
+    read_trailer(path).map(|t| t.checksum.is_none())
+}
+
+/// Rewrites a snapshot file of the layout without a checksum in the current one (every item
+/// as a replayed write, which installs the same state). Checks it whole first.
+pub fn upgrade(path: &Path) -> io::Result<()> {
+    let meta = read_meta(path)?;
+    let upgraded = temp_path(path.parent().unwrap_or(Path::new(".")), "upgrading");
+    let mut out = Writer::create(&upgraded)?;
+    out.end_records()?;
+    for_each_chunk(path, 4096, |items| {
+        for (key, value) in items {
+            out.write(&key, value.as_deref())?;
+        }
+        Ok::<(), io::Error>(())
+    })?;
+    out.finish(&meta)?;
+    std::fs::rename(&upgraded, path)?;
+    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// Calls `each` with the snapshot's contents in file order, `chunk` items at a time: first the
@@ -195,11 +300,10 @@ pub fn for_each_chunk<E: From<io::Error>>(
     chunk: usize,
     mut each: impl FnMut(Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), E>,
 ) -> Result<u64, E> {
-    read_meta(path)?;
-    let mut input = BufReader::with_capacity(BUFFER_BYTES, File::open(path)?);
-    input
-        .seek(SeekFrom::Start(MAGIC.len() as u64))
-        .map_err(E::from)?;
+    let trailer = read_trailer(path)?;
+    let mut input = Checksummed::new(BufReader::with_capacity(BUFFER_BYTES, File::open(path)?));
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic)?;
     let mut items = Vec::with_capacity(chunk);
     let mut flush = |items: &mut Vec<_>, force: bool| -> Result<(), E> {
         if items.len() >= chunk || (force && !items.is_empty()) {
@@ -251,6 +355,19 @@ pub fn for_each_chunk<E: From<io::Error>>(
     if read_u64(&mut input)? != writes {
         return Err(invalid(format!("{} lost replayed writes", path.display())).into());
     }
+    if let Some(expected) = trailer.checksum {
+        // The metadata and its length are covered too; then the checksum itself.
+        let mut rest = vec![0u8; trailer.meta_len + 4];
+        input.read_exact(&mut rest)?;
+        let found = input.checksum();
+        if found != expected {
+            return Err(invalid(format!(
+                "{} fails its checksum (crc32 {found:08x}, recorded {expected:08x}): the snapshot is damaged",
+                path.display()
+            ))
+            .into());
+        }
+    }
     flush(&mut items, true)?;
     Ok(records + writes)
 }
@@ -258,4 +375,123 @@ pub fn for_each_chunk<E: From<io::Error>>(
 /// Reads the whole snapshot at `path` and checks it is complete, without keeping anything.
 pub fn verify(path: &Path) -> io::Result<u64> {
     for_each_chunk(path, 4096, |_| Ok::<(), io::Error>(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId};
+
+    use super::*;
+
+    fn meta() -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), 30)),
+            last_membership: Default::default(),
+            snapshot_id: "checked".into(),
+        }
+    }
+
+    /// A snapshot of 100 copied records and 10 replayed writes, with a value that stands out.
+    fn write_snapshot(path: &Path) {
+        let mut out = Writer::create(path).unwrap();
+        for i in 0..100 {
+            out.record(
+                format!("k{i:03}").as_bytes(),
+                format!("val-{i:04}").as_bytes(),
+            )
+            .unwrap();
+        }
+        out.end_records().unwrap();
+        for i in 0..10 {
+            out.write(format!("w{i}").as_bytes(), Some(b"replayed"))
+                .unwrap();
+        }
+        out.write(b"k000", None).unwrap();
+        out.finish(&meta()).unwrap();
+    }
+
+    fn flip_bit(path: &Path, offset: usize) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[offset] ^= 0x01;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn an_intact_snapshot_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        write_snapshot(&path);
+        assert_eq!(verify(&path).unwrap(), 111);
+        assert_eq!(read_meta(&path).unwrap(), meta());
+    }
+
+    /// One flipped bit in a value, a replayed write or the metadata is refused: `val-0500`
+    /// turned into `val-0400` must not install.
+    #[test]
+    fn a_flipped_bit_anywhere_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        write_snapshot(&path);
+        let bytes = std::fs::read(&path).unwrap();
+        let find = |needle: &[u8]| {
+            bytes
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap()
+        };
+        let places = [
+            ("a copied value", find(b"val-0050") + 5),
+            ("a copied key", find(b"k077") + 2),
+            ("a replayed write", find(b"replayed") + 1),
+            ("the metadata", find(b"checked") + 3),
+        ];
+        for (what, offset) in places {
+            write_snapshot(&path);
+            flip_bit(&path, offset);
+            let refused = verify(&path);
+            assert!(
+                refused.is_err(),
+                "a flipped bit in {what} (offset {offset}) went unnoticed"
+            );
+        }
+    }
+
+    /// A file of the layout without a checksum is rewritten with one, holding the same items.
+    #[test]
+    fn an_unchecked_snapshot_is_upgraded_to_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        write_snapshot(&path);
+        let items = |path: &Path| {
+            let mut state = std::collections::BTreeMap::new();
+            for_each_chunk(path, 7, |chunk| {
+                for (k, v) in chunk {
+                    match v {
+                        Some(v) => state.insert(k, v),
+                        None => state.remove(&k),
+                    };
+                }
+                Ok::<(), io::Error>(())
+            })
+            .unwrap();
+            state
+        };
+        let expected = items(&path);
+        // The old layout: the same bytes with the old magic and no checksum before the tail.
+        let mut old = std::fs::read(&path).unwrap();
+        let n = old.len();
+        old.drain(n - 12..n - 8);
+        let n = old.len();
+        old[..8].copy_from_slice(MAGIC_UNCHECKED);
+        old[n - 8..].copy_from_slice(MAGIC_UNCHECKED);
+        std::fs::write(&path, &old).unwrap();
+        assert!(is_unchecked(&path).unwrap());
+        assert_eq!(items(&path), expected, "the old layout still reads");
+        upgrade(&path).unwrap();
+        assert!(!is_unchecked(&path).unwrap());
+        assert_eq!(read_meta(&path).unwrap(), meta());
+        assert_eq!(items(&path), expected);
+        flip_bit(&path, 20);
+        assert!(verify(&path).is_err(), "the upgraded file is checked");
+    }
 }

@@ -262,6 +262,7 @@ impl StateMachine {
                 .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
             sm.install_current(&meta, Verified::No)?;
         }
+        sm.upgrade_current()?;
         let indexed = sm
             .meta
             .contains_key(expiry_index::KEY_BUILT)
@@ -369,10 +370,16 @@ impl StateMachine {
         Ok(())
     }
 
-    fn open_current(&self) -> Result<Option<Snapshot>, StorageError> {
+    /// The current snapshot, checked whole first: a damaged one (a flipped bit on disk) is never
+    /// sent to a follower; a new one is built from the data instead.
+    fn open_current(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let path = self.snapshot_dir.join(snapshot::CURRENT);
         if !path.exists() {
             return Ok(None);
+        }
+        if let Err(e) = snapshot::verify(&path) {
+            tracing::error!(path = %path.display(), error = %e, "the current snapshot is damaged; building a new one from the data");
+            self.rebuild_current()?;
         }
         let read_err =
             |e: std::io::Error| -> StorageError { StorageIOError::read_snapshot(None, &e).into() };
@@ -382,6 +389,52 @@ impl StateMachine {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
+    }
+}
+
+impl StateMachine {
+    /// Replaces the current snapshot with one built from the data, at the applied index. No
+    /// apply runs meanwhile (this holds the state machine), so the copy is the state there.
+    fn rebuild_current(&mut self) -> Result<(), StorageError> {
+        let failed = |e: String| -> StorageError {
+            StorageIOError::write_snapshot(None, &std::io::Error::other(e)).into()
+        };
+        let from = self.read_meta::<Option<LogId>>(KEY_LAST_APPLIED)?.flatten();
+        let builder = SnapshotBuilder {
+            from: Ok(from),
+            data: self.data.clone(),
+            meta: self.meta.clone(),
+            effects: self.effects.clone(),
+            recording: Arc::new(AtomicBool::new(false)),
+            snapshot_dir: self.snapshot_dir.clone(),
+            slot: self.slot.clone(),
+            installs_before: 0,
+        };
+        let path = snapshot::temp_path(&self.snapshot_dir, "rebuilding");
+        let meta = builder.write(&path, from).map_err(failed)?;
+        let _slot = self.slot.lock().expect("snapshot slot lock");
+        snapshot::publish(&self.snapshot_dir, &path).map_err(|e| failed(e.to_string()))?;
+        tracing::info!(snapshot = %meta.snapshot_id, "current snapshot rebuilt from the data");
+        Ok(())
+    }
+
+    /// Rewrites a current snapshot of the layout without a checksum in the current layout, or
+    /// rebuilds it from the data if it cannot be read whole.
+    fn upgrade_current(&mut self) -> Result<(), StorageError> {
+        let path = self.snapshot_dir.join(snapshot::CURRENT);
+        if !path.exists() || !snapshot::is_unchecked(&path).unwrap_or(false) {
+            return Ok(());
+        }
+        match snapshot::upgrade(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "snapshot file given a checksum");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "the current snapshot is damaged; building a new one from the data");
+                self.rebuild_current()
+            }
+        }
     }
 }
 
@@ -983,6 +1036,48 @@ pub(super) mod tests {
             "a node added from it holds the leader's state"
         );
         assert_eq!(dump(&follower), dump(&leader));
+    }
+
+    /// A bit flipped on disk in the current snapshot (`val-0500` read back as `val-0400`) is
+    /// never sent to a follower: the node builds a new snapshot from its data instead.
+    #[tokio::test]
+    async fn a_damaged_current_snapshot_is_rebuilt_before_it_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = store::open(&dir.path().join("a"), 1, None, &StoreOptions::default())
+            .await
+            .unwrap();
+        let writes: Vec<Entry> = (1..=1000)
+            .map(|i| {
+                entry(
+                    i,
+                    vec![Request::Put {
+                        key: format!("k{i:04}"),
+                        value: format!("val-{i:04}"),
+                        expiry: Expiry::Never,
+                    }],
+                )
+            })
+            .collect();
+        sm.apply(writes).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let path = sm.snapshot_dir.join(snapshot::CURRENT);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(8).position(|w| w == b"val-0500").unwrap();
+        bytes[at + 5] = b'4';
+        std::fs::write(&path, bytes).unwrap();
+
+        let sent = sm.get_current_snapshot().await.unwrap().unwrap();
+        snapshot::verify(&path).expect("what is sent verifies");
+        let copy = install_copy(&sm, &sent, &dir.path().join("b")).await;
+        assert_eq!(
+            copy.reader().get("k0500").unwrap().as_deref(),
+            Some("val-0500")
+        );
+        assert_eq!(dump(&copy), dump(&sm));
     }
 
     #[tokio::test]
