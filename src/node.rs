@@ -12,6 +12,7 @@ use crate::api::{AdminParts, ApiLimits, CacheApi};
 use crate::config::{Advertised, NodeConfig, StartMode, MAX_ENTRIES_PER_APPEND};
 use crate::gen::cache::NodeStatus;
 use crate::membership::{self, Admin, CatchUp, JoinRequest, Standing};
+use crate::network::identity::PeerIdentities;
 use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
 use crate::proposer::{BatchLimits, Proposer};
 use crate::router::{LocalState, Router, RouterLimits};
@@ -91,10 +92,17 @@ pub async fn start_with_listeners(
         state_flusher,
         flushes,
         identity,
+        identities,
     } = open_core(&config, faults, &advertised).await?;
     let (standing, admin) = start_membership(&config, &raft, &peers, identity, &advertised);
     let router = start_router(&config, &raft, &state, &peers, standing.clone());
-    let peer_service = PeerService::new(raft.clone(), router.clone(), peers, admin.clone());
+    let peer_service = PeerService::new(
+        raft.clone(),
+        router.clone(),
+        peers,
+        admin.clone(),
+        identities,
+    );
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());
     let peer_server = server::spawn("peer", peer_listener, peer_limits, peer_service)?;
     let api_limits = ApiLimits {
@@ -290,6 +298,8 @@ struct Core {
     state_flusher: StateFlusher,
     flushes: Arc<FlushStats>,
     identity: Arc<ClusterIdentity>,
+    /// Who this node is to its peers, and who they are to it.
+    identities: Arc<PeerIdentities>,
 }
 
 /// Opens the data dir, starts Raft on it, and bootstraps a new cluster if this start says so.
@@ -317,8 +327,13 @@ async fn open_core(
     let flushes = log.flush_stats();
     let state = sm.reader();
 
+    let identities = PeerIdentities::load(id, identity.clone(), data_dir.clone()).map_err(|e| {
+        StartError::Config(format!(
+            "cannot read what the data dir knows of its peers: {e}"
+        ))
+    })?;
     let peers = PeerClients::new(
-        id,
+        identities.clone(),
         faults,
         Duration::from_secs(1),
         config.peer_max_message_bytes(),
@@ -332,6 +347,7 @@ async fn open_core(
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
+    identities.watch_membership(&raft);
     if config.start_mode() == StartMode::Bootstrap {
         bootstrap(&raft, config, advertised).await?;
     }
@@ -342,6 +358,7 @@ async fn open_core(
         state_flusher,
         flushes,
         identity,
+        identities,
     })
 }
 

@@ -282,7 +282,9 @@ impl Batcher {
                     biased;
                     answer = call => match answer {
                         Ok(answers) => Ok(answers),
-                        Err(e @ PeerError::Unreachable { .. }) => Err(ForwardError::TryAgain(e.to_string())),
+                        Err(e @ (PeerError::Unreachable { .. } | PeerError::Refused { .. })) => {
+                            Err(ForwardError::TryAgain(e.to_string()))
+                        }
                         Err(e @ PeerError::NoAnswer { .. }) => Err(ForwardError::Failed(format!(
                             "lost contact with the leader after sending the request; it may or may not have been applied: {e}"
                         ))),

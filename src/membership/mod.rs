@@ -234,6 +234,9 @@ impl Admin {
                 (_, PeerError::Unreachable { .. }) | (AdminRequest::Members, _) => {
                     AdminError::NotLeader { leader: None }
                 }
+                (_, PeerError::Refused { .. }) => AdminError::Unavailable(format!(
+                    "the leader (node {leader}) refused the request, nothing was changed: {e}"
+                )),
                 (AdminRequest::Change { .. }, _) => AdminError::Unavailable(format!(
                     "the leader (node {leader}) did not answer: {e}; the change may or may not have been made (see `raftcache admin members`)"
                 )),

@@ -27,6 +27,7 @@ use thrift::protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::identity::{PeerIdentities, ReplyHeader};
 use super::{Faults, SnapshotChunk};
 use crate::server::frame::{self, Scan};
 use crate::types::{Node, NodeId, TypeConfig};
@@ -78,6 +79,11 @@ pub enum PeerError {
     /// The request may have been sent but no valid answer came back in time.
     #[error("no answer from peer {addr}: {reason}")]
     NoAnswer { addr: String, reason: String },
+    /// The node at `addr` is not the one meant, or not as it was (another cluster, another
+    /// node, a wiped data dir): it refused the call, or its answer was not taken. Nothing
+    /// was done.
+    #[error("peer {addr} refused: {reason}")]
+    Refused { addr: String, reason: String },
 }
 
 /// Decides, once, between "the request went out" and "the caller gave up before it did". A
@@ -115,6 +121,8 @@ struct Conn {
 pub struct PeerClients {
     /// This node's id, for checking test faults.
     from: NodeId,
+    /// Stamps every call, and checks who answered.
+    identities: Arc<PeerIdentities>,
     faults: Arc<Faults>,
     pools: Mutex<HashMap<String, Vec<Conn>>>,
     connect_timeout: Duration,
@@ -124,13 +132,14 @@ pub struct PeerClients {
 
 impl PeerClients {
     pub fn new(
-        from: NodeId,
+        identities: Arc<PeerIdentities>,
         faults: Arc<Faults>,
         connect_timeout: Duration,
         max_message_bytes: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
-            from,
+            from: identities.own_id(),
+            identities,
             faults,
             pools: Mutex::new(HashMap::new()),
             connect_timeout,
@@ -190,7 +199,9 @@ impl PeerClients {
                 tokio::time::sleep(delay).await;
             }
         }
-        let payload = bincode::serialize(request).expect("peer requests always serialize");
+        let header = self.identities.call_header(to);
+        let payload =
+            bincode::serialize(&(header, request)).expect("peer requests always serialize");
         let message = encode_call(method, &payload);
         drop(payload);
         let no_answer = |reason: String| PeerError::NoAnswer {
@@ -220,7 +231,23 @@ impl PeerClients {
         let payload = decode_reply(method, &answer).map_err(no_answer)?;
         conn.last_used = Instant::now();
         self.put_back(addr, conn);
-        bincode::deserialize(&payload).map_err(|e| no_answer(format!("undecodable answer: {e}")))
+        let mut body = payload.as_slice();
+        let header: ReplyHeader = bincode::deserialize_from(&mut body)
+            .map_err(|e| no_answer(format!("undecodable answer: {e}")))?;
+        let refused = |reason: String| {
+            self.identities.refused_by(to, addr, &reason);
+            PeerError::Refused {
+                addr: addr.to_string(),
+                reason,
+            }
+        };
+        match header {
+            ReplyHeader::Refused(reason) => return Err(refused(reason)),
+            ReplyHeader::Accepted(stamp) => {
+                self.identities.check_answer(to, &stamp).map_err(refused)?
+            }
+        }
+        bincode::deserialize(body).map_err(|e| no_answer(format!("undecodable answer: {e}")))
     }
 
     /// Writes one request and reads its whole answer.
@@ -400,7 +427,9 @@ impl PeerConnection {
             .rpc(self.target, &self.addr, method, request, timeout)
             .await
             .map_err(|e| match e {
-                PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                PeerError::Unreachable { .. } | PeerError::Refused { .. } => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
                 PeerError::NoAnswer { .. } => RPCError::Network(NetworkError::new(&e)),
             })?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

@@ -10,6 +10,7 @@
 //! `store::FORMAT_VERSION`s cannot talk to each other.
 
 mod client;
+pub mod identity;
 mod service;
 
 use std::collections::HashSet;

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thrift::{ApplicationError, ApplicationErrorKind, ProtocolError, ProtocolErrorKind};
 
+use super::identity::{Admission, CallHeader, PeerIdentities, ReplyHeader};
 use super::{peer_addr, ForwardRequest, PeerClients, PeerMethod, SnapshotChunk};
 use crate::gen::peer::{RaftPeerSyncHandler, RaftPeerSyncProcessor};
 use crate::membership::{Admin, AdminRequest, NodeInfoRequest};
@@ -30,6 +31,8 @@ pub struct PeerService {
     peers: Arc<PeerClients>,
     /// Answers the leader's probe and admin requests forwarded to this node as leader.
     admin: Arc<Admin>,
+    /// Checks who each call is from and for.
+    identities: Arc<PeerIdentities>,
 }
 
 impl PeerService {
@@ -38,12 +41,14 @@ impl PeerService {
         router: Arc<Router>,
         peers: Arc<PeerClients>,
         admin: Arc<Admin>,
+        identities: Arc<PeerIdentities>,
     ) -> Self {
         Self {
             raft,
             router,
             peers,
             admin,
+            identities,
         }
     }
 
@@ -152,7 +157,7 @@ impl Service for PeerService {
                 None => return Some(refusal),
             }
         };
-        let answer = self.execute(method, &payload).await;
+        let answer = self.admit_and_execute(method, &payload).await;
         server::process(
             &RaftPeerSyncProcessor::new(Answer(RefCell::new(Some(answer)))),
             &request,
@@ -163,6 +168,34 @@ impl Service for PeerService {
 }
 
 impl PeerService {
+    /// Checks who the call is from and for (`identity.rs`), then carries it out; the answer
+    /// starts with this node's stamp, or is only the refusal.
+    async fn admit_and_execute(
+        &self,
+        method: PeerMethod,
+        payload: &[u8],
+    ) -> thrift::Result<Vec<u8>> {
+        let mut body = payload;
+        let header: CallHeader = bincode::deserialize_from(&mut body).map_err(|e| {
+            thrift::Error::Protocol(ProtocolError::new(
+                ProtocolErrorKind::InvalidData,
+                format!("undecodable peer request header: {e}"),
+            ))
+        })?;
+        let admission = match method {
+            PeerMethod::NodeInfo => Admission::Probe,
+            _ => Admission::Member,
+        };
+        if let Err(reason) = self.identities.admit(&header, admission) {
+            return encode(&ReplyHeader::Refused(reason));
+        }
+        let answer = self.execute(method, body).await?;
+        // Stamped after: the probe may have made this node adopt the caller's cluster id.
+        let mut out = encode(&ReplyHeader::Accepted(self.identities.stamp()))?;
+        out.extend_from_slice(&answer);
+        Ok(out)
+    }
+
     async fn execute(&self, method: PeerMethod, payload: &[u8]) -> thrift::Result<Vec<u8>> {
         match method {
             PeerMethod::AppendEntries => {

@@ -53,6 +53,17 @@ pub struct Identity {
     /// again).
     #[serde(default)]
     pub removed: bool,
+    /// A random id given to this data dir when it was created: a node started again on a
+    /// wiped data dir has another, and its peers tell it from the member it replaces
+    /// (`network::identity`). Empty in a data dir written before it existed, which gets one
+    /// when it is next opened.
+    #[serde(default)]
+    pub incarnation: String,
+}
+
+/// A fresh incarnation id.
+pub fn new_incarnation() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 impl Identity {
@@ -93,11 +104,15 @@ pub struct ClusterIdentity {
 }
 
 impl ClusterIdentity {
-    /// Reads the identity of an opened data dir.
+    /// Reads the identity of an opened data dir (giving it an incarnation if it has none).
     pub fn load(dir: &Path) -> std::io::Result<Self> {
-        let current = Identity::read(dir)?.ok_or_else(|| {
+        let mut current = Identity::read(dir)?.ok_or_else(|| {
             std::io::Error::other(format!("{} is missing", dir.join(IDENTITY_FILE).display()))
         })?;
+        if current.incarnation.is_empty() {
+            current.incarnation = new_incarnation();
+            current.write(dir)?;
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             current: Mutex::new(current),
@@ -134,6 +149,15 @@ impl ClusterIdentity {
         tracing::info!(cluster_id, "joined a cluster: cluster id recorded");
         *current = adopted;
         Ok(())
+    }
+
+    /// The incarnation of this data dir.
+    pub fn incarnation(&self) -> String {
+        self.current
+            .lock()
+            .expect("identity lock")
+            .incarnation
+            .clone()
     }
 
     /// Whether this node has ever been in its cluster's membership.
@@ -274,6 +298,7 @@ mod tests {
             cluster_id: "abc".into(),
             member: false,
             removed: false,
+            incarnation: String::new(),
         };
         id.write(dir.path()).unwrap();
         assert_eq!(Identity::read(dir.path()).unwrap(), Some(id));
@@ -288,6 +313,7 @@ mod tests {
             cluster_id: PENDING_CLUSTER_ID.into(),
             member: false,
             removed: false,
+            incarnation: String::new(),
         };
         pending.write(dir.path()).unwrap();
         let identity = ClusterIdentity::load(dir.path()).unwrap();

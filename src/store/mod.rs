@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use integrity::{Identity, Watermark};
 
-pub use integrity::{fnv1a, ClusterIdentity, FORMAT_VERSION, PENDING_CLUSTER_ID};
+pub use integrity::{fnv1a, write_durably, ClusterIdentity, FORMAT_VERSION, PENDING_CLUSTER_ID};
 pub use log::{FlushStats, LogStore};
 pub use sm_flush::StateFlusher;
 pub use state_machine::{LiveEntry, ReplicaStats, StateMachine, StateReader};
@@ -282,6 +282,7 @@ fn check_identity(
                 cluster_id,
                 member: false,
                 removed: false,
+                incarnation: integrity::new_incarnation(),
             };
             identity
                 .write(dir)
@@ -403,6 +404,7 @@ mod tests {
             cluster_id: "c".into(),
             member: false,
             removed: false,
+            incarnation: String::new(),
         };
         old.write(dir.path()).unwrap();
         std::fs::create_dir(dir.path().join("db")).unwrap();
