@@ -4,8 +4,9 @@
 #   - a Python venv with thriftpy2, Apache thrift and pytest (scripts/python-env.sh),
 #   - the raftcache binary (debug build),
 #   - with docker and docker-compose present, the image raftcache:test of that binary.
-# Then: the check that src/gen matches the IDL, the Rust tests (unit, storage conformance,
-# in-process clusters, bad input, multi-process crash tests, the compose cluster), the Python
+# Then: the check that src/gen matches the IDL, the doc check (scripts/check_docs.py), the Rust
+# tests (unit, storage conformance, in-process clusters, bad input, multi-process crash tests,
+# the compose cluster), the Python
 # client tests, and (with docker) the short fault-injection run: RAFTCACHE_FAULT_RUNS runs of
 # RAFTCACHE_FAULT_SECONDS seconds [5 and 30], seed RAFTCACHE_FAULT_SEED [from the clock].
 set -euo pipefail
@@ -21,6 +22,9 @@ fi
 
 say "generated thrift code matches the IDL"
 scripts/gen-thrift.sh --check
+
+say "docs name only paths and Type::functions that exist"
+python3 scripts/check_docs.py
 
 say "python venv"
 bash scripts/python-env.sh

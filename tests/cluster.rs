@@ -297,13 +297,13 @@ async fn whole_cluster_restart_keeps_every_write() {
     cluster.wait_for_leader().await;
 
     phase("every write is there, on every node");
-    for i in 0..100 {
-        let got = cluster
-            .client(1 + (i + 1) % 3)
-            .get(&format!("k{i}"), true)
-            .await
-            .expect("get");
-        assert_eq!(got, Some(format!("v{i}")));
+    for id in [1, 2, 3] {
+        let client = cluster.client(id);
+        for i in 0..100 {
+            let key = format!("k{i}");
+            let got = client.get(&key, true).await.expect("get");
+            assert_eq!(got, Some(format!("v{i}")), "{key} on node {id}");
+        }
     }
 }
 

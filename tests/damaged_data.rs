@@ -6,18 +6,22 @@ mod common;
 
 use std::path::Path;
 
-use common::TestCluster;
+use common::{phase, BlockingClient, TestCluster, WAIT};
 use raftcache::config::NodeConfig;
-use raftcache::node::{self, StartError};
+use raftcache::node::{self, RunningNode, StartError};
 
-/// Runs a one-node cluster, writes some keys, stops it, and returns the data dir's parent.
+/// How many keys `data_dir_with_writes` writes: `k0`.. with the values `v0`..
+const KEYS_WRITTEN: usize = 50;
+
+/// Runs a one-node cluster, writes `KEYS_WRITTEN` keys, stops it, and returns the data dir's
+/// parent.
 async fn data_dir_with_writes() -> (tempfile::TempDir, std::path::PathBuf) {
     let mut cluster = TestCluster::start(1, &[]).await;
     cluster.wait_for_leader().await;
-    for i in 0..50 {
+    for i in 0..KEYS_WRITTEN {
         cluster
             .client(1)
-            .put(&format!("k{i}"), "v")
+            .put(&format!("k{i}"), &format!("v{i}"))
             .await
             .expect("put");
     }
@@ -27,15 +31,20 @@ async fn data_dir_with_writes() -> (tempfile::TempDir, std::path::PathBuf) {
     (keep, dir)
 }
 
-async fn start_on(dir: &Path, extra: &[&str]) -> Result<(), StartError> {
+/// Starts node 1 on `dir` (ports chosen by the OS) and leaves it running.
+async fn serve_on(dir: &Path, extra: &[&str]) -> Result<RunningNode, StartError> {
     let mut args = vec![
         "--listen=127.0.0.1:0".to_string(),
         "--peer-listen=127.0.0.1:0".to_string(),
         format!("--data-dir={}", dir.display()),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let node = node::start(NodeConfig::from_args(args).expect("flags")).await?;
-    node.shutdown().await;
+    node::start(NodeConfig::from_args(args).expect("flags")).await
+}
+
+/// Starts node 1 on `dir` and stops it again: whether the data dir is accepted.
+async fn start_on(dir: &Path, extra: &[&str]) -> Result<(), StartError> {
+    serve_on(dir, extra).await?.shutdown().await;
     Ok(())
 }
 
@@ -56,9 +65,31 @@ async fn expect_refusal(dir: &Path, extra: &[&str], says: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_intact_data_dir_restarts() {
     let (_keep, dir) = data_dir_with_writes().await;
-    start_on(&dir, &[])
+
+    phase("restart on the data dir and wait until the node leads its one-node cluster again");
+    let node = serve_on(&dir, &[])
         .await
         .expect("an intact data dir starts");
+    node.raft()
+        .wait(Some(WAIT))
+        .current_leader(node.id(), "the restarted node leads")
+        .await
+        .expect("the restarted node leads");
+
+    phase("read back every key written before the restart, through a client");
+    let client = BlockingClient {
+        addr: node.client_addr().to_string(),
+    };
+    for i in 0..KEYS_WRITTEN {
+        let key = format!("k{i}");
+        let found = client.get(&key, true).await.expect("linearizable get");
+        assert_eq!(
+            found,
+            Some(format!("v{i}")),
+            "{key} after the restart on the same data dir"
+        );
+    }
+    node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

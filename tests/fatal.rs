@@ -2,10 +2,22 @@
 //! so) instead of staying up with a dead core, answering nothing useful and spinning.
 
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use raftcache::client::CacheClient;
+
+/// The node's process. Dropping it kills the process (by its pid) and reaps it, so a failed
+/// assertion, which unwinds through the drop, never leaves a node running.
+struct NodeProcess(Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        // Both fail harmlessly if the process has already exited and been reaped.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -19,14 +31,20 @@ fn free_port() -> u16 {
 fn a_node_exits_when_its_raft_stops_on_a_storage_error() {
     let dir = tempfile::tempdir().unwrap();
     let (client_port, peer_port) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_raftcache"))
-        .args(["serve", "--snapshot-every=50"])
-        .arg(format!("--listen=127.0.0.1:{client_port}"))
-        .arg(format!("--peer-listen=127.0.0.1:{peer_port}"))
-        .arg(format!("--data-dir={}", dir.path().join("node").display()))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start raftcache");
+    // The log goes to a file, not a pipe: a pipe nobody reads until the end could fill up and
+    // block the node.
+    let log_path = dir.path().join("node.log");
+    let log_file = std::fs::File::create(&log_path).expect("create the node's log file");
+    let mut node = NodeProcess(
+        Command::new(env!("CARGO_BIN_EXE_raftcache"))
+            .args(["serve", "--snapshot-every=50"])
+            .arg(format!("--listen=127.0.0.1:{client_port}"))
+            .arg(format!("--peer-listen=127.0.0.1:{peer_port}"))
+            .arg(format!("--data-dir={}", dir.path().join("node").display()))
+            .stderr(log_file)
+            .spawn()
+            .expect("start raftcache"),
+    );
     let addr = format!("127.0.0.1:{client_port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut client = loop {
@@ -54,17 +72,16 @@ fn a_node_exits_when_its_raft_stops_on_a_storage_error() {
     );
 
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = node.0.try_wait().unwrap() {
             break status;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the node kept running after its Raft stopped");
-        }
+        assert!(
+            Instant::now() < deadline,
+            "the node kept running after its Raft stopped"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    let log = std::fs::read_to_string(&log_path).expect("read the node's log");
     assert_eq!(status.code(), Some(1), "exit status; log:\n{log}");
     assert!(
         log.contains("Raft stopped after a fatal error"),
