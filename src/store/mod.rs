@@ -59,7 +59,7 @@ pub enum OpenError {
         expected: String,
     },
     /// The data dir was written by a raftcache with another on-disk format.
-    #[error("the data directory {path} holds format version {found}, and this raftcache reads only format {expected} (format 3 records each member's client address). Run the raftcache that wrote it, or start this node on an empty --data-dir and add it to the cluster as a new node (docs/operations.md)")]
+    #[error("the data directory {path} holds format version {found}, and this raftcache reads only format {expected}. Run the raftcache that wrote it, or start this node on an empty --data-dir and add it to the cluster as a new node (docs/operations.md)")]
     Format {
         path: PathBuf,
         found: u32,
