@@ -21,54 +21,20 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 
-use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use openraft::{EntryPayload, StorageIOError};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
 
 use super::expiry_index;
+use super::schema::{
+    effect_key, encode, read_u64, TxResult, Usage, KEY_EVICTED, KEY_EXPIRED, KEY_LAST_APPLIED,
+    KEY_MEMBERSHIP,
+};
 use super::value::{self, Stored};
-use crate::types::{Capacity, Item, Request, Response};
-
-/// Key in `sm_meta` counting keys removed by the expiry sweep.
-pub(super) const KEY_EXPIRED: &[u8] = b"expired_count";
-/// Key in `sm_meta` counting keys removed by eviction.
-pub(super) const KEY_EVICTED: &[u8] = b"evicted_count";
-/// Keys in `sm_meta` holding how many keys, and how many bytes of keys and values, are held.
-pub(super) const KEY_KEYS: &[u8] = b"keys_held";
-pub(super) const KEY_BYTES: &[u8] = b"bytes_held";
-
-/// Keys and bytes of keys and values held, as a transaction goes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Usage {
-    pub keys: u64,
-    pub bytes: u64,
-}
-
-impl Usage {
-    /// The usage recorded in `sm_meta`.
-    pub fn read(meta: &TransactionalTree) -> TxResult<Usage> {
-        let counter =
-            |key: &[u8]| -> TxResult<u64> { Ok(meta.get(key)?.map_or(0, |r| read_u64(&r))) };
-        Ok(Usage {
-            keys: counter(KEY_KEYS)?,
-            bytes: counter(KEY_BYTES)?,
-        })
-    }
-
-    pub fn write(&self, meta: &TransactionalTree) -> TxResult<()> {
-        meta.insert(KEY_KEYS, self.keys.to_be_bytes().to_vec())?;
-        meta.insert(KEY_BYTES, self.bytes.to_be_bytes().to_vec())?;
-        Ok(())
-    }
-}
-
-pub(super) type TxResult<T> = Result<T, UnabortableTransactionError>;
-
-/// Key of an effect in `sm_effects`: the entry's index, then the change's order in it.
-pub(super) fn effect_key(index: u64, seq: u32) -> [u8; 12] {
-    let mut key = [0u8; 12];
-    key[..8].copy_from_slice(&index.to_be_bytes());
-    key[8..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
+use crate::types::{
+    BatchResponse, Capacity, Entry, Item, Request, Response, StorageError, StoredMembership,
+};
 
 /// One entry's view of the state machine's trees, inside the transaction.
 pub(super) struct EntryTx<'a> {
@@ -103,7 +69,7 @@ impl EntryTx<'_> {
             let seq = self.seq.get();
             self.seq.set(seq + 1);
             let effect: (&[u8], Option<&[u8]>) = (key.as_bytes(), raw);
-            effects.insert(&effect_key(self.index, seq), super::encode(&effect))?;
+            effects.insert(&effect_key(self.index, seq), encode(&effect))?;
         }
         Ok(())
     }
@@ -128,8 +94,7 @@ impl EntryTx<'_> {
         if let Some(old) = old {
             let (at, len) = value::peek(old);
             old_at = at;
-            usage.keys -= 1;
-            usage.bytes -= (key.len() + len) as u64;
+            usage.remove((key.len() + len) as u64);
         }
         let mut new_at = None;
         if let Some((len, at)) = new {
@@ -316,7 +281,63 @@ impl EntryTx<'_> {
     }
 }
 
-/// A counter stored as 8 big-endian bytes (0 if malformed).
-pub(super) fn read_u64(raw: &[u8]) -> u64 {
-    raw.try_into().map(u64::from_be_bytes).unwrap_or(0)
+/// Applies entries in a single transaction and returns one response per entry. With
+/// `recording`, each change is also recorded in `effects` (a snapshot is being built).
+pub(super) fn apply_batch(
+    data: &sled::Tree,
+    meta: &sled::Tree,
+    effects: &sled::Tree,
+    expiry: &sled::Tree,
+    recording: bool,
+    entries: &[Entry],
+) -> Result<Vec<BatchResponse>, StorageError> {
+    let Some(last) = entries.last() else {
+        return Ok(Vec::new());
+    };
+    let trees = (data, meta, effects, expiry);
+    let result = trees.transaction(|(data, meta, effects, expiry)| {
+        let before = Usage::read(meta)?;
+        let usage = Cell::new(before);
+        let mut responses = Vec::with_capacity(entries.len());
+        let mut membership = None;
+        for entry in entries {
+            let mut entry_responses = Vec::new();
+            match &entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(batch) => {
+                    let tx = EntryTx {
+                        data,
+                        meta,
+                        effects: recording.then_some(effects),
+                        expiry,
+                        index: entry.log_id.index,
+                        now_ms: batch.now_ms,
+                        seq: Cell::new(0),
+                        capacity: batch.capacity,
+                        usage: &usage,
+                    };
+                    for request in &batch.requests {
+                        entry_responses.push(tx.apply(request)?);
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()))
+                }
+            }
+            responses.push(BatchResponse {
+                responses: entry_responses,
+            });
+        }
+        if usage.get() != before {
+            usage.get().write(meta)?;
+        }
+        meta.insert(KEY_LAST_APPLIED, encode(&Some(last.log_id)))?;
+        if let Some(m) = &membership {
+            meta.insert(KEY_MEMBERSHIP, encode(m))?;
+        }
+        Ok::<_, ConflictableTransactionError<()>>(responses)
+    });
+    result.map_err(|e: TransactionError<()>| {
+        StorageIOError::apply(last.log_id, &std::io::Error::other(format!("{e:?}"))).into()
+    })
 }

@@ -7,19 +7,14 @@
 //! - applies keep it in the same sled transaction as the values (`apply.rs` calls `moved` for
 //!   every key whose expiry changes); a key without expiry, written or removed, never touches it;
 //! - installing a snapshot rebuilds it (`rebuild`), under the install marker;
-//! - a data dir written before the index existed lacks `KEY_BUILT` in `sm_meta` and gets it built
+//! - a data dir written before the index existed lacks `KEY_EXPIRY_BUILT` (`schema.rs`) in `sm_meta` and gets it built
 //!   when it is opened.
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
-use super::apply::{read_u64, TxResult, Usage};
+use super::schema::{read_u64, TxResult, Usage};
 use super::value;
-
-/// Name of the tree.
-pub(super) const TREE: &str = "sm_expiry";
-/// Key in `sm_meta`, present once `sm_expiry` indexes every key of `sm_data` with an expiry.
-pub(super) const KEY_BUILT: &[u8] = b"expiry_indexed";
 
 /// Entries written per sled batch by `rebuild`.
 const REBUILD_CHUNK: usize = 4096;

@@ -19,9 +19,9 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError};
 
 use super::integrity::{write_durably, Durable, Watermark};
+use super::schema::{decode, encode};
 use super::segments::{SegmentError, SegmentLog, SyncWork};
 use super::sm_flush::StateFlusher;
-use super::{decode, encode};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 const VOTE_FILE: &str = "vote";

@@ -13,6 +13,7 @@ mod apply;
 mod expiry_index;
 mod integrity;
 mod log;
+mod schema;
 mod segments;
 mod sm_flush;
 mod snapshot;
@@ -22,6 +23,7 @@ mod value;
 use std::path::{Path, PathBuf};
 
 use integrity::{Identity, Watermark};
+use schema::{KEY_NODE_ID, LOG_DIR, TREE_DATA, TREE_SM_META};
 
 pub use integrity::{fnv1a, write_durably, ClusterIdentity, FORMAT_VERSION, PENDING_CLUSTER_ID};
 pub use log::{FlushStats, LogStore};
@@ -29,14 +31,6 @@ pub use sm_flush::StateFlusher;
 pub use state_machine::{LiveEntry, ReplicaStats, StateMachine, StateReader};
 
 use crate::types::{NodeId, StorageError};
-
-/// Where the log lives in a data dir.
-const LOG_DIR: &str = "log";
-/// Tree names inside the node's sled database.
-const TREE_DATA: &str = "sm_data";
-const TREE_SM_META: &str = "sm_meta";
-/// Key in `sm_meta` holding the node id the data dir belongs to.
-const KEY_NODE_ID: &[u8] = b"node_id";
 
 /// Errors opening a node's data directory. Each one is fatal: the node does not start.
 #[derive(Debug, thiserror::Error)]
@@ -380,15 +374,6 @@ fn check_node_id(
         }
     }
     Ok(())
-}
-
-/// Encodes a value for storage. Our own types always serialize; a failure is a bug.
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    bincode::serialize(value).expect("raftcache types always serialize")
-}
-
-fn decode<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, bincode::Error> {
-    bincode::deserialize(raw)
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::decode;
 use super::integrity::Watermark;
-use super::state_machine::KEY_LAST_APPLIED;
+use super::schema::decode;
+use super::schema::KEY_LAST_APPLIED;
 use crate::types::LogId;
 
 /// How often the state machine is flushed while the node runs.

@@ -27,7 +27,7 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{decode, encode};
+use super::schema::{decode, encode};
 use crate::types::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"RCSNAP03";

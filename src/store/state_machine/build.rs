@@ -1,0 +1,170 @@
+//! Building a snapshot while applies go on (`store/snapshot.rs` says why the result is exact),
+//! and publishing it as the current one unless an install overtook it (`SnapshotSlot`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::{RaftSnapshotBuilder, StorageIOError};
+use sled::transaction::ConflictableTransactionError;
+
+use super::super::schema::decode;
+use super::super::schema::{effect_key, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
+use super::super::snapshot;
+use super::SnapshotSlot;
+use crate::types::{LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// Builds a snapshot while applies go on: a copy of the data tree, then the changes applied
+/// during the copy, as recorded in the effects tree (`store/snapshot.rs` says why that is
+/// exact).
+pub struct SnapshotBuilder {
+    /// The applied log id when the build started, or why it could not be read.
+    pub(super) from: Result<Option<LogId>, String>,
+    pub(super) data: sled::Tree,
+    pub(super) meta: sled::Tree,
+    pub(super) effects: sled::Tree,
+    /// Cleared when the build ends: applies stop recording their changes.
+    pub(super) recording: Arc<AtomicBool>,
+    pub(super) snapshot_dir: PathBuf,
+    /// Taken to publish the built file; see `SnapshotSlot`.
+    pub(super) slot: Arc<std::sync::Mutex<SnapshotSlot>>,
+    /// `SnapshotSlot::installs` when the build started: any other value when it ends means an
+    /// install overtook it.
+    pub(super) installs_before: u64,
+}
+
+impl SnapshotBuilder {
+    /// Writes the snapshot file at `path` and returns its metadata. Blocking.
+    pub(super) fn write(
+        &self,
+        path: &std::path::Path,
+        from: Option<LogId>,
+    ) -> Result<SnapshotMeta, String> {
+        let started = std::time::Instant::now();
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let mut out = snapshot::Writer::create(path).map_err(|e| err(&e))?;
+        for pair in self.data.iter() {
+            let (key, value) = pair.map_err(|e| err(&e))?;
+            out.record(&key, &value).map_err(|e| err(&e))?;
+        }
+        out.end_records().map_err(|e| err(&e))?;
+        // Read after the copy: every change the copy saw was applied at or before `upto`.
+        let (upto, membership) = self
+            .meta
+            .transaction(|m| {
+                Ok::<_, ConflictableTransactionError<()>>((
+                    m.get(KEY_LAST_APPLIED)?,
+                    m.get(KEY_MEMBERSHIP)?,
+                ))
+            })
+            .map_err(|e| format!("{e:?}"))?;
+        let upto: Option<LogId> = upto
+            .map(|raw| decode::<Option<LogId>>(&raw))
+            .transpose()
+            .map_err(|e| err(&e))?
+            .flatten();
+        let membership: StoredMembership = membership
+            .map(|raw| decode(&raw))
+            .transpose()
+            .map_err(|e| err(&e))?
+            .unwrap_or_default();
+        // The changes of the entries applied since `from`, up to `upto`, in apply order.
+        let first = from.map_or(0, |id| id.index + 1);
+        if let Some(upto) = upto.filter(|upto| upto.index >= first) {
+            let range = effect_key(first, 0).to_vec()..effect_key(upto.index + 1, 0).to_vec();
+            for pair in self.effects.range(range) {
+                let (_, raw) = pair.map_err(|e| err(&e))?;
+                let (key, value): (Vec<u8>, Option<Vec<u8>>) = decode(&raw).map_err(|e| err(&e))?;
+                out.write(&key, value.as_deref()).map_err(|e| err(&e))?;
+            }
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let snapshot_id = match upto {
+            Some(id) => format!(
+                "{}-{}-{}-{nanos}",
+                id.leader_id.term, id.leader_id.node_id, id.index
+            ),
+            None => format!("empty-{nanos}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: upto,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let (records, writes, bytes) = out.finish(&meta).map_err(|e| err(&e))?;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(snapshot = %meta.snapshot_id, records, replayed_writes = writes, bytes, elapsed_ms, "snapshot written; applies went on meanwhile");
+        Ok(meta)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let failed = |e: String| -> StorageError {
+            StorageIOError::write_snapshot(None, &std::io::Error::other(e)).into()
+        };
+        let from = match self.from.clone() {
+            Ok(from) => from,
+            Err(e) => {
+                self.recording.store(false, Ordering::Release);
+                return Err(failed(e));
+            }
+        };
+        let path = snapshot::temp_path(&self.snapshot_dir, "building");
+        let builder = SnapshotBuilder {
+            from: Ok(from),
+            data: self.data.clone(),
+            meta: self.meta.clone(),
+            effects: self.effects.clone(),
+            recording: self.recording.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            slot: self.slot.clone(),
+            installs_before: self.installs_before,
+        };
+        let written = path.clone();
+        let built = tokio::task::spawn_blocking(move || builder.write(&written, from)).await;
+        // Applies stop recording; what they recorded is cleared when the next build starts.
+        self.recording.store(false, Ordering::Release);
+        let meta = built
+            .map_err(|e| failed(e.to_string()))?
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&path);
+            })
+            .map_err(failed)?;
+        let signature = meta.signature();
+        let write_err = |e: std::io::Error| -> StorageError {
+            StorageIOError::write_snapshot(Some(signature.clone()), &e).into()
+        };
+        let current = self.snapshot_dir.join(snapshot::CURRENT);
+        let slot = self.slot.lock().expect("snapshot slot lock");
+        let overtaken = if slot.installs != self.installs_before {
+            Some("a snapshot was installed while it was built")
+        } else if snapshot::read_meta(&current).is_ok_and(|c| c.last_log_id >= meta.last_log_id) {
+            Some("the current snapshot is as recent")
+        } else {
+            None
+        };
+        let meta = match overtaken {
+            Some(why) => {
+                let _ = std::fs::remove_file(&path);
+                let installed = snapshot::read_meta(&current).map_err(write_err)?;
+                tracing::info!(built = %meta.snapshot_id, kept = %installed.snapshot_id, why, "snapshot build dropped");
+                installed
+            }
+            None => {
+                snapshot::publish(&self.snapshot_dir, &path).map_err(write_err)?;
+                meta
+            }
+        };
+        let file = std::fs::File::open(&current).map_err(write_err)?;
+        drop(slot);
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        })
+    }
+}

@@ -1,0 +1,191 @@
+//! Installing a snapshot into the state machine: one received from the leader, or the current
+//! one again after a crash half-way; checking the current one before it is sent, and building
+//! it anew from the data when it is damaged.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use openraft::StorageIOError;
+
+use super::super::schema::encode;
+use super::super::schema::{
+    KEY_BYTES, KEY_EXPIRY_BUILT, KEY_INSTALLING, KEY_KEYS, KEY_LAST_APPLIED, KEY_MEMBERSHIP,
+};
+use super::super::{expiry_index, snapshot};
+use super::{SnapshotBuilder, StateMachine};
+use crate::types::{LogId, Snapshot, SnapshotMeta, StorageError};
+
+/// Keys written to `sm_data` per sled batch when installing a snapshot.
+const INSTALL_CHUNK: usize = 4096;
+
+impl StateMachine {
+    /// Replaces the whole state with the current snapshot file, streaming it in chunks. The file
+    /// is checked whole first (unless the caller just did); the install is marked in `sm_meta`
+    /// (and flushed) before `sm_data` is touched, and unmarked in the same batch that records
+    /// the new `last_applied`. Once marked, a restart finishes the install from the file, so
+    /// the log up to the snapshot's index may be purged (`StateFlusher::install_marked`).
+    pub(super) fn install_current(
+        &mut self,
+        meta: &SnapshotMeta,
+        verified: Verified,
+    ) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
+        let path = self.snapshot_dir.join(snapshot::CURRENT);
+        let read_err = |e: std::io::Error| -> StorageError {
+            StorageIOError::read_snapshot(Some(meta.signature()), &e).into()
+        };
+        let write_err =
+            |e: sled::Error| -> StorageError { StorageIOError::write_state_machine(&e).into() };
+        if verified == Verified::No {
+            snapshot::verify(&path).map_err(read_err)?;
+        }
+        self.meta
+            .insert(KEY_INSTALLING, meta.snapshot_id.as_bytes())
+            .map_err(write_err)?;
+        self.db.flush().map_err(write_err)?;
+        if let Some(installed) = meta.last_log_id {
+            self.flusher.install_marked(installed.index);
+        }
+        self.data.clear().map_err(write_err)?;
+        let data = &self.data;
+        let records = snapshot::for_each_chunk(&path, INSTALL_CHUNK, |pairs| {
+            let mut batch = sled::Batch::default();
+            for (k, v) in pairs {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            data.apply_batch(batch)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .map_err(read_err)?;
+        // The snapshot carries the data, not its counters nor its expiry index: count what was
+        // installed, and index it.
+        let (usage, _) = expiry_index::rebuild(&self.data, &self.expiry).map_err(write_err)?;
+        let mut batch = sled::Batch::default();
+        batch.insert(KEY_KEYS, &usage.keys.to_be_bytes());
+        batch.insert(KEY_BYTES, &usage.bytes.to_be_bytes());
+        batch.insert(KEY_LAST_APPLIED, encode(&meta.last_log_id));
+        batch.insert(KEY_MEMBERSHIP, encode(&meta.last_membership));
+        batch.insert(KEY_EXPIRY_BUILT, &[]);
+        batch.remove(KEY_INSTALLING);
+        self.meta.apply_batch(batch).map_err(write_err)?;
+        self.db.flush().map_err(write_err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, records, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot installed");
+        Ok(())
+    }
+
+    /// The current snapshot, checked whole first: a damaged one (a flipped bit on disk) is never
+    /// sent to a follower; a new one is built from the data instead.
+    pub(super) fn open_current(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let path = self.snapshot_dir.join(snapshot::CURRENT);
+        if !path.exists() {
+            return Ok(None);
+        }
+        if let Err(e) = snapshot::verify(&path) {
+            tracing::error!(path = %path.display(), error = %e, "the current snapshot is damaged; building a new one from the data");
+            self.rebuild_current()?;
+        }
+        let read_err =
+            |e: std::io::Error| -> StorageError { StorageIOError::read_snapshot(None, &e).into() };
+        let meta = snapshot::read_meta(&path).map_err(read_err)?;
+        let file = std::fs::File::open(&path).map_err(read_err)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
+    }
+}
+
+impl StateMachine {
+    /// Replaces the current snapshot with one built from the data, at the applied index. No
+    /// apply runs meanwhile (this holds the state machine), so the copy is the state there.
+    pub(super) fn rebuild_current(&mut self) -> Result<(), StorageError> {
+        let failed = |e: String| -> StorageError {
+            StorageIOError::write_snapshot(None, &std::io::Error::other(e)).into()
+        };
+        let from = self.read_meta::<Option<LogId>>(KEY_LAST_APPLIED)?.flatten();
+        let builder = SnapshotBuilder {
+            from: Ok(from),
+            data: self.data.clone(),
+            meta: self.meta.clone(),
+            effects: self.effects.clone(),
+            recording: Arc::new(AtomicBool::new(false)),
+            snapshot_dir: self.snapshot_dir.clone(),
+            slot: self.slot.clone(),
+            installs_before: 0,
+        };
+        let path = snapshot::temp_path(&self.snapshot_dir, "rebuilding");
+        let meta = builder.write(&path, from).map_err(failed)?;
+        let _slot = self.slot.lock().expect("snapshot slot lock");
+        snapshot::publish(&self.snapshot_dir, &path).map_err(|e| failed(e.to_string()))?;
+        tracing::info!(snapshot = %meta.snapshot_id, "current snapshot rebuilt from the data");
+        Ok(())
+    }
+
+    /// Rewrites a current snapshot of the layout without a checksum in the current layout, or
+    /// rebuilds it from the data if it cannot be read whole.
+    pub(super) fn upgrade_current(&mut self) -> Result<(), StorageError> {
+        let path = self.snapshot_dir.join(snapshot::CURRENT);
+        if !path.exists() || !snapshot::is_unchecked(&path).unwrap_or(false) {
+            return Ok(());
+        }
+        match snapshot::upgrade(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "snapshot file given a checksum");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "the current snapshot is damaged; building a new one from the data");
+                self.rebuild_current()
+            }
+        }
+    }
+}
+
+impl StateMachine {
+    /// Makes the received snapshot file the current one and loads it, under the snapshot lock
+    /// (see `SnapshotSlot`). The file is checked whole, and must describe the snapshot openraft
+    /// says it received, before it replaces anything: a cut-short or damaged transfer changes
+    /// nothing.
+    pub(super) fn install_received(
+        &mut self,
+        received: &Path,
+        meta: &SnapshotMeta,
+    ) -> Result<(), StorageError> {
+        let write_err = |e: std::io::Error| -> StorageError {
+            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
+        };
+        let slot = self.slot.clone();
+        let mut slot = slot.lock().expect("snapshot slot lock");
+        slot.installs += 1;
+        snapshot::verify(received).map_err(write_err)?;
+        let described = snapshot::read_meta(received).map_err(write_err)?;
+        if described.last_log_id != meta.last_log_id || described.snapshot_id != meta.snapshot_id {
+            return Err(write_err(std::io::Error::other(format!(
+                "the received file holds snapshot {} at {:?}, not {} at {:?}",
+                described.snapshot_id, described.last_log_id, meta.snapshot_id, meta.last_log_id
+            ))));
+        }
+        snapshot::publish(&self.snapshot_dir, received).map_err(write_err)?;
+        self.install_current(meta, Verified::Yes)
+    }
+}
+
+/// Whether a snapshot file was just checked whole by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verified {
+    Yes,
+    No,
+}
+
+/// Whether `file` is the file at `path` (same device and inode).
+pub(super) async fn same_file(file: &tokio::fs::File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata().await, tokio::fs::metadata(path).await) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}

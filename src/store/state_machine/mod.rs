@@ -1,0 +1,297 @@
+//! The cache's state machine in sled: `sm_data` holds the key-value pairs, `sm_meta` holds the
+//! last applied log id and the last membership. Applying a batch of entries is one sled
+//! transaction over both trees, so an entry's effect and `last_applied` never come apart: a
+//! restart neither applies an entry twice nor skips one.
+//!
+//! Stored values carry their absolute expiry (`value.rs`); reads on every node hide a value
+//! from its expiry on, by the node's own clock. Requests are applied by `apply.rs`. `sm_expiry`
+//! indexes the keys that carry an expiry by their expiry, for the leader's sweep; it is derived
+//! from `sm_data` (kept in the apply transaction, rebuilt when a snapshot is installed, built on
+//! open for a data dir that lacks it) and never sent in a snapshot.
+//!
+//! The current snapshot lives in `<data-dir>/snapshots/current` (written to a temp file, synced,
+//! then renamed). Installing a snapshot received from the leader is recorded in `sm_meta` first,
+//! so a crash half-way through an install is finished from the snapshot file on the next start.
+
+mod build;
+mod install;
+mod reader;
+#[cfg(test)]
+pub(super) mod tests;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::StorageIOError;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+pub use build::SnapshotBuilder;
+pub use reader::{LiveEntry, ReplicaStats, StateReader};
+
+use super::apply::apply_batch;
+use super::expiry_index;
+use super::schema::decode;
+use super::schema::{
+    KEY_EXPIRY_BUILT, KEY_INSTALLING, KEY_LAST_APPLIED, KEY_MEMBERSHIP, TREE_EFFECTS, TREE_EXPIRY,
+};
+use super::sm_flush::{PeriodicFlush, StateFlusher, STATE_FLUSH_INTERVAL};
+use super::snapshot;
+use crate::types::{
+    BatchResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use install::{same_file, Verified};
+
+/// Who may replace `snapshots/current`, shared by the state machine and its snapshot builders.
+///
+/// A build runs in a task of its own while the state machine goes on, and a snapshot received
+/// from the leader can be installed meanwhile. An install replaces the data the build is
+/// copying, so a build that an install overtook holds a mix of both states, stamped with an
+/// index it does not describe. An install holds the lock from before it publishes the received
+/// file until the data holds it, and counts itself; a build publishes its file only under the
+/// lock and only if no install happened since the build started. Otherwise it is dropped and
+/// the build answers with the installed snapshot.
+#[derive(Debug, Default)]
+struct SnapshotSlot {
+    /// Installs begun since the state machine was opened.
+    pub(super) installs: u64,
+}
+
+/// The state machine openraft applies committed entries to.
+pub struct StateMachine {
+    db: sled::Db,
+    data: sled::Tree,
+    meta: sled::Tree,
+    /// The changes applied while a snapshot is being built, for the builder to replay.
+    effects: sled::Tree,
+    /// The keys that carry an expiry, by expiry (`apply.rs` keeps it).
+    expiry: sled::Tree,
+    /// Set while a snapshot is being built: applies then record their changes in `effects`.
+    recording: Arc<AtomicBool>,
+    snapshot_dir: PathBuf,
+    /// The file the snapshot being received from the leader is written to.
+    receiving: Option<PathBuf>,
+    /// Serializes installs with the publishing of builds.
+    slot: Arc<std::sync::Mutex<SnapshotSlot>>,
+    /// Told when an install is durably under way, so the log behind it may be purged.
+    flusher: StateFlusher,
+    /// Flushes this state machine about once a second, while it exists.
+    _periodic_flush: PeriodicFlush,
+}
+
+impl StateMachine {
+    pub(super) async fn open(
+        db: sled::Db,
+        data: sled::Tree,
+        meta: sled::Tree,
+        flusher: &StateFlusher,
+        snapshot_dir: PathBuf,
+    ) -> Result<Self, StorageError> {
+        let io_err =
+            |e: std::io::Error| -> StorageError { StorageIOError::write_snapshot(None, &e).into() };
+        std::fs::create_dir_all(&snapshot_dir).map_err(io_err)?;
+        snapshot::remove_temporaries(&snapshot_dir).map_err(io_err)?;
+        let open_tree = |name| {
+            db.open_tree(name)
+                .map_err(|e| StorageIOError::read_state_machine(&e))
+        };
+        let effects = open_tree(TREE_EFFECTS)?;
+        let expiry = open_tree(TREE_EXPIRY)?;
+        let mut sm = Self {
+            db,
+            data,
+            meta,
+            effects,
+            expiry,
+            recording: Arc::new(AtomicBool::new(false)),
+            snapshot_dir,
+            receiving: None,
+            slot: Arc::default(),
+            flusher: flusher.clone(),
+            _periodic_flush: flusher
+                .spawn_periodic(STATE_FLUSH_INTERVAL)
+                .map_err(io_err)?,
+        };
+        if sm
+            .meta
+            .contains_key(KEY_INSTALLING)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?
+        {
+            tracing::warn!(
+                "a snapshot install was interrupted; installing it again from the snapshot file"
+            );
+            let current = sm.snapshot_dir.join(snapshot::CURRENT);
+            let meta = snapshot::read_meta(&current)
+                .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+            sm.install_current(&meta, Verified::No)?;
+        }
+        sm.upgrade_current()?;
+        let indexed = sm
+            .meta
+            .contains_key(KEY_EXPIRY_BUILT)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        if !indexed {
+            sm.build_expiry_index()
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        }
+        Ok(sm)
+    }
+
+    /// Builds `sm_expiry` from `sm_data` (a data dir that lacks it). Flushed before it is marked
+    /// built, so a crash half-way builds it again on the next open.
+    fn build_expiry_index(&self) -> Result<(), sled::Error> {
+        let (_, indexed) = expiry_index::rebuild(&self.data, &self.expiry)?;
+        self.db.flush()?;
+        self.meta.insert(KEY_EXPIRY_BUILT, &[])?;
+        self.db.flush()?;
+        tracing::info!(keys = indexed, "expiry index built");
+        Ok(())
+    }
+
+    /// The expiry index, for tests of its upkeep.
+    #[cfg(test)]
+    pub(super) fn expiry_tree(&self) -> &sled::Tree {
+        &self.expiry
+    }
+
+    /// A handle for local reads.
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            data: self.data.clone(),
+            meta: self.meta.clone(),
+            expiry: self.expiry.clone(),
+        }
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let raw = self
+            .meta
+            .get(key)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        raw.map(|raw| decode(&raw))
+            .transpose()
+            .map_err(|e| StorageIOError::read_state_machine(&e).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let last_applied = self.read_meta::<Option<LogId>>(KEY_LAST_APPLIED)?.flatten();
+        let membership = self.read_meta(KEY_MEMBERSHIP)?.unwrap_or_default();
+        Ok((last_applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // Not flushed here: the entries are already durable in the log on a majority, and a
+        // restart re-applies whatever the state machine had not yet made durable.
+        let recording = self.recording.load(Ordering::Acquire);
+        apply_batch(
+            &self.data,
+            &self.meta,
+            &self.effects,
+            &self.expiry,
+            recording,
+            &entries,
+        )
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // No pause: remember where applies stand, and have every later apply record its
+        // changes; the builder copies while applies go on, then replays those changes. No apply
+        // runs while this runs (both hold the state machine), so none is missed.
+        let from = self
+            .read_meta::<Option<LogId>>(KEY_LAST_APPLIED)
+            .map(Option::flatten)
+            .map_err(|e| e.to_string());
+        let from = match self.effects.clear() {
+            Ok(()) => from,
+            Err(e) => Err(e.to_string()),
+        };
+        self.recording.store(true, Ordering::Release);
+        let installs_before = self.slot.lock().expect("snapshot slot lock").installs;
+        SnapshotBuilder {
+            from,
+            data: self.data.clone(),
+            meta: self.meta.clone(),
+            effects: self.effects.clone(),
+            recording: self.recording.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            slot: self.slot.clone(),
+            installs_before,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = snapshot::temp_path(&self.snapshot_dir, "receiving");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        if let Some(stale) = self.receiving.replace(path) {
+            let _ = std::fs::remove_file(stale);
+        }
+        self.flusher.receiving();
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let write_err = |e: std::io::Error| -> StorageError {
+            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
+        };
+        let mut file = *snapshot;
+        file.flush().await.map_err(write_err)?;
+        let received = match self.receiving.take() {
+            // The file handed back is the one `begin_receiving_snapshot` created: use it in place.
+            Some(path) if same_file(&file, &path).await => {
+                file.sync_all().await.map_err(write_err)?;
+                path
+            }
+            // Any other snapshot data: copy it (streaming) into a file of our own.
+            stale => {
+                if let Some(stale) = stale {
+                    let _ = std::fs::remove_file(stale);
+                }
+                let path = snapshot::temp_path(&self.snapshot_dir, "receiving");
+                file.seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(write_err)?;
+                let mut copy = tokio::fs::File::create(&path).await.map_err(write_err)?;
+                tokio::io::copy(&mut file, &mut copy)
+                    .await
+                    .map_err(write_err)?;
+                copy.sync_all().await.map_err(write_err)?;
+                path
+            }
+        };
+        drop(file);
+        let installed = self.install_received(&received, meta);
+        if installed.is_err() {
+            let _ = std::fs::remove_file(&received);
+            self.flusher.install_failed();
+        }
+        installed
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.open_current()
+    }
+}

@@ -1,0 +1,139 @@
+//! The read side of the replica: local reads, scans, the expiry index's due keys and the
+//! replicated counters, straight from sled, with expired values hidden by the reader's clock.
+
+use super::super::expiry_index;
+use super::super::schema::{read_u64, KEY_BYTES, KEY_EVICTED, KEY_EXPIRED, KEY_KEYS};
+use super::super::value::{self, Stored};
+
+/// A read-only handle on the replica's data, for serving local reads. Every read hides values
+/// expired at `now_ms` (the caller passes this node's clock).
+#[derive(Clone)]
+pub struct StateReader {
+    pub(super) data: sled::Tree,
+    pub(super) meta: sled::Tree,
+    pub(super) expiry: sled::Tree,
+}
+
+/// One live entry read from the replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveEntry {
+    pub key: String,
+    pub value: String,
+    pub expires_at_ms: Option<u64>,
+}
+
+/// The replicated counters of a replica (the same on every replica at the same index).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Keys held, expired ones not yet swept included.
+    pub keys: u64,
+    /// Bytes of keys and values held.
+    pub bytes: u64,
+    pub expired: u64,
+    pub evicted: u64,
+}
+
+impl StateReader {
+    /// The value stored under `key` on this replica, as of its last applied entry, unless it
+    /// is expired by this node's clock.
+    pub fn get(&self, key: &str) -> Result<Option<String>, sled::Error> {
+        Ok(self
+            .entry(key, crate::types::now_ms())?
+            .map(|entry| entry.value))
+    }
+
+    /// The live entry of `key` at `now_ms`.
+    pub fn entry(&self, key: &str, now_ms: u64) -> Result<Option<LiveEntry>, sled::Error> {
+        let Some(raw) = self.data.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(live(key.as_bytes(), &raw, now_ms))
+    }
+
+    /// Up to `limit` live entries whose keys start with `prefix` and sort after `start_after`,
+    /// in byte order.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<LiveEntry>, sled::Error> {
+        let from = std::ops::Bound::Excluded(start_after.as_bytes().to_vec());
+        let start = if start_after.as_bytes() < prefix.as_bytes() {
+            std::ops::Bound::Included(prefix.as_bytes().to_vec())
+        } else {
+            from
+        };
+        let mut out = Vec::new();
+        for pair in self
+            .data
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, raw) = pair?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            out.extend(live(&key, &raw, now_ms));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` keys expired at `now_ms`, soonest expiry first, read from the expiry
+    /// index: keys without an expiry, or with one still to come, are not looked at.
+    pub fn expired_keys(&self, limit: usize, now_ms: u64) -> Result<Vec<String>, sled::Error> {
+        expiry_index::due(&self.data, &self.expiry, limit, now_ms)
+    }
+
+    /// Keys, bytes and the replicated expiry and eviction counters.
+    pub fn stats(&self) -> Result<ReplicaStats, sled::Error> {
+        let mut stats = ReplicaStats::default();
+        let counter = |key: &[u8]| -> Result<u64, sled::Error> {
+            Ok(self.meta.get(key)?.map_or(0, |raw| read_u64(&raw)))
+        };
+        stats.keys = counter(KEY_KEYS)?;
+        stats.bytes = counter(KEY_BYTES)?;
+        stats.expired = counter(KEY_EXPIRED)?;
+        stats.evicted = counter(KEY_EVICTED)?;
+        Ok(stats)
+    }
+
+    /// Bytes of `key` and its value, if it is held (expired or not).
+    pub fn size_of(&self, key: &str) -> Result<Option<u64>, sled::Error> {
+        Ok(self
+            .data
+            .get(key.as_bytes())?
+            .map(|raw| (key.len() + value::decode(&raw).value.len()) as u64))
+    }
+
+    /// Every key held, in byte order (stops at a read error).
+    pub fn keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.data
+            .iter()
+            .keys()
+            .map_while(Result::ok)
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+    }
+
+    /// Number of keys held on this replica.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// The entry in stored bytes, unless expired at `now_ms`.
+fn live(key: &[u8], raw: &[u8], now_ms: u64) -> Option<LiveEntry> {
+    let stored: Stored = value::decode(raw);
+    (!stored.expired(now_ms)).then(|| LiveEntry {
+        key: String::from_utf8_lossy(key).into_owned(),
+        value: stored.text(),
+        expires_at_ms: stored.expires_at_ms,
+    })
+}

@@ -1,0 +1,555 @@
+//! Tests of the state machine: applies, snapshot builds and installs, and their overlaps.
+use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
+use tokio::io::AsyncWriteExt;
+
+use super::*;
+use crate::store::schema::{encode, KEY_EXPIRY_BUILT, KEY_INSTALLING, KEY_LAST_APPLIED};
+use crate::store::{self, StoreOptions};
+use crate::types::{Expiry, Request, Response};
+
+fn meta() -> SnapshotMeta {
+    let membership = StoredMembership::new(
+        Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
+        Membership::new(vec![Default::default()], None),
+    );
+    SnapshotMeta {
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 40)),
+        last_membership: membership,
+        snapshot_id: "test".into(),
+    }
+}
+
+/// The bytes of a snapshot of `n` keys, as a leader would send them: the first half copied,
+/// the rest (and a removed key) as replayed writes.
+fn snapshot_bytes(dir: &std::path::Path, n: usize) -> Vec<u8> {
+    let path = dir.join("source");
+    let mut out = snapshot::Writer::create(&path).unwrap();
+    for i in 0..n / 2 {
+        out.record(format!("k{i}").as_bytes(), format!("v{i}").as_bytes())
+            .unwrap();
+    }
+    out.record(b"gone", b"soon").unwrap();
+    out.end_records().unwrap();
+    for i in n / 2..n {
+        out.write(format!("k{i}").as_bytes(), Some(format!("v{i}").as_bytes()))
+            .unwrap();
+    }
+    out.write(b"gone", None).unwrap();
+    out.finish(&meta()).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+async fn receive(sm: &mut StateMachine, bytes: &[u8]) -> Result<(), StorageError> {
+    let mut file = sm.begin_receiving_snapshot().await.unwrap();
+    file.write_all(bytes).await.unwrap();
+    sm.install_snapshot(&meta(), file).await
+}
+
+#[tokio::test]
+async fn an_install_interrupted_by_a_crash_is_finished_on_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = snapshot_bytes(dir.path(), 10_000);
+    {
+        let (_log, mut sm) =
+            store::open(&dir.path().join("node"), 1, None, &StoreOptions::default())
+                .await
+                .unwrap();
+        receive(&mut sm, &bytes).await.unwrap();
+        // Simulate a crash half-way through a (re)install: the marker is set, the data is
+        // half cleared, last_applied is stale.
+        sm.meta.insert(KEY_INSTALLING, b"test".as_slice()).unwrap();
+        for i in 0..5000 {
+            sm.data.remove(format!("k{i}").as_bytes()).unwrap();
+        }
+        sm.meta
+            .insert(KEY_LAST_APPLIED, encode(&None::<LogId>))
+            .unwrap();
+        sm.db.flush().unwrap();
+    }
+    let (_log, mut sm) = store::open(&dir.path().join("node"), 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        !sm.meta.contains_key(KEY_INSTALLING).unwrap(),
+        "the install was finished"
+    );
+    assert_eq!(sm.reader().len(), 10_000);
+    assert_eq!(sm.reader().get("k7").unwrap().as_deref(), Some("v7"));
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, meta().last_log_id);
+}
+
+/// openraft purges a follower's log up to a received snapshot as soon as it hands the
+/// snapshot to the state machine. The purge must not be durable before the install is: a
+/// crash between the two left a log starting after what the state machine held, and a node
+/// that refused to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_behind_a_snapshot_is_purged_only_once_its_install_is_marked() {
+    use openraft::storage::RaftLogStorage;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = snapshot_bytes(dir.path(), 1000);
+    let path = dir.path().join("node");
+    let (mut log, mut sm) = store::open(&path, 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    let old: Vec<Entry> = (1..=10).map(|i| entry(i, Vec::new())).collect();
+    sm.apply(old).await.unwrap();
+    let upto = meta().last_log_id.unwrap();
+    // As openraft does: the snapshot is received, then its install and the purge of the
+    // log behind it are started together.
+    let mut file = sm.begin_receiving_snapshot().await.unwrap();
+    file.write_all(&bytes).await.unwrap();
+    let purge = tokio::spawn(async move { log.purge(upto).await.map(|()| log) });
+    // Nothing marks the install yet: the purge must still be waiting. (A wait for
+    // something not to happen; it would be done within milliseconds.)
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !purge.is_finished(),
+        "the log was purged up to {} while the state machine holds 10",
+        upto.index
+    );
+    sm.install_snapshot(&meta(), file).await.unwrap();
+    let log = tokio::time::timeout(std::time::Duration::from_secs(30), purge)
+        .await
+        .expect("the purge goes on once the install is marked")
+        .unwrap()
+        .unwrap();
+    assert_eq!(log.last_purged(), Some(upto));
+    drop((log, sm));
+    let (_log, mut sm) = store::open(&path, 1, None, &StoreOptions::default())
+        .await
+        .expect("the node restarts");
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(upto));
+}
+
+#[tokio::test]
+async fn a_snapshot_cut_short_in_transfer_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = snapshot_bytes(dir.path(), 1000);
+    let (_log, mut sm) = store::open(&dir.path().join("node"), 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    sm.data.insert("mine", "kept").unwrap();
+    let cut = &bytes[..bytes.len() - 100];
+    assert!(
+        receive(&mut sm, cut).await.is_err(),
+        "a truncated snapshot must not install"
+    );
+    assert_eq!(sm.reader().get("mine").unwrap().as_deref(), Some("kept"));
+    assert_eq!(sm.reader().len(), 1);
+    assert!(
+        sm.get_current_snapshot().await.unwrap().is_none(),
+        "nor become the current snapshot"
+    );
+}
+
+/// Every pair held by `sm`, in key order.
+fn dump(sm: &StateMachine) -> Vec<(sled::IVec, sled::IVec)> {
+    sm.data.iter().map(|kv| kv.unwrap()).collect()
+}
+
+/// A snapshot build that started before a snapshot was installed, and had seen applies
+/// meanwhile, ends after the install: the installed snapshot stays the current one, and a
+/// node that installs the current snapshot holds exactly what was installed.
+#[tokio::test]
+async fn a_build_overtaken_by_an_install_never_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        let path = dir.path().join(name);
+        async move {
+            store::open(&path, 1, None, &StoreOptions::default())
+                .await
+                .unwrap()
+                .1
+        }
+    };
+    let put = |key: &str, value: &str| Request::Put {
+        key: key.into(),
+        value: value.into(),
+        expiry: Expiry::Never,
+    };
+    // The leader's state at index 50: keys l0..l99.
+    let mut leader = open("leader").await;
+    let writes: Vec<Entry> = (1..=50)
+        .map(|i| entry(i, vec![put(&format!("l{i}"), "leader")]))
+        .collect();
+    leader.apply(writes).await.unwrap();
+    let sent = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let sent_bytes = std::fs::read(leader.snapshot_dir.join(snapshot::CURRENT)).unwrap();
+
+    // The follower is at index 10, starts a build, applies two more entries, then installs
+    // the leader's snapshot (index 50) before its build finishes.
+    let mut follower = open("follower").await;
+    let old: Vec<Entry> = (1..=10)
+        .map(|i| entry(i, vec![put(&format!("f{i}"), "old")]))
+        .collect();
+    follower.apply(old).await.unwrap();
+    let mut build = follower.get_snapshot_builder().await;
+    let during = vec![
+        entry(11, vec![put("f-late", "during the build")]),
+        entry(12, vec![Request::Remove { key: "l7".into() }]),
+    ];
+    follower.apply(during).await.unwrap();
+    let mut file = follower.begin_receiving_snapshot().await.unwrap();
+    file.write_all(&sent_bytes).await.unwrap();
+    follower.install_snapshot(&sent.meta, file).await.unwrap();
+    assert_eq!(
+        dump(&follower),
+        dump(&leader),
+        "the install loaded the leader's state"
+    );
+
+    let built = build.build_snapshot().await.unwrap();
+    let current = follower.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(
+        current.meta, sent.meta,
+        "the installed snapshot is still the current one"
+    );
+    assert_eq!(
+        built.meta, sent.meta,
+        "the overtaken build yields the installed snapshot"
+    );
+    let copy = install_copy(&follower, &current, &dir.path().join("copy")).await;
+    assert_eq!(
+        dump(&copy),
+        dump(&leader),
+        "a node added from it holds the leader's state"
+    );
+    assert_eq!(dump(&follower), dump(&leader));
+}
+
+/// A bit flipped on disk in the current snapshot (`val-0500` read back as `val-0400`) is
+/// never sent to a follower: the node builds a new snapshot from its data instead.
+#[tokio::test]
+async fn a_damaged_current_snapshot_is_rebuilt_before_it_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = store::open(&dir.path().join("a"), 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    let writes: Vec<Entry> = (1..=1000)
+        .map(|i| {
+            entry(
+                i,
+                vec![Request::Put {
+                    key: format!("k{i:04}"),
+                    value: format!("val-{i:04}"),
+                    expiry: Expiry::Never,
+                }],
+            )
+        })
+        .collect();
+    sm.apply(writes).await.unwrap();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let path = sm.snapshot_dir.join(snapshot::CURRENT);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(8).position(|w| w == b"val-0500").unwrap();
+    bytes[at + 5] = b'4';
+    std::fs::write(&path, bytes).unwrap();
+
+    let sent = sm.get_current_snapshot().await.unwrap().unwrap();
+    snapshot::verify(&path).expect("what is sent verifies");
+    let copy = install_copy(&sm, &sent, &dir.path().join("b")).await;
+    assert_eq!(
+        copy.reader().get("k0500").unwrap().as_deref(),
+        Some("val-0500")
+    );
+    assert_eq!(dump(&copy), dump(&sm));
+}
+
+#[tokio::test]
+async fn a_built_snapshot_streams_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = store::open(&dir.path().join("node"), 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    for i in 0..2000 {
+        sm.data
+            .insert(format!("k{i}"), format!("v{i}").as_bytes())
+            .unwrap();
+    }
+    let mut builder = sm.get_snapshot_builder().await;
+    let built = builder.build_snapshot().await.unwrap();
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("a current snapshot");
+    assert_eq!(current.meta, built.meta);
+    let records = snapshot::verify(&sm.snapshot_dir.join(snapshot::CURRENT)).unwrap();
+    assert_eq!(records, 2000);
+}
+
+pub(in crate::store) fn entry(index: u64, requests: Vec<Request>) -> Entry {
+    entry_at(index, 1_000, requests)
+}
+
+/// An entry proposed when the leader's clock read `now_ms`.
+fn entry_at(index: u64, now_ms: u64, requests: Vec<Request>) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(crate::types::Batch {
+            requests,
+            now_ms,
+            capacity: Default::default(),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_built_while_applies_go_on_equals_the_state_at_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut source) = store::open(&dir.path().join("a"), 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    let put = |i: u64, v: &str| Request::Put {
+        key: format!("k{i}"),
+        value: v.to_string(),
+        expiry: Expiry::Never,
+    };
+    let mut entries = Vec::new();
+    for index in 1..=100 {
+        entries.push(entry(
+            index,
+            vec![put(index, "first"), put(index + 1000, "x")],
+        ));
+    }
+    // Applied after the builder took its starting point: overwrites, removes, new keys.
+    let mut later = Vec::new();
+    for index in 101..=200 {
+        let k = index - 100;
+        later.push(entry(
+            index,
+            vec![
+                put(k, "second"),
+                Request::Remove {
+                    key: format!("k{}", k + 1000),
+                },
+                put(index, "new"),
+            ],
+        ));
+    }
+    source.apply(entries).await.unwrap();
+    let mut builder = source.get_snapshot_builder().await;
+    source.apply(later).await.unwrap();
+    let built = builder.build_snapshot().await.unwrap();
+    assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(200));
+
+    let (_log, mut target) = store::open(&dir.path().join("b"), 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    target.data.insert("stale", "gone after install").unwrap();
+    let mut file = target.begin_receiving_snapshot().await.unwrap();
+    let bytes = std::fs::read(source.snapshot_dir.join(snapshot::CURRENT)).unwrap();
+    file.write_all(&bytes).await.unwrap();
+    target.install_snapshot(&built.meta, file).await.unwrap();
+    let dump = |sm: &StateMachine| sm.data.iter().map(|kv| kv.unwrap()).collect::<Vec<_>>();
+    assert_eq!(dump(&target), dump(&source));
+    assert_eq!(
+        target.reader().get("k1").unwrap().as_deref(),
+        Some("second")
+    );
+    let (held, counted) = (
+        target.reader().stats().unwrap(),
+        source.reader().stats().unwrap(),
+    );
+    assert_eq!((held.keys, held.bytes), (counted.keys, counted.bytes));
+    assert_eq!(held.keys, target.reader().len() as u64);
+    assert_eq!(target.reader().get("k1001").unwrap(), None);
+    assert_eq!(
+        target.applied_state().await.unwrap().0,
+        built.meta.last_log_id
+    );
+}
+
+/// Installs the current snapshot of `source` into a fresh state machine under `dir`.
+pub(in crate::store) async fn install_copy(
+    source: &StateMachine,
+    built: &Snapshot,
+    dir: &std::path::Path,
+) -> StateMachine {
+    let (_log, mut target) = store::open(dir, 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    let mut file = target.begin_receiving_snapshot().await.unwrap();
+    let bytes = std::fs::read(source.snapshot_dir.join(snapshot::CURRENT)).unwrap();
+    file.write_all(&bytes).await.unwrap();
+    target.install_snapshot(&built.meta, file).await.unwrap();
+    target
+}
+
+#[tokio::test]
+async fn increments_applied_while_a_snapshot_is_copied_are_replayed_by_their_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut source) = store::open(&dir.path().join("a"), 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    let increment = |index| {
+        entry(
+            index,
+            vec![Request::Increment {
+                key: "n".into(),
+                delta: 1,
+            }],
+        )
+    };
+    let before: Vec<Entry> = (1..=10).map(increment).collect();
+    source.apply(before).await.unwrap();
+    let mut builder = source.get_snapshot_builder().await;
+    // Applied after the build started and before it copies: the copy already holds their
+    // result, so replaying the requests would count them twice.
+    let during: Vec<Entry> = (11..=15).map(increment).collect();
+    let answers = source.apply(during).await.unwrap();
+    assert_eq!(answers[4].responses, vec![Response::Incremented(15)]);
+    let built = builder.build_snapshot().await.unwrap();
+    assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(15));
+    let target = install_copy(&source, &built, &dir.path().join("b")).await;
+    assert_eq!(target.reader().get("n").unwrap().as_deref(), Some("15"));
+    assert!(
+        !source.recording.load(Ordering::Acquire),
+        "applies stop recording once the build is done"
+    );
+}
+
+#[tokio::test]
+async fn conditional_writes_and_expiry_are_decided_by_the_entry_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = store::open(&dir.path().join("a"), 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    let item = |key: &str, value: &str, expiry| crate::types::Item {
+        key: key.into(),
+        value: value.into(),
+        expiry,
+    };
+    let requests = vec![
+        Request::PutIfAbsent {
+            item: item("a", "1", Expiry::AtMs(1_500)),
+        },
+        Request::PutIfAbsent {
+            item: item("a", "2", Expiry::Never),
+        },
+        Request::CompareAndPut {
+            expected: "0".into(),
+            item: item("a", "3", Expiry::Never),
+        },
+        Request::CompareAndPut {
+            expected: "1".into(),
+            item: item("a", "4", Expiry::AtMs(1_500)),
+        },
+        Request::Put {
+            key: "text".into(),
+            value: "x".into(),
+            expiry: Expiry::Never,
+        },
+        Request::Increment {
+            key: "text".into(),
+            delta: 1,
+        },
+        Request::Increment {
+            key: "big".into(),
+            delta: i64::MAX,
+        },
+        Request::Increment {
+            key: "big".into(),
+            delta: 1,
+        },
+    ];
+    let answers = sm.apply(vec![entry(1, requests)]).await.unwrap();
+    let answers = &answers[0].responses;
+    assert_eq!(
+        answers[..4],
+        [
+            Response::Written(true),
+            Response::Written(false),
+            Response::Written(false),
+            Response::Written(true),
+        ]
+    );
+    assert!(matches!(answers[5], Response::Refused(_)));
+    assert_eq!(answers[6], Response::Incremented(i64::MAX));
+    assert!(matches!(answers[7], Response::Refused(_)));
+    let reader = sm.reader();
+    assert_eq!(reader.entry("a", 1_499).unwrap().unwrap().value, "4");
+    assert_eq!(
+        reader.entry("a", 1_500).unwrap(),
+        None,
+        "hidden from its expiry on"
+    );
+    assert_eq!(reader.entry("text", 0).unwrap().unwrap().value, "x");
+    // At 2,000 "a" has expired: put_if_absent writes, and the sweep leaves the new value.
+    let later = vec![
+        Request::PutIfAbsent {
+            item: item("a", "5", Expiry::Never),
+        },
+        Request::Expire {
+            keys: vec!["a".into(), "text".into()],
+        },
+    ];
+    let answers = sm.apply(vec![entry_at(2, 2_000, later)]).await.unwrap();
+    assert_eq!(
+        answers[0].responses,
+        [Response::Written(true), Response::Count(0)]
+    );
+    let mut ttl = sm
+        .apply(vec![entry(
+            3,
+            vec![
+                Request::Put {
+                    key: "t".into(),
+                    value: "v".into(),
+                    expiry: Expiry::AtMs(1_000),
+                },
+                Request::Expire {
+                    keys: vec!["t".into()],
+                },
+            ],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(ttl.remove(0).responses[1], Response::Count(1));
+    assert_eq!(reader.stats().unwrap().expired, 1);
+    assert_eq!(reader.len(), 3);
+}
+
+#[tokio::test]
+async fn a_data_dir_without_the_expiry_index_gets_it_built_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a");
+    let expected = {
+        let (_log, mut sm) = store::open(&path, 1, None, &StoreOptions::default())
+            .await
+            .unwrap();
+        let put = |key: &str, expiry| Request::Put {
+            key: key.into(),
+            value: "1".into(),
+            expiry,
+        };
+        let requests = vec![
+            put("t1", Expiry::AtMs(5_000)),
+            put("plain", Expiry::Never),
+            put("t2", Expiry::AtMs(4_000)),
+        ];
+        sm.apply(vec![entry(1, requests)]).await.unwrap();
+        let expected = expiry_index::entries(sm.expiry_tree());
+        // As a data dir written before the index existed: no index, no marker.
+        sm.expiry.clear().unwrap();
+        sm.meta.remove(KEY_EXPIRY_BUILT).unwrap();
+        sm.db.flush().unwrap();
+        expected
+    };
+    assert_eq!(expected, [(4_000, "t2".into()), (5_000, "t1".into())]);
+    let (_log, sm) = store::open(&path, 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(expiry_index::entries(sm.expiry_tree()), expected);
+    assert!(sm.meta.contains_key(KEY_EXPIRY_BUILT).unwrap());
+}
