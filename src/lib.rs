@@ -36,6 +36,7 @@ pub mod containers;
 pub mod eviction;
 pub mod expiry;
 pub mod gen;
+pub mod leader;
 pub mod linearizability;
 pub mod membership;
 pub mod network;

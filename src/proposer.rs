@@ -29,10 +29,8 @@ use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::eviction::Eviction;
-use crate::network::{
-    leader_replaced, peer_addr, ForwardError, ForwardRequest, PeerClients, PeerError, PeerMethod,
-    SendGate,
-};
+use crate::leader::{AskError, LeaderView};
+use crate::network::{ForwardError, ForwardRequest, PeerClients, PeerMethod};
 use crate::types::{now_ms, Applied, Batch, NodeId, Raft, Request};
 
 /// Bounds on proposal batching.
@@ -254,45 +252,24 @@ impl Batcher {
         let (requests, replies): (Vec<Request>, Vec<_>) =
             batch.into_iter().map(|p| (p.request, p.reply)).unzip();
         let count = requests.len();
-        let addr = peer_addr(&self.raft, leader);
-        let answers: Result<Vec<Result<Applied, ForwardError>>, ForwardError> = match addr {
-            None => Err(ForwardError::TryAgain(format!(
-                "leader {leader} is not in this node's membership yet"
-            ))),
-            Some(addr) => {
-                let request = ForwardRequest {
-                    requests,
-                    deadline_ms: self.limits.forward_timeout.as_millis() as u64,
-                };
-                // A little longer than the leader's own deadline, so its answer can arrive.
-                let timeout = self.limits.forward_timeout + Duration::from_millis(500);
-                let gate = Arc::new(SendGate::default());
-                let call = self.peers.rpc_gated(
-                    leader,
-                    &addr,
-                    PeerMethod::Forward,
-                    &request,
-                    timeout,
-                    gate.clone(),
-                );
-                // A leader whose host died answers nothing, not even a refusal: without this,
-                // the call (and every batch queued behind it) would wait out the whole timeout
-                // although this node stopped following that leader long before.
-                tokio::select! {
-                    biased;
-                    answer = call => match answer {
-                        Ok(answers) => Ok(answers),
-                        Err(e @ (PeerError::Unreachable { .. } | PeerError::Refused { .. })) => {
-                            Err(ForwardError::TryAgain(e.to_string()))
-                        }
-                        Err(e @ PeerError::NoAnswer { .. }) => Err(ForwardError::Failed(format!(
-                            "lost contact with the leader after sending the request; it may or may not have been applied: {e}"
-                        ))),
-                    },
-                    () = leader_replaced(&self.raft, leader) => Err(leader_gone(leader, &gate)),
-                }
-            }
+        let request = ForwardRequest {
+            requests,
+            deadline_ms: self.limits.forward_timeout.as_millis() as u64,
         };
+        // A little longer than the leader's own deadline, so its answer can arrive.
+        let timeout = self.limits.forward_timeout + Duration::from_millis(500);
+        let leader_view = LeaderView::new(self.id, self.raft.clone());
+        let answers: Result<Vec<Result<Applied, ForwardError>>, ForwardError> = leader_view
+            .ask(&self.peers, leader, PeerMethod::Forward, &request, timeout)
+            .await
+            .map_err(|e| match e {
+                AskError::NotSent(reason) | AskError::Refused(reason) => {
+                    ForwardError::TryAgain(reason)
+                }
+                AskError::Unknown(reason) => ForwardError::Failed(format!(
+                    "{reason}; the write may or may not have been applied"
+                )),
+            });
         match answers {
             Ok(answers) if answers.len() == count => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
@@ -314,20 +291,6 @@ impl Batcher {
                 }
             }
         }
-    }
-}
-
-/// The answer for a batch whose leader was replaced while the batch was being forwarded: try
-/// again if it never left this node, else its outcome is unknown.
-fn leader_gone(leader: NodeId, gate: &SendGate) -> ForwardError {
-    if gate.close() {
-        ForwardError::TryAgain(format!(
-            "node {leader} stopped being this node's leader before the request was sent"
-        ))
-    } else {
-        ForwardError::Failed(format!(
-            "node {leader} stopped being this node's leader while the request was with it (it went silent or lost an election); the write may or may not have been applied"
-        ))
     }
 }
 

@@ -13,14 +13,19 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::network::{leader_replaced, peer_addr, ForwardError, PeerClients, PeerMethod};
+use crate::leader::LeaderView;
+use crate::network::{ForwardError, PeerClients, PeerMethod};
 use crate::types::{now_ms, Batch, Capacity, NodeId, Raft};
 
 /// One attempt at a read index: this node's, if it leads, else the leader's.
 #[derive(Clone)]
 pub struct ReadIndexSource {
+    /// This node's id.
     pub id: NodeId,
     pub raft: Raft,
+    /// Who leads, and how a follower asks it for a read index.
+    pub leader: LeaderView,
+    /// Connections to the other nodes.
     pub peers: Arc<PeerClients>,
     /// The term and index of an entry this process proposed and saw committed while leading.
     pub barrier: Arc<Mutex<Option<(u64, u64)>>>,
@@ -32,6 +37,7 @@ impl ReadIndexSource {
     pub fn new(id: NodeId, raft: Raft, peers: Arc<PeerClients>) -> Self {
         Self {
             id,
+            leader: LeaderView::new(id, raft.clone()),
             raft,
             peers,
             barrier: Arc::new(Mutex::new(None)),
@@ -109,24 +115,10 @@ impl ReadIndexSource {
 
     /// Asks the leader. Asking again is always safe, so any failure is one to retry.
     async fn ask(&self, leader: NodeId, timeout: Duration) -> Round {
-        let addr = peer_addr(&self.raft, leader);
-        let Some(addr) = addr else {
-            return Err(ForwardError::TryAgain(format!(
-                "leader {leader} is not in this node's membership yet"
-            )));
-        };
-        let call = self
-            .peers
-            .rpc::<(), Round>(leader, &addr, PeerMethod::ReadIndex, &(), timeout);
-        tokio::select! {
-            answer = call => match answer {
-                Ok(answer) => answer,
-                Err(e) => Err(ForwardError::TryAgain(e.to_string())),
-            },
-            () = leader_replaced(&self.raft, leader) => Err(ForwardError::TryAgain(format!(
-                "node {leader} stopped being this node's leader before it answered"
-            ))),
-        }
+        self.leader
+            .ask::<(), Round>(&self.peers, leader, PeerMethod::ReadIndex, &(), timeout)
+            .await
+            .unwrap_or_else(|e| Err(ForwardError::TryAgain(e.to_string())))
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::eviction::Eviction;
+use crate::leader::LeaderView;
 use crate::membership::Standing;
 use crate::network::{ForwardError, PeerClients};
 use crate::proposer::{Origin, Proposer};
@@ -43,9 +44,6 @@ pub enum RouteError {
     Storage(String),
 }
 
-/// Longest wait between two attempts while no leader is known.
-const LEADER_POLL: Duration = Duration::from_millis(100);
-
 /// The router's limits (flags `--request-deadline-ms`, `--max-waiting-reads`).
 #[derive(Debug, Clone, Copy)]
 pub struct RouterLimits {
@@ -63,8 +61,12 @@ pub struct LocalState {
 
 /// Routes client requests for one node.
 pub struct Router {
+    /// This node's id.
     id: NodeId,
     raft: Raft,
+    /// Who leads; waits for a change of leader between attempts.
+    leader: LeaderView,
+    /// This node's replica, for local reads.
     state: StateReader,
     /// Batches this node's writes (group commit) and forwards them when it does not lead.
     proposer: Proposer,
@@ -99,6 +101,7 @@ impl Router {
             ReadIndexBatcher::spawn(read_source.clone(), request_deadline, max_waiting_reads);
         Self {
             id,
+            leader: LeaderView::new(id, raft.clone()),
             raft,
             state,
             proposer,
@@ -218,7 +221,7 @@ impl Router {
                     )))
                 }
             }
-            self.wait_for_change(deadline).await;
+            self.leader.wait_for_change(deadline).await;
         }
     }
 
@@ -316,17 +319,7 @@ impl Router {
                     self.request_deadline.as_millis()
                 )));
             }
-            self.wait_for_change(deadline).await;
-        }
-    }
-
-    /// Waits until openraft's view changes (a new leader, say) or a short poll interval passes.
-    async fn wait_for_change(&self, deadline: Instant) {
-        let mut metrics = self.raft.metrics();
-        let until = deadline.min(Instant::now() + LEADER_POLL);
-        if let Ok(Err(_)) = tokio::time::timeout_at(until, metrics.changed()).await {
-            // Raft has stopped and will not change again; do not spin until the deadline.
-            tokio::time::sleep_until(until).await;
+            self.leader.wait_for_change(deadline).await;
         }
     }
 

@@ -28,7 +28,8 @@ use tokio::time::Instant;
 pub use join::{add_node, join_cluster, CatchUp, JoinRequest};
 pub use standing::{lists, Standing};
 
-use crate::network::{PeerClients, PeerError, PeerMethod};
+use crate::leader::{AskError, LeaderView};
+use crate::network::{PeerClients, PeerMethod};
 use crate::store::ClusterIdentity;
 use crate::types::{NodeId, Raft};
 
@@ -121,8 +122,12 @@ pub struct NodeInfo {
 
 /// Admin requests on one node.
 pub struct Admin {
+    /// This node's id.
     id: NodeId,
     raft: Raft,
+    /// Who leads, and how admin requests reach it from a follower.
+    leader: LeaderView,
+    /// Connections to the other nodes, for forwarding and probes.
     peers: Arc<PeerClients>,
     /// Whether this node is waiting, a member, or removed.
     standing: Arc<Standing>,
@@ -139,9 +144,6 @@ pub struct Admin {
     in_flight: Arc<AtomicUsize>,
 }
 
-/// Longest wait between two attempts while no leader is known.
-const LEADER_POLL: Duration = Duration::from_millis(100);
-
 impl Admin {
     pub fn new(
         id: NodeId,
@@ -154,6 +156,7 @@ impl Admin {
     ) -> Self {
         Self {
             id,
+            leader: LeaderView::new(id, raft.clone()),
             raft,
             peers,
             standing,
@@ -176,17 +179,16 @@ impl Admin {
             if self.standing.waiting() {
                 return Err(AdminError::Unavailable(self.no_leader_message()));
             }
-            let leader = self.raft.metrics().borrow().current_leader;
-            let outcome = match leader {
-                Some(leader) if leader == self.id => self.as_leader(request.clone()).await,
+            let outcome = match self.leader.current() {
+                Some(leader) if self.leader.is_self(leader) => {
+                    self.as_leader(request.clone()).await
+                }
                 Some(leader) => self.forward(leader, &request, deadline).await,
                 None => Err(AdminError::NotLeader { leader: None }),
             };
             match outcome {
                 Err(AdminError::NotLeader { .. }) if Instant::now() < deadline => {
-                    let mut metrics = self.raft.metrics();
-                    let until = deadline.min(Instant::now() + LEADER_POLL);
-                    let _ = tokio::time::timeout_at(until, metrics.changed()).await;
+                    self.leader.wait_for_change(deadline).await
                 }
                 Err(AdminError::NotLeader { .. }) => {
                     return Err(AdminError::Unavailable(self.no_leader_message()))
@@ -216,28 +218,25 @@ impl Admin {
         request: &AdminRequest,
         deadline: Instant,
     ) -> Result<MembersView, AdminError> {
-        let Some(addr) = crate::network::peer_addr(&self.raft, leader) else {
-            return Err(AdminError::NotLeader { leader: None });
-        };
         let timeout = deadline.saturating_duration_since(Instant::now()) + self.deadline;
-        self.peers
-            .rpc::<_, Result<MembersView, AdminError>>(
+        self.leader
+            .ask::<_, Result<MembersView, AdminError>>(
+                &self.peers,
                 leader,
-                &addr,
                 PeerMethod::Admin,
                 request,
                 timeout,
             )
             .await
-            .map_err(|e| match (request, &e) {
+            .map_err(|e| match (request, e) {
                 // Nothing was delivered, or nothing changes: asking again is safe.
-                (_, PeerError::Unreachable { .. }) | (AdminRequest::Members, _) => {
+                (_, AskError::NotSent(_)) | (AdminRequest::Members, AskError::Unknown(_)) => {
                     AdminError::NotLeader { leader: None }
                 }
-                (_, PeerError::Refused { .. }) => AdminError::Unavailable(format!(
+                (_, AskError::Refused(e)) => AdminError::Unavailable(format!(
                     "the leader (node {leader}) refused the request, nothing was changed: {e}"
                 )),
-                (AdminRequest::Change { .. }, _) => AdminError::Unavailable(format!(
+                (AdminRequest::Change { .. }, AskError::Unknown(e)) => AdminError::Unavailable(format!(
                     "the leader (node {leader}) did not answer: {e}; the change may or may not have been made (see `raftcache admin members`)"
                 )),
             })?

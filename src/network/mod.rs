@@ -68,19 +68,6 @@ pub fn peer_addr(raft: &crate::types::Raft, id: NodeId) -> Option<String> {
         .map(|n| n.peer_addr.clone())
 }
 
-/// Resolves once this node no longer takes `leader` for its leader: it started an election
-/// (no heartbeat for an election timeout), voted in one, or learned of a newer leader; or its
-/// Raft stopped. A call to a leader whose host died is never answered, not even refused: a
-/// caller races it against this rather than waiting out its whole timeout.
-pub async fn leader_replaced(raft: &crate::types::Raft, leader: NodeId) {
-    let mut metrics = raft.metrics();
-    while metrics.borrow_and_update().current_leader == Some(leader) {
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Faults injected by tests: links cut (a message from `a` to `b` is dropped while `(a, b)` is
 /// blocked), silent links, and slow snapshot transfers. None in a real node.
 #[derive(Debug, Default)]
