@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::eviction::Eviction;
 use crate::leader::LeaderView;
 use crate::membership::Standing;
-use crate::network::{ForwardError, PeerClients};
+use crate::network::{ForwardError, LeaderSide, PeerClients};
 use crate::proposer::{Origin, Proposer};
 use crate::read_index::{ReadIndexBatcher, ReadIndexSource};
 use crate::store::StateReader;
@@ -341,4 +341,18 @@ fn not_committed(deadline: Duration) -> String {
         "the write was proposed but not committed within the request deadline of {} ms (no quorum?); it may or may not be applied",
         deadline.as_millis()
     )
+}
+
+impl LeaderSide for Router {
+    async fn write_forwarded(
+        &self,
+        requests: Vec<Request>,
+        deadline: Duration,
+    ) -> Vec<Result<Applied, ForwardError>> {
+        Router::write_forwarded(self, requests, deadline).await
+    }
+
+    async fn read_index_as_leader(&self) -> Result<Option<u64>, ForwardError> {
+        Router::read_index_as_leader(self).await
+    }
 }

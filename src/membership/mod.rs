@@ -22,103 +22,19 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 pub use join::{add_node, join_cluster, CatchUp, JoinRequest};
 pub use standing::{lists, Standing};
 
+pub use crate::network::messages::{
+    AdminError, AdminRequest, Change, MemberView, MembersView, NodeInfo, NodeInfoRequest,
+};
+
 use crate::leader::{AskError, LeaderView};
-use crate::network::{PeerClients, PeerMethod};
+use crate::network::{MembershipSide, PeerClients, PeerMethod};
 use crate::store::ClusterIdentity;
 use crate::types::{NodeId, Raft};
-
-/// One membership change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Change {
-    /// Add node `id` at `peer_addr` as a learner.
-    AddLearner { id: NodeId, peer_addr: String },
-    /// Make learner `id` a voter.
-    Promote { id: NodeId },
-    /// Make voter `id` a learner.
-    Demote { id: NodeId },
-    /// Remove voter or learner `id`.
-    Remove { id: NodeId },
-    /// Replace voter `old` by learner `new` in one joint-consensus change.
-    Replace { old: NodeId, new: NodeId },
-}
-
-impl std::fmt::Display for Change {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Change::AddLearner { id, peer_addr } => write!(f, "adding learner {id} at {peer_addr}"),
-            Change::Promote { id } => write!(f, "promoting node {id}"),
-            Change::Demote { id } => write!(f, "demoting node {id}"),
-            Change::Remove { id } => write!(f, "removing node {id}"),
-            Change::Replace { old, new } => write!(f, "replacing node {old} by node {new}"),
-        }
-    }
-}
-
-/// What an admin caller asks of the leader.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum AdminRequest {
-    Members,
-    Change { change: Change, force: bool },
-}
-
-/// One member as the leader sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberView {
-    pub id: NodeId,
-    pub peer_addr: String,
-    pub client_addr: String,
-    pub voter: bool,
-    pub reachable: bool,
-    /// Entries behind the leader's last log entry (None: no progress known yet).
-    pub lag: Option<u64>,
-}
-
-/// The membership as the leader sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MembersView {
-    pub leader: NodeId,
-    pub last_log_index: u64,
-    /// A joint configuration is in effect: a change is in progress.
-    pub changing: bool,
-    pub members: Vec<MemberView>,
-}
-
-/// Why an admin request failed.
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
-pub enum AdminError {
-    /// This node does not lead (`leader`: who it thinks does). Forwarding handles it.
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
-    /// Refused and not made: a safety rule, a change in progress, or a wrong argument.
-    #[error("{0}")]
-    Refused(String),
-    /// No leader or no quorum in time. A change may or may not have been made: the message
-    /// says so, and `admin members` tells.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-/// The leader's probe of a node's peer port: "are you node `id`? you belong to `cluster_id`",
-/// and, after a removal, "you were removed" (`removed`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeInfoRequest {
-    pub id: NodeId,
-    pub cluster_id: String,
-    pub removed: bool,
-}
-
-/// A node's answer to the probe.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub id: NodeId,
-    pub client_addr: String,
-}
 
 /// Admin requests on one node.
 pub struct Admin {
@@ -286,4 +202,18 @@ fn target_voters(raft: &Raft) -> BTreeSet<NodeId> {
         .last()
         .cloned()
         .unwrap_or_default()
+}
+
+impl MembershipSide for Admin {
+    fn heard_from_leader(&self) {
+        self.standing.heard_from_leader();
+    }
+
+    fn node_info(&self, request: NodeInfoRequest) -> Result<NodeInfo, String> {
+        Admin::node_info(self, request)
+    }
+
+    async fn admin_as_leader(&self, request: AdminRequest) -> Result<MembersView, AdminError> {
+        self.as_leader(request).await
+    }
 }

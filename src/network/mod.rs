@@ -11,51 +11,18 @@
 
 mod client;
 pub mod identity;
+pub mod messages;
 mod service;
 
 use std::collections::HashSet;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 pub use client::{Method as PeerMethod, PeerClients, PeerError, PeerNetwork, SendGate};
-pub use service::PeerService;
+pub use messages::{ForwardError, ForwardRequest, SnapshotChunk};
+pub use service::{LeaderSide, MembershipSide, PeerService};
 
-use crate::types::{NodeId, Request};
-
-/// Writes forwarded from a follower to the leader, answered one by one (in order): some
-/// requests of a forwarded batch may be applied while others are refused.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ForwardRequest {
-    pub requests: Vec<Request>,
-    /// How long the leader may spend on them, in milliseconds.
-    pub deadline_ms: u64,
-}
-
-/// One snapshot chunk as it travels: openraft's request and the CRC-32 of its data. The receiver
-/// checks it before openraft writes the chunk, and refuses a damaged one; the leader then sends
-/// it again. (The whole file's checksum is checked again before the install: `store::snapshot`.)
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SnapshotChunk<R> {
-    pub checksum: u32,
-    pub request: R,
-}
-
-/// Why the leader did not carry out a forwarded write or a read-index request.
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
-pub enum ForwardError {
-    /// The receiver is not the leader; `leader` is who it thinks leads, if anyone.
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
-    /// A condition that may clear (no quorum confirmed yet); the caller may retry.
-    #[error("{0}")]
-    TryAgain(String),
-    /// The request failed for good on this node (shutting down, or the deadline passed with the
-    /// outcome unknown).
-    #[error("{0}")]
-    Failed(String),
-}
+use crate::types::NodeId;
 
 /// The peer address of node `id` in this node's current view of the membership.
 pub fn peer_addr(raft: &crate::types::Raft, id: NodeId) -> Option<String> {

@@ -3,6 +3,7 @@
 //! only an undecodable request is a Thrift-level error.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,38 +17,71 @@ use serde::Serialize;
 use thrift::{ApplicationError, ApplicationErrorKind, ProtocolError, ProtocolErrorKind};
 
 use super::identity::{Admission, CallHeader, PeerIdentities, ReplyHeader};
-use super::{peer_addr, ForwardRequest, PeerClients, PeerMethod, SnapshotChunk};
+use super::messages::{
+    AdminError, AdminRequest, ForwardError, ForwardRequest, MembersView, NodeInfo, NodeInfoRequest,
+    SnapshotChunk,
+};
+use super::{peer_addr, PeerClients, PeerMethod};
 use crate::gen::peer::{RaftPeerSyncHandler, RaftPeerSyncProcessor};
-use crate::membership::{Admin, AdminRequest, NodeInfoRequest};
-use crate::router::Router;
 use crate::server::{self, Service};
-use crate::types::{NodeId, Raft, TypeConfig};
+use crate::types::{Applied, NodeId, Raft, Request, TypeConfig};
+
+/// What a leader does for its followers, as the peer service needs it (the router does it).
+pub trait LeaderSide: Send + Sync + 'static {
+    /// Carries out writes a follower forwarded, one answer per write, within `deadline`.
+    fn write_forwarded(
+        &self,
+        requests: Vec<Request>,
+        deadline: Duration,
+    ) -> impl Future<Output = Vec<Result<Applied, ForwardError>>> + Send;
+
+    /// A read index for a follower's linearizable read, if this node leads.
+    fn read_index_as_leader(
+        &self,
+    ) -> impl Future<Output = Result<Option<u64>, ForwardError>> + Send;
+}
+
+/// What the membership answers on the peer port, as the peer service needs it.
+pub trait MembershipSide: Send + Sync + 'static {
+    /// The leader sent entries: this node is (still) in a cluster.
+    fn heard_from_leader(&self);
+
+    /// The leader's probe before it adds this node.
+    fn node_info(&self, request: NodeInfoRequest) -> Result<NodeInfo, String>;
+
+    /// An admin request a follower forwarded to this node as leader.
+    fn admin_as_leader(
+        &self,
+        request: AdminRequest,
+    ) -> impl Future<Output = Result<MembersView, AdminError>> + Send;
+}
 
 /// The `RaftPeer` handler of one node.
-pub struct PeerService {
+pub struct PeerService<L, M> {
     raft: Raft,
-    router: Arc<Router>,
+    /// Carries out forwarded writes and read-index requests as leader.
+    leader_side: Arc<L>,
     /// For asking the leader whether it still leads while a snapshot chunk is processed.
     peers: Arc<PeerClients>,
     /// Answers the leader's probe and admin requests forwarded to this node as leader.
-    admin: Arc<Admin>,
+    membership: Arc<M>,
     /// Checks who each call is from and for.
     identities: Arc<PeerIdentities>,
 }
 
-impl PeerService {
+impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
     pub fn new(
         raft: Raft,
-        router: Arc<Router>,
+        leader_side: Arc<L>,
         peers: Arc<PeerClients>,
-        admin: Arc<Admin>,
+        membership: Arc<M>,
         identities: Arc<PeerIdentities>,
     ) -> Self {
         Self {
             raft,
-            router,
+            leader_side,
             peers,
-            admin,
+            membership,
             identities,
         }
     }
@@ -144,7 +178,7 @@ fn encode<T: Serialize>(value: &T) -> thrift::Result<Vec<u8>> {
     Ok(bincode::serialize(value).expect("peer answers always serialize"))
 }
 
-impl Service for PeerService {
+impl<L: LeaderSide, M: MembershipSide> Service for PeerService<L, M> {
     /// Two passes of the generated processor, as in `CacheApi::call`: one decodes the call,
     /// the other writes its answer back.
     async fn call(&self, request: Vec<u8>, protocol: server::Protocol) -> Option<Vec<u8>> {
@@ -167,7 +201,7 @@ impl Service for PeerService {
     }
 }
 
-impl PeerService {
+impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
     /// Checks who the call is from and for (`identity.rs`), then carries it out; the answer
     /// starts with this node's stamp, or is only the refusal.
     async fn admit_and_execute(
@@ -200,7 +234,7 @@ impl PeerService {
         match method {
             PeerMethod::AppendEntries => {
                 let request: AppendEntriesRequest<TypeConfig> = decode(payload)?;
-                self.admin.standing().heard_from_leader();
+                self.membership.heard_from_leader();
                 encode(&self.raft.append_entries(request).await)
             }
             PeerMethod::Vote => {
@@ -218,11 +252,11 @@ impl PeerService {
                     deadline_ms,
                 } = decode(payload)?;
                 let deadline = Duration::from_millis(deadline_ms);
-                encode(&self.router.write_forwarded(requests, deadline).await)
+                encode(&self.leader_side.write_forwarded(requests, deadline).await)
             }
             PeerMethod::ReadIndex => {
                 let () = decode(payload)?;
-                encode(&self.router.read_index_as_leader().await)
+                encode(&self.leader_side.read_index_as_leader().await)
             }
             PeerMethod::LeaderCheck => {
                 let vote: Vote<NodeId> = decode(payload)?;
@@ -232,11 +266,11 @@ impl PeerService {
             }
             PeerMethod::NodeInfo => {
                 let request: NodeInfoRequest = decode(payload)?;
-                encode(&self.admin.node_info(request))
+                encode(&self.membership.node_info(request))
             }
             PeerMethod::Admin => {
                 let request: AdminRequest = decode(payload)?;
-                encode(&self.admin.as_leader(request).await)
+                encode(&self.membership.admin_as_leader(request).await)
             }
         }
     }

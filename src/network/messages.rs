@@ -1,0 +1,129 @@
+//! Every message nodes send each other on the peer port, beside openraft's own: what each peer
+//! call carries (bincode, inside Thrift `binary`) and answers. The layers that use them (the
+//! proposer and router for forwarded writes and read indexes, the membership for probes and
+//! admin requests) import them from here; the peer network imports none of those layers.
+//! Who a call is from and for travels ahead of each of these (`identity.rs`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{NodeId, Request};
+
+/// Writes forwarded from a follower to the leader, answered one by one (in order): some
+/// requests of a forwarded batch may be applied while others are refused.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    pub requests: Vec<Request>,
+    /// How long the leader may spend on them, in milliseconds.
+    pub deadline_ms: u64,
+}
+
+/// One snapshot chunk as it travels: openraft's request and the CRC-32 of its data. The receiver
+/// checks it before openraft writes the chunk, and refuses a damaged one; the leader then sends
+/// it again. (The whole file's checksum is checked again before the install: `store::snapshot`.)
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotChunk<R> {
+    pub checksum: u32,
+    pub request: R,
+}
+
+/// Why the leader did not carry out a forwarded write or a read-index request.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The receiver is not the leader; `leader` is who it thinks leads, if anyone.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// A condition that may clear (no quorum confirmed yet); the caller may retry.
+    #[error("{0}")]
+    TryAgain(String),
+    /// The request failed for good on this node (shutting down, or the deadline passed with the
+    /// outcome unknown).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One membership change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Add node `id` at `peer_addr` as a learner.
+    AddLearner { id: NodeId, peer_addr: String },
+    /// Make learner `id` a voter.
+    Promote { id: NodeId },
+    /// Make voter `id` a learner.
+    Demote { id: NodeId },
+    /// Remove voter or learner `id`.
+    Remove { id: NodeId },
+    /// Replace voter `old` by learner `new` in one joint-consensus change.
+    Replace { old: NodeId, new: NodeId },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::AddLearner { id, peer_addr } => write!(f, "adding learner {id} at {peer_addr}"),
+            Change::Promote { id } => write!(f, "promoting node {id}"),
+            Change::Demote { id } => write!(f, "demoting node {id}"),
+            Change::Remove { id } => write!(f, "removing node {id}"),
+            Change::Replace { old, new } => write!(f, "replacing node {old} by node {new}"),
+        }
+    }
+}
+
+/// What an admin caller asks of the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdminRequest {
+    Members,
+    Change { change: Change, force: bool },
+}
+
+/// One member as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub peer_addr: String,
+    pub client_addr: String,
+    pub voter: bool,
+    pub reachable: bool,
+    /// Entries behind the leader's last log entry (None: no progress known yet).
+    pub lag: Option<u64>,
+}
+
+/// The membership as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersView {
+    pub leader: NodeId,
+    pub last_log_index: u64,
+    /// A joint configuration is in effect: a change is in progress.
+    pub changing: bool,
+    pub members: Vec<MemberView>,
+}
+
+/// Why an admin request failed.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum AdminError {
+    /// This node does not lead (`leader`: who it thinks does). Forwarding handles it.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// Refused and not made: a safety rule, a change in progress, or a wrong argument.
+    #[error("{0}")]
+    Refused(String),
+    /// No leader or no quorum in time. A change may or may not have been made: the message
+    /// says so, and `admin members` tells.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The leader's probe of a node's peer port: "are you node `id`? you belong to `cluster_id`",
+/// and, after a removal, "you were removed" (`removed`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfoRequest {
+    pub id: NodeId,
+    pub cluster_id: String,
+    pub removed: bool,
+}
+
+/// A node's answer to the probe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub client_addr: String,
+}
