@@ -359,7 +359,7 @@ impl NodeConfig {
 
     /// Largest encoded batch of writes in one log entry: one maximal write (a single put, a
     /// put_many, or an expiry batch).
-    pub fn batch_max_bytes(&self) -> usize {
+    pub fn entry_max_bytes(&self) -> usize {
         let single = self.max_key_bytes + self.max_value_bytes;
         let many = self.max_batch_bytes + 24 * self.max_batch_items;
         let expiry = self.expiry_batch_keys * (self.max_key_bytes + 8);
@@ -367,9 +367,9 @@ impl NodeConfig {
     }
 
     /// Largest message accepted on the peer port: a full append RPC of maximal entries (each
-    /// a batch of at most `batch_max_bytes`, plus per-request framing).
+    /// a batch of at most `entry_max_bytes`, plus per-request framing).
     pub fn peer_max_message_bytes(&self) -> usize {
-        let per_entry = self.batch_max_bytes() + 32 * self.batch_max_requests + 1024;
+        let per_entry = self.entry_max_bytes() + 32 * self.batch_max_requests + 1024;
         let append = MAX_ENTRIES_PER_APPEND as usize * per_entry;
         let snapshot_chunk = self.snapshot_chunk_bytes as usize;
         append.max(snapshot_chunk).max(self.max_message_bytes) + 1024 * 1024

@@ -185,7 +185,7 @@ fn start_router(
 ) -> Arc<Router> {
     let batch_limits = BatchLimits {
         max_requests: config.batch_max_requests,
-        max_bytes: config.batch_max_bytes(),
+        max_bytes: config.entry_max_bytes(),
         max_in_flight: config.batch_max_in_flight,
         max_pending: config.max_pending_writes,
         forward_timeout: config.request_deadline(),

@@ -183,7 +183,7 @@ impl Batcher {
             (m.current_leader, m.state)
         };
         if leader == Some(self.id) && state == ServerState::Leader {
-            return self.commit(batch).await;
+            return self.propose_and_answer(batch).await;
         }
         let (forward, refuse): (Vec<Pending>, Vec<Pending>) =
             batch.into_iter().partition(|p| p.origin == Origin::Client);
@@ -202,7 +202,8 @@ impl Batcher {
         }
     }
 
-    async fn commit(&self, batch: Vec<Pending>) {
+    /// Proposes the batch as one entry and answers each request once it is applied here.
+    async fn propose_and_answer(&self, batch: Vec<Pending>) {
         let now_ms = now_ms();
         let (mut requests, replies): (Vec<Request>, Vec<_>) = batch
             .into_iter()

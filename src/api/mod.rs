@@ -326,7 +326,8 @@ pub fn decode_connection_bytes(bytes: &[u8], max_message_bytes: usize) -> usize 
     };
     let mut rest = bytes;
     let mut decoded = 0;
-    while let server::frame::Scan::Complete(len) = server::wire::scan(wire, rest, max_message_bytes)
+    while let server::frame::Measured::Complete(len) =
+        server::wire::measure(wire, rest, max_message_bytes)
     {
         let message = server::wire::payload(wire, &rest[..len]);
         let request = server::wire::demultiplex(wire.protocol, message, SERVICE_NAME);

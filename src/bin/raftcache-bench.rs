@@ -16,7 +16,7 @@ use raftcache::client::CacheClient;
 use raftcache::gen::cache::{
     CacheEntry, CacheServiceSyncClient, Consistency, ReadOptions, TCacheServiceSyncClient,
 };
-use raftcache::server::frame::{self, Scan};
+use raftcache::server::frame::{self, Measured};
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -165,10 +165,10 @@ async fn run_task(
         stream.write_all(&request).await.expect("send");
         answer.clear();
         let len = loop {
-            match frame::scan(&answer, usize::MAX) {
-                Scan::Complete(len) => break len,
-                Scan::Invalid(reason) => panic!("bad answer from {addr}: {reason}"),
-                Scan::Incomplete(_) => {}
+            match frame::measure(&answer, usize::MAX) {
+                Measured::Complete(len) => break len,
+                Measured::Invalid(reason) => panic!("bad answer from {addr}: {reason}"),
+                Measured::Incomplete(_) => {}
             }
             if stream.read_buf(&mut answer).await.expect("receive") == 0 {
                 panic!("{addr} closed the connection");

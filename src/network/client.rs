@@ -2,7 +2,7 @@
 //! by openraft (through `PeerNetwork`) and by the router (forward, read index).
 //!
 //! Calls are async on tokio's sockets: a request is encoded in memory, written, and its answer
-//! read until `server::frame::scan` finds its end, then decoded from memory. No thread is handed
+//! read until `server::frame::measure` finds its end, then decoded from memory. No thread is handed
 //! a call (a blocking client on tokio's blocking pool cost two thread wake-ups per call).
 
 use std::collections::HashMap;
@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 
 use super::identity::{PeerIdentities, ReplyHeader};
 use super::{Faults, SnapshotChunk};
-use crate::server::frame::{self, Scan};
+use crate::server::frame::{self, Measured};
 use crate::types::{Node, NodeId, TypeConfig};
 
 /// Idle pooled connections older than this are dropped rather than reused, so a call never
@@ -258,11 +258,11 @@ impl PeerClients {
             .map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         loop {
-            let needed = match frame::scan(&buf, self.max_message_bytes) {
-                Scan::Complete(len) if len == buf.len() => return Ok(buf),
-                Scan::Complete(_) => return Err("the peer sent more than one answer".into()),
-                Scan::Invalid(reason) => return Err(reason),
-                Scan::Incomplete(needed) => needed,
+            let needed = match frame::measure(&buf, self.max_message_bytes) {
+                Measured::Complete(len) if len == buf.len() => return Ok(buf),
+                Measured::Complete(_) => return Err("the peer sent more than one answer".into()),
+                Measured::Invalid(reason) => return Err(reason),
+                Measured::Incomplete(needed) => needed,
             };
             buf.reserve((needed - buf.len()).clamp(1, READ_CHUNK));
             match conn.stream.read_buf(&mut buf).await {

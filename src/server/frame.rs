@@ -1,12 +1,12 @@
 //! Where a Thrift message ends, found without decoding it: the server reads bytes until
-//! `scan` finds one whole message (strict binary protocol, unframed) and only then hands it
+//! `measure` finds one whole message (strict binary protocol, unframed) and only then hands it
 //! to the processor. So a request is decoded from memory, never from a socket that might
 //! stall mid-message, its size is known before it is buffered whole, and whatever follows it
 //! is never mistaken for the rest of it.
 
 /// What the bytes received so far hold.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Scan {
+pub enum Measured {
     /// One whole message: its first `n` bytes.
     Complete(usize),
     /// Not a whole message yet; it is at least this many bytes long.
@@ -36,7 +36,7 @@ const T_SET: u8 = 14;
 const T_LIST: u8 = 15;
 const T_UUID: u8 = 16;
 
-/// Why a scan stopped early.
+/// Why measuring stopped early.
 enum Stop {
     /// The message needs at least this many bytes in all.
     Short(usize),
@@ -45,16 +45,16 @@ enum Stop {
 
 /// Finds the end of the first message in `buf`; a message (or a claimed length) past
 /// `max_bytes` is invalid.
-pub fn scan(buf: &[u8], max_bytes: usize) -> Scan {
+pub fn measure(buf: &[u8], max_bytes: usize) -> Measured {
     let mut cursor = Cursor {
         buf,
         pos: 0,
         max_bytes,
     };
     match cursor.message() {
-        Ok(()) => Scan::Complete(cursor.pos),
-        Err(Stop::Short(n)) => Scan::Incomplete(n),
-        Err(Stop::Invalid(reason)) => Scan::Invalid(reason),
+        Ok(()) => Measured::Complete(cursor.pos),
+        Err(Stop::Short(n)) => Measured::Incomplete(n),
+        Err(Stop::Invalid(reason)) => Measured::Invalid(reason),
     }
 }
 
@@ -240,17 +240,17 @@ mod tests {
     #[test]
     fn finds_the_end_of_a_whole_message_and_ignores_what_follows() {
         let m = message();
-        assert_eq!(scan(&m, 1 << 20), Scan::Complete(m.len()));
+        assert_eq!(measure(&m, 1 << 20), Measured::Complete(m.len()));
         let two = [m.clone(), m.clone()].concat();
-        assert_eq!(scan(&two, 1 << 20), Scan::Complete(m.len()));
+        assert_eq!(measure(&two, 1 << 20), Measured::Complete(m.len()));
     }
 
     #[test]
     fn every_prefix_is_incomplete_and_asks_for_no_more_than_the_message() {
         let m = message();
         for cut in 0..m.len() {
-            match scan(&m[..cut], 1 << 20) {
-                Scan::Incomplete(n) => assert!(n > cut && n <= m.len(), "cut {cut}: needs {n}"),
+            match measure(&m[..cut], 1 << 20) {
+                Measured::Incomplete(n) => assert!(n > cut && n <= m.len(), "cut {cut}: needs {n}"),
                 other => panic!("cut {cut}: {other:?}"),
             }
         }
@@ -259,12 +259,12 @@ mod tests {
     #[test]
     fn a_message_past_the_limit_is_invalid_before_it_arrives() {
         let m = message();
-        assert!(matches!(scan(&m, m.len() - 1), Scan::Invalid(_)));
+        assert!(matches!(measure(&m, m.len() - 1), Measured::Invalid(_)));
         // A string claiming 2 GB, with 4 bytes of it received.
         let mut huge = m[..12].to_vec(); // version, name length, "put", seqid...
         huge.truncate(4);
         huge.extend_from_slice(&0x7fff_fff0_i32.to_be_bytes());
-        assert!(matches!(scan(&huge, 1 << 20), Scan::Invalid(r) if r.contains("limit")));
+        assert!(matches!(measure(&huge, 1 << 20), Measured::Invalid(r) if r.contains("limit")));
     }
 
     #[test]
@@ -272,16 +272,23 @@ mod tests {
         let m = message();
         let mut not_thrift = b"GET / HTTP/1.1\r\n".to_vec();
         not_thrift.extend_from_slice(&m);
-        assert!(matches!(scan(&not_thrift, 1 << 20), Scan::Invalid(_)));
+        assert!(matches!(
+            measure(&not_thrift, 1 << 20),
+            Measured::Invalid(_)
+        ));
 
         let mut negative = m[..4].to_vec();
         negative.extend_from_slice(&(-1_i32).to_be_bytes());
-        assert!(matches!(scan(&negative, 1 << 20), Scan::Invalid(r) if r.contains("negative")));
+        assert!(
+            matches!(measure(&negative, 1 << 20), Measured::Invalid(r) if r.contains("negative"))
+        );
 
         let mut bad_type = m[..4 + 4 + 3 + 4].to_vec();
         bad_type.push(99);
         bad_type.extend_from_slice(&[0, 1]);
-        assert!(matches!(scan(&bad_type, 1 << 20), Scan::Invalid(r) if r.contains("type 99")));
+        assert!(
+            matches!(measure(&bad_type, 1 << 20), Measured::Invalid(r) if r.contains("type 99"))
+        );
     }
 
     #[test]
@@ -291,7 +298,7 @@ mod tests {
             m.push(T_STRUCT);
             m.extend_from_slice(&[0, 1]);
         }
-        assert!(matches!(scan(&m, 1 << 20), Scan::Invalid(r) if r.contains("deeper")));
+        assert!(matches!(measure(&m, 1 << 20), Measured::Invalid(r) if r.contains("deeper")));
     }
 
     #[test]
@@ -301,6 +308,6 @@ mod tests {
         m.extend_from_slice(&[0, 1]);
         m.push(T_I64);
         m.extend_from_slice(&i32::MAX.to_be_bytes());
-        assert!(matches!(scan(&m, 1 << 20), Scan::Invalid(r) if r.contains("limit")));
+        assert!(matches!(measure(&m, 1 << 20), Measured::Invalid(r) if r.contains("limit")));
     }
 }

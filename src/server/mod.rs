@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 pub mod frame;
 pub mod wire;
-use frame::Scan;
+use frame::Measured;
 pub use wire::Protocol;
 
 /// Limits applied to every connection of one server.
@@ -238,10 +238,10 @@ impl<S: Service> Server<S> {
                         Err(reason) => return End::Refused(reason),
                     };
                 }
-                let needed = match detected.map(|wire| (wire, wire::scan(wire, &buf, max))) {
-                    Some((wire, Scan::Complete(len))) => break (len, wire),
-                    Some((_, Scan::Invalid(reason))) => return End::Refused(reason),
-                    Some((_, Scan::Incomplete(needed))) => needed,
+                let needed = match detected.map(|wire| (wire, wire::measure(wire, &buf, max))) {
+                    Some((wire, Measured::Complete(len))) => break (len, wire),
+                    Some((_, Measured::Invalid(reason))) => return End::Refused(reason),
+                    Some((_, Measured::Incomplete(needed))) => needed,
                     None => buf.len() + 1,
                 };
                 let (timeout, what) = if buf.is_empty() {

@@ -16,7 +16,7 @@ use thrift::protocol::{
 };
 use thrift::{TConfiguration, TransportErrorKind};
 
-use super::frame::{self, Scan};
+use super::frame::{self, Measured};
 
 /// The protocol of a connection's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,20 +83,20 @@ fn frame_length(buf: &[u8], max_bytes: usize) -> Result<usize, String> {
 }
 
 /// Where the first message in `buf` ends, on this wire (frame header included).
-pub fn scan(wire: Wire, buf: &[u8], max_bytes: usize) -> Scan {
+pub fn measure(wire: Wire, buf: &[u8], max_bytes: usize) -> Measured {
     if wire.framed {
         if buf.len() < FRAME_HEADER {
-            return Scan::Incomplete(FRAME_HEADER);
+            return Measured::Incomplete(FRAME_HEADER);
         }
         return match frame_length(buf, max_bytes) {
-            Ok(len) if buf.len() >= FRAME_HEADER + len => Scan::Complete(FRAME_HEADER + len),
-            Ok(len) => Scan::Incomplete(FRAME_HEADER + len),
-            Err(reason) => Scan::Invalid(reason),
+            Ok(len) if buf.len() >= FRAME_HEADER + len => Measured::Complete(FRAME_HEADER + len),
+            Ok(len) => Measured::Incomplete(FRAME_HEADER + len),
+            Err(reason) => Measured::Invalid(reason),
         };
     }
     match wire.protocol {
-        Protocol::Binary => frame::scan(buf, max_bytes),
-        Protocol::Compact => scan_compact(buf, max_bytes),
+        Protocol::Binary => frame::measure(buf, max_bytes),
+        Protocol::Compact => measure_compact(buf, max_bytes),
     }
 }
 
@@ -115,7 +115,7 @@ pub fn limits(size: usize) -> TConfiguration {
 
 /// Finds the end of an unframed compact message by skipping through it; running out of bytes
 /// means it is incomplete.
-fn scan_compact(buf: &[u8], max_bytes: usize) -> Scan {
+fn measure_compact(buf: &[u8], max_bytes: usize) -> Measured {
     let mut rest = buf;
     let skipped = {
         let mut input = TCompactInputProtocol::with_config(&mut rest, limits(max_bytes));
@@ -126,12 +126,12 @@ fn scan_compact(buf: &[u8], max_bytes: usize) -> Scan {
     };
     let used = buf.len() - rest.len();
     match skipped {
-        Ok(()) => Scan::Complete(used),
-        Err(e) if ran_out(&e) && buf.len() < max_bytes => Scan::Incomplete(buf.len() + 1),
+        Ok(()) => Measured::Complete(used),
+        Err(e) if ran_out(&e) && buf.len() < max_bytes => Measured::Incomplete(buf.len() + 1),
         Err(e) if ran_out(&e) => {
-            Scan::Invalid(format!("a message over the limit of {max_bytes} bytes"))
+            Measured::Invalid(format!("a message over the limit of {max_bytes} bytes"))
         }
-        Err(e) => Scan::Invalid(format!("not a compact Thrift message: {e}")),
+        Err(e) => Measured::Invalid(format!("not a compact Thrift message: {e}")),
     }
 }
 
@@ -139,7 +139,7 @@ fn ran_out(e: &thrift::Error) -> bool {
     matches!(e, thrift::Error::Transport(t) if t.kind == TransportErrorKind::EndOfFile)
 }
 
-/// The message inside what `scan` found (without its frame header).
+/// The message inside what `measure` found (without its frame header).
 pub fn payload(wire: Wire, message: &[u8]) -> &[u8] {
     if wire.framed {
         &message[FRAME_HEADER..]
@@ -250,13 +250,16 @@ mod tests {
         };
         for cut in 1..message.len() {
             assert!(
-                matches!(scan(wire, &message[..cut], 1000), Scan::Incomplete(_)),
+                matches!(
+                    measure(wire, &message[..cut], 1000),
+                    Measured::Incomplete(_)
+                ),
                 "cut at {cut}"
             );
         }
         let mut two = message.clone();
         two.extend_from_slice(&message);
-        assert_eq!(scan(wire, &two, 1000), Scan::Complete(message.len()));
+        assert_eq!(measure(wire, &two, 1000), Measured::Complete(message.len()));
     }
 
     #[test]

@@ -77,33 +77,37 @@ impl EntryTx<'_> {
     fn set(&self, key: &str, value: &str, expires_at_ms: Option<u64>) -> TxResult<()> {
         let raw = value::encode(value.as_bytes(), expires_at_ms);
         let old = self.data.insert(key.as_bytes(), raw.as_slice())?;
-        self.account(key, old.as_deref(), Some((value.len(), expires_at_ms)))?;
+        self.derive(key, old.as_deref(), Some((value.len(), expires_at_ms)))?;
         self.record(key, Some(&raw))
     }
 
-    /// Counts a key going from `old` (stored bytes) to a value of `new` (its length and expiry),
-    /// or to none, and moves its entry in `sm_expiry` if its expiry changed.
-    fn account(
+    /// Keeps what is derived from `sm_data` in step with a key going from `old` (stored bytes)
+    /// to a value of `new` (its length and expiry), or to none: the counters, and the key's
+    /// entry in `sm_expiry`.
+    fn derive(
         &self,
         key: &str,
         old: Option<&[u8]>,
         new: Option<(usize, Option<u64>)>,
     ) -> TxResult<()> {
+        let old = old.map(value::peek);
+        self.count(key, old.map(|(_, len)| len), new.map(|(len, _)| len));
+        let old_at = old.and_then(|(at, _)| at);
+        let new_at = new.and_then(|(_, at)| at);
+        expiry_index::moved(self.expiry, key.as_bytes(), old_at, new_at)
+    }
+
+    /// Counts a key whose value goes from `old_len` bytes (or none) to `new_len` (or none).
+    fn count(&self, key: &str, old_len: Option<usize>, new_len: Option<usize>) {
         let mut usage = self.usage.get();
-        let mut old_at = None;
-        if let Some(old) = old {
-            let (at, len) = value::peek(old);
-            old_at = at;
+        if let Some(len) = old_len {
             usage.remove((key.len() + len) as u64);
         }
-        let mut new_at = None;
-        if let Some((len, at)) = new {
-            new_at = at;
+        if let Some(len) = new_len {
             usage.keys += 1;
             usage.bytes += (key.len() + len) as u64;
         }
         self.usage.set(usage);
-        expiry_index::moved(self.expiry, key.as_bytes(), old_at, new_at)
     }
 
     /// Why writing `writes` (key, value length) would take the data past the caps, if it
@@ -144,7 +148,7 @@ impl EntryTx<'_> {
     fn remove(&self, key: &str) -> TxResult<bool> {
         let existed = self.live(key)?.is_some();
         if let Some(old) = self.data.remove(key.as_bytes())? {
-            self.account(key, Some(&old), None)?;
+            self.derive(key, Some(&old), None)?;
             self.record(key, None)?;
         }
         Ok(existed)
@@ -219,7 +223,7 @@ impl EntryTx<'_> {
                 let mut evicted = 0;
                 for key in keys {
                     if let Some(old) = self.data.remove(key.as_bytes())? {
-                        self.account(key, Some(&old), None)?;
+                        self.derive(key, Some(&old), None)?;
                         self.record(key, None)?;
                         evicted += 1;
                     }
@@ -270,7 +274,7 @@ impl EntryTx<'_> {
                 .is_some_and(|raw| value::peek(&raw).0.is_some_and(|at| self.now_ms >= at));
             if expired {
                 if let Some(old) = self.data.remove(key.as_bytes())? {
-                    self.account(key, Some(&old), None)?;
+                    self.derive(key, Some(&old), None)?;
                 }
                 self.record(key, None)?;
                 removed += 1;
