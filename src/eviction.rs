@@ -31,8 +31,11 @@ pub const MAX_EVICTED_PER_BATCH: usize = 10_000;
 /// The leader's access history (a logical clock per key).
 #[derive(Default)]
 struct Tracker {
+    /// Counts accesses; the tick of a key's last access orders keys from least recent.
     tick: u64,
+    /// Each tracked key's last access.
     by_key: HashMap<String, u64>,
+    /// The same, by access: the first entry is the least recently used key.
     by_tick: BTreeMap<u64, String>,
 }
 
@@ -54,9 +57,13 @@ impl Tracker {
 
 /// Capacity, policy and (for LRU) the access history of one node.
 pub struct Eviction {
+    /// `--eviction`: refuse writes past the caps, or evict the least recently used keys.
     policy: Policy,
+    /// `--max-keys` and `--max-bytes` (0: no cap).
     capacity: Capacity,
+    /// The replica, for the sizes of the keys chosen for eviction.
     state: StateReader,
+    /// The accesses seen while this node leads.
     tracker: Mutex<Tracker>,
 }
 

@@ -43,17 +43,23 @@ pub enum StartError {
 
 /// A running node. Stop it with `shutdown`.
 pub struct RunningNode {
+    /// This node's id (`--id`).
     id: NodeId,
     /// The log store's flush counters.
     flushes: Arc<FlushStats>,
+    /// The node's Raft: its metrics tell tests and shutdown where it stands.
     raft: Raft,
+    /// This replica's data, for tests that read it directly.
     state: StateReader,
     /// Flushes the state machine one last time on stop.
     state_flusher: StateFlusher,
+    /// The client port's server; stopped first on shutdown, so no new request arrives.
     client_server: ServerHandle,
+    /// The peer port's server; stopped after Raft.
     peer_server: ServerHandle,
     /// Set when the node gave up on something it must do to serve (a `--join` that timed out).
     failed: tokio::sync::watch::Receiver<Option<String>>,
+    /// Whether the node waits to be added, is a member, or was removed.
     standing: Arc<Standing>,
 }
 
@@ -292,11 +298,17 @@ fn joined(raft: &Raft, id: NodeId, voter: bool) -> bool {
 
 /// What a node is made of below its services: its stores, its Raft and its peer clients.
 struct Core {
+    /// Raft over the node's stores, started.
     raft: Raft,
+    /// Connections to the other nodes, shared by Raft, the router and the membership.
     peers: Arc<PeerClients>,
+    /// Local reads of the replica.
     state: StateReader,
+    /// Flushes the state machine (periodically, and on stop).
     state_flusher: StateFlusher,
+    /// The log store's flush counters, for `status`.
     flushes: Arc<FlushStats>,
+    /// The data dir's node id, cluster id and incarnation.
     identity: Arc<ClusterIdentity>,
     /// Who this node is to its peers, and who they are to it.
     identities: Arc<PeerIdentities>,

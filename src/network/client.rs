@@ -113,7 +113,9 @@ impl SendGate {
 }
 
 struct Conn {
+    /// The socket, `TCP_NODELAY` set.
     stream: TcpStream,
+    /// When its last call ended: a connection idle past `POOL_MAX_IDLE` is not reused.
     last_used: Instant,
 }
 
@@ -123,8 +125,11 @@ pub struct PeerClients {
     from: NodeId,
     /// Stamps every call, and checks who answered.
     identities: Arc<PeerIdentities>,
+    /// Links tests cut or slow (empty in a real node).
     faults: Arc<Faults>,
+    /// Idle connections by peer address, at most `POOL_MAX_PER_PEER` each.
     pools: Mutex<HashMap<String, Vec<Conn>>>,
+    /// How long opening a connection may take.
     connect_timeout: Duration,
     /// Largest answer accepted from a peer.
     max_message_bytes: usize,
@@ -382,6 +387,7 @@ fn decode_reply(method: Method, answer: &[u8]) -> Result<Vec<u8>, String> {
 
 /// openraft's view of the peer network: one `PeerConnection` per target node.
 pub struct PeerNetwork {
+    /// The pool every connection openraft asks for shares.
     clients: Arc<PeerClients>,
 }
 
@@ -405,8 +411,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
 /// Sends openraft's messages to one target node.
 pub struct PeerConnection {
+    /// The node this connection reaches.
     target: NodeId,
+    /// Its peer address, as the membership records it.
     addr: String,
+    /// The shared pool the calls go through.
     clients: Arc<PeerClients>,
 }
 
