@@ -70,11 +70,13 @@ impl CacheApi {
         }
         let state = self.readable_with(&options).await?;
         let now_ms = now_ms();
-        let mut found = Vec::with_capacity(keys.len());
-        for key in &keys {
-            let entry = state.entry(key, now_ms).map_err(storage)?;
-            found.extend(entry.map(|e| to_wire(e, now_ms)));
-        }
+        let found: Vec<CacheEntry> = state
+            .entries(&keys, now_ms)
+            .map_err(storage)?
+            .into_iter()
+            .flatten()
+            .map(|e| to_wire(e, now_ms))
+            .collect();
         self.count_reads(keys.len() as u64, found.len() as u64);
         self.router.note_reads(keys.iter().map(String::as_str));
         Ok(found)

@@ -28,7 +28,7 @@ use openraft::StorageIOError;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 pub use build::SnapshotBuilder;
-pub use reader::{LiveEntry, ReplicaStats, StateReader};
+pub use reader::{ApplyLock, LiveEntry, ReplicaStats, StateReader};
 
 use super::apply::apply_batch;
 use super::expiry_index;
@@ -60,9 +60,14 @@ struct SnapshotSlot {
 
 /// The state machine openraft applies committed entries to.
 pub struct StateMachine {
+    /// The node's sled database, for flushes.
     db: sled::Db,
+    /// The cache's keys and values.
     data: sled::Tree,
+    /// `last_applied`, the membership, the counters and the install marker.
     meta: sled::Tree,
+    /// Taken by each apply, and by readers of several keys (`StateReader::entries`).
+    applies: ApplyLock,
     /// The changes applied while a snapshot is being built, for the builder to replay.
     effects: sled::Tree,
     /// The keys that carry an expiry, by expiry (`apply.rs` keeps it).
@@ -107,6 +112,7 @@ impl StateMachine {
             recording: Arc::new(AtomicBool::new(false)),
             snapshot_dir,
             receiving: None,
+            applies: ApplyLock::default(),
             slot: Arc::default(),
             flusher: flusher.clone(),
             _periodic_flush: flusher
@@ -161,6 +167,7 @@ impl StateMachine {
             data: self.data.clone(),
             meta: self.meta.clone(),
             expiry: self.expiry.clone(),
+            applies: self.applies.clone(),
         }
     }
 
@@ -196,6 +203,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Not flushed here: the entries are already durable in the log on a majority, and a
         // restart re-applies whatever the state machine had not yet made durable.
         let recording = self.recording.load(Ordering::Acquire);
+        let _exclusive = self.applies.write().expect("apply lock");
         apply_batch(
             &self.data,
             &self.meta,

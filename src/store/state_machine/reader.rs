@@ -9,10 +9,20 @@ use super::super::value::{self, Stored};
 /// expired at `now_ms` (the caller passes this node's clock).
 #[derive(Clone)]
 pub struct StateReader {
+    /// The cache's keys and values.
     pub(super) data: sled::Tree,
+    /// `last_applied` and the replicated counters.
     pub(super) meta: sled::Tree,
+    /// The keys that carry an expiry, by expiry.
     pub(super) expiry: sled::Tree,
+    /// Held (shared) by reads of several keys, and (exclusive) by each apply transaction: a
+    /// sled transaction is atomic against other transactions, not against plain reads, and
+    /// `get_many` or `scan` read key by key saw half of a `put_many`.
+    pub(super) applies: ApplyLock,
 }
+
+/// The lock that makes a read of several keys see one point in the apply order.
+pub type ApplyLock = std::sync::Arc<std::sync::RwLock<()>>;
 
 /// One live entry read from the replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +60,19 @@ impl StateReader {
         Ok(live(key.as_bytes(), &raw, now_ms))
     }
 
+    /// The live entries of `keys` at `now_ms`, in order (None for a key not held), all as of
+    /// one applied entry.
+    pub fn entries(
+        &self,
+        keys: &[String],
+        now_ms: u64,
+    ) -> Result<Vec<Option<LiveEntry>>, sled::Error> {
+        let _one_state = self.applies.read().expect("apply lock");
+        keys.iter().map(|key| self.entry(key, now_ms)).collect()
+    }
+
     /// Up to `limit` live entries whose keys start with `prefix` and sort after `start_after`,
-    /// in byte order.
+    /// in byte order, all as of one applied entry.
     pub fn scan(
         &self,
         prefix: &str,
@@ -59,6 +80,7 @@ impl StateReader {
         limit: usize,
         now_ms: u64,
     ) -> Result<Vec<LiveEntry>, sled::Error> {
+        let _one_state = self.applies.read().expect("apply lock");
         let from = std::ops::Bound::Excluded(start_after.as_bytes().to_vec());
         let start = if start_after.as_bytes() < prefix.as_bytes() {
             std::ops::Bound::Included(prefix.as_bytes().to_vec())
