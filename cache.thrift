@@ -62,8 +62,10 @@ exception CacheFull {
     1: required string message,
 }
 
-/// Counters of one node. Keys, bytes, expired and evicted are the replicated state (the same
-/// on every replica at the same applied index); hits and misses count this node's reads.
+/// Counters of one node. Keys and bytes are the replicated state (the same on every replica at
+/// the same applied index). Expired and evicted are counted by every replica as it applies the
+/// leader's sweeps and evictions, but are not carried in snapshots: a replica that installed a
+/// snapshot counts from 0 again. Hits and misses count this node's reads.
 struct CacheStats {
     1: required i64 keys,
     2: required i64 bytes,
@@ -161,7 +163,9 @@ service CacheService {
         throws (1: KeyNotFound not_found, 2: InvalidRequest invalid, 3: Unavailable unavailable),
     bool put(1: CacheEntry entry)
         throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
-    /// True when the key existed.
+    /// True when the key existed. A remove that raftcache retried internally after a change of
+    /// leader (its first attempt's outcome unknown) answers false if the first attempt had
+    /// already removed the key: the key is gone either way.
     bool remove(1: string key)
         throws (1: InvalidRequest invalid, 2: Unavailable unavailable),
     CacheEntry get_with(1: string key, 2: ReadOptions options)

@@ -140,8 +140,9 @@ impl Request {
         }
     }
 
-    /// Whether applying the request twice leaves the same state and answer as applying it
-    /// once: only those may be retried when a proposal's outcome is unknown.
+    /// Whether applying the request twice leaves the same state as applying it once: only those
+    /// may be retried when a proposal's outcome is unknown. The answer may differ: a retried
+    /// `remove` whose first attempt was applied answers false (`cache.thrift` says so).
     pub fn is_idempotent(&self) -> bool {
         matches!(
             self,

@@ -712,3 +712,29 @@ async fn unknown_method_over_framed_compact_gets_an_exception_and_the_connection
     assert_healthy(&cluster, panics, "unknown method over framed compact").await;
     cluster.stop(1).await;
 }
+
+/// raftcache declares no oneway method, and a REPLY or EXCEPTION is never a request: a `put`
+/// sent with any of those message types is answered with an exception, not executed, and the
+/// connection is closed (a oneway client reads no answers, so nothing after could be matched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_that_are_not_calls_are_refused_unexecuted() {
+    const ONEWAY: u8 = 4;
+    let (_g, mut cluster, panics) = start(&[]).await;
+    for (kind, name) in [
+        (ONEWAY, "ONEWAY"),
+        (REPLY, "REPLY"),
+        (EXCEPTION, "EXCEPTION"),
+    ] {
+        phase(&format!("a put of `typed` sent as a {name} message"));
+        let mut message = put_call(b"typed", name.as_bytes());
+        message[3] = kind;
+        let out = send_and_read(cluster.client_addrs[&1], message, PROMPT).await;
+        out.assert_refused(name);
+        let text = String::from_utf8_lossy(&out.bytes);
+        assert!(text.contains("only CALL messages"), "{name}: {text:?}");
+        let value = cluster.client(1).get("typed", true).await.expect("get");
+        assert_eq!(value, None, "a {name} message was executed");
+    }
+    assert_healthy(&cluster, panics, "non-call messages").await;
+    cluster.stop(1).await;
+}

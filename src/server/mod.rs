@@ -276,6 +276,12 @@ impl<S: Service> Server<S> {
             if wire.framed {
                 request = wire::payload(wire, &request).to_vec();
             }
+            if let Some(refusal) = wire::refuse_unless_call(wire.protocol, &request) {
+                let refusal = wire::wrap(wire, refusal);
+                let _ = tokio::time::timeout(self.limits.read_timeout, stream.write_all(&refusal))
+                    .await;
+                return End::Refused("a message that is not a call".into());
+            }
             let Some(answer) = self.service.call(request, wire.protocol).await else {
                 return End::Refused("undecodable request".into());
             };

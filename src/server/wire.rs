@@ -12,9 +12,9 @@ use std::borrow::Cow;
 
 use thrift::protocol::{
     TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
-    TInputProtocol, TMessageIdentifier, TOutputProtocol, TType,
+    TInputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol, TType,
 };
-use thrift::{TConfiguration, TransportErrorKind};
+use thrift::{ApplicationError, ApplicationErrorKind, TConfiguration, TransportErrorKind};
 
 use super::frame::{self, Measured};
 
@@ -157,6 +157,52 @@ pub fn wrap(wire: Wire, answer: Vec<u8>) -> Vec<u8> {
     out.extend_from_slice(&(answer.len() as u32).to_be_bytes());
     out.extend_from_slice(&answer);
     out
+}
+
+/// The exception that answers a message that is not a call (ONEWAY, REPLY or EXCEPTION), or
+/// None for a call (or a header that does not decode: the processor refuses that). raftcache
+/// declares no oneway method, and a reply or an exception is never a request: such a message is
+/// refused unexecuted, and the connection closed after the answer (a oneway client does not
+/// read answers, so nothing after it could be matched to its calls).
+pub fn refuse_unless_call(protocol: Protocol, request: &[u8]) -> Option<Vec<u8>> {
+    let mut rest = request;
+    let header = match protocol {
+        Protocol::Binary => TBinaryInputProtocol::new(&mut rest, true).read_message_begin(),
+        Protocol::Compact => TCompactInputProtocol::new(&mut rest).read_message_begin(),
+    }
+    .ok()?;
+    if header.message_type == TMessageType::Call {
+        return None;
+    }
+    let refusal = ApplicationError::new(
+        ApplicationErrorKind::InvalidMessageType,
+        format!(
+            "raftcache answers only CALL messages; this {:?} message of `{}` was not executed",
+            header.message_type, header.name
+        ),
+    );
+    let ident =
+        TMessageIdentifier::new(header.name, TMessageType::Exception, header.sequence_number);
+    let mut out = Vec::new();
+    let written = match protocol {
+        Protocol::Binary => {
+            let mut p = TBinaryOutputProtocol::new(&mut out, true);
+            p.write_message_begin(&ident)
+                .and_then(|()| {
+                    thrift::Error::write_application_error_to_out_protocol(&refusal, &mut p)
+                })
+                .and_then(|()| p.write_message_end())
+        }
+        Protocol::Compact => {
+            let mut p = TCompactOutputProtocol::new(&mut out);
+            p.write_message_begin(&ident)
+                .and_then(|()| {
+                    thrift::Error::write_application_error_to_out_protocol(&refusal, &mut p)
+                })
+                .and_then(|()| p.write_message_end())
+        }
+    };
+    written.ok().map(|()| out)
 }
 
 /// `request` with the method name's `service:` prefix removed (a multiplexed client's call
