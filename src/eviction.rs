@@ -7,8 +7,11 @@
 //! accesses it has seen: its own reads and the writes it proposed; reads served locally by
 //! followers do not count), and puts their removal (`Request::Evict`) at the head of the same
 //! log entry. Every replica then removes the same keys, so replicas always hold the same data.
-//! A new leader starts without access history: it evicts keys it has not seen first, in key
-//! order.
+//! "Recently" is as this leader has seen it: a new leader (after a restart or a failover)
+//! starts without access history, and counts every key it has not seen since it began leading
+//! as older than any it has: those are evicted first, in key order, then the keys it has seen,
+//! least recently used first. So a write made through the new leader is never evicted before a
+//! key nobody touched since it took over.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -112,22 +115,37 @@ impl Eviction {
         }
         let protected: HashSet<&str> = writes.iter().map(|(k, _)| *k).collect();
         let mut tracker = self.tracker.lock().expect("lru lock");
+        for request in requests {
+            for key in removed(request) {
+                tracker.forget(key);
+            }
+        }
         let mut victims = Vec::new();
         let mut chosen = HashSet::new();
-        // Keys the history does not hold, in key order: once the history is used up, every key
-        // left is one of them.
+        // First the keys the history does not hold, in key order: this node has not seen them
+        // since it began leading, so they are older than any it has seen. Skipped when the
+        // history holds as many keys as the replica (every key held has been seen).
         let mut unseen = self.state.keys();
+        let mut unseen_left = stats.keys > tracker.by_key.len() as u64;
         while !self.capacity.fits(keys, bytes) && victims.len() < MAX_EVICTED_PER_BATCH {
-            let oldest = tracker.by_tick.first_key_value().map(|(_, k)| k.clone());
-            let candidate = match oldest {
-                Some(key) => {
-                    tracker.forget(&key);
-                    key
+            let next_unseen = if unseen_left {
+                unseen.find(|key| !tracker.by_key.contains_key(key))
+            } else {
+                None
+            };
+            let candidate = match next_unseen {
+                Some(key) => key,
+                None => {
+                    unseen_left = false;
+                    let oldest = tracker.by_tick.first_key_value().map(|(_, k)| k.clone());
+                    match oldest {
+                        Some(key) => {
+                            tracker.forget(&key);
+                            key
+                        }
+                        None => break,
+                    }
                 }
-                None => match unseen.next() {
-                    Some(key) => key,
-                    None => break,
-                },
             };
             if protected.contains(candidate.as_str()) || chosen.contains(&candidate) {
                 continue;
@@ -144,6 +162,17 @@ impl Eviction {
             tracker.touch(key);
         }
         (!victims.is_empty()).then_some(Request::Evict { keys: victims })
+    }
+}
+
+/// The keys a request removes.
+fn removed(request: &Request) -> Vec<&str> {
+    match request {
+        Request::Remove { key } => vec![key.as_str()],
+        Request::RemoveMany { keys } | Request::Expire { keys } | Request::Evict { keys } => {
+            keys.iter().map(String::as_str).collect()
+        }
+        _ => Vec::new(),
     }
 }
 

@@ -141,3 +141,46 @@ async fn without_eviction_the_write_past_the_cap_fails_with_cache_full() {
     assert_eq!(stats.keys, 10);
     assert_eq!(stats.evicted, 0);
 }
+
+/// A leader knows only the accesses it has seen since it started leading. Keys it has not seen
+/// are older than any it has: after a restart, fresh writes must evict the old keys, never the
+/// previous fresh write (seen: `a2 a3 a4 a5 bN` after each of `b1`, `b2`, `b3`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_restart_fresh_writes_evict_old_keys_not_each_other() {
+    let mut cluster = TestCluster::start(1, &["--max-keys=5", "--eviction=lru"]).await;
+    let node = cluster.wait_for_leader().await;
+    phase("a1..a5 fill the cap; the node restarts");
+    for i in 1..=5 {
+        cluster
+            .client(node)
+            .put(&format!("a{i}"), "old")
+            .await
+            .unwrap();
+    }
+    cluster.stop(node).await;
+    cluster.restart(node).await;
+    cluster.wait_for_leader().await;
+
+    phase("b1, b2, b3 written after the restart: each stays, old keys go");
+    for i in 1..=3 {
+        cluster
+            .client(node)
+            .put(&format!("b{i}"), "new")
+            .await
+            .unwrap();
+        let held: Vec<String> = cluster
+            .client(node)
+            .local_contents()
+            .await
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(held.len(), 5, "after b{i}: {held:?}");
+        for j in 1..=i {
+            assert!(
+                held.contains(&format!("b{j}")),
+                "after b{i}, the fresh write b{j} was evicted: {held:?}"
+            );
+        }
+    }
+}
