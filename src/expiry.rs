@@ -61,7 +61,7 @@ async fn round(
     limits: ExpiryLimits,
 ) -> Result<u64, String> {
     let expired = state
-        .expired_keys(limits.scan_keys, now_ms())
+        .expired_keys(limits.scan_keys, state.log_clock().leader_now_ms(now_ms()))
         .map_err(|e| e.to_string())?;
     let mut removed = 0;
     for keys in expired.chunks(limits.batch_keys.max(1)) {

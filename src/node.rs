@@ -211,6 +211,7 @@ fn start_router(
         peers.clone(),
         batch_limits,
         eviction.clone(),
+        state.log_clock().clone(),
     );
     let expiry_limits = crate::expiry::ExpiryLimits {
         interval: Duration::from_millis(config.expiry_interval_ms.max(1)),

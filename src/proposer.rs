@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::eviction::Eviction;
 use crate::leader::{AskError, LeaderView};
 use crate::network::{ForwardError, ForwardRequest, PeerClients, PeerMethod};
+use crate::store::LogClock;
 use crate::types::{now_ms, Applied, Batch, NodeId, Raft, Request};
 
 /// Bounds on proposal batching.
@@ -101,6 +102,7 @@ impl Proposer {
         peers: Arc<PeerClients>,
         limits: BatchLimits,
         eviction: Arc<Eviction>,
+        clock: LogClock,
     ) -> Self {
         let (queue, pending) = mpsc::channel(limits.max_pending.max(1));
         let batcher = Batcher {
@@ -109,6 +111,7 @@ impl Proposer {
             peers,
             limits,
             eviction,
+            clock,
         };
         tokio::spawn(batcher.run(pending));
         Self { queue }
@@ -146,6 +149,8 @@ struct Batcher {
     limits: BatchLimits,
     /// The caps written into each entry, and the evictions proposed ahead of writes.
     eviction: Arc<Eviction>,
+    /// The log's time: an entry is proposed at this node's clock, or later if the log is ahead.
+    clock: LogClock,
 }
 
 impl Batcher {
@@ -204,7 +209,7 @@ impl Batcher {
 
     /// Proposes the batch as one entry and answers each request once it is applied here.
     async fn propose_and_answer(&self, batch: Vec<Pending>) {
-        let now_ms = now_ms();
+        let now_ms = self.clock.leader_now_ms(now_ms());
         let (mut requests, replies): (Vec<Request>, Vec<_>) = batch
             .into_iter()
             .map(|mut p| {

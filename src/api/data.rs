@@ -6,9 +6,9 @@
 use std::sync::atomic::Ordering;
 
 use super::passes::{Call, Outcome};
-use super::{invalid, route_error, to_wire, unexpected, CacheApi, RouteError};
+use super::{invalid, route_error, to_wire, ttl_clock, unexpected, CacheApi, RouteError};
 use crate::gen::cache::{CacheEntry, CacheStats, ReadOptions, WriteResult};
-use crate::types::{now_ms, Item, Request, Response};
+use crate::types::{Item, Request, Response};
 
 impl CacheApi {
     pub(super) async fn execute_data(&self, call: Call) -> Outcome {
@@ -69,13 +69,13 @@ impl CacheApi {
             self.check_key(key)?;
         }
         let state = self.readable_with(&options).await?;
-        let now_ms = now_ms();
+        let now_ms = state.log_clock().now_ms();
         let found: Vec<CacheEntry> = state
             .entries(&keys, now_ms)
             .map_err(storage)?
             .into_iter()
             .flatten()
-            .map(|e| to_wire(e, now_ms))
+            .map(|e| to_wire(e, ttl_clock(state)))
             .collect();
         self.count_reads(keys.len() as u64, found.len() as u64);
         self.router.note_reads(keys.iter().map(String::as_str));
@@ -168,11 +168,14 @@ impl CacheApi {
         }
         let limit = (limit as usize).min(self.limits.max_scan_items);
         let state = self.readable_with(&options).await?;
-        let now_ms = now_ms();
+        let now_ms = state.log_clock().now_ms();
         let entries = state
             .scan(&prefix, &start_after, limit, now_ms)
             .map_err(storage)?;
-        Ok(entries.into_iter().map(|e| to_wire(e, now_ms)).collect())
+        Ok(entries
+            .into_iter()
+            .map(|e| to_wire(e, ttl_clock(state)))
+            .collect())
     }
 
     fn stats(&self) -> thrift::Result<CacheStats> {

@@ -208,14 +208,14 @@ impl CacheApi {
     ) -> thrift::Result<CacheEntry> {
         self.check_key(&key)?;
         let state = self.readable(consistency, min_index).await?;
-        let now_ms = crate::types::now_ms();
+        let now_ms = state.log_clock().now_ms();
         let found = state
             .entry(&key, now_ms)
             .map_err(|e| route_error(RouteError::Storage(e.to_string())))?;
         self.count_reads(1, u64::from(found.is_some()));
         self.router.note_reads([key.as_str()]);
         match found {
-            Some(entry) => Ok(to_wire(entry, now_ms)),
+            Some(entry) => Ok(to_wire(entry, ttl_clock(state))),
             None => Err(user_error(KeyNotFound { key })),
         }
     }
@@ -361,6 +361,14 @@ fn read_options(options: &ReadOptions) -> thrift::Result<(Consistency, Option<u6
 }
 
 /// A live entry as the client sees it: its TTL is the time left.
+/// The time a TTL left is counted from: the log clock decides what is visible (`store/clock.rs`),
+/// but stands still while nothing is written, so the time left is counted from this node's
+/// clock when that is later.
+fn ttl_clock(state: &crate::store::StateReader) -> u64 {
+    state.log_clock().leader_now_ms(crate::types::now_ms())
+}
+
+/// An entry as the client sees it, with the time left counted from `now_ms`.
 fn to_wire(entry: crate::store::LiveEntry, now_ms: u64) -> CacheEntry {
     CacheEntry {
         key: entry.key,

@@ -29,7 +29,7 @@ use sled::transaction::{
 use super::expiry_index;
 use super::schema::{
     effect_key, encode, read_u64, TxResult, Usage, KEY_EVICTED, KEY_EXPIRED, KEY_LAST_APPLIED,
-    KEY_MEMBERSHIP,
+    KEY_LOG_CLOCK, KEY_MEMBERSHIP,
 };
 use super::value::{self, Stored};
 use crate::types::{
@@ -335,6 +335,12 @@ pub(super) fn apply_batch(
         if usage.get() != before {
             usage.get().write(meta)?;
         }
+        if let Some(at_ms) = log_time(entries) {
+            let stored = meta.get(KEY_LOG_CLOCK)?.map_or(0, |raw| read_u64(&raw));
+            if at_ms > stored {
+                meta.insert(KEY_LOG_CLOCK, at_ms.to_be_bytes().to_vec())?;
+            }
+        }
         meta.insert(KEY_LAST_APPLIED, encode(&Some(last.log_id)))?;
         if let Some(m) = &membership {
             meta.insert(KEY_MEMBERSHIP, encode(m))?;
@@ -344,4 +350,15 @@ pub(super) fn apply_batch(
     result.map_err(|e: TransactionError<()>| {
         StorageIOError::apply(last.log_id, &std::io::Error::other(format!("{e:?}"))).into()
     })
+}
+
+/// The largest leader time among `entries` (the log clock they move to), if any carries one.
+pub(super) fn log_time(entries: &[Entry]) -> Option<u64> {
+    entries
+        .iter()
+        .filter_map(|entry| match &entry.payload {
+            EntryPayload::Normal(batch) => Some(batch.now_ms),
+            _ => None,
+        })
+        .max()
 }

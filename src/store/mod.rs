@@ -10,6 +10,7 @@
 //! acknowledged.
 
 mod apply;
+mod clock;
 mod expiry_index;
 mod integrity;
 mod log;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use integrity::{Identity, Watermark};
 use schema::{KEY_NODE_ID, LOG_DIR, TREE_DATA, TREE_SM_META};
 
+pub use clock::LogClock;
 pub use integrity::{fnv1a, write_durably, ClusterIdentity, FORMAT_VERSION, PENDING_CLUSTER_ID};
 pub use log::{FlushStats, LogStore};
 pub use sm_flush::StateFlusher;

@@ -7,7 +7,7 @@
 //! | `sm_data` | the cache key | `value.rs`: the value and its absolute expiry |
 //! | `sm_meta` | `last_applied`, `membership` | bincode `Option<LogId>`, `StoredMembership` |
 //! | `sm_meta` | `installing_snapshot` | the snapshot id, while an install is under way |
-//! | `sm_meta` | `keys_held`, `bytes_held`, `expired_count`, `evicted_count` | `u64`, big-endian |
+//! | `sm_meta` | `keys_held`, `bytes_held`, `expired_count`, `evicted_count`, `log_clock` | `u64`, big-endian |
 //! | `sm_meta` | `expiry_indexed` | empty, once `sm_expiry` indexes every key with an expiry |
 //! | `sm_meta` | `node_id` | the node id the data dir belongs to |
 //! | `sm_expiry` | expiry (`u64` ms, big-endian) then the data key | empty |
@@ -32,6 +32,8 @@ pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"membership";
 /// Present while a received snapshot is being installed into `sm_data`.
 pub const KEY_INSTALLING: &[u8] = b"installing_snapshot";
+/// The log's clock: the largest leader time among the applied entries (`clock.rs`).
+pub const KEY_LOG_CLOCK: &[u8] = b"log_clock";
 /// The node id the data dir belongs to.
 pub const KEY_NODE_ID: &[u8] = b"node_id";
 /// Present once `sm_expiry` indexes every key of `sm_data` with an expiry.

@@ -30,11 +30,13 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 pub use build::SnapshotBuilder;
 pub use reader::{ApplyLock, LiveEntry, ReplicaStats, StateReader};
 
-use super::apply::apply_batch;
+use super::apply::{apply_batch, log_time};
+use super::clock::LogClock;
 use super::expiry_index;
 use super::schema::decode;
 use super::schema::{
-    KEY_EXPIRY_BUILT, KEY_INSTALLING, KEY_LAST_APPLIED, KEY_MEMBERSHIP, TREE_EFFECTS, TREE_EXPIRY,
+    read_u64, KEY_EXPIRY_BUILT, KEY_INSTALLING, KEY_LAST_APPLIED, KEY_LOG_CLOCK, KEY_MEMBERSHIP,
+    TREE_EFFECTS, TREE_EXPIRY,
 };
 use super::sm_flush::{PeriodicFlush, StateFlusher, STATE_FLUSH_INTERVAL};
 use super::snapshot;
@@ -68,6 +70,8 @@ pub struct StateMachine {
     meta: sled::Tree,
     /// Taken by each apply, and by readers of several keys (`StateReader::entries`).
     applies: ApplyLock,
+    /// The log's time, moved by each apply; readers hide expired values by it.
+    clock: LogClock,
     /// The changes applied while a snapshot is being built, for the builder to replay.
     effects: sled::Tree,
     /// The keys that carry an expiry, by expiry (`apply.rs` keeps it).
@@ -113,6 +117,7 @@ impl StateMachine {
             snapshot_dir,
             receiving: None,
             applies: ApplyLock::default(),
+            clock: LogClock::default(),
             slot: Arc::default(),
             flusher: flusher.clone(),
             _periodic_flush: flusher
@@ -133,6 +138,11 @@ impl StateMachine {
             sm.install_current(&meta, Verified::No)?;
         }
         sm.upgrade_current()?;
+        let clock = sm
+            .meta
+            .get(KEY_LOG_CLOCK)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        sm.clock.advance(clock.map_or(0, |raw| read_u64(&raw)));
         let indexed = sm
             .meta
             .contains_key(KEY_EXPIRY_BUILT)
@@ -168,6 +178,7 @@ impl StateMachine {
             meta: self.meta.clone(),
             expiry: self.expiry.clone(),
             applies: self.applies.clone(),
+            clock: self.clock.clone(),
         }
     }
 
@@ -204,14 +215,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // restart re-applies whatever the state machine had not yet made durable.
         let recording = self.recording.load(Ordering::Acquire);
         let _exclusive = self.applies.write().expect("apply lock");
-        apply_batch(
+        let at_ms = log_time(&entries);
+        let responses = apply_batch(
             &self.data,
             &self.meta,
             &self.effects,
             &self.expiry,
             recording,
             &entries,
-        )
+        );
+        if let Some(at_ms) = at_ms.filter(|_| responses.is_ok()) {
+            self.clock.advance(at_ms);
+        }
+        responses
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {

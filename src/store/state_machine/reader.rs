@@ -1,12 +1,13 @@
 //! The read side of the replica: local reads, scans, the expiry index's due keys and the
 //! replicated counters, straight from sled, with expired values hidden by the reader's clock.
 
+use super::super::clock::LogClock;
 use super::super::expiry_index;
 use super::super::schema::{read_u64, KEY_BYTES, KEY_EVICTED, KEY_EXPIRED, KEY_KEYS};
 use super::super::value::{self, Stored};
 
 /// A read-only handle on the replica's data, for serving local reads. Every read hides values
-/// expired at `now_ms` (the caller passes this node's clock).
+/// expired at `now_ms`: the caller passes the log clock (`log_clock`), never its own.
 #[derive(Clone)]
 pub struct StateReader {
     /// The cache's keys and values.
@@ -19,6 +20,8 @@ pub struct StateReader {
     /// sled transaction is atomic against other transactions, not against plain reads, and
     /// `get_many` or `scan` read key by key saw half of a `put_many`.
     pub(super) applies: ApplyLock,
+    /// The log's time: reads hide a value from the moment it reaches the value's expiry.
+    pub(super) clock: LogClock,
 }
 
 /// The lock that makes a read of several keys see one point in the apply order.
@@ -44,11 +47,16 @@ pub struct ReplicaStats {
 }
 
 impl StateReader {
+    /// The log's clock, by which every read of this replica hides expired values.
+    pub fn log_clock(&self) -> &LogClock {
+        &self.clock
+    }
+
     /// The value stored under `key` on this replica, as of its last applied entry, unless it
-    /// is expired by this node's clock.
+    /// is expired by the log clock.
     pub fn get(&self, key: &str) -> Result<Option<String>, sled::Error> {
         Ok(self
-            .entry(key, crate::types::now_ms())?
+            .entry(key, self.clock.now_ms())?
             .map(|entry| entry.value))
     }
 

@@ -553,3 +553,52 @@ async fn a_data_dir_without_the_expiry_index_gets_it_built_on_open() {
     assert_eq!(expiry_index::entries(sm.expiry_tree()), expected);
     assert!(sm.meta.contains_key(KEY_EXPIRY_BUILT).unwrap());
 }
+
+/// Expiry is decided by the log's time (the leader's clock carried by each applied entry), not
+/// by the clock of the node that reads: every replica at the same index agrees, and a write is
+/// visible where it was acknowledged whatever that node's clock says.
+#[tokio::test]
+async fn reads_hide_expired_values_by_the_log_clock_not_the_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a");
+    let put = |key: &str, at_ms| Request::Put {
+        key: key.into(),
+        value: "v".into(),
+        expiry: Expiry::AtMs(at_ms),
+    };
+    {
+        let (_log, mut sm) = store::open(&path, 1, None, &StoreOptions::default())
+            .await
+            .unwrap();
+        // The leader's clock read 1,000 (this machine's reads far later): visible until 11,000.
+        sm.apply(vec![entry_at(1, 1_000, vec![put("t", 11_000)])])
+            .await
+            .unwrap();
+        let reader = sm.reader();
+        assert_eq!(reader.log_clock().now_ms(), 1_000);
+        assert_eq!(reader.get("t").unwrap().as_deref(), Some("v"));
+        sm.apply(vec![entry_at(2, 10_999, Vec::new())])
+            .await
+            .unwrap();
+        assert_eq!(reader.get("t").unwrap().as_deref(), Some("v"));
+        sm.apply(vec![entry_at(3, 11_000, Vec::new())])
+            .await
+            .unwrap();
+        assert_eq!(reader.get("t").unwrap(), None, "hidden from its expiry on");
+        // A leader whose clock is behind does not turn the log's time back.
+        sm.apply(vec![entry_at(4, 5_000, Vec::new())])
+            .await
+            .unwrap();
+        assert_eq!(reader.log_clock().now_ms(), 11_000);
+        assert_eq!(reader.get("t").unwrap(), None);
+        assert_eq!(reader.log_clock().leader_now_ms(0), 11_000);
+    }
+    let (_log, sm) = store::open(&path, 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        sm.reader().log_clock().now_ms(),
+        11_000,
+        "kept across a restart"
+    );
+}
