@@ -361,6 +361,10 @@ async fn open_core(
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
     identities.watch_membership(&raft);
+    if let Err(e) = check_recorded_address(&raft, id, advertised).await {
+        let _ = raft.shutdown().await;
+        return Err(e);
+    }
     if config.start_mode() == StartMode::Bootstrap {
         bootstrap(&raft, config, advertised).await?;
     }
@@ -373,6 +377,59 @@ async fn open_core(
         identity,
         identities,
     })
+}
+
+/// Refuses to start a member whose peer address is not the one its cluster records for it: the
+/// others would send it nothing, while it could still call elections and win them (seen: a
+/// follower restarted on another `--peer-listen` became a leader no one could forward to).
+async fn check_recorded_address(
+    raft: &Raft,
+    id: NodeId,
+    own: &Advertised,
+) -> Result<(), StartError> {
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    if !initialized {
+        return Ok(());
+    }
+    let loaded = raft
+        .wait(Some(Duration::from_secs(5)))
+        .metrics(
+            |m| m.membership_config.log_id().is_some(),
+            "membership loaded",
+        )
+        .await;
+    let Ok(metrics) = loaded else {
+        return Ok(());
+    };
+    let membership = metrics.membership_config.membership();
+    let recorded = membership.get_node(&id).map(|node| node.peer_addr.clone());
+    let alone = membership.nodes().all(|(member, _)| *member == id);
+    match recorded {
+        Some(recorded) if alone && addresses_differ(&recorded, &own.peer_addr) => {
+            // No other member needs to reach it; a node added later would use the old record.
+            tracing::warn!(%recorded, now = %own.peer_addr, "this one-node cluster records another peer address for this node: a node that joins it will not reach it there");
+            Ok(())
+        }
+        Some(recorded) if addresses_differ(&recorded, &own.peer_addr) => Err(StartError::Config(format!(
+            "the cluster records node {id} at peer address {recorded}, but this node's peer address is {}: the other nodes would not reach it. Start it with --peer-listen (or --advertise-peer) {recorded}, or replace it (`raftcache admin replace-node`, docs/operations.md)",
+            own.peer_addr
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether two peer addresses name different places. An unspecified IP (`0.0.0.0`) or a host
+/// name cannot be compared with an address: then only the ports are.
+fn addresses_differ(recorded: &str, own: &str) -> bool {
+    use std::net::SocketAddr;
+    let port = |addr: &str| addr.rsplit(':').next().map(str::to_string);
+    match (recorded.parse::<SocketAddr>(), own.parse::<SocketAddr>()) {
+        (Ok(r), Ok(o)) if !o.ip().is_unspecified() => r != o,
+        _ => port(recorded) != port(own),
+    }
 }
 
 fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, StartError> {

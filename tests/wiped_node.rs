@@ -244,3 +244,49 @@ fn a_node_back_with_a_wiped_data_dir_and_no_flags_is_a_cluster_of_its_own() {
         }
     }
 }
+
+/// A member restarted on a peer address other than the one its cluster records for it cannot be
+/// reached by the others: it must say so at start-up and not take part (seen: such a node won
+/// the leadership, and writes through the others failed for as long as it ran).
+#[test]
+fn a_member_restarted_on_another_peer_address_refuses_to_start_and_says_so() {
+    let start = Instant::now();
+    phase(start, "3 nodes; a key written");
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_leader(&[1, 2, 3]);
+    Retrying::new(cluster.node(leader).client_addr).put("before", "move");
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+
+    phase(start, "the follower restarted with another --peer-listen");
+    let recorded = cluster.node(follower).peer_addr;
+    cluster.node_mut(follower).kill();
+    let moved = support::free_addrs(1)[0];
+    cluster.node_mut(follower).peer_addr = moved;
+    cluster.node_mut(follower).spawn();
+    let status = cluster
+        .node_mut(follower)
+        .wait_exit(DEADLINE)
+        .expect("the misplaced node exits");
+    assert!(!status.success(), "it exits with an error");
+    let log = std::fs::read_to_string(&cluster.node(follower).log_path).unwrap();
+    assert!(
+        log.contains(&recorded.to_string()) && log.contains(&moved.to_string()),
+        "its message names both addresses: {}",
+        cluster.node(follower).log_tail(5)
+    );
+
+    phase(
+        start,
+        "the other two keep taking writes; back on its address it rejoins",
+    );
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != follower).collect();
+    let leader = cluster.wait_leader(&others);
+    Retrying::new(cluster.node(leader).client_addr).put("after", "move");
+    cluster.node_mut(follower).peer_addr = recorded;
+    cluster.node_mut(follower).start();
+    let deadline = Instant::now() + DEADLINE;
+    while local(cluster.node(follower), "after").is_none() {
+        assert!(Instant::now() < deadline, "the node did not catch up");
+        std::thread::sleep(POLL);
+    }
+}
