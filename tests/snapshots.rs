@@ -28,20 +28,23 @@ async fn wait_caught_up_by_snapshot(cluster: &TestCluster, lagging: NodeId, lead
         .expect("the follower installs a snapshot and applies up to the leader's index");
 }
 
+/// A 3-node cluster started with `flags`, its leader, and one of its followers.
+async fn three_nodes_and_a_follower(flags: &[&str]) -> (TestCluster, NodeId, NodeId) {
+    let cluster = TestCluster::start(3, flags).await;
+    let leader = cluster.wait_for_leader().await;
+    let lagging = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    (cluster, leader, lagging)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     // Small log segments, so that the log rotates through many and purges whole ones.
-    let mut cluster = TestCluster::start(
-        3,
-        &[
-            "--snapshot-every=50",
-            "--snapshot-keep-log=10",
-            "--log-segment-bytes=4096",
-        ],
-    )
+    let (mut cluster, leader, lagging) = three_nodes_and_a_follower(&[
+        "--snapshot-every=50",
+        "--snapshot-keep-log=10",
+        "--log-segment-bytes=4096",
+    ])
     .await;
-    let leader = cluster.wait_for_leader().await;
-    let lagging = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     cluster
         .client(leader)
         .put("before", "stop")
@@ -180,19 +183,14 @@ async fn admin_snapshot_builds_one_covering_everything_applied() {
 /// restarted the transfer, over and over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_snapshot_transfer_longer_than_the_election_timeout_deposes_no_leader() {
-    let mut cluster = TestCluster::start(
-        3,
-        &[
-            "--snapshot-every=50",
-            "--snapshot-keep-log=10",
-            "--snapshot-chunk-bytes=1024",
-            "--election-timeout-min-ms=500",
-            "--election-timeout-max-ms=1000",
-        ],
-    )
+    let (mut cluster, leader, lagging) = three_nodes_and_a_follower(&[
+        "--snapshot-every=50",
+        "--snapshot-keep-log=10",
+        "--snapshot-chunk-bytes=1024",
+        "--election-timeout-min-ms=500",
+        "--election-timeout-max-ms=1000",
+    ])
     .await;
-    let leader = cluster.wait_for_leader().await;
-    let lagging = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     cluster.stop(lagging).await;
     let writer = cluster.client(leader);
     let value = "v".repeat(100);
@@ -237,17 +235,12 @@ async fn a_snapshot_transfer_longer_than_the_election_timeout_deposes_no_leader(
 /// refused by the follower and sent again: it ends with exactly the leader's data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn damaged_snapshot_chunks_are_refused_and_sent_again() {
-    let mut cluster = TestCluster::start(
-        3,
-        &[
-            "--snapshot-every=50",
-            "--snapshot-keep-log=10",
-            "--snapshot-chunk-bytes=1024",
-        ],
-    )
+    let (mut cluster, leader, lagging) = three_nodes_and_a_follower(&[
+        "--snapshot-every=50",
+        "--snapshot-keep-log=10",
+        "--snapshot-chunk-bytes=1024",
+    ])
     .await;
-    let leader = cluster.wait_for_leader().await;
-    let lagging = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
 
     phase("stop a follower; write 300 keys; the leader compacts its log past it");
     cluster.stop(lagging).await;

@@ -18,6 +18,7 @@ use crate::types::{LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership
 /// Builds a snapshot while applies go on: a copy of the data tree, then the changes applied
 /// during the copy, as recorded in the effects tree (`store/snapshot.rs` says why that is
 /// exact).
+#[derive(Clone)]
 pub struct SnapshotBuilder {
     /// The applied log id when the build started, or why it could not be read.
     pub(super) from: Result<Option<LogId>, String>,
@@ -117,13 +118,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let path = snapshot::temp_path(&self.snapshot_dir, "building");
         let builder = SnapshotBuilder {
             from: Ok(from),
-            data: self.data.clone(),
-            meta: self.meta.clone(),
-            effects: self.effects.clone(),
-            recording: self.recording.clone(),
-            snapshot_dir: self.snapshot_dir.clone(),
-            slot: self.slot.clone(),
-            installs_before: self.installs_before,
+            ..self.clone()
         };
         let written = path.clone();
         let built = tokio::task::spawn_blocking(move || builder.write(&written, from)).await;

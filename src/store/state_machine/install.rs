@@ -13,7 +13,7 @@ use super::super::schema::{
     KEY_BYTES, KEY_EXPIRY_BUILT, KEY_INSTALLING, KEY_KEYS, KEY_LAST_APPLIED, KEY_MEMBERSHIP,
 };
 use super::super::{expiry_index, snapshot};
-use super::{SnapshotBuilder, StateMachine};
+use super::StateMachine;
 use crate::types::{LogId, Snapshot, SnapshotMeta, StorageError};
 
 /// Keys written to `sm_data` per sled batch when installing a snapshot.
@@ -107,16 +107,7 @@ impl StateMachine {
             StorageIOError::write_snapshot(None, &std::io::Error::other(e)).into()
         };
         let from = self.read_meta::<Option<LogId>>(KEY_LAST_APPLIED)?.flatten();
-        let builder = SnapshotBuilder {
-            from: Ok(from),
-            data: self.data.clone(),
-            meta: self.meta.clone(),
-            effects: self.effects.clone(),
-            recording: Arc::new(AtomicBool::new(false)),
-            snapshot_dir: self.snapshot_dir.clone(),
-            slot: self.slot.clone(),
-            installs_before: 0,
-        };
+        let builder = self.builder(Ok(from), Arc::new(AtomicBool::new(false)), 0);
         let path = snapshot::temp_path(&self.snapshot_dir, "rebuilding");
         let meta = builder.write(&path, from).map_err(failed)?;
         let _slot = self.slot.lock().expect("snapshot slot lock");

@@ -182,6 +182,25 @@ impl StateMachine {
         }
     }
 
+    /// A snapshot builder over this state machine's trees, starting from `from`.
+    fn builder(
+        &self,
+        from: Result<Option<LogId>, String>,
+        recording: Arc<AtomicBool>,
+        installs_before: u64,
+    ) -> SnapshotBuilder {
+        SnapshotBuilder {
+            from,
+            data: self.data.clone(),
+            meta: self.meta.clone(),
+            effects: self.effects.clone(),
+            recording,
+            snapshot_dir: self.snapshot_dir.clone(),
+            slot: self.slot.clone(),
+            installs_before,
+        }
+    }
+
     fn read_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
@@ -244,16 +263,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         self.recording.store(true, Ordering::Release);
         let installs_before = self.slot.lock().expect("snapshot slot lock").installs;
-        SnapshotBuilder {
-            from,
-            data: self.data.clone(),
-            meta: self.meta.clone(),
-            effects: self.effects.clone(),
-            recording: self.recording.clone(),
-            snapshot_dir: self.snapshot_dir.clone(),
-            slot: self.slot.clone(),
-            installs_before,
-        }
+        self.builder(from, self.recording.clone(), installs_before)
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
