@@ -2,7 +2,7 @@
 # Runs every raftcache test, after setting up what the tests need:
 #   - Debian's thrift-compiler (to check the generated code and to generate Python code),
 #   - a Python venv with thriftpy2, Apache thrift and pytest (scripts/python-env.sh),
-#   - the raftcache binary (debug build),
+#   - every workspace member, with the raftcache and raftcache-faults binaries (debug build),
 #   - with docker and docker-compose present, the image raftcache:test of that binary.
 # Then: the check that src/gen matches the IDL, the doc check (scripts/check_docs.py), the Rust
 # tests (unit, storage conformance, in-process clusters, bad input, multi-process crash tests,
@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { echo "== test.sh: $*"; }
+# Where cargo puts what it builds (the binaries below are run from there).
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 
 if ! command -v thrift >/dev/null; then
   say "installing thrift-compiler"
@@ -29,13 +31,13 @@ python3 scripts/check_docs.py
 say "python venv"
 bash scripts/python-env.sh
 
-say "build"
-cargo build --all-targets --quiet
+say "build (every workspace member)"
+cargo build --workspace --all-targets --quiet
 
 # tests/compose.rs runs the compose cluster on an image of this build; without docker it skips.
 if docker info >/dev/null 2>&1 && docker-compose version >/dev/null 2>&1; then
   say "container image raftcache:test (debug binary) for tests/compose.rs"
-  RAFTCACHE_BIN="$PWD/target/debug/raftcache" IMAGE=raftcache:test cluster/build-image.sh
+  RAFTCACHE_BIN="$target_dir/debug/raftcache" IMAGE=raftcache:test cluster/build-image.sh
   export RAFTCACHE_IMAGE=raftcache:test RAFTCACHE_REQUIRE_DOCKER=1
   faults=yes
 else
@@ -45,17 +47,17 @@ fi
 
 say "rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast
+  cargo nextest run --workspace --no-fail-fast
 else
-  cargo test --no-fail-fast
+  cargo test --workspace --no-fail-fast
 fi
 
 say "python client tests"
-RAFTCACHE_BIN="$PWD/target/debug/raftcache" .venv-test/bin/pytest tests/python -q
+RAFTCACHE_BIN="$target_dir/debug/raftcache" .venv-test/bin/pytest tests/python -q
 
 if [ "$faults" = yes ]; then
   runs="${RAFTCACHE_FAULT_RUNS:-5}" seconds="${RAFTCACHE_FAULT_SECONDS:-30}"
   say "fault injection: $runs runs of $seconds s on the compose cluster (docs/testing.md)"
-  target/debug/raftcache-faults --image raftcache:test --runs "$runs" --seconds "$seconds" \
+  "$target_dir/debug/raftcache-faults" --image raftcache:test --runs "$runs" --seconds "$seconds" \
     ${RAFTCACHE_FAULT_SEED:+--seed "$RAFTCACHE_FAULT_SEED"} --out-dir target/faults
 fi
