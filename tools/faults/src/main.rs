@@ -121,7 +121,7 @@ fn main() -> ExitCode {
         if let Some(failure) = &report.failure {
             println!("{failure}");
             println!(
-                "  replay: cargo run --bin raftcache-faults -- --seed {} --runs 1 --seconds {} --clients {}{}",
+                "  replay: cargo run -p raftcache-faults -- --seed {} --runs 1 --seconds {} --clients {}{}",
                 report.seed,
                 args.seconds,
                 args.clients,
