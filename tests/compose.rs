@@ -4,7 +4,7 @@
 //! keep working through the other two after `docker kill` of the leader, and that the killed
 //! node rejoins and catches up; and that a history of concurrent clients recorded across the
 //! kill and the restart, and another across cutting the leader off the network and back, are
-//! linearizable (`raftcache::linearizability`).
+//! linearizable (`raftcache_testkit::linearizability`).
 //!
 //! This test builds nothing. It uses the image named by `RAFTCACHE_IMAGE` (default
 //! `raftcache:local`) and skips, saying why, when docker, docker-compose or the image is missing,
@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use raftcache::client::{describe_error, CacheClient};
-use raftcache::containers::missing_prerequisite;
-use raftcache::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
+use raftcache_testkit::compose::missing_prerequisite;
+use raftcache_testkit::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
 
 /// How long the cluster may take to elect a leader, a write to succeed after the leader is
 /// killed, or the killed node to catch up. Generous: a shared 2-core machine can be slow, and

@@ -16,8 +16,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use raftcache::containers::missing_prerequisite;
-use raftcache::linearizability::{self, Limits, Verdict};
+use raftcache_testkit::compose::missing_prerequisite;
+use raftcache_testkit::linearizability::{self, Limits, Verdict};
+use raftcache_testkit::rng::clock_seed;
 
 use run::{RunConfig, RunReport};
 use schedule::FaultKind;
@@ -88,12 +89,7 @@ fn main() -> ExitCode {
         eprintln!("raftcache-faults: --runs, --clients and --hot-keys must be at least 1 and --seconds at least 10");
         return ExitCode::from(2);
     }
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64 % 1_000_000_000)
-            .unwrap_or(1)
-    });
+    let seed = args.seed.unwrap_or_else(clock_seed);
     let config = RunConfig {
         seconds: args.seconds,
         clients: args.clients,

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use raftcache::client::{describe_error, CacheClient};
 use raftcache::gen::cache::{AdminOp, Consistency, ReadOptions, TCacheServiceSyncClient};
-use raftcache::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
 use raftcache::membership::{add_node, CatchUp};
+use raftcache_testkit::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
+use raftcache_testkit::rng::Rng;
 
 use crate::docker::Cluster;
-use crate::schedule::{plan, FaultKind, Rng, Schedule, Step};
+use crate::schedule::{plan, FaultKind, Schedule, Step};
 use crate::workload::{ClientLimits, Workload, CALL_TIMEOUT};
 
 /// How long the cluster may take to have every member answer and agree on a leader: generous,

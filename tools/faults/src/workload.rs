@@ -13,9 +13,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use raftcache::client::CacheClient;
-use raftcache::linearizability::{Call, Operation, Outcome};
-
-use crate::schedule::Rng;
+use raftcache_testkit::linearizability::{Call, Operation, Outcome};
+use raftcache_testkit::rng::Rng;
 
 /// Connect timeout, and how long a call waits for its answer: longer than a node's request
 /// deadline (5 s by default), so a node that answers at all answers before the client gives up.

@@ -1,0 +1,12 @@
+//! raftcache-testkit: the tooling that raftcache's tests (`tests/`) and its fault-injection
+//! suite (`tools/faults`) share, kept out of the server library so that the product exports no
+//! test code.
+//!
+//! - `linearizability`: the checker that judges a recorded history of client operations.
+//! - `compose`: what running raftcache in containers needs on this machine.
+//! - `rng`: the one seeded generator behind every random schedule and workload, so a printed
+//!   seed replays a run.
+
+pub mod compose;
+pub mod linearizability;
+pub mod rng;
