@@ -1,7 +1,60 @@
-//! What running raftcache in containers needs on this machine: shared by the compose tests and
-//! the fault-injection suite (`raftcache-faults`), which both drive docker and docker-compose.
+//! raftcache nodes in containers: one compose project, controlled with `docker-compose` and
+//! `docker`. The one driver of the compose tests (`tests/compose.rs`, on the checked-in
+//! `cluster/docker-compose.yml`) and of the fault-injection suite (`tools/faults`, on a compose
+//! file written for each run, with initial voters and spare nodes that wait with
+//! `--no-bootstrap` until a membership change adds them).
+//!
+//! Partitions move containers between docker networks: a node cut off is connected to a network
+//! of its side (under its own service name, so the nodes on that side still resolve it) and
+//! then disconnected from the shared one. Its published client port keeps working, so clients
+//! still reach a node that its peers cannot.
 
-use std::process::Command;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use crate::ports::free_ports;
+
+/// The network every node of a generated project is on when nothing is cut (compose prefixes
+/// it with the project).
+const GENERATED_NETWORK: &str = "shared";
+/// The network of `cluster/docker-compose.yml`.
+const CHECKED_IN_NETWORK: &str = "raftcache";
+/// The voters of `cluster/docker-compose.yml`.
+const CHECKED_IN_NODES: u64 = 3;
+const CLIENT_PORT: u16 = 9090;
+const PEER_PORT: u16 = 9190;
+/// Tries of one `docker pause` (see `Project::pause`).
+const PAUSE_ATTEMPTS: u32 = 5;
+/// Lines of every node's log printed when a test panics with the project up.
+const LOG_TAIL_ON_PANIC: u32 = 40;
+
+/// A docker or docker-compose command that did not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The program could not be started (not installed, not on the `PATH`).
+    #[error("running {what}: {source}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+    /// It ran and failed; `output` is what it printed.
+    #[error("{what} failed ({status}): {output}")]
+    Failed {
+        what: String,
+        status: ExitStatus,
+        output: String,
+    },
+    /// The project's compose file could not be written, or no free port found.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// Why containers of `image` cannot run here (no docker daemon, no docker-compose, no such
 /// image), if they cannot.
@@ -24,4 +77,413 @@ pub fn missing_prerequisite(image: &str) -> Option<String> {
         ));
     }
     None
+}
+
+/// A node of a compose project.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub id: u64,
+    /// Its client port, published on 127.0.0.1.
+    pub port: u16,
+    /// Whether it starts as a voter (the others are spares).
+    pub initial: bool,
+}
+
+impl Node {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The address its peers reach it at, on the project's networks.
+    pub fn peer_addr(&self) -> String {
+        format!("node{}:{PEER_PORT}", self.id)
+    }
+}
+
+/// One compose project. Taken down, with its volumes and networks, on drop.
+pub struct Project {
+    name: String,
+    file: PathBuf,
+    /// The environment docker-compose reads the file with (a checked-in file takes its image
+    /// and published ports from it).
+    env: Vec<(String, String)>,
+    /// The network every node is on when nothing is cut, without the project's prefix.
+    network: &'static str,
+    /// Whether the file names each container `<project>-node<id>` (otherwise docker-compose
+    /// is asked for it).
+    named_containers: bool,
+    pub nodes: BTreeMap<u64, Node>,
+    /// Nodes cut off now, with the side networks each is on.
+    cut: BTreeMap<u64, Vec<String>>,
+    /// Side networks created so far.
+    side_networks: BTreeSet<String>,
+    paused: BTreeSet<u64>,
+}
+
+impl Project {
+    /// A project of `voters` initial nodes and `spares` spare ones of `image`, on free ports,
+    /// its compose file written into `dir`.
+    pub fn generate(dir: &Path, name: &str, image: &str, voters: u64, spares: u64) -> Result<Self> {
+        let ports = free_ports((voters + spares) as usize).map_err(|source| Error::Io {
+            what: "finding free ports".into(),
+            source,
+        })?;
+        let nodes: BTreeMap<u64, Node> = (1..=voters + spares)
+            .map(|id| {
+                let node = Node {
+                    id,
+                    port: ports[id as usize - 1],
+                    initial: id <= voters,
+                };
+                (id, node)
+            })
+            .collect();
+        let file = dir.join("docker-compose.yml");
+        std::fs::write(&file, compose_file(name, image, &nodes)).map_err(|source| Error::Io {
+            what: format!("writing {}", file.display()),
+            source,
+        })?;
+        Ok(Self::new(
+            name,
+            file,
+            Vec::new(),
+            GENERATED_NETWORK,
+            true,
+            nodes,
+        ))
+    }
+
+    /// The checked-in `cluster/docker-compose.yml` at `file` (three voters) as project `name`,
+    /// of `image`, its client ports published on free ports (through `RAFTCACHE_IMAGE` and
+    /// `RAFTCACHE_PORT_1..3`, which the file reads), so it runs beside a user's cluster.
+    pub fn checked_in(file: &Path, name: &str, image: &str) -> Result<Self> {
+        let ports = free_ports(CHECKED_IN_NODES as usize).map_err(|source| Error::Io {
+            what: "finding free ports".into(),
+            source,
+        })?;
+        let mut env = vec![("RAFTCACHE_IMAGE".to_string(), image.to_string())];
+        let mut nodes = BTreeMap::new();
+        for (id, port) in (1..=CHECKED_IN_NODES).zip(ports) {
+            env.push((format!("RAFTCACHE_PORT_{id}"), port.to_string()));
+            let initial = true;
+            nodes.insert(id, Node { id, port, initial });
+        }
+        let file = file.to_path_buf();
+        Ok(Self::new(name, file, env, CHECKED_IN_NETWORK, false, nodes))
+    }
+
+    fn new(
+        name: &str,
+        file: PathBuf,
+        env: Vec<(String, String)>,
+        network: &'static str,
+        named_containers: bool,
+        nodes: BTreeMap<u64, Node>,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            file,
+            env,
+            network,
+            named_containers,
+            nodes,
+            cut: BTreeMap::new(),
+            side_networks: BTreeSet::new(),
+            paused: BTreeSet::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[&id]
+    }
+
+    /// The container of node `id` (it must have been created, by `up`).
+    fn container(&self, id: u64) -> Result<String> {
+        if self.named_containers {
+            return Ok(format!("{}-node{id}", self.name));
+        }
+        let found = self.compose(&["ps", "-q", &format!("node{id}")])?;
+        Ok(found.trim().to_string())
+    }
+
+    fn compose_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("docker-compose");
+        cmd.arg("-p").arg(&self.name).arg("-f").arg(&self.file);
+        cmd.args(args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    fn compose(&self, args: &[&str]) -> Result<String> {
+        let cmd = self.compose_command(args);
+        run(cmd, &format!("docker-compose {}", args.join(" ")))
+    }
+
+    fn docker(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new("docker");
+        cmd.args(args);
+        run(cmd, &format!("docker {}", args.join(" ")))
+    }
+
+    /// Starts the nodes `ids` (their containers are created on first start).
+    pub fn up(&self, ids: &[u64]) -> Result<()> {
+        let mut args = vec!["up".to_string(), "-d".into(), "--no-deps".into()];
+        args.extend(ids.iter().map(|id| format!("node{id}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.compose(&args).map(drop)
+    }
+
+    /// SIGKILL, as `kill -9` or a power cut would.
+    pub fn kill(&self, id: u64) -> Result<()> {
+        self.docker(&["kill", &self.container(id)?]).map(drop)
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s: a clean shutdown.
+    pub fn stop(&self, id: u64) -> Result<()> {
+        self.docker(&["stop", "-t", "10", &self.container(id)?])
+            .map(drop)
+    }
+
+    pub fn start(&self, id: u64) -> Result<()> {
+        self.docker(&["start", &self.container(id)?]).map(drop)
+    }
+
+    /// `docker pause`, tried up to `PAUSE_ATTEMPTS` times: the kernel's freezer gives up on a
+    /// process it cannot stop in time (one blocked in a disk sync on a busy machine), and docker
+    /// then reports "unable to freeze" and leaves the container running.
+    pub fn pause(&mut self, id: u64) -> Result<()> {
+        let container = self.container(id)?;
+        let mut attempt = 1;
+        loop {
+            match self.docker(&["pause", &container]) {
+                Ok(_) => {
+                    self.paused.insert(id);
+                    return Ok(());
+                }
+                Err(e) if attempt >= PAUSE_ATTEMPTS => return Err(e),
+                Err(_) => {
+                    // In case the failed freeze left anything frozen.
+                    let _ = self.docker(&["unpause", &container]);
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    pub fn unpause_all(&mut self) -> Result<()> {
+        for id in std::mem::take(&mut self.paused) {
+            self.docker(&["unpause", &self.container(id)?])?;
+        }
+        Ok(())
+    }
+
+    fn shared_network(&self) -> String {
+        format!("{}_{}", self.name, self.network)
+    }
+
+    /// Cuts the network into `sides`: the nodes of a side see each other (and nodes of other
+    /// sides only when they are on both, as a bridge is); nodes on no side are not touched.
+    pub fn partition(&mut self, sides: &[Vec<u64>]) -> Result<()> {
+        let mut networks_of: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for (i, side) in sides.iter().enumerate() {
+            let network = format!("{}_side{i}", self.name);
+            if !self.side_networks.contains(&network) {
+                self.docker(&["network", "create", &network])?;
+                self.side_networks.insert(network.clone());
+            }
+            for &id in side {
+                networks_of.entry(id).or_default().push(network.clone());
+            }
+        }
+        // Join the side networks first, so a node always has a network its published port
+        // can use.
+        for (&id, networks) in &networks_of {
+            for network in networks {
+                let alias = format!("node{id}");
+                self.docker(&[
+                    "network",
+                    "connect",
+                    "--alias",
+                    &alias,
+                    network,
+                    &self.container(id)?,
+                ])?;
+            }
+        }
+        let shared = self.shared_network();
+        for (id, networks) in networks_of {
+            self.docker(&["network", "disconnect", &shared, &self.container(id)?])?;
+            self.cut.insert(id, networks);
+        }
+        Ok(())
+    }
+
+    /// Cuts node `id` off from every network: neither its peers nor its clients reach it.
+    pub fn isolate(&mut self, id: u64) -> Result<()> {
+        let shared = self.shared_network();
+        self.docker(&["network", "disconnect", &shared, &self.container(id)?])?;
+        self.cut.insert(id, Vec::new());
+        Ok(())
+    }
+
+    /// Puts every cut node back on the shared network.
+    pub fn heal(&mut self) -> Result<()> {
+        let shared = self.shared_network();
+        for (id, networks) in std::mem::take(&mut self.cut) {
+            let alias = format!("node{id}");
+            let container = self.container(id)?;
+            self.docker(&["network", "connect", "--alias", &alias, &shared, &container])?;
+            for network in networks {
+                self.docker(&["network", "disconnect", &network, &container])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes each started node's log to `dir/node<id>.log`.
+    pub fn save_logs(&self, dir: &Path) {
+        for id in self.nodes.keys() {
+            let Ok(container) = self.container(*id) else {
+                continue;
+            };
+            let out = Command::new("docker")
+                .args(["logs", "--timestamps", &container])
+                .output();
+            if let Ok(out) = out {
+                if out.status.success() {
+                    let mut text = out.stdout;
+                    text.extend_from_slice(&out.stderr);
+                    let _ = std::fs::write(dir.join(format!("node{id}.log")), text);
+                }
+            }
+        }
+    }
+
+    /// Stops and removes the containers, volumes and networks.
+    fn down(&mut self) -> Result<()> {
+        let _ = self.unpause_all();
+        self.compose(&["down", "-v", "--timeout", "5"])?;
+        for network in std::mem::take(&mut self.side_networks) {
+            self.docker(&["network", "rm", &network])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Project {
+    /// Takes the project down; when a test is panicking, prints the tail of every node's log
+    /// first.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let tail = format!("--tail={LOG_TAIL_ON_PANIC}");
+            if let Ok(out) = self
+                .compose_command(&["logs", "--no-color", &tail])
+                .output()
+            {
+                eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+            }
+        }
+        if let Err(e) = self.down() {
+            eprintln!("compose: taking down {} failed: {e}", self.name);
+        }
+    }
+}
+
+/// Runs `cmd` (described as `what`) and returns what it printed on stdout.
+fn run(mut cmd: Command, what: &str) -> Result<String> {
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        what: what.to_string(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(Error::Failed {
+            what: what.to_string(),
+            status: out.status,
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The compose file: initial voters bootstrap from `--initial-cluster`; spares start with
+/// `--no-bootstrap` and wait to be added.
+fn compose_file(project: &str, image: &str, nodes: &BTreeMap<u64, Node>) -> String {
+    let initial: Vec<String> = nodes
+        .values()
+        .filter(|n| n.initial)
+        .map(|n| format!("{}={}/node{}:{CLIENT_PORT}", n.id, n.peer_addr(), n.id))
+        .collect();
+    let initial = initial.join(",");
+    let mut text = String::from(
+        "# Written by raftcache-testkit for one project.\nversion: \"3.7\"\nservices:\n",
+    );
+    for node in nodes.values() {
+        let id = node.id;
+        let mode = if node.initial {
+            format!("\"--initial-cluster\", \"{initial}\"")
+        } else {
+            "\"--no-bootstrap\"".to_string()
+        };
+        let _ = write!(
+            text,
+            r#"  node{id}:
+    image: "{image}"
+    container_name: "{project}-node{id}"
+    hostname: node{id}
+    networks: [{GENERATED_NETWORK}]
+    environment:
+      RUST_LOG: "info,openraft=warn"
+    command: ["serve", "--id", "{id}", "--listen", "0.0.0.0:{CLIENT_PORT}",
+              "--peer-listen", "0.0.0.0:{PEER_PORT}", "--advertise-client", "node{id}:{CLIENT_PORT}",
+              "--advertise-peer", "node{id}:{PEER_PORT}", "--data-dir", "/data", {mode}]
+    ports: ["127.0.0.1:{port}:{CLIENT_PORT}"]
+    volumes: ["node{id}-data:/data"]
+    stop_grace_period: 10s
+"#,
+            port = node.port
+        );
+    }
+    let _ = writeln!(text, "networks:\n  {GENERATED_NETWORK}: {{}}\nvolumes:");
+    for id in nodes.keys() {
+        let _ = writeln!(text, "  node{id}-data: {{}}");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compose_file_bootstraps_the_voters_and_holds_back_the_spares() {
+        let nodes: BTreeMap<u64, Node> = (1..=4)
+            .map(|id| {
+                (
+                    id,
+                    Node {
+                        id,
+                        port: 20000 + id as u16,
+                        initial: id <= 3,
+                    },
+                )
+            })
+            .collect();
+        let text = compose_file("p", "img:t", &nodes);
+        let cluster = "1=node1:9190/node1:9090,2=node2:9190/node2:9090,3=node3:9190/node3:9090";
+        assert_eq!(text.matches(cluster).count(), 3, "{text}");
+        assert_eq!(text.matches("--no-bootstrap").count(), 1);
+        assert!(text.contains("container_name: \"p-node4\""));
+        assert!(text.contains("\"--advertise-peer\", \"node4:9190\""));
+        assert!(text.contains("\"127.0.0.1:20004:9090\""));
+        assert!(text.contains("node4-data: {}"));
+    }
 }

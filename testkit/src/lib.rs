@@ -3,10 +3,13 @@
 //! test code.
 //!
 //! - `linearizability`: the checker that judges a recorded history of client operations.
-//! - `compose`: what running raftcache in containers needs on this machine.
+//! - `compose`: raftcache nodes in containers (a compose project), with faults: kill, stop,
+//!   pause, partitions.
+//! - `ports`: free loopback ports for test nodes.
 //! - `rng`: the one seeded generator behind every random schedule and workload, so a printed
 //!   seed replays a run.
 
 pub mod compose;
 pub mod linearizability;
+pub mod ports;
 pub mod rng;

@@ -5,7 +5,6 @@
 //! that no acknowledged write is lost and that every node holds the same contents.
 //! `docs/testing.md` describes the faults, the checks and how to replay a seed.
 
-mod docker;
 mod run;
 mod schedule;
 mod workload;

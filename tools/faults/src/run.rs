@@ -12,10 +12,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use raftcache::client::{describe_error, CacheClient};
 use raftcache::gen::cache::{AdminOp, Consistency, ReadOptions, TCacheServiceSyncClient};
 use raftcache::membership::{add_node, CatchUp};
+use raftcache_testkit::compose::Project;
 use raftcache_testkit::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
 use raftcache_testkit::rng::Rng;
 
-use crate::docker::Cluster;
 use crate::schedule::{plan, FaultKind, Schedule, Step};
 use crate::workload::{ClientLimits, Workload, CALL_TIMEOUT};
 
@@ -143,7 +143,7 @@ impl Journal {
 
 struct Run<'a> {
     config: &'a RunConfig,
-    cluster: Cluster,
+    cluster: Project,
     /// Members (voters and learners) as the run knows them.
     members: Vec<u64>,
     spares: VecDeque<u64>,
@@ -161,7 +161,7 @@ impl<'a> Run<'a> {
     ) -> Result<Self> {
         let project = format!("rcfaults{}s{}", std::process::id(), schedule.seed);
         let voters = schedule.nodes as u64;
-        let cluster = Cluster::create(dir, &project, &config.image, voters, config.spares)?;
+        let cluster = Project::generate(dir, &project, &config.image, voters, config.spares)?;
         let members: Vec<u64> = (1..=voters).collect();
         let spares = (voters + 1..=voters + config.spares).collect();
         cluster.up(&members)?;
@@ -678,7 +678,7 @@ enum Injected {
     Not(String),
 }
 
-fn hold_partition(cluster: &mut Cluster, sides: &[Vec<u64>], hold: Duration) -> Result<String> {
+fn hold_partition(cluster: &mut Project, sides: &[Vec<u64>], hold: Duration) -> Result<String> {
     cluster.partition(sides)?;
     sleep(hold);
     cluster.heal()?;
