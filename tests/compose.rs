@@ -16,12 +16,11 @@ use std::path::PathBuf;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-
 use raftcache::client::{describe_error, CacheClient};
 use raftcache_testkit::compose::{self, missing_prerequisite, Project};
-use raftcache_testkit::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
+use raftcache_testkit::history::{ClientLimits, Workload};
+use raftcache_testkit::linearizability::{self, Limits, Operation, Outcome, Verdict};
+use raftcache_testkit::rng::clock_seed;
 
 /// How long the cluster may take to elect a leader, a write to succeed after the leader is
 /// killed, or the killed node to catch up. Generous: a shared 2-core machine can be slow, and
@@ -162,101 +161,32 @@ fn the_compose_cluster_bootstraps_serves_every_port_and_survives_killing_the_lea
     }
 }
 
-/// Keys the history clients share, so their operations contend.
-const HISTORY_KEYS: [&str; 3] = ["h0", "h1", "h2"];
+/// Clients recording a history, and the keys they share (so their operations contend).
 const HISTORY_CLIENTS: u64 = 4;
+const HISTORY_KEYS: u64 = 3;
 /// Operations a history client makes at most, however slow the phases are.
 const MAX_OPS_PER_CLIENT: u64 = 5000;
 /// Operations answered (by all clients together) in each phase before the next fault.
 const OPS_PER_PHASE: u64 = 150;
 
-/// What the history clients share.
-struct Traffic {
-    clock: Instant,
-    stop: AtomicBool,
-    /// Operations answered with a definite outcome, by all clients.
-    answered: AtomicU64,
-}
-
-/// The next number of a small xorshift generator.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-/// One operation on `conn`, timed on the shared clock. A failed write may or may not have taken
-/// effect (Unknown); a failed read says nothing (also Unknown: the checker ignores it).
-fn timed_op(conn: &mut CacheClient, traffic: &Traffic, key: &str, call: Call) -> (Operation, bool) {
-    let now_us = || traffic.clock.elapsed().as_micros() as u64;
-    let invoke_us = now_us();
-    let result = match &call {
-        Call::Put(value) => conn.put(key, value).map(|_| Outcome::Written),
-        Call::Remove => conn.remove(key).map(Outcome::Removed),
-        Call::Get => conn.get(key, true).map(Outcome::Read),
+/// Starts the history clients on every node of `compose`, with a seed from the clock.
+fn start_clients(compose: &Project) -> Workload {
+    let seed = clock_seed();
+    eprintln!("compose: history seed {seed}");
+    let limits = ClientLimits {
+        hot_keys: HISTORY_KEYS,
+        max_ops: MAX_OPS_PER_CLIENT,
+        think: Duration::ZERO,
     };
-    let return_us = now_us();
-    let ok = result.is_ok();
-    let outcome = result.unwrap_or(Outcome::Unknown);
-    let op = Operation {
-        client: 0,
-        key: key.to_string(),
-        call,
-        invoke_us,
-        return_us,
-        outcome,
-    };
-    (op, ok)
-}
-
-/// A client: random puts (unique values), removes and linearizable gets on the shared keys
-/// through `addr`, until told to stop. A connection that failed is replaced; an operation that
-/// could not even connect was never sent and is not recorded.
-fn history_client(id: u64, addr: String, traffic: Arc<Traffic>, seed: u64) -> Vec<Operation> {
-    let mut random = seed | 1;
-    let mut conn: Option<CacheClient> = None;
-    let mut history = Vec::new();
-    for n in 0..MAX_OPS_PER_CLIENT {
-        if traffic.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match CacheClient::connect(&addr, CALL_TIMEOUT) {
-                Ok(c) => conn.insert(c),
-                Err(_) => {
-                    sleep(POLL);
-                    continue;
-                }
-            },
-        };
-        let key = HISTORY_KEYS[(next_random(&mut random) % 3) as usize];
-        let call = match next_random(&mut random) % 10 {
-            0..=4 => Call::Put(format!("c{id}-{n}")),
-            5..=6 => Call::Remove,
-            _ => Call::Get,
-        };
-        let (mut op, ok) = timed_op(c, &traffic, key, call);
-        op.client = id;
-        if ok {
-            traffic.answered.fetch_add(1, Ordering::Relaxed);
-        } else {
-            // docker's port proxy accepts connections for a dead container and then drops
-            // them: pause rather than spin on a node that is down.
-            conn = None;
-            sleep(POLL);
-        }
-        history.push(op);
-    }
-    history
+    let targets = compose.nodes.values().map(|n| n.addr()).collect();
+    Workload::start(HISTORY_CLIENTS, seed, targets, limits)
 }
 
 /// Waits until the clients have had `count` more operations answered.
-fn wait_for_answers(traffic: &Traffic, count: u64) {
-    let target = traffic.answered.load(Ordering::Relaxed) + count;
+fn wait_for_answers(workload: &Workload, count: u64) {
+    let target = workload.answered() + count;
     eventually("clients get answers", || {
-        Ok((traffic.answered.load(Ordering::Relaxed) >= target).then_some(()))
+        Ok((workload.answered() >= target).then_some(()))
     });
 }
 
@@ -294,64 +224,20 @@ fn assert_linearizable(history: &[Operation]) {
     }
 }
 
-/// History clients running against a compose cluster.
-struct Workload {
-    traffic: Arc<Traffic>,
-    clients: Vec<std::thread::JoinHandle<Vec<Operation>>>,
-}
-
-impl Workload {
-    /// Starts `HISTORY_CLIENTS` clients, spread over the three ports.
-    fn start(compose: &Project) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        eprintln!("compose: history seed {seed}");
-        let traffic = Arc::new(Traffic {
-            clock: Instant::now(),
-            stop: AtomicBool::new(false),
-            answered: AtomicU64::new(0),
-        });
-        let clients = (0..HISTORY_CLIENTS)
-            .map(|id| {
-                let addr = addr(compose, id % 3 + 1);
-                let traffic = traffic.clone();
-                let seed = seed.wrapping_add(id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                std::thread::spawn(move || history_client(id, addr, traffic, seed))
-            })
-            .collect();
-        Self { traffic, clients }
-    }
-
-    fn wait_for_answers(&self, count: u64) {
-        wait_for_answers(&self.traffic, count);
-    }
-
-    /// Stops the clients and returns everything they recorded.
-    fn finish(self) -> Vec<Operation> {
-        self.traffic.stop.store(true, Ordering::Relaxed);
-        self.clients
-            .into_iter()
-            .flat_map(|c| c.join().expect("a history client panicked"))
-            .collect()
-    }
-}
-
 #[test]
 fn a_history_recorded_across_killing_and_restarting_the_leader_is_linearizable() {
     let Some((compose, leader)) = start_cluster("history") else {
         return;
     };
-    let workload = Workload::start(&compose);
+    let workload = start_clients(&compose);
     phase("clients run against the whole cluster");
-    workload.wait_for_answers(OPS_PER_PHASE);
+    wait_for_answers(&workload, OPS_PER_PHASE);
     phase("docker kill the leader while they run");
     ok(compose.kill(leader));
-    workload.wait_for_answers(OPS_PER_PHASE);
+    wait_for_answers(&workload, OPS_PER_PHASE);
     phase("the killed node starts again while they run");
     ok(compose.start(leader));
-    workload.wait_for_answers(OPS_PER_PHASE);
+    wait_for_answers(&workload, OPS_PER_PHASE);
     let history = workload.finish();
 
     phase("check the history");
@@ -363,22 +249,22 @@ fn a_history_recorded_across_isolating_the_leader_is_linearizable() {
     let Some((mut compose, leader)) = start_cluster("partition") else {
         return;
     };
-    let workload = Workload::start(&compose);
+    let workload = start_clients(&compose);
     phase("clients run against the whole cluster");
-    workload.wait_for_answers(OPS_PER_PHASE);
+    wait_for_answers(&workload, OPS_PER_PHASE);
     phase("the leader's container is cut from the network while they run");
     ok(compose.isolate(leader));
     let others: Vec<u64> = (1..=3).filter(|&n| n != leader).collect();
     eventually("the other two elect a new leader", || {
         Ok(agreed_leader(&compose, &others)?.filter(|&l| l != leader))
     });
-    workload.wait_for_answers(OPS_PER_PHASE);
+    wait_for_answers(&workload, OPS_PER_PHASE);
     phase("it is connected again while they run, and rejoins");
     ok(compose.heal());
     eventually("all three agree on a leader", || {
         agreed_leader(&compose, &[1, 2, 3])
     });
-    workload.wait_for_answers(OPS_PER_PHASE);
+    wait_for_answers(&workload, OPS_PER_PHASE);
     let history = workload.finish();
 
     phase("check the history");

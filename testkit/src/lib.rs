@@ -3,6 +3,7 @@
 //! test code.
 //!
 //! - `linearizability`: the checker that judges a recorded history of client operations.
+//! - `history`: the clients that record such a history against a cluster.
 //! - `compose`: raftcache nodes in containers (a compose project), with faults: kill, stop,
 //!   pause, partitions.
 //! - `ports`: free loopback ports for test nodes.
@@ -10,6 +11,7 @@
 //!   seed replays a run.
 
 pub mod compose;
+pub mod history;
 pub mod linearizability;
 pub mod ports;
 pub mod rng;

@@ -7,7 +7,6 @@
 
 mod run;
 mod schedule;
-mod workload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,12 +15,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use raftcache_testkit::compose::missing_prerequisite;
+use raftcache_testkit::history::ClientLimits;
 use raftcache_testkit::linearizability::{self, Limits, Verdict};
 use raftcache_testkit::rng::clock_seed;
 
 use run::{RunConfig, RunReport};
 use schedule::FaultKind;
-use workload::ClientLimits;
 
 #[derive(Parser, Debug)]
 #[command(

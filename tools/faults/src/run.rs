@@ -13,11 +13,11 @@ use raftcache::client::{describe_error, CacheClient};
 use raftcache::gen::cache::{AdminOp, Consistency, ReadOptions, TCacheServiceSyncClient};
 use raftcache::membership::{add_node, CatchUp};
 use raftcache_testkit::compose::Project;
+use raftcache_testkit::history::{ClientLimits, Shared, Workload, CALL_TIMEOUT};
 use raftcache_testkit::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
 use raftcache_testkit::rng::Rng;
 
 use crate::schedule::{plan, FaultKind, Schedule, Step};
-use crate::workload::{ClientLimits, Workload, CALL_TIMEOUT};
 
 /// How long the cluster may take to have every member answer and agree on a leader: generous,
 /// since nothing here measures speed and a shared 2-core machine can be slow.
@@ -605,7 +605,7 @@ impl<'a> Run<'a> {
         &self,
         history: &mut Vec<Operation>,
         leader: u64,
-        shared: &crate::workload::Shared,
+        shared: &Shared,
     ) -> Result<BTreeMap<String, String>> {
         let keys: BTreeSet<String> = history.iter().map(|op| op.key.clone()).collect();
         let addr = self.cluster.node(leader).addr();
