@@ -13,20 +13,19 @@
 //! user's cluster, and removes its containers, network and volumes when it ends, even on failure.
 
 use std::path::PathBuf;
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raftcache::client::{describe_error, CacheClient};
 use raftcache_testkit::compose::{self, missing_prerequisite, Project};
 use raftcache_testkit::history::{ClientLimits, Workload};
 use raftcache_testkit::linearizability::{self, Limits, Operation, Outcome, Verdict};
 use raftcache_testkit::rng::clock_seed;
+use raftcache_testkit::wait::wait_until;
 
 /// How long the cluster may take to elect a leader, a write to succeed after the leader is
 /// killed, or the killed node to catch up. Generous: a shared 2-core machine can be slow, and
 /// nothing here measures speed.
 const DEADLINE: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(200);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn phase(name: &str) {
@@ -44,19 +43,7 @@ fn addr(compose: &Project, node: u64) -> String {
 
 /// Polls `attempt` until it returns `Some`, or panics after `DEADLINE` with its last error.
 fn eventually<T>(what: &str, mut attempt: impl FnMut() -> Result<Option<T>, String>) -> T {
-    let start = Instant::now();
-    loop {
-        let last = match attempt() {
-            Ok(Some(value)) => return value,
-            Ok(None) => "not yet".to_string(),
-            Err(e) => e,
-        };
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?} (last: {last})"
-        );
-        sleep(POLL);
-    }
+    wait_until(DEADLINE, what, || attempt()?.ok_or("not yet".to_string()))
 }
 
 fn client(addr: &str) -> Result<CacheClient, String> {

@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use raftcache::client::CacheClient;
 use raftcache_testkit::rng::{clock_seed, Rng};
+use raftcache_testkit::wait::{poll, wait_until};
 use support::{connect, phase, Cluster, Retrying, DEADLINE, POLL};
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -195,21 +196,16 @@ impl Harness {
     /// Polls until the writers acknowledged `more` writes beyond `from` (a writer that ended
     /// early panicked).
     fn wait_progress(&self, from: u64, more: u64, what: &str) {
-        let deadline = Instant::now() + DEADLINE;
-        while self.acks() < from + more {
+        let what = format!("{what}: {more} writes acknowledged; {}", self.replay());
+        wait_until(DEADLINE, &what, || {
             assert!(
                 !self.writers.iter().any(JoinHandle::is_finished),
                 "a writer ended early; {}",
                 self.replay()
             );
-            assert!(
-                Instant::now() < deadline,
-                "{what}: only {} of {more} writes acknowledged within {DEADLINE:?}; {}",
-                self.acks() - from,
-                self.replay()
-            );
-            std::thread::sleep(POLL);
-        }
+            let acks = self.acks() - from;
+            (acks >= more).then_some(()).ok_or(format!("only {acks}"))
+        });
     }
 }
 
@@ -413,10 +409,9 @@ fn randomized_sigkills_lose_no_acknowledged_write() {
     );
 
     // Local reads on all three nodes converge to one acceptable value per key.
-    let deadline = Instant::now() + DEADLINE;
     let mut pending = keys.clone();
     let mut polls = 0;
-    while !pending.is_empty() {
+    let converged = poll(DEADLINE, || {
         polls += 1;
         let views = read_keys(&h.cluster, &pending, false, false);
         let differs = |key: &String| {
@@ -435,17 +430,20 @@ fn randomized_sigkills_lose_no_acknowledged_write() {
                 )
             })
             .collect();
-        assert!(
-            pending.is_empty() || Instant::now() < deadline,
-            "the nodes' local reads did not converge within {DEADLINE:?}: {} of {} keys differ, e.g.:\n  {}\n{}",
-            pending.len(),
-            keys.len(),
-            examples.join("\n  "),
+        match pending.len() {
+            0 => Ok(()),
+            differ => Err(format!(
+                "{differ} of {} keys differ, e.g.:\n  {}",
+                keys.len(),
+                examples.join("\n  ")
+            )),
+        }
+    });
+    if let Err(timeout) = converged {
+        panic!(
+            "the nodes' local reads did not converge: {timeout}\n{}",
             h.replay()
         );
-        if !pending.is_empty() {
-            std::thread::sleep(4 * POLL);
-        }
     }
     phase(
         t0,

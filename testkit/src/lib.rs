@@ -7,6 +7,7 @@
 //! - `compose`: raftcache nodes in containers (a compose project), with faults: kill, stop,
 //!   pause, partitions.
 //! - `ports`: free loopback ports for test nodes.
+//! - `wait`: waiting for a condition with a deadline (`wait_until`), never a fixed sleep.
 //! - `rng`: the one seeded generator behind every random schedule and workload, so a printed
 //!   seed replays a run.
 
@@ -15,3 +16,4 @@ pub mod history;
 pub mod linearizability;
 pub mod ports;
 pub mod rng;
+pub mod wait;
