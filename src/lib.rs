@@ -29,7 +29,6 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
-pub mod cli;
 pub mod client;
 pub mod config;
 pub mod eviction;
