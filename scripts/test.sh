@@ -3,7 +3,8 @@
 #   - Debian's thrift-compiler (to check the generated code and to generate Python code),
 #   - a Python venv with thriftpy2, Apache thrift and pytest (scripts/python-env.sh),
 #   - every workspace member, with the raftcache and raftcache-faults binaries (debug build),
-#   - with docker and docker-compose present, the image raftcache:test of that binary.
+#   - with docker and docker-compose present, the image raftcache:test of that binary
+#     (RAFTCACHE_TEST_IMAGE names another, so two checkouts on one machine do not share it).
 # Then: the check that src/gen matches the IDL, the doc check (scripts/check_docs.py), the Rust
 # tests (unit, storage conformance, in-process clusters, bad input, multi-process crash tests,
 # the compose cluster), the Python
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 say() { echo "== test.sh: $*"; }
 # Where cargo puts what it builds (the binaries below are run from there).
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+image="${RAFTCACHE_TEST_IMAGE:-raftcache:test}"
 
 if ! command -v thrift >/dev/null; then
   say "installing thrift-compiler"
@@ -36,9 +38,9 @@ cargo build --workspace --all-targets --quiet
 
 # tests/compose.rs runs the compose cluster on an image of this build; without docker it skips.
 if docker info >/dev/null 2>&1 && docker-compose version >/dev/null 2>&1; then
-  say "container image raftcache:test (debug binary) for tests/compose.rs"
-  RAFTCACHE_BIN="$target_dir/debug/raftcache" IMAGE=raftcache:test cluster/build-image.sh
-  export RAFTCACHE_IMAGE=raftcache:test RAFTCACHE_REQUIRE_DOCKER=1
+  say "container image $image (debug binary) for tests/compose.rs"
+  RAFTCACHE_BIN="$target_dir/debug/raftcache" IMAGE="$image" cluster/build-image.sh
+  export RAFTCACHE_IMAGE="$image" RAFTCACHE_REQUIRE_DOCKER=1
   faults=yes
 else
   say "no docker or docker-compose here: tests/compose.rs and the fault-injection run will skip"
@@ -58,6 +60,6 @@ RAFTCACHE_BIN="$target_dir/debug/raftcache" .venv-test/bin/pytest tests/python -
 if [ "$faults" = yes ]; then
   runs="${RAFTCACHE_FAULT_RUNS:-5}" seconds="${RAFTCACHE_FAULT_SECONDS:-30}"
   say "fault injection: $runs runs of $seconds s on the compose cluster (docs/testing.md)"
-  "$target_dir/debug/raftcache-faults" --image raftcache:test --runs "$runs" --seconds "$seconds" \
+  "$target_dir/debug/raftcache-faults" --image "$image" --runs "$runs" --seconds "$seconds" \
     ${RAFTCACHE_FAULT_SEED:+--seed "$RAFTCACHE_FAULT_SEED"} --out-dir target/faults
 fi
