@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
 BASE=${BASE_PORT:-9850}
-cargo build --release --quiet --bin raftcache --bin raftcache-bench
+cargo build --release --quiet -p raftcache -p raftcache-bench --bins
 bench=target/release/raftcache-bench
 work=$(mktemp -d)
 pids=()

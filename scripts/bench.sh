@@ -26,7 +26,7 @@ ADDRS=${ADDRS:-all}
 SERVE_FLAGS=${SERVE_FLAGS:-}  # extra flags for every node, e.g. "--batch-max-in-flight 2"
 BENCH_FLAGS=${BENCH_FLAGS:-}  # extra flags for the load generator, e.g. "--threads"
 
-cargo build --release --quiet --bin raftcache --bin raftcache-bench
+cargo build --release --quiet -p raftcache -p raftcache-bench --bins
 BIN=${BIN:-target/release/raftcache}
 bench=target/release/raftcache-bench
 # shellcheck source=scripts/local-cluster.sh

@@ -14,7 +14,7 @@ WRITES=${WRITES:-100032}
 VALUE_BYTES=${VALUE_BYTES:-100}
 SNAPSHOT_EVERY=${SNAPSHOT_EVERY:-10000}
 BASE=${BASE_PORT:-9800}
-cargo build --release --quiet --bin raftcache --bin raftcache-bench
+cargo build --release --quiet -p raftcache -p raftcache-bench --bins
 bash scripts/python-env.sh >/dev/null
 py=.venv-test/bin/python
 bin=target/release/raftcache

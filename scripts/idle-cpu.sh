@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 KEYS=${KEYS:-10000}
 IDLE_SECONDS=${IDLE_SECONDS:-10}
 BASE=${BASE_PORT:-9970}
-cargo build --release --quiet --bin raftcache --bin raftcache-bench
+cargo build --release --quiet -p raftcache -p raftcache-bench --bins
 BIN=${BIN:-target/release/raftcache}
 bench=target/release/raftcache-bench
 # shellcheck source=scripts/local-cluster.sh

@@ -2,8 +2,9 @@
 # Runs every raftcache test, after setting up what the tests need:
 #   - Debian's thrift-compiler (to check the generated code and to generate Python code),
 #   - a Python venv with thriftpy2, Apache thrift and pytest (scripts/python-env.sh),
-#   - the raftcache binary (debug build),
-#   - with docker and docker-compose present, the image raftcache:test of that binary.
+#   - every workspace member, with the raftcache and raftcache-faults binaries (debug build),
+#   - with docker and docker-compose present, the image raftcache:test of that binary
+#     (RAFTCACHE_TEST_IMAGE names another, so two checkouts on one machine do not share it).
 # Then: the check that src/gen matches the IDL, the doc check (scripts/check_docs.py), the Rust
 # tests (unit, storage conformance, in-process clusters, bad input, multi-process crash tests,
 # the compose cluster), the Python
@@ -13,6 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { echo "== test.sh: $*"; }
+# Where cargo puts what it builds (the binaries below are run from there).
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+image="${RAFTCACHE_TEST_IMAGE:-raftcache:test}"
 
 if ! command -v thrift >/dev/null; then
   say "installing thrift-compiler"
@@ -29,14 +33,14 @@ python3 scripts/check_docs.py
 say "python venv"
 bash scripts/python-env.sh
 
-say "build"
-cargo build --all-targets --quiet
+say "build (every workspace member)"
+cargo build --workspace --all-targets --quiet
 
 # tests/compose.rs runs the compose cluster on an image of this build; without docker it skips.
 if docker info >/dev/null 2>&1 && docker-compose version >/dev/null 2>&1; then
-  say "container image raftcache:test (debug binary) for tests/compose.rs"
-  RAFTCACHE_BIN="$PWD/target/debug/raftcache" IMAGE=raftcache:test cluster/build-image.sh
-  export RAFTCACHE_IMAGE=raftcache:test RAFTCACHE_REQUIRE_DOCKER=1
+  say "container image $image (debug binary) for tests/compose.rs"
+  RAFTCACHE_BIN="$target_dir/debug/raftcache" IMAGE="$image" cluster/build-image.sh
+  export RAFTCACHE_IMAGE="$image" RAFTCACHE_REQUIRE_DOCKER=1
   faults=yes
 else
   say "no docker or docker-compose here: tests/compose.rs and the fault-injection run will skip"
@@ -45,17 +49,17 @@ fi
 
 say "rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast
+  cargo nextest run --workspace --no-fail-fast
 else
-  cargo test --no-fail-fast
+  cargo test --workspace --no-fail-fast
 fi
 
 say "python client tests"
-RAFTCACHE_BIN="$PWD/target/debug/raftcache" .venv-test/bin/pytest tests/python -q
+RAFTCACHE_BIN="$target_dir/debug/raftcache" .venv-test/bin/pytest tests/python -q
 
 if [ "$faults" = yes ]; then
   runs="${RAFTCACHE_FAULT_RUNS:-5}" seconds="${RAFTCACHE_FAULT_SECONDS:-30}"
   say "fault injection: $runs runs of $seconds s on the compose cluster (docs/testing.md)"
-  target/debug/raftcache-faults --image raftcache:test --runs "$runs" --seconds "$seconds" \
+  "$target_dir/debug/raftcache-faults" --image "$image" --runs "$runs" --seconds "$seconds" \
     ${RAFTCACHE_FAULT_SEED:+--seed "$RAFTCACHE_FAULT_SEED"} --out-dir target/faults
 fi

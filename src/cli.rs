@@ -1,6 +1,6 @@
-//! The command line: `raftcache serve` runs a node; `get`, `put`, `remove`, `status` and
-//! `admin ...` talk to one. Exit status: 0 success, 1 key absent, 2 any error or refusal
-//! (message on stderr).
+//! The command line of the `raftcache` binary (a module of the binary, not of the library):
+//! `raftcache serve` runs a node; `get`, `put`, `remove`, `status` and `admin ...` talk to one.
+//! Exit status: 0 success, 1 key absent, 2 any error or refusal (message on stderr).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,12 +8,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::client::{describe_error, CacheClient};
-use crate::config::NodeConfig;
-use crate::gen::cache::{
+use raftcache::client::{describe_error, CacheClient};
+use raftcache::config::NodeConfig;
+use raftcache::gen::cache::{
     AdminOp, CacheStats, Membership, NodeStatus, ReadOptions, TCacheServiceSyncClient,
 };
-use crate::membership::{add_node, CatchUp};
+use raftcache::membership::{add_node, CatchUp};
 
 /// raftcache: a persistent, replicated key-value cache (Thrift API, Raft replication, sled).
 #[derive(Parser, Debug)]

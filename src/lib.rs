@@ -7,10 +7,10 @@
 //! - `server`: our Thrift accept loop (connection cap, message size limit, timeouts), used by
 //!   both the client port and the peer port.
 //! - `api`: the client `CacheService` handler: checks limits, maps errors to declared exceptions.
-//! - `router`: the one place that decides how a request is served: local read, linearizable
-//!   read, write proposal, or forward to the leader.
-//! - `proposer`: group commit: concurrent writes become one Raft log entry (forwarded to the
-//!   leader as one batch from a follower).
+//! - `router`: how a request is served: a local read, a linearizable read (read index, then
+//!   catch-up), or a write retried until its deadline.
+//! - `proposer`: group commit: concurrent writes become one Raft log entry, proposed here if
+//!   this node leads, else forwarded to the leader as one batch.
 //! - `eviction`: capacity caps and the leader's LRU choice of keys to evict.
 //! - `expiry`: the leader's sweep that removes expired keys in replicated batches.
 //! - `read_index`: concurrent linearizable reads share one leadership-confirming round.
@@ -19,25 +19,23 @@
 //! - `network`: the peer RPC (openraft's messages, forwarding, read index), with a fault seam.
 //! - `store`: the sled log store and state machine, and snapshots.
 //! - `node`: wires one node together; `config`: its flags; `types`: the Raft type config.
-//! - `client` and `cli`: the Rust client and the command line.
+//! - `client`: the Rust client (the command line is the `raftcache` binary's, `src/cli.rs`).
+//! - `leader`: who leads, and the one way to ask the leader (writes, read index, admin).
 //! - `gen`: code generated from the Thrift IDL (never edited by hand).
 //!
-//! `docs/architecture.md` walks one write and one read through these layers.
+//! `docs/architecture.md` walks one put and one get through these layers.
 
 // openraft's `StorageError` is the error type its storage traits require; it is large, and
 // boxing it at every call site would only move the cost.
 #![allow(clippy::result_large_err)]
 
 pub mod api;
-pub mod cli;
 pub mod client;
 pub mod config;
-pub mod containers;
 pub mod eviction;
 pub mod expiry;
 pub mod gen;
 pub mod leader;
-pub mod linearizability;
 pub mod membership;
 pub mod network;
 pub mod node;

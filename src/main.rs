@@ -1,10 +1,12 @@
-//! The `raftcache` binary: parses the command line, starts tracing, and hands over to the
-//! library (a node for `serve`, the client for everything else).
+//! The `raftcache` binary: parses the command line (`cli`), starts tracing, and hands over to
+//! the library (a node for `serve`, the client for everything else).
+
+mod cli;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use raftcache::cli::{run_client, Cli, Command};
+use cli::{run_client, Cli, Command};
 use raftcache::config::NodeConfig;
 
 fn main() -> ExitCode {

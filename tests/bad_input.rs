@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use common::{phase, TestCluster, WAIT};
 use raftcache::client::CacheClient;
 use raftcache::gen::cache::InvalidRequest;
+use raftcache_testkit::wait::{wait_until, wait_until_async};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -216,20 +217,14 @@ async fn assert_healthy(cluster: &TestCluster, panics_before: usize, tag: &str) 
     );
 }
 
-/// Polls `cond` until it holds, failing after `WAIT`.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {WAIT:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The server closed its side of every client connection (a panicking connection thread would
 /// leave its connection counted forever).
 async fn wait_no_connections(cluster: &TestCluster, tag: &str) {
     let what = format!("the server closes every client connection ({tag})");
-    wait_until(&what, || cluster.node(1).open_client_connections() == 0).await;
+    wait_until_async(WAIT, &what, async || {
+        cluster.node(1).open_client_connections() == 0
+    })
+    .await;
 }
 
 /// Sends `bytes` on a new connection; checks that the server stays healthy, that it closes the
@@ -463,24 +458,14 @@ async fn connection_cap_refuses_the_extra_connection_and_frees_a_slot_on_close()
     phase("after one of the 8 closes, a new connection is served");
     held.pop();
     let served = blocking(move || {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let attempt = CacheClient::connect(&addr, Duration::from_secs(5)).and_then(|mut c| {
-                c.status().map_err(std::io::Error::other)?;
-                Ok(c)
-            });
-            match attempt {
-                Ok(mut c) => {
-                    assert!(c.put("cap", "freed").expect("put on the freed slot"));
-                    return c.get("cap", false).expect("get on the freed slot");
-                }
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("not served yet: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("no connection served within {WAIT:?} after one closed: {e}"),
-            }
-        }
+        let what = "a connection served after one closed";
+        let mut c = wait_until(WAIT, what, || {
+            let mut c = CacheClient::connect(&addr, Duration::from_secs(5))?;
+            c.status().map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(c)
+        });
+        assert!(c.put("cap", "freed").expect("put on the freed slot"));
+        c.get("cap", false).expect("get on the freed slot")
     })
     .await;
     assert_eq!(served.as_deref(), Some("freed"));
@@ -511,7 +496,8 @@ async fn a_thousand_idle_connections_do_not_block_a_new_client() {
     phase("open 1000 idle connections");
     let idle = blocking(move || (0..1000).map(|_| connect(addr)).collect::<Vec<_>>()).await;
     let open = || cluster.node(1).open_client_connections();
-    wait_until("the server holds 1000 connections", || open() >= 1000).await;
+    let what = "the server holds 1000 connections";
+    wait_until_async(WAIT, what, async || open() >= 1000).await;
 
     phase("a new client is served while they stay open");
     assert_healthy(&cluster, panics, "1000 idle connections").await;

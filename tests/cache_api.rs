@@ -11,7 +11,7 @@ use raftcache::gen::cache::{
     CacheEntry, CacheStats, Consistency, InvalidRequest, ReadOptions, TCacheServiceSyncClient,
 };
 use raftcache::types::{now_ms, NodeId};
-use tokio::time::Instant;
+use raftcache_testkit::wait::wait_until_async;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -38,21 +38,15 @@ async fn stats(client: &BlockingClient) -> CacheStats {
     client.run(|c| c.service().stats()).await.expect("stats")
 }
 
-/// Polls `check` on every node until it holds on all of them, or fails after `WAIT`.
+/// Polls `check` on every node until it holds on all of them, failing after `WAIT` on one.
 async fn until_all<F, Fut>(cluster: &TestCluster, what: &str, check: F)
 where
     F: Fn(BlockingClient) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
     for id in [1, 2, 3] {
-        while !check(cluster.client(id)).await {
-            assert!(
-                Instant::now() < deadline,
-                "node {id}: {what} within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("node {id}: {what}");
+        wait_until_async(WAIT, &what, async || check(cluster.client(id)).await).await;
     }
 }
 

@@ -6,6 +6,7 @@ mod common;
 use common::{phase, TestCluster};
 use raftcache::gen::cache::Unavailable;
 use raftcache::types::NodeId;
+use raftcache_testkit::wait::wait_until_async;
 
 fn followers(cluster: &TestCluster, leader: NodeId) -> Vec<NodeId> {
     cluster
@@ -201,14 +202,14 @@ async fn partitioned_leader_stops_accepting_writes_and_majority_carries_on() {
     assert!(is_unavailable(&err), "expected Unavailable, got {err:?}");
 
     phase("the majority elects a leader and accepts writes");
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    loop {
+    let what = "the majority accepts a write";
+    wait_until_async(common::WAIT, what, async || {
         match cluster.client(f[0]).put("p", "majority").await {
-            Ok(_) => break,
-            Err(e) if is_unavailable(&e) && tokio::time::Instant::now() < deadline => continue,
-            Err(e) => panic!("majority never accepted the write: {e:?}"),
+            Err(e) if !is_unavailable(&e) => panic!("the majority refused the write: {e:?}"),
+            answer => answer,
         }
-    }
+    })
+    .await;
 
     phase("after healing, all three hold the majority's value");
     cluster.faults.heal();

@@ -4,7 +4,7 @@
 //! keep working through the other two after `docker kill` of the leader, and that the killed
 //! node rejoins and catches up; and that a history of concurrent clients recorded across the
 //! kill and the restart, and another across cutting the leader off the network and back, are
-//! linearizable (`raftcache::linearizability`).
+//! linearizable (`raftcache_testkit::linearizability`).
 //!
 //! This test builds nothing. It uses the image named by `RAFTCACHE_IMAGE` (default
 //! `raftcache:local`) and skips, saying why, when docker, docker-compose or the image is missing,
@@ -12,118 +12,38 @@
 //! it fails instead. It runs as its own compose project on free ports, so it can run beside a
 //! user's cluster, and removes its containers, network and volumes when it ends, even on failure.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
-
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::time::Duration;
 
 use raftcache::client::{describe_error, CacheClient};
-use raftcache::containers::missing_prerequisite;
-use raftcache::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
+use raftcache_testkit::compose::{self, missing_prerequisite, Project};
+use raftcache_testkit::history::{ClientLimits, Workload};
+use raftcache_testkit::linearizability::{self, Limits, Operation, Outcome, Verdict};
+use raftcache_testkit::rng::clock_seed;
+use raftcache_testkit::wait::wait_until;
 
 /// How long the cluster may take to elect a leader, a write to succeed after the leader is
 /// killed, or the killed node to catch up. Generous: a shared 2-core machine can be slow, and
 /// nothing here measures speed.
 const DEADLINE: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(200);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn phase(name: &str) {
     eprintln!("--- compose: {name}");
 }
 
-/// One compose project of `cluster/docker-compose.yml`, taken down with its volumes on drop.
-struct Compose {
-    project: String,
-    file: PathBuf,
-    image: String,
-    ports: [u16; 3],
+/// Panics with the message of a docker or docker-compose command that failed.
+fn ok<T>(result: compose::Result<T>) -> T {
+    result.unwrap_or_else(|e| panic!("{e}"))
 }
 
-impl Compose {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("docker-compose");
-        cmd.arg("-p").arg(&self.project).arg("-f").arg(&self.file);
-        cmd.args(args);
-        cmd.env("RAFTCACHE_IMAGE", &self.image);
-        for (i, port) in self.ports.iter().enumerate() {
-            cmd.env(format!("RAFTCACHE_PORT_{}", i + 1), port.to_string());
-        }
-        cmd
-    }
-
-    /// Runs docker-compose with `args`; panics with its output if it fails.
-    fn run(&self, args: &[&str]) -> String {
-        let output = self.command(args).output().expect("docker-compose runs");
-        check_output(&format!("docker-compose {}", args.join(" ")), output)
-    }
-
-    fn addr(&self, node: usize) -> String {
-        format!("127.0.0.1:{}", self.ports[node - 1])
-    }
-
-    /// The id of node `node`'s container.
-    fn container(&self, node: usize) -> String {
-        self.run(&["ps", "-q", &format!("node{node}")])
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Compose {
-    fn drop(&mut self) {
-        phase("down -v");
-        if std::thread::panicking() {
-            if let Ok(out) = self.command(&["logs", "--no-color", "--tail=40"]).output() {
-                eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-            }
-        }
-        match self.command(&["down", "-v", "--timeout", "5"]).output() {
-            Ok(out) if out.status.success() => {}
-            other => eprintln!("compose: down -v of {} failed: {other:?}", self.project),
-        }
-    }
-}
-
-fn check_output(what: &str, output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Three ports free on the loopback right now.
-fn free_ports() -> [u16; 3] {
-    let listeners: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    let port = |i: usize| listeners[i].local_addr().unwrap().port();
-    [port(0), port(1), port(2)]
+fn addr(compose: &Project, node: u64) -> String {
+    compose.node(node).addr()
 }
 
 /// Polls `attempt` until it returns `Some`, or panics after `DEADLINE` with its last error.
 fn eventually<T>(what: &str, mut attempt: impl FnMut() -> Result<Option<T>, String>) -> T {
-    let start = Instant::now();
-    loop {
-        let last = match attempt() {
-            Ok(Some(value)) => return value,
-            Ok(None) => "not yet".to_string(),
-            Err(e) => e,
-        };
-        assert!(
-            start.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?} (last: {last})"
-        );
-        sleep(POLL);
-    }
+    wait_until(DEADLINE, what, || attempt()?.ok_or("not yet".to_string()))
 }
 
 fn client(addr: &str) -> Result<CacheClient, String> {
@@ -131,16 +51,16 @@ fn client(addr: &str) -> Result<CacheClient, String> {
 }
 
 /// The leader every one of `nodes` names, once they agree.
-fn agreed_leader(compose: &Compose, nodes: &[usize]) -> Result<Option<usize>, String> {
+fn agreed_leader(compose: &Project, nodes: &[u64]) -> Result<Option<u64>, String> {
     let mut leaders = Vec::new();
     for &node in nodes {
-        let status = client(&compose.addr(node))?
+        let status = client(&addr(compose, node))?
             .status()
             .map_err(|e| describe_error(&e))?;
         leaders.push(status.leader);
     }
     Ok(match leaders[0] {
-        Some(l) if leaders.iter().all(|x| *x == Some(l)) => Some(l as usize),
+        Some(l) if leaders.iter().all(|x| *x == Some(l)) => Some(l as u64),
         _ => None,
     })
 }
@@ -161,7 +81,7 @@ fn get(addr: &str, key: &str, linearizable: bool) -> Result<Option<String>, Stri
 
 /// Starts the compose cluster as project `raftcache-NAME-PID` and waits for a leader; `None`
 /// (after saying why) when this machine cannot run it.
-fn start_cluster(name: &str) -> Option<(Compose, usize)> {
+fn start_cluster(name: &str) -> Option<(Project, u64)> {
     let image = std::env::var("RAFTCACHE_IMAGE").unwrap_or_else(|_| "raftcache:local".into());
     if let Some(reason) = missing_prerequisite(&image) {
         let required = std::env::var("RAFTCACHE_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
@@ -169,30 +89,15 @@ fn start_cluster(name: &str) -> Option<(Compose, usize)> {
         eprintln!("compose: SKIPPED: {reason}");
         return None;
     }
-    let compose = Compose {
-        project: format!("raftcache-{name}-{}", std::process::id()),
-        file: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cluster/docker-compose.yml"),
-        image,
-        ports: free_ports(),
-    };
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("cluster/docker-compose.yml");
+    let project = format!("raftcache-{name}-{}", std::process::id());
+    let compose = ok(Project::checked_in(&file, &project, &image));
     phase("up -d: three nodes bootstrap from --initial-cluster by service name");
-    compose.run(&["up", "-d"]);
+    ok(compose.up(&[1, 2, 3]));
     let leader = eventually("the three nodes agree on a leader", || {
         agreed_leader(&compose, &[1, 2, 3])
     });
     Some((compose, leader))
-}
-
-/// SIGKILLs node `node`'s container.
-fn kill(compose: &Compose, node: usize) {
-    let container = compose.container(node);
-    check_output(
-        "docker kill",
-        Command::new("docker")
-            .args(["kill", &container])
-            .output()
-            .unwrap(),
-    );
 }
 
 #[test]
@@ -204,12 +109,12 @@ fn the_compose_cluster_bootstraps_serves_every_port_and_survives_killing_the_lea
     phase("a write through each port is read linearizably through every port");
     for writer in 1..=3 {
         let key = format!("via-{writer}");
-        eventually("write", || put(&compose.addr(writer), &key, "v"));
+        eventually("write", || put(&addr(&compose, writer), &key, "v"));
         for reader in 1..=3 {
             // A read may fail while, say, a busy machine delays a heartbeat into an election;
             // a read that answers must answer right.
             let found = eventually("a linearizable read", || {
-                get(&compose.addr(reader), &key, true).map(Some)
+                get(&addr(&compose, reader), &key, true).map(Some)
             });
             assert_eq!(
                 found.as_deref(),
@@ -220,12 +125,12 @@ fn the_compose_cluster_bootstraps_serves_every_port_and_survives_killing_the_lea
     }
 
     phase("docker kill the leader; writes through each survivor succeed again");
-    let survivors: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
-    kill(&compose, leader);
+    let survivors: Vec<u64> = (1..=3).filter(|&n| n != leader).collect();
+    ok(compose.kill(leader));
     for &node in &survivors {
         let key = format!("after-kill-{node}");
         eventually("a write through a survivor", || {
-            put(&compose.addr(node), &key, "w")
+            put(&addr(&compose, node), &key, "w")
         });
     }
     let new_leader = eventually("the survivors agree on a new leader", || {
@@ -234,110 +139,41 @@ fn the_compose_cluster_bootstraps_serves_every_port_and_survives_killing_the_lea
     assert_ne!(new_leader, leader, "the killed node cannot lead");
 
     phase("the killed node starts again and catches up");
-    compose.run(&["start", &format!("node{leader}")]);
+    ok(compose.start(leader));
     for &node in &survivors {
         let key = format!("after-kill-{node}");
         eventually("the restarted node holds the writes it missed", || {
-            Ok(get(&compose.addr(leader), &key, false)?.filter(|v| v == "w"))
+            Ok(get(&addr(&compose, leader), &key, false)?.filter(|v| v == "w"))
         });
     }
 }
 
-/// Keys the history clients share, so their operations contend.
-const HISTORY_KEYS: [&str; 3] = ["h0", "h1", "h2"];
+/// Clients recording a history, and the keys they share (so their operations contend).
 const HISTORY_CLIENTS: u64 = 4;
+const HISTORY_KEYS: u64 = 3;
 /// Operations a history client makes at most, however slow the phases are.
 const MAX_OPS_PER_CLIENT: u64 = 5000;
 /// Operations answered (by all clients together) in each phase before the next fault.
 const OPS_PER_PHASE: u64 = 150;
 
-/// What the history clients share.
-struct Traffic {
-    clock: Instant,
-    stop: AtomicBool,
-    /// Operations answered with a definite outcome, by all clients.
-    answered: AtomicU64,
-}
-
-/// The next number of a small xorshift generator.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-/// One operation on `conn`, timed on the shared clock. A failed write may or may not have taken
-/// effect (Unknown); a failed read says nothing (also Unknown: the checker ignores it).
-fn timed_op(conn: &mut CacheClient, traffic: &Traffic, key: &str, call: Call) -> (Operation, bool) {
-    let now_us = || traffic.clock.elapsed().as_micros() as u64;
-    let invoke_us = now_us();
-    let result = match &call {
-        Call::Put(value) => conn.put(key, value).map(|_| Outcome::Written),
-        Call::Remove => conn.remove(key).map(Outcome::Removed),
-        Call::Get => conn.get(key, true).map(Outcome::Read),
+/// Starts the history clients on every node of `compose`, with a seed from the clock.
+fn start_clients(compose: &Project) -> Workload {
+    let seed = clock_seed();
+    eprintln!("compose: history seed {seed}");
+    let limits = ClientLimits {
+        hot_keys: HISTORY_KEYS,
+        max_ops: MAX_OPS_PER_CLIENT,
+        think: Duration::ZERO,
     };
-    let return_us = now_us();
-    let ok = result.is_ok();
-    let outcome = result.unwrap_or(Outcome::Unknown);
-    let op = Operation {
-        client: 0,
-        key: key.to_string(),
-        call,
-        invoke_us,
-        return_us,
-        outcome,
-    };
-    (op, ok)
-}
-
-/// A client: random puts (unique values), removes and linearizable gets on the shared keys
-/// through `addr`, until told to stop. A connection that failed is replaced; an operation that
-/// could not even connect was never sent and is not recorded.
-fn history_client(id: u64, addr: String, traffic: Arc<Traffic>, seed: u64) -> Vec<Operation> {
-    let mut random = seed | 1;
-    let mut conn: Option<CacheClient> = None;
-    let mut history = Vec::new();
-    for n in 0..MAX_OPS_PER_CLIENT {
-        if traffic.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match CacheClient::connect(&addr, CALL_TIMEOUT) {
-                Ok(c) => conn.insert(c),
-                Err(_) => {
-                    sleep(POLL);
-                    continue;
-                }
-            },
-        };
-        let key = HISTORY_KEYS[(next_random(&mut random) % 3) as usize];
-        let call = match next_random(&mut random) % 10 {
-            0..=4 => Call::Put(format!("c{id}-{n}")),
-            5..=6 => Call::Remove,
-            _ => Call::Get,
-        };
-        let (mut op, ok) = timed_op(c, &traffic, key, call);
-        op.client = id;
-        if ok {
-            traffic.answered.fetch_add(1, Ordering::Relaxed);
-        } else {
-            // docker's port proxy accepts connections for a dead container and then drops
-            // them: pause rather than spin on a node that is down.
-            conn = None;
-            sleep(POLL);
-        }
-        history.push(op);
-    }
-    history
+    let targets = compose.nodes.values().map(|n| n.addr()).collect();
+    Workload::start(HISTORY_CLIENTS, seed, targets, limits)
 }
 
 /// Waits until the clients have had `count` more operations answered.
-fn wait_for_answers(traffic: &Traffic, count: u64) {
-    let target = traffic.answered.load(Ordering::Relaxed) + count;
+fn wait_for_answers(workload: &Workload, count: u64) {
+    let target = workload.answered() + count;
     eventually("clients get answers", || {
-        Ok((traffic.answered.load(Ordering::Relaxed) >= target).then_some(()))
+        Ok((workload.answered() >= target).then_some(()))
     });
 }
 
@@ -375,114 +211,47 @@ fn assert_linearizable(history: &[Operation]) {
     }
 }
 
-/// History clients running against a compose cluster.
-struct Workload {
-    traffic: Arc<Traffic>,
-    clients: Vec<std::thread::JoinHandle<Vec<Operation>>>,
-}
-
-impl Workload {
-    /// Starts `HISTORY_CLIENTS` clients, spread over the three ports.
-    fn start(compose: &Compose) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        eprintln!("compose: history seed {seed}");
-        let traffic = Arc::new(Traffic {
-            clock: Instant::now(),
-            stop: AtomicBool::new(false),
-            answered: AtomicU64::new(0),
-        });
-        let clients = (0..HISTORY_CLIENTS)
-            .map(|id| {
-                let addr = compose.addr(id as usize % 3 + 1);
-                let traffic = traffic.clone();
-                let seed = seed.wrapping_add(id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                std::thread::spawn(move || history_client(id, addr, traffic, seed))
-            })
-            .collect();
-        Self { traffic, clients }
-    }
-
-    fn wait_for_answers(&self, count: u64) {
-        wait_for_answers(&self.traffic, count);
-    }
-
-    /// Stops the clients and returns everything they recorded.
-    fn finish(self) -> Vec<Operation> {
-        self.traffic.stop.store(true, Ordering::Relaxed);
-        self.clients
-            .into_iter()
-            .flat_map(|c| c.join().expect("a history client panicked"))
-            .collect()
-    }
-}
-
 #[test]
 fn a_history_recorded_across_killing_and_restarting_the_leader_is_linearizable() {
     let Some((compose, leader)) = start_cluster("history") else {
         return;
     };
-    let workload = Workload::start(&compose);
+    let workload = start_clients(&compose);
     phase("clients run against the whole cluster");
-    workload.wait_for_answers(OPS_PER_PHASE);
+    wait_for_answers(&workload, OPS_PER_PHASE);
     phase("docker kill the leader while they run");
-    kill(&compose, leader);
-    workload.wait_for_answers(OPS_PER_PHASE);
+    ok(compose.kill(leader));
+    wait_for_answers(&workload, OPS_PER_PHASE);
     phase("the killed node starts again while they run");
-    compose.run(&["start", &format!("node{leader}")]);
-    workload.wait_for_answers(OPS_PER_PHASE);
+    ok(compose.start(leader));
+    wait_for_answers(&workload, OPS_PER_PHASE);
     let history = workload.finish();
 
     phase("check the history");
     assert_linearizable(&history);
 }
 
-/// The docker network node `node`'s container is on (the compose file gives it one).
-fn network_of(compose: &Compose, node: usize) -> String {
-    let format = "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}";
-    let container = compose.container(node);
-    let output = Command::new("docker")
-        .args(["inspect", "-f", format, &container])
-        .output()
-        .unwrap();
-    let names = check_output("docker inspect", output);
-    let names: Vec<&str> = names.split_whitespace().collect();
-    assert_eq!(names.len(), 1, "node{node} is on networks {names:?}");
-    names[0].to_string()
-}
-
 #[test]
 fn a_history_recorded_across_isolating_the_leader_is_linearizable() {
-    let Some((compose, leader)) = start_cluster("partition") else {
+    let Some((mut compose, leader)) = start_cluster("partition") else {
         return;
     };
-    let network = network_of(&compose, leader);
-    let container = compose.container(leader);
-    let docker_network = |action: &str| {
-        let output = Command::new("docker")
-            .args(["network", action, &network, &container])
-            .output()
-            .unwrap();
-        check_output(&format!("docker network {action}"), output);
-    };
-    let workload = Workload::start(&compose);
+    let workload = start_clients(&compose);
     phase("clients run against the whole cluster");
-    workload.wait_for_answers(OPS_PER_PHASE);
+    wait_for_answers(&workload, OPS_PER_PHASE);
     phase("the leader's container is cut from the network while they run");
-    docker_network("disconnect");
-    let others: Vec<usize> = (1..=3).filter(|&n| n != leader).collect();
+    ok(compose.isolate(leader));
+    let others: Vec<u64> = (1..=3).filter(|&n| n != leader).collect();
     eventually("the other two elect a new leader", || {
         Ok(agreed_leader(&compose, &others)?.filter(|&l| l != leader))
     });
-    workload.wait_for_answers(OPS_PER_PHASE);
+    wait_for_answers(&workload, OPS_PER_PHASE);
     phase("it is connected again while they run, and rejoins");
-    docker_network("connect");
+    ok(compose.heal());
     eventually("all three agree on a leader", || {
         agreed_leader(&compose, &[1, 2, 3])
     });
-    workload.wait_for_answers(OPS_PER_PHASE);
+    wait_for_answers(&workload, OPS_PER_PHASE);
     let history = workload.finish();
 
     phase("check the history");

@@ -41,27 +41,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use raftcache::client::CacheClient;
+use raftcache_testkit::rng::{clock_seed, Rng};
+use raftcache_testkit::wait::{poll, wait_until};
 use support::{connect, phase, Cluster, Retrying, DEADLINE, POLL};
-
-/// splitmix64: a tiny seeded PRNG, enough for a schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
@@ -114,7 +99,7 @@ const BACKOFF: Duration = Duration::from_millis(50);
 /// One writer: until `stop`, new keys (60%), overwrites (25%) and removes (15%) of its own keys
 /// whose state is known, through `addrs`, moving to the next node after any failure.
 fn run_writer(w: usize, addrs: &[SocketAddr], seed: u64, shared: &Shared) -> WriterReport {
-    let mut rng = Rng(seed ^ (w as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut rng = Rng::new(seed ^ (w as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
     let mut out = WriterReport::default();
     // Keys whose state is known (no unknown-outcome write): the only ones touched again.
     let mut known: Vec<String> = Vec::new();
@@ -211,21 +196,16 @@ impl Harness {
     /// Polls until the writers acknowledged `more` writes beyond `from` (a writer that ended
     /// early panicked).
     fn wait_progress(&self, from: u64, more: u64, what: &str) {
-        let deadline = Instant::now() + DEADLINE;
-        while self.acks() < from + more {
+        let what = format!("{what}: {more} writes acknowledged; {}", self.replay());
+        wait_until(DEADLINE, &what, || {
             assert!(
                 !self.writers.iter().any(JoinHandle::is_finished),
                 "a writer ended early; {}",
                 self.replay()
             );
-            assert!(
-                Instant::now() < deadline,
-                "{what}: only {} of {more} writes acknowledged within {DEADLINE:?}; {}",
-                self.acks() - from,
-                self.replay()
-            );
-            std::thread::sleep(POLL);
-        }
+            let acks = self.acks() - from;
+            (acks >= more).then_some(()).ok_or(format!("only {acks}"))
+        });
     }
 }
 
@@ -282,10 +262,7 @@ fn read_keys(
 #[test]
 fn randomized_sigkills_lose_no_acknowledged_write() {
     let t0 = Instant::now();
-    let seed = env_u64("RAFTCACHE_CRASH_SEED").unwrap_or_else(|| {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        (now.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)) % 1_000_000_000
-    });
+    let seed = env_u64("RAFTCACHE_CRASH_SEED").unwrap_or_else(clock_seed);
     let rounds = env_u64("RAFTCACHE_CRASH_ROUNDS").unwrap_or(20);
     let writers = env_u64("RAFTCACHE_CRASH_WRITERS").unwrap_or(4).max(1) as usize;
     println!(
@@ -323,7 +300,7 @@ fn randomized_sigkills_lose_no_acknowledged_write() {
     };
     h.wait_progress(0, 20 * writers as u64, "start");
 
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut by_kind = [0u64; 3];
     let mut probes: BTreeMap<String, KeyState> = BTreeMap::new();
     for round in 1..=rounds {
@@ -432,10 +409,9 @@ fn randomized_sigkills_lose_no_acknowledged_write() {
     );
 
     // Local reads on all three nodes converge to one acceptable value per key.
-    let deadline = Instant::now() + DEADLINE;
     let mut pending = keys.clone();
     let mut polls = 0;
-    while !pending.is_empty() {
+    let converged = poll(DEADLINE, || {
         polls += 1;
         let views = read_keys(&h.cluster, &pending, false, false);
         let differs = |key: &String| {
@@ -454,17 +430,20 @@ fn randomized_sigkills_lose_no_acknowledged_write() {
                 )
             })
             .collect();
-        assert!(
-            pending.is_empty() || Instant::now() < deadline,
-            "the nodes' local reads did not converge within {DEADLINE:?}: {} of {} keys differ, e.g.:\n  {}\n{}",
-            pending.len(),
-            keys.len(),
-            examples.join("\n  "),
+        match pending.len() {
+            0 => Ok(()),
+            differ => Err(format!(
+                "{differ} of {} keys differ, e.g.:\n  {}",
+                keys.len(),
+                examples.join("\n  ")
+            )),
+        }
+    });
+    if let Err(timeout) = converged {
+        panic!(
+            "the nodes' local reads did not converge: {timeout}\n{}",
             h.replay()
         );
-        if !pending.is_empty() {
-            std::thread::sleep(4 * POLL);
-        }
     }
     phase(
         t0,

@@ -1,11 +1,15 @@
 //! A node whose Raft stops after a fatal storage error exits (status 1, with a log line saying
 //! so) instead of staying up with a dead core, answering nothing useful and spinning.
 
-use std::net::TcpListener;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raftcache::client::CacheClient;
+use raftcache_testkit::ports::free_ports;
+use raftcache_testkit::wait::wait_until;
+
+/// How long the node may take to come up, and then to exit.
+const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The node's process. Dropping it kills the process (by its pid) and reaps it, so a failed
 /// assertion, which unwinds through the drop, never leaves a node running.
@@ -19,18 +23,11 @@ impl Drop for NodeProcess {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_node_exits_when_its_raft_stops_on_a_storage_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (client_port, peer_port) = (free_port(), free_port());
+    let ports = free_ports(2).expect("bind 127.0.0.1:0");
+    let (client_port, peer_port) = (ports[0], ports[1]);
     // The log goes to a file, not a pipe: a pipe nobody reads until the end could fill up and
     // block the node.
     let log_path = dir.path().join("node.log");
@@ -46,16 +43,10 @@ fn a_node_exits_when_its_raft_stops_on_a_storage_error() {
             .expect("start raftcache"),
     );
     let addr = format!("127.0.0.1:{client_port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut client = loop {
-        if let Ok(mut c) = CacheClient::connect(&addr, Duration::from_secs(10)) {
-            if c.put("ready", "1").is_ok() {
-                break c;
-            }
-        }
-        assert!(Instant::now() < deadline, "node did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut client = wait_until(DEADLINE, "the node comes up and takes a write", || {
+        let mut c = CacheClient::connect(&addr, Duration::from_secs(10)).ok()?;
+        c.put("ready", "1").ok().map(|_| c)
+    });
 
     // The snapshot directory disappears under the node: the next snapshot cannot be written.
     std::fs::remove_dir_all(dir.path().join("node/snapshots")).unwrap();
@@ -71,16 +62,9 @@ fn a_node_exits_when_its_raft_stops_on_a_storage_error() {
         "writes past the snapshot point should fail once Raft has stopped"
     );
 
-    let status = loop {
-        if let Some(status) = node.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node kept running after its Raft stopped"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_until(DEADLINE, "the node exits after its Raft stopped", || {
+        node.0.try_wait().unwrap()
+    });
     let log = std::fs::read_to_string(&log_path).expect("read the node's log");
     assert_eq!(status.code(), Some(1), "exit status; log:\n{log}");
     assert!(

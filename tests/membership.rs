@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use raftcache_testkit::wait::wait_until;
 use support::{bin, connect, free_addrs, phase, Cluster, Node, DEADLINE, POLL};
 
 /// What one `raftcache admin ...` run printed, and how it exited.
@@ -88,18 +89,12 @@ fn wait_membership(cluster: &Cluster, on: &[u64], voters: &[u64], learners: &[u6
         voters.iter().map(|v| *v as i64).collect(),
         learners.iter().map(|l| *l as i64).collect(),
     );
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    let what = format!("nodes {on:?} all show voters {voters:?} and learners {learners:?}");
+    wait_until(DEADLINE, &what, || {
         let views: Vec<_> = on.iter().map(|id| status_view(cluster.node(*id))).collect();
-        if views.iter().all(|v| v.as_ref() == Ok(&expected)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nodes {on:?} did not all show voters {voters:?} and learners {learners:?}: {views:?}"
-        );
-        std::thread::sleep(POLL);
-    }
+        let shown = views.iter().all(|v| v.as_ref() == Ok(&expected));
+        shown.then_some(()).ok_or(format!("{views:?}"))
+    });
 }
 
 /// `admin members --json` via every node of `on`: they must agree, on `voters` exactly.
@@ -221,8 +216,8 @@ fn write_until_stopped(addrs: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool) -> (Ve
 
 /// Waits until `node`'s local replica holds every key of `expected`.
 fn wait_local_reads(node: &Node, expected: &BTreeMap<String, String>) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    let what = format!("node {} holds every acknowledged write", node.id);
+    wait_until(DEADLINE, &what, || {
         let mut missing = Vec::new();
         match node.client() {
             Ok(mut client) => {
@@ -238,16 +233,11 @@ fn wait_local_reads(node: &Node, expected: &BTreeMap<String, String>) {
             }
             Err(e) => missing.push(e),
         }
-        if missing.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {} does not hold every acknowledged write: {missing:?}",
-            node.id
-        );
-        std::thread::sleep(4 * POLL);
-    }
+        missing
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("missing {missing:?}"))
+    });
 }
 
 fn client_addrs(cluster: &Cluster, ids: &[u64]) -> Vec<SocketAddr> {
@@ -387,16 +377,11 @@ fn grow_shrink_remove_the_leader_and_replace_a_dead_node_while_writing() {
 
 /// A removed node says so in `status` and refuses client requests with a message saying why.
 fn assert_removed(node: &Node) {
-    let deadline = Instant::now() + DEADLINE;
-    while node.status().map(|s| s.role) != Ok("removed".into()) {
-        assert!(
-            Instant::now() < deadline,
-            "node {} never says it was removed: {:?}",
-            node.id,
-            node.status()
-        );
-        std::thread::sleep(POLL);
-    }
+    let what = format!("node {} says it was removed", node.id);
+    wait_until(DEADLINE, &what, || match node.status() {
+        Ok(status) if status.role == "removed" => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
     let refused = node.client().unwrap().put("k", "v").unwrap_err();
     let message = support::describe(refused);
     assert!(message.contains("was removed"), "{message}");

@@ -11,9 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{
-    connect, describe, phase, Cluster, Load, Node, Retrying, WriterOutcome, DEADLINE, POLL,
-};
+use raftcache_testkit::wait::{poll, wait_until};
+use support::{connect, describe, phase, Cluster, Load, Node, Retrying, WriterOutcome, DEADLINE};
 
 /// The expected contents of the cache: key to latest acknowledged value (`None`: removed).
 type Model = BTreeMap<String, Option<String>>;
@@ -39,29 +38,24 @@ fn differences(node: &Node, model: &Model, linearizable: bool) -> Result<Vec<Str
 /// that took.
 fn wait_until_equal(node: &Node, model: &Model, linearizable: bool) -> Duration {
     let start = Instant::now();
-    loop {
-        let outcome = differences(node, model, linearizable);
-        if matches!(&outcome, Ok(diffs) if diffs.is_empty()) {
-            return start.elapsed();
-        }
-        if start.elapsed() > DEADLINE {
-            let detail = match outcome {
-                Ok(diffs) => format!(
-                    "{} of {} keys differ, e.g.:\n  {}",
-                    diffs.len(),
-                    model.len(),
-                    diffs[..diffs.len().min(10)].join("\n  ")
-                ),
-                Err(e) => format!("reads still fail: {e}"),
-            };
-            panic!(
-                "node {} did not catch up within {DEADLINE:?} (status {:?}): {detail}",
-                node.id,
-                node.status()
-            );
-        }
-        std::thread::sleep(4 * POLL);
+    let equal = poll(DEADLINE, || match differences(node, model, linearizable) {
+        Ok(diffs) if diffs.is_empty() => Ok(()),
+        Ok(diffs) => Err(format!(
+            "{} of {} keys differ, e.g.:\n  {}",
+            diffs.len(),
+            model.len(),
+            diffs[..diffs.len().min(10)].join("\n  ")
+        )),
+        Err(e) => Err(format!("reads still fail: {e}")),
+    });
+    if let Err(timeout) = equal {
+        panic!(
+            "node {} did not catch up (status {:?}): {timeout}",
+            node.id,
+            node.status()
+        );
     }
+    start.elapsed()
 }
 
 /// Reads every key of `model` once, linearizably, spreading the reads over `nodes` (a read that
@@ -140,8 +134,7 @@ fn cli_status(node: &Node) -> serde_json::Value {
 
 /// The leader as `status --json` shows it: every node names it, and it says it is the leader.
 fn leader_via_cli(cluster: &Cluster, among: &[u64]) -> u64 {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    wait_until(DEADLINE, "a leader agreed in status --json", || {
         let views: Vec<serde_json::Value> = among
             .iter()
             .map(|id| cli_status(cluster.node(*id)))
@@ -156,15 +149,11 @@ fn leader_via_cli(cluster: &Cluster, among: &[u64]) -> u64 {
                 for v in &views {
                     assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
                 }
-                return leader;
+                return Ok(leader);
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "no leader agreed in status --json: {views:?}"
-        );
-        std::thread::sleep(POLL);
-    }
+        Err(format!("{views:?}"))
+    })
 }
 
 /// a. SIGKILL of the leader of a 3-node cluster: writes through a survivor succeed again
@@ -199,21 +188,17 @@ fn leader_sigkill_fails_over_and_restarted_node_catches_up() {
     // Writes through a survivor succeed again once a new leader is elected.
     let via = cluster.node(survivors[0]).client_addr;
     let mut failures = Vec::new();
-    loop {
+    let what = format!(
+        "a write through node {} after killing leader {leader}",
+        survivors[0]
+    );
+    wait_until(FAILOVER_DEADLINE, &what, || {
         let outcome = connect(via).and_then(|mut c| c.put("failover", "done").map_err(describe));
-        match outcome {
-            Ok(_) => break,
-            Err(e) => {
-                assert!(
-                    killed_at.elapsed() < FAILOVER_DEADLINE,
-                    "no write through node {} succeeded within {FAILOVER_DEADLINE:?} of killing leader {leader}; last error: {e}",
-                    survivors[0]
-                );
-                failures.push(format!("after {} ms: {e}", killed_at.elapsed().as_millis()));
-                std::thread::sleep(POLL);
-            }
+        if let Err(e) = &outcome {
+            failures.push(format!("after {} ms: {e}", killed_at.elapsed().as_millis()));
         }
-    }
+        outcome
+    });
     let failover = killed_at.elapsed();
     model.insert("failover".into(), Some("done".into()));
     assert!(failover < FAILOVER_DEADLINE, "failover took {failover:?}");
@@ -458,16 +443,9 @@ fn single_node_sigkill_right_after_last_ack_keeps_every_write() {
     cluster.node_mut(1).start();
     cluster.wait_leader(&[1]);
     phase(t0, "c: restarted");
-    let diffs = {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            match differences(cluster.node(1), &model, true) {
-                Ok(diffs) => break diffs,
-                Err(e) => assert!(Instant::now() < deadline, "reads keep failing: {e}"),
-            }
-            std::thread::sleep(POLL);
-        }
-    };
+    let diffs = wait_until(DEADLINE, "reads of every key", || {
+        differences(cluster.node(1), &model, true)
+    });
     assert!(
         diffs.is_empty(),
         "lost {} of 500 acknowledged writes across a SIGKILL, e.g.:\n  {}",
@@ -704,17 +682,10 @@ fn a_leader_restarted_with_its_cluster_reads_every_write_it_acknowledged() {
         for id in ids.iter().filter(|id| **id != leader) {
             cluster.node_mut(*id).spawn();
         }
-        let deadline = Instant::now() + DEADLINE;
-        let read = loop {
-            match connect(addr).and_then(|mut c| c.get("k", true).map_err(describe)) {
-                Ok(value) => break value,
-                Err(e) => assert!(
-                    Instant::now() < deadline,
-                    "round {round}: no linearizable read through node {leader} within {DEADLINE:?}: {e}"
-                ),
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let what = format!("round {round}: a linearizable read through node {leader}");
+        let read = wait_until(DEADLINE, &what, || {
+            connect(addr).and_then(|mut c| c.get("k", true).map_err(describe))
+        });
         if read.as_deref() != Some(last.as_str()) {
             cluster.dump_logs(20);
         }

@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Instant;
 
-use support::{bin, phase, Cluster, Node, Retrying, DEADLINE, POLL};
+use raftcache_testkit::wait::{poll, wait_until};
+use support::{bin, phase, Cluster, Node, Retrying, DEADLINE};
 
 /// Keys written before the node is wiped.
 const OLD_KEYS: usize = 50;
@@ -26,36 +27,25 @@ fn write_old_keys(addr: SocketAddr) {
 
 /// Waits until `node` has applied at least `index`.
 fn wait_applied(node: &Node, index: i64) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if node.status().is_ok_and(|s| s.last_applied >= index) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {} did not apply index {index}: {:?}",
-            node.id,
-            node.status()
-        );
-        std::thread::sleep(POLL);
-    }
+    let what = format!("node {} applies index {index}", node.id);
+    wait_until(DEADLINE, &what, || match node.status() {
+        Ok(status) if status.last_applied >= index => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
 }
 
 /// Waits until `node`'s log says `what`.
 fn wait_logged(node: &Node, what: &str) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    let logged = poll(DEADLINE, || {
         let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
-        if log.contains(what) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {} never logged {what:?}; its log ends with:\n{}",
+        log.contains(what)
+    });
+    if let Err(timeout) = logged {
+        panic!(
+            "node {} never logged {what:?}: {timeout}; its log ends with:\n{}",
             node.id,
             node.log_tail(30)
         );
-        std::thread::sleep(POLL);
     }
 }
 
@@ -179,22 +169,16 @@ fn a_node_back_with_a_wiped_data_dir_and_no_flags_is_a_cluster_of_its_own() {
         let id = cluster.add_node(&[format!("--join={a1}")]);
         cluster.node_mut(id).start();
     }
-    let deadline = Instant::now() + DEADLINE;
     let three_voters = |node: &Node| {
         node.status()
             .is_ok_and(|s| s.members.iter().filter(|m| m.voter).count() == 3)
     };
-    while !cluster
-        .ids()
-        .iter()
-        .all(|id| three_voters(cluster.node(*id)))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the cluster did not grow to 3 voters"
-        );
-        std::thread::sleep(POLL);
-    }
+    wait_until(DEADLINE, "the cluster grows to 3 voters", || {
+        cluster
+            .ids()
+            .iter()
+            .all(|id| three_voters(cluster.node(*id)))
+    });
     let leader = cluster.wait_leader(&[1, 2, 3]);
     write_old_keys(cluster.node(leader).client_addr);
     let applied = cluster.node(leader).status().unwrap().last_applied;
@@ -284,9 +268,7 @@ fn a_member_restarted_on_another_peer_address_refuses_to_start_and_says_so() {
     Retrying::new(cluster.node(leader).client_addr).put("after", "move");
     cluster.node_mut(follower).peer_addr = recorded;
     cluster.node_mut(follower).start();
-    let deadline = Instant::now() + DEADLINE;
-    while local(cluster.node(follower), "after").is_none() {
-        assert!(Instant::now() < deadline, "the node did not catch up");
-        std::thread::sleep(POLL);
-    }
+    wait_until(DEADLINE, "the node catches up", || {
+        local(cluster.node(follower), "after")
+    });
 }

@@ -14,8 +14,8 @@ use raftcache::config::NodeConfig;
 use raftcache::network::Faults;
 use raftcache::node::{self, RunningNode};
 use raftcache::types::NodeId;
+use raftcache_testkit::wait::wait_until_async;
 use tempfile::TempDir;
-use tokio::time::Instant;
 
 /// How long a test waits for a condition before failing.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -123,8 +123,7 @@ impl TestCluster {
 
     /// Waits until every running node agrees on one leader among the running nodes.
     pub async fn wait_for_leader(&self) -> NodeId {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        wait_until_async(WAIT, "an agreed leader", async || {
             let leaders: Vec<Option<NodeId>> = self
                 .nodes
                 .values()
@@ -135,15 +134,12 @@ impl TestCluster {
                     && leaders.iter().all(|l| *l == Some(*leader))
                     && self.nodes[leader].status().role == "leader"
                 {
-                    return *leader;
+                    return Ok(*leader);
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "no agreed leader within {WAIT:?}: {leaders:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Err(format!("{leaders:?}"))
+        })
+        .await
     }
 
     /// Waits until node `id` has applied at least `index`.
@@ -158,18 +154,14 @@ impl TestCluster {
 
     /// Waits until node `id`'s local replica holds `value` under `key` (None: absent).
     pub async fn wait_local_value(&self, id: NodeId, key: &str, value: Option<&str>) {
-        let deadline = Instant::now() + WAIT;
-        loop {
+        let what = format!("node {id}: {key} holds {value:?}");
+        wait_until_async(WAIT, &what, async || {
             let found = self.node(id).state().get(key).expect("local read");
-            if found.as_deref() == value {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {id}: {key} is {found:?}, expected {value:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            (found.as_deref() == value)
+                .then_some(())
+                .ok_or(format!("{key} is {found:?}"))
+        })
+        .await
     }
 
     /// A client connected to node `id`'s client port.

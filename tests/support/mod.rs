@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use raftcache::client::{describe_error, CacheClient};
 use raftcache::gen::cache::NodeStatus;
+use raftcache_testkit::wait::{poll, wait_until};
 use tempfile::TempDir;
 
 /// Longest wait for anything (a start, an election, a catch-up) before a test fails. Generous:
@@ -42,13 +43,7 @@ pub fn phase(start: Instant, what: &str) {
 
 /// `count` distinct free loopback addresses, all bound at once so they differ, then released.
 pub fn free_addrs(count: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr"))
-        .collect()
+    raftcache_testkit::ports::free_addrs(count).expect("bind 127.0.0.1:0")
 }
 
 /// Connects a client to `addr`.
@@ -128,47 +123,38 @@ impl Node {
     /// Waits until the node answers `status`. A node that exited because its port was taken
     /// (a port-0 race with another process) is started again, until the deadline.
     pub fn wait_up(&mut self) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
+        let up = poll(DEADLINE, || {
             if self.status().is_ok() {
-                return;
+                return true;
             }
             let child = self.child.as_mut().expect("node is running");
             if let Some(exit) = child.try_wait().expect("try_wait") {
                 self.child = None;
                 let log = self.log_tail(30);
-                if log.contains("Address already in use") && Instant::now() < deadline {
-                    eprintln!("node {}: a port was taken; starting again", self.id);
-                    std::thread::sleep(Duration::from_millis(200));
-                    self.spawn();
-                    continue;
+                if !log.contains("Address already in use") {
+                    panic!("node {} exited at start ({exit}); log:\n{log}", self.id);
                 }
-                panic!("node {} exited at start ({exit}); log:\n{log}", self.id);
+                eprintln!("node {}: a port was taken; starting again", self.id);
+                std::thread::sleep(Duration::from_millis(200));
+                self.spawn();
             }
-            assert!(
-                Instant::now() < deadline,
-                "node {} did not answer status within {DEADLINE:?}; log:\n{}",
-                self.id,
-                self.log_tail(30)
+            false
+        });
+        if let Err(timeout) = up {
+            let log = self.log_tail(30);
+            panic!(
+                "node {} answered no status: {timeout}; log:\n{log}",
+                self.id
             );
-            std::thread::sleep(POLL);
         }
     }
 
     /// Waits up to `within` for the process to exit by itself; returns its exit status.
     pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
         let child = self.child.as_mut()?;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(POLL);
-        }
+        let status = poll(within, || child.try_wait().expect("try_wait")).ok()?;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGKILL: no shutdown, no flush; whatever the process did not write out is lost.
@@ -196,20 +182,17 @@ impl Node {
             .status()
             .expect("run kill -TERM");
         assert!(sent.success(), "kill -TERM {} failed", child.id());
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return (status, started.elapsed());
-            }
-            if started.elapsed() > within {
+        match poll(within, || child.try_wait().expect("try_wait")) {
+            Ok(status) => (status, started.elapsed()),
+            Err(timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "node {} did not exit within {within:?} of SIGTERM; log:\n{}",
+                    "node {} did not exit after SIGTERM: {timeout}; log:\n{}",
                     self.id,
                     self.log_tail(30)
                 );
             }
-            std::thread::sleep(POLL);
         }
     }
 
@@ -337,8 +320,8 @@ impl Cluster {
     /// Waits until every node in `among` answers status naming the same leader, one of `among`,
     /// which itself says it is the leader. Returns its id.
     pub fn wait_leader(&self, among: &[u64]) -> u64 {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
+        let what = format!("nodes {among:?} agree on a leader among themselves");
+        wait_until(DEADLINE, &what, || {
             let views: Vec<Result<NodeStatus, String>> =
                 among.iter().map(|id| self.node(*id).status()).collect();
             let leaders: Vec<Option<i64>> = views
@@ -351,16 +334,12 @@ impl Cluster {
                 if let Some(pos) = pos {
                     let leads = matches!(&views[pos], Ok(s) if s.role == "leader");
                     if leads && leaders.iter().all(|l| *l == Some(leader as i64)) {
-                        return leader;
+                        return Ok(leader);
                     }
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "nodes {among:?} did not agree on a leader among themselves within {DEADLINE:?}: {views:?}"
-            );
-            std::thread::sleep(POLL);
-        }
+            Err(format!("{views:?}"))
+        })
     }
 
     /// Prints the tail of every node's log (used when a test fails).
@@ -417,9 +396,9 @@ impl Retrying {
         what: &str,
         mut op: impl FnMut(&mut CacheClient) -> thrift::Result<T>,
     ) -> (T, bool) {
-        let deadline = Instant::now() + within;
         let mut retried = false;
-        loop {
+        let what = format!("{what} via {}", self.addr);
+        let value = wait_until(within, &what, || {
             let outcome = match self.client.take().map_or_else(|| connect(self.addr), Ok) {
                 Ok(mut client) => {
                     let outcome = op(&mut client).map_err(describe);
@@ -428,22 +407,15 @@ impl Retrying {
                 }
                 Err(e) => Err(e),
             };
-            match outcome {
-                Ok(value) => return (value, retried),
-                Err(e) => {
-                    self.client = None;
-                    self.failures += 1;
-                    self.last_error = Some(e.clone());
-                    retried = true;
-                    assert!(
-                        Instant::now() < deadline,
-                        "{what} via {} kept failing for {within:?}; last error: {e}",
-                        self.addr
-                    );
-                    std::thread::sleep(POLL);
-                }
+            if let Err(e) = &outcome {
+                self.client = None;
+                self.failures += 1;
+                self.last_error = Some(e.clone());
+                retried = true;
             }
-        }
+            outcome
+        });
+        (value, retried)
     }
 
     pub fn put(&mut self, key: &str, value: &str) {
@@ -514,19 +486,16 @@ impl Load {
 
     /// Waits until at least `n` writes were acknowledged in all.
     pub fn wait_acks(&self, n: u64) {
-        let deadline = Instant::now() + DEADLINE;
-        while self.acks.load(Ordering::SeqCst) < n {
+        wait_until(DEADLINE, &format!("{n} writes acknowledged"), || {
             assert!(
                 !self.writers.iter().any(JoinHandle::is_finished),
                 "a writer ended before the crash (it panicked: see its message)"
             );
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} writes acknowledged within {DEADLINE:?}",
-                self.acks.load(Ordering::SeqCst)
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+            let acks = self.acks.load(Ordering::SeqCst);
+            (acks >= n)
+                .then_some(())
+                .ok_or(format!("{acks} acknowledged"))
+        });
     }
 
     /// Announces the crash: from now on a failed write ends its writer, its outcome unknown.

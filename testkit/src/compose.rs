@@ -1,26 +1,85 @@
-//! One run's cluster: a compose project written for the run (its initial voters, and spare
-//! nodes that wait with `--no-bootstrap` until a membership change adds them), controlled with
-//! `docker-compose` and `docker`. Partitions move containers between docker networks: a node
-//! cut off is connected to a network of its side (under its own service name, so the nodes on
-//! that side still resolve it) and then disconnected from the shared one. Its published client
-//! port keeps working, so clients still reach a node that its peers cannot.
+//! raftcache nodes in containers: one compose project, controlled with `docker-compose` and
+//! `docker`. The one driver of the compose tests (`tests/compose.rs`, on the checked-in
+//! `cluster/docker-compose.yml`) and of the fault-injection suite (`tools/faults`, on a compose
+//! file written for each run, with initial voters and spare nodes that wait with
+//! `--no-bootstrap` until a membership change adds them).
+//!
+//! Partitions move containers between docker networks: a node cut off is connected to a network
+//! of its side (under its own service name, so the nodes on that side still resolve it) and
+//! then disconnected from the shared one. Its published client port keeps working, so clients
+//! still reach a node that its peers cannot.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 
-use anyhow::{bail, Context, Result};
+use crate::ports::free_ports;
 
-/// The network every node is on when nothing is cut (compose prefixes it with the project).
-const SHARED_NETWORK: &str = "shared";
+/// The network every node of a generated project is on when nothing is cut (compose prefixes
+/// it with the project).
+const GENERATED_NETWORK: &str = "shared";
+/// The network of `cluster/docker-compose.yml`.
+const CHECKED_IN_NETWORK: &str = "raftcache";
+/// The voters of `cluster/docker-compose.yml`.
+const CHECKED_IN_NODES: u64 = 3;
 const CLIENT_PORT: u16 = 9090;
 const PEER_PORT: u16 = 9190;
-/// Tries of one `docker pause` (see `Cluster::pause`).
+/// Tries of one `docker pause` (see `Project::pause`).
 const PAUSE_ATTEMPTS: u32 = 5;
+/// Lines of every node's log printed when a test panics with the project up.
+const LOG_TAIL_ON_PANIC: u32 = 40;
 
-/// A node of the run's compose project.
+/// A docker or docker-compose command that did not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The program could not be started (not installed, not on the `PATH`).
+    #[error("running {what}: {source}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+    /// It ran and failed; `output` is what it printed.
+    #[error("{what} failed ({status}): {output}")]
+    Failed {
+        what: String,
+        status: ExitStatus,
+        output: String,
+    },
+    /// The project's compose file could not be written, or no free port found.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Why containers of `image` cannot run here (no docker daemon, no docker-compose, no such
+/// image), if they cannot.
+pub fn missing_prerequisite(image: &str) -> Option<String> {
+    let works = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if !works("docker", &["info"]) {
+        return Some("docker is not installed or its daemon is not reachable".into());
+    }
+    if !works("docker-compose", &["version"]) {
+        return Some("docker-compose is not installed".into());
+    }
+    if !works("docker", &["image", "inspect", image]) {
+        return Some(format!(
+            "no image {image}: build it with cluster/build-image.sh"
+        ));
+    }
+    None
+}
+
+/// A node of a compose project.
 #[derive(Clone, Debug)]
 pub struct Node {
     pub id: u64,
@@ -35,16 +94,24 @@ impl Node {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// The address its peers reach it at, on the run's networks.
+    /// The address its peers reach it at, on the project's networks.
     pub fn peer_addr(&self) -> String {
         format!("node{}:{PEER_PORT}", self.id)
     }
 }
 
-/// The compose project of one run. Taken down, with its volumes and networks, on drop.
-pub struct Cluster {
-    project: String,
+/// One compose project. Taken down, with its volumes and networks, on drop.
+pub struct Project {
+    name: String,
     file: PathBuf,
+    /// The environment docker-compose reads the file with (a checked-in file takes its image
+    /// and published ports from it).
+    env: Vec<(String, String)>,
+    /// The network every node is on when nothing is cut, without the project's prefix.
+    network: &'static str,
+    /// Whether the file names each container `<project>-node<id>` (otherwise docker-compose
+    /// is asked for it).
+    named_containers: bool,
     pub nodes: BTreeMap<u64, Node>,
     /// Nodes cut off now, with the side networks each is on.
     cut: BTreeMap<u64, Vec<String>>,
@@ -53,16 +120,14 @@ pub struct Cluster {
     paused: BTreeSet<u64>,
 }
 
-impl Cluster {
-    /// Writes the compose file for `voters` initial nodes and `spares` spare ones into `dir`.
-    pub fn create(
-        dir: &Path,
-        project: &str,
-        image: &str,
-        voters: u64,
-        spares: u64,
-    ) -> Result<Self> {
-        let ports = free_ports((voters + spares) as usize)?;
+impl Project {
+    /// A project of `voters` initial nodes and `spares` spare ones of `image`, on free ports,
+    /// its compose file written into `dir`.
+    pub fn generate(dir: &Path, name: &str, image: &str, voters: u64, spares: u64) -> Result<Self> {
+        let ports = free_ports((voters + spares) as usize).map_err(|source| Error::Io {
+            what: "finding free ports".into(),
+            source,
+        })?;
         let nodes: BTreeMap<u64, Node> = (1..=voters + spares)
             .map(|id| {
                 let node = Node {
@@ -74,30 +139,87 @@ impl Cluster {
             })
             .collect();
         let file = dir.join("docker-compose.yml");
-        std::fs::write(&file, compose_file(project, image, &nodes))
-            .with_context(|| format!("writing {}", file.display()))?;
-        Ok(Self {
-            project: project.to_string(),
+        std::fs::write(&file, compose_file(name, image, &nodes)).map_err(|source| Error::Io {
+            what: format!("writing {}", file.display()),
+            source,
+        })?;
+        Ok(Self::new(
+            name,
             file,
+            Vec::new(),
+            GENERATED_NETWORK,
+            true,
+            nodes,
+        ))
+    }
+
+    /// The checked-in `cluster/docker-compose.yml` at `file` (three voters) as project `name`,
+    /// of `image`, its client ports published on free ports (through `RAFTCACHE_IMAGE` and
+    /// `RAFTCACHE_PORT_1..3`, which the file reads), so it runs beside a user's cluster.
+    pub fn checked_in(file: &Path, name: &str, image: &str) -> Result<Self> {
+        let ports = free_ports(CHECKED_IN_NODES as usize).map_err(|source| Error::Io {
+            what: "finding free ports".into(),
+            source,
+        })?;
+        let mut env = vec![("RAFTCACHE_IMAGE".to_string(), image.to_string())];
+        let mut nodes = BTreeMap::new();
+        for (id, port) in (1..=CHECKED_IN_NODES).zip(ports) {
+            env.push((format!("RAFTCACHE_PORT_{id}"), port.to_string()));
+            let initial = true;
+            nodes.insert(id, Node { id, port, initial });
+        }
+        let file = file.to_path_buf();
+        Ok(Self::new(name, file, env, CHECKED_IN_NETWORK, false, nodes))
+    }
+
+    fn new(
+        name: &str,
+        file: PathBuf,
+        env: Vec<(String, String)>,
+        network: &'static str,
+        named_containers: bool,
+        nodes: BTreeMap<u64, Node>,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            file,
+            env,
+            network,
+            named_containers,
             nodes,
             cut: BTreeMap::new(),
             side_networks: BTreeSet::new(),
             paused: BTreeSet::new(),
-        })
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn node(&self, id: u64) -> &Node {
         &self.nodes[&id]
     }
 
-    fn container(&self, id: u64) -> String {
-        format!("{}-node{id}", self.project)
+    /// The container of node `id` (it must have been created, by `up`).
+    fn container(&self, id: u64) -> Result<String> {
+        if self.named_containers {
+            return Ok(format!("{}-node{id}", self.name));
+        }
+        let found = self.compose(&["ps", "-q", &format!("node{id}")])?;
+        Ok(found.trim().to_string())
+    }
+
+    fn compose_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("docker-compose");
+        cmd.arg("-p").arg(&self.name).arg("-f").arg(&self.file);
+        cmd.args(args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
     }
 
     fn compose(&self, args: &[&str]) -> Result<String> {
-        let mut cmd = Command::new("docker-compose");
-        cmd.arg("-p").arg(&self.project).arg("-f").arg(&self.file);
-        cmd.args(args);
+        let cmd = self.compose_command(args);
         run(cmd, &format!("docker-compose {}", args.join(" ")))
     }
 
@@ -117,24 +239,24 @@ impl Cluster {
 
     /// SIGKILL, as `kill -9` or a power cut would.
     pub fn kill(&self, id: u64) -> Result<()> {
-        self.docker(&["kill", &self.container(id)]).map(drop)
+        self.docker(&["kill", &self.container(id)?]).map(drop)
     }
 
     /// SIGTERM, then SIGKILL after 10 s: a clean shutdown.
     pub fn stop(&self, id: u64) -> Result<()> {
-        self.docker(&["stop", "-t", "10", &self.container(id)])
+        self.docker(&["stop", "-t", "10", &self.container(id)?])
             .map(drop)
     }
 
     pub fn start(&self, id: u64) -> Result<()> {
-        self.docker(&["start", &self.container(id)]).map(drop)
+        self.docker(&["start", &self.container(id)?]).map(drop)
     }
 
     /// `docker pause`, tried up to `PAUSE_ATTEMPTS` times: the kernel's freezer gives up on a
     /// process it cannot stop in time (one blocked in a disk sync on a busy machine), and docker
     /// then reports "unable to freeze" and leaves the container running.
     pub fn pause(&mut self, id: u64) -> Result<()> {
-        let container = self.container(id);
+        let container = self.container(id)?;
         let mut attempt = 1;
         loop {
             match self.docker(&["pause", &container]) {
@@ -155,13 +277,13 @@ impl Cluster {
 
     pub fn unpause_all(&mut self) -> Result<()> {
         for id in std::mem::take(&mut self.paused) {
-            self.docker(&["unpause", &self.container(id)])?;
+            self.docker(&["unpause", &self.container(id)?])?;
         }
         Ok(())
     }
 
     fn shared_network(&self) -> String {
-        format!("{}_{SHARED_NETWORK}", self.project)
+        format!("{}_{}", self.name, self.network)
     }
 
     /// Cuts the network into `sides`: the nodes of a side see each other (and nodes of other
@@ -169,7 +291,7 @@ impl Cluster {
     pub fn partition(&mut self, sides: &[Vec<u64>]) -> Result<()> {
         let mut networks_of: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (i, side) in sides.iter().enumerate() {
-            let network = format!("{}_side{i}", self.project);
+            let network = format!("{}_side{i}", self.name);
             if !self.side_networks.contains(&network) {
                 self.docker(&["network", "create", &network])?;
                 self.side_networks.insert(network.clone());
@@ -189,15 +311,23 @@ impl Cluster {
                     "--alias",
                     &alias,
                     network,
-                    &self.container(id),
+                    &self.container(id)?,
                 ])?;
             }
         }
         let shared = self.shared_network();
         for (id, networks) in networks_of {
-            self.docker(&["network", "disconnect", &shared, &self.container(id)])?;
+            self.docker(&["network", "disconnect", &shared, &self.container(id)?])?;
             self.cut.insert(id, networks);
         }
+        Ok(())
+    }
+
+    /// Cuts node `id` off from every network: neither its peers nor its clients reach it.
+    pub fn isolate(&mut self, id: u64) -> Result<()> {
+        let shared = self.shared_network();
+        self.docker(&["network", "disconnect", &shared, &self.container(id)?])?;
+        self.cut.insert(id, Vec::new());
         Ok(())
     }
 
@@ -206,7 +336,7 @@ impl Cluster {
         let shared = self.shared_network();
         for (id, networks) in std::mem::take(&mut self.cut) {
             let alias = format!("node{id}");
-            let container = self.container(id);
+            let container = self.container(id)?;
             self.docker(&["network", "connect", "--alias", &alias, &shared, &container])?;
             for network in networks {
                 self.docker(&["network", "disconnect", &network, &container])?;
@@ -218,8 +348,11 @@ impl Cluster {
     /// Writes each started node's log to `dir/node<id>.log`.
     pub fn save_logs(&self, dir: &Path) {
         for id in self.nodes.keys() {
+            let Ok(container) = self.container(*id) else {
+                continue;
+            };
             let out = Command::new("docker")
-                .args(["logs", "--timestamps", &self.container(*id)])
+                .args(["logs", "--timestamps", &container])
                 .output();
             if let Ok(out) = out {
                 if out.status.success() {
@@ -242,36 +375,43 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+impl Drop for Project {
+    /// Takes the project down; when a test is panicking, prints the tail of every node's log
+    /// first.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let tail = format!("--tail={LOG_TAIL_ON_PANIC}");
+            if let Ok(out) = self
+                .compose_command(&["logs", "--no-color", &tail])
+                .output()
+            {
+                eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+            }
+        }
         if let Err(e) = self.down() {
-            eprintln!("faults: taking down {} failed: {e:#}", self.project);
+            eprintln!("compose: taking down {} failed: {e}", self.name);
         }
     }
 }
 
+/// Runs `cmd` (described as `what`) and returns what it printed on stdout.
 fn run(mut cmd: Command, what: &str) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        what: what.to_string(),
+        source,
+    })?;
     if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(Error::Failed {
+            what: what.to_string(),
+            status: out.status,
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `n` ports free on the loopback right now.
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
 }
 
 /// The compose file: initial voters bootstrap from `--initial-cluster`; spares start with
@@ -283,8 +423,9 @@ fn compose_file(project: &str, image: &str, nodes: &BTreeMap<u64, Node>) -> Stri
         .map(|n| format!("{}={}/node{}:{CLIENT_PORT}", n.id, n.peer_addr(), n.id))
         .collect();
     let initial = initial.join(",");
-    let mut text =
-        String::from("# Written by raftcache-faults for one run.\nversion: \"3.7\"\nservices:\n");
+    let mut text = String::from(
+        "# Written by raftcache-testkit for one project.\nversion: \"3.7\"\nservices:\n",
+    );
     for node in nodes.values() {
         let id = node.id;
         let mode = if node.initial {
@@ -298,7 +439,7 @@ fn compose_file(project: &str, image: &str, nodes: &BTreeMap<u64, Node>) -> Stri
     image: "{image}"
     container_name: "{project}-node{id}"
     hostname: node{id}
-    networks: [{SHARED_NETWORK}]
+    networks: [{GENERATED_NETWORK}]
     environment:
       RUST_LOG: "info,openraft=warn"
     command: ["serve", "--id", "{id}", "--listen", "0.0.0.0:{CLIENT_PORT}",
@@ -311,7 +452,7 @@ fn compose_file(project: &str, image: &str, nodes: &BTreeMap<u64, Node>) -> Stri
             port = node.port
         );
     }
-    let _ = writeln!(text, "networks:\n  {SHARED_NETWORK}: {{}}\nvolumes:");
+    let _ = writeln!(text, "networks:\n  {GENERATED_NETWORK}: {{}}\nvolumes:");
     for id in nodes.keys() {
         let _ = writeln!(text, "  node{id}-data: {{}}");
     }

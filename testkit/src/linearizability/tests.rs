@@ -298,22 +298,7 @@ mod generated {
 
     use super::super::search;
     use super::*;
-
-    /// splitmix64: a small, seeded, dependency-free generator.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::rng::Rng;
 
     const KEYS: [&str; 3] = ["a", "b", "c"];
     const CLIENTS: usize = 5;
@@ -388,7 +373,7 @@ mod generated {
     /// that lost their answer and never took effect.
     fn history(seed: u64, len: usize) -> Vec<Operation> {
         let mut run = Run {
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             store: BTreeMap::new(),
             free_at_us: [0; CLIENTS],
             history: Vec::new(),

@@ -11,19 +11,24 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use raftcache::client::{describe_error, CacheClient};
 use raftcache::gen::cache::{AdminOp, Consistency, ReadOptions, TCacheServiceSyncClient};
-use raftcache::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
 use raftcache::membership::{add_node, CatchUp};
+use raftcache_testkit::compose::Project;
+use raftcache_testkit::history::{ClientLimits, Shared, Workload, CALL_TIMEOUT};
+use raftcache_testkit::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
+use raftcache_testkit::rng::Rng;
+use raftcache_testkit::wait::poll;
 
-use crate::docker::Cluster;
-use crate::schedule::{plan, FaultKind, Rng, Schedule, Step};
-use crate::workload::{ClientLimits, Workload, CALL_TIMEOUT};
+use crate::schedule::{plan, FaultKind, Schedule, Step};
 
 /// How long the cluster may take to have every member answer and agree on a leader: generous,
 /// since nothing here measures speed and a shared 2-core machine can be slow.
 const HEALTHY_DEADLINE: Duration = Duration::from_secs(120);
 /// How long the nodes may take to hold the same contents once the clients stopped.
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(60);
+/// Pause between two tries of a final read.
 const POLL: Duration = Duration::from_millis(250);
+/// How long a step that targets the leader waits for one before it picks another node.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// A status call's timeout.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How a new node catches up before a membership change makes it a voter.
@@ -142,7 +147,7 @@ impl Journal {
 
 struct Run<'a> {
     config: &'a RunConfig,
-    cluster: Cluster,
+    cluster: Project,
     /// Members (voters and learners) as the run knows them.
     members: Vec<u64>,
     spares: VecDeque<u64>,
@@ -160,7 +165,7 @@ impl<'a> Run<'a> {
     ) -> Result<Self> {
         let project = format!("rcfaults{}s{}", std::process::id(), schedule.seed);
         let voters = schedule.nodes as u64;
-        let cluster = Cluster::create(dir, &project, &config.image, voters, config.spares)?;
+        let cluster = Project::generate(dir, &project, &config.image, voters, config.spares)?;
         let members: Vec<u64> = (1..=voters).collect();
         let spares = (voters + 1..=voters + config.spares).collect();
         cluster.up(&members)?;
@@ -453,16 +458,7 @@ impl<'a> Run<'a> {
 
     /// The leader now, waiting a little for one; `fallback` if there is none.
     fn leader_or(&self, fallback: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(leader) = self.leader() {
-                return leader;
-            }
-            if Instant::now() >= deadline {
-                return fallback;
-            }
-            sleep(POLL);
-        }
+        poll(LEADER_WAIT, || self.leader()).unwrap_or(fallback)
     }
 
     /// The member that says it leads, with the highest term.
@@ -490,13 +486,9 @@ impl<'a> Run<'a> {
         let leader = self.wait_healthy()?;
         self.cluster.up(&[new])?;
         // The leader's probe must find the new node's peer port open: wait until it answers.
-        let deadline = Instant::now() + HEALTHY_DEADLINE;
-        while status(&self.cluster.node(new).addr()).is_none() {
-            if Instant::now() >= deadline {
-                bail!("spare node {new} did not answer within {HEALTHY_DEADLINE:?} of its start");
-            }
-            sleep(POLL);
-        }
+        let addr = self.cluster.node(new).addr();
+        poll(HEALTHY_DEADLINE, || status(&addr))
+            .map_err(|timeout| anyhow!("spare node {new} answered no status: {timeout}"))?;
         // Ask through a member that stays, so the answer is not lost with the removed node.
         let via = if leader != old {
             leader
@@ -557,24 +549,20 @@ impl<'a> Run<'a> {
 
     /// The members (voters and learners) the cluster's leader lists, asked through `via`.
     fn current_members(&self, via: u64) -> Result<Vec<u64>> {
-        let deadline = Instant::now() + HEALTHY_DEADLINE;
-        loop {
-            let listed = connect(&self.cluster.node(via).addr()).and_then(|mut c| {
+        let addr = self.cluster.node(via).addr();
+        let listed = poll(HEALTHY_DEADLINE, || {
+            connect(&addr).and_then(|mut c| {
                 c.admin_members("")
                     .map_err(|e| anyhow!("admin members: {}", describe_error(&e)))
-            });
-            match listed {
-                Ok(m) => return Ok(m.members.iter().map(|m| m.id as u64).collect()),
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => sleep(POLL),
-            }
-        }
+            })
+        })
+        .map_err(|timeout| anyhow!("listing the members through node {via}: {timeout}"))?;
+        Ok(listed.members.iter().map(|m| m.id as u64).collect())
     }
 
     /// Waits until every member answers and all name the same leader, one of them.
     fn wait_healthy(&self) -> Result<u64> {
-        let deadline = Instant::now() + HEALTHY_DEADLINE;
-        loop {
+        let healthy = poll(HEALTHY_DEADLINE, || {
             let leaders: Vec<Option<u64>> = self
                 .members
                 .iter()
@@ -587,15 +575,14 @@ impl<'a> Run<'a> {
                     return Ok(*leader);
                 }
             }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the members {:?} did not all answer and agree on a leader within {:?} (they name {leaders:?})",
-                    self.members,
-                    HEALTHY_DEADLINE
-                );
-            }
-            sleep(POLL);
-        }
+            Err(format!("they name {leaders:?}"))
+        });
+        healthy.map_err(|timeout| {
+            anyhow!(
+                "the members {:?} did not all answer and agree on a leader: {timeout}",
+                self.members
+            )
+        })
     }
 
     /// Reads every key of the history linearizably through the leader, adding each read to
@@ -604,7 +591,7 @@ impl<'a> Run<'a> {
         &self,
         history: &mut Vec<Operation>,
         leader: u64,
-        shared: &crate::workload::Shared,
+        shared: &Shared,
     ) -> Result<BTreeMap<String, String>> {
         let keys: BTreeSet<String> = history.iter().map(|op| op.key.clone()).collect();
         let addr = self.cluster.node(leader).addr();
@@ -648,8 +635,7 @@ impl<'a> Run<'a> {
 
     /// Waits until every member's own contents equal `expected`; the differences if not.
     fn converge(&self, expected: &BTreeMap<String, String>) -> std::result::Result<(), String> {
-        let deadline = Instant::now() + CONVERGE_DEADLINE;
-        loop {
+        let converged = poll(CONVERGE_DEADLINE, || {
             let mut differences = Vec::new();
             for &id in &self.members {
                 match local_contents(&self.cluster.node(id).addr()) {
@@ -659,16 +645,13 @@ impl<'a> Run<'a> {
                 }
             }
             if differences.is_empty() {
-                return Ok(());
+                Ok(())
+            } else {
+                Err(format!("\n{}", differences.join("\n")))
             }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "the members do not converge to the final reads within {CONVERGE_DEADLINE:?}:\n{}",
-                    differences.join("\n")
-                ));
-            }
-            sleep(POLL);
-        }
+        });
+        converged
+            .map_err(|timeout| format!("the members do not converge to the final reads: {timeout}"))
     }
 }
 
@@ -677,7 +660,7 @@ enum Injected {
     Not(String),
 }
 
-fn hold_partition(cluster: &mut Cluster, sides: &[Vec<u64>], hold: Duration) -> Result<String> {
+fn hold_partition(cluster: &mut Project, sides: &[Vec<u64>], hold: Duration) -> Result<String> {
     cluster.partition(sides)?;
     sleep(hold);
     cluster.heal()?;

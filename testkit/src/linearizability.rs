@@ -1,7 +1,7 @@
 //! A linearizability checker for histories of client operations on a key-value register: the
-//! judge of the fault-injection suite (`cluster/`), which records every `put`, `remove` and
-//! linearizable `get` its clients make and asks here whether some total order of them, consistent
-//! with real time, explains every result.
+//! judge of the fault-injection suite (`tools/faults`) and of the compose tests, which record
+//! every `put`, `remove` and linearizable `get` their clients make and ask here whether some total
+//! order of them, consistent with real time, explains every result.
 //!
 //! Keys are independent registers, so a history is checked key by key (a history is
 //! linearizable exactly when each key's sub-history is). Each key gets a WGL search (Wing & Gong,

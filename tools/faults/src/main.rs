@@ -5,10 +5,8 @@
 //! that no acknowledged write is lost and that every node holds the same contents.
 //! `docs/testing.md` describes the faults, the checks and how to replay a seed.
 
-mod docker;
 mod run;
 mod schedule;
-mod workload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,12 +14,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use raftcache::containers::missing_prerequisite;
-use raftcache::linearizability::{self, Limits, Verdict};
+use raftcache_testkit::compose::missing_prerequisite;
+use raftcache_testkit::history::ClientLimits;
+use raftcache_testkit::linearizability::{self, Limits, Verdict};
+use raftcache_testkit::rng::clock_seed;
 
 use run::{RunConfig, RunReport};
 use schedule::FaultKind;
-use workload::ClientLimits;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -88,12 +87,7 @@ fn main() -> ExitCode {
         eprintln!("raftcache-faults: --runs, --clients and --hot-keys must be at least 1 and --seconds at least 10");
         return ExitCode::from(2);
     }
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64 % 1_000_000_000)
-            .unwrap_or(1)
-    });
+    let seed = args.seed.unwrap_or_else(clock_seed);
     let config = RunConfig {
         seconds: args.seconds,
         clients: args.clients,
@@ -121,7 +115,7 @@ fn main() -> ExitCode {
         if let Some(failure) = &report.failure {
             println!("{failure}");
             println!(
-                "  replay: cargo run --bin raftcache-faults -- --seed {} --runs 1 --seconds {} --clients {}{}",
+                "  replay: cargo run -p raftcache-faults -- --seed {} --runs 1 --seconds {} --clients {}{}",
                 report.seed,
                 args.seconds,
                 args.clients,

@@ -1,6 +1,8 @@
-//! The clients of a run. Each is a thread with one connection at a time to one node, making
-//! puts of unique values, removes and linearizable gets on a few hot keys, and now and then a
-//! put of a key of its own that nobody writes again (these make a lost write plain to see).
+//! The history-recording clients of the fault suite and the compose tests. Each is a thread
+//! with one connection at a time to one node (picked at random among the targets, again after
+//! every error), making puts of unique values, removes and linearizable gets on a few hot keys,
+//! and now and then a put of a key of its own that nobody writes again (these make a lost write
+//! plain to see).
 //! Every operation it sent is recorded with its invoke and return times on the run's clock and
 //! its outcome; one that failed in any way after it may have been sent (timeout, connection
 //! lost, an error) is recorded with an unknown outcome, which the checker takes as "possibly
@@ -12,10 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::linearizability::{Call, Operation, Outcome};
+use crate::rng::Rng;
 use raftcache::client::CacheClient;
-use raftcache::linearizability::{Call, Operation, Outcome};
-
-use crate::schedule::Rng;
 
 /// Connect timeout, and how long a call waits for its answer: longer than a node's request
 /// deadline (5 s by default), so a node that answers at all answers before the client gives up.
@@ -26,11 +27,11 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 const OWN_KEY_PERCENT: u64 = 10;
 
 /// The hot key number `i`.
-pub fn hot_key(i: u64) -> String {
+fn hot_key(i: u64) -> String {
     format!("k{i}")
 }
 
-/// What the clients share with the run.
+/// What the clients share with the run (or test) that started them.
 pub struct Shared {
     pub clock: Instant,
     stop: AtomicBool,
