@@ -129,18 +129,6 @@ impl Router {
         }
     }
 
-    /// Reads `key` with the given consistency.
-    pub async fn read(
-        &self,
-        key: &str,
-        consistency: Consistency,
-    ) -> Result<Option<String>, RouteError> {
-        let state = self.reader(consistency, None).await?;
-        state
-            .get(key)
-            .map_err(|e| RouteError::Storage(e.to_string()))
-    }
-
     /// This replica's state as it is now (for counters, not for reads a client asked for).
     pub fn state(&self) -> &StateReader {
         &self.state

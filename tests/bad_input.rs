@@ -12,7 +12,7 @@
 //! Within one process the tests run one at a time (a shared lock): the memory test reads the
 //! whole process's RSS.
 
-mod common;
+mod in_process;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use common::{phase, TestCluster, WAIT};
+use in_process::{phase, InProcessCluster, WAIT};
 use raftcache::client::CacheClient;
 use raftcache::gen::cache::InvalidRequest;
 use raftcache_testkit::wait::{wait_until, wait_until_async};
@@ -187,7 +187,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 // ---- cluster checks ----------------------------------------------------------------------
 
 /// Takes the test lock, counts panics from here on, and starts a one-node cluster.
-async fn start(flags: &[&str]) -> (tokio::sync::MutexGuard<'static, ()>, TestCluster, usize) {
+async fn start(
+    flags: &[&str],
+) -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    InProcessCluster,
+    usize,
+) {
     let guard = SERIAL.lock().await;
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
@@ -197,13 +203,13 @@ async fn start(flags: &[&str]) -> (tokio::sync::MutexGuard<'static, ()>, TestClu
             previous(info)
         }));
     });
-    let cluster = TestCluster::start(1, flags).await;
+    let cluster = InProcessCluster::start(1, flags).await;
     cluster.wait_for_leader().await;
     (guard, cluster, PANICS.load(Ordering::SeqCst))
 }
 
 /// No thread panicked, and a new client can still put and then get.
-async fn assert_healthy(cluster: &TestCluster, panics_before: usize, tag: &str) {
+async fn assert_healthy(cluster: &InProcessCluster, panics_before: usize, tag: &str) {
     let panics = PANICS.load(Ordering::SeqCst);
     assert_eq!(panics, panics_before, "a thread panicked ({tag})");
     let (key, value) = (format!("after-{tag}"), format!("value after {tag}"));
@@ -219,7 +225,7 @@ async fn assert_healthy(cluster: &TestCluster, panics_before: usize, tag: &str) 
 
 /// The server closed its side of every client connection (a panicking connection thread would
 /// leave its connection counted forever).
-async fn wait_no_connections(cluster: &TestCluster, tag: &str) {
+async fn wait_no_connections(cluster: &InProcessCluster, tag: &str) {
     let what = format!("the server closes every client connection ({tag})");
     wait_until_async(WAIT, &what, async || {
         cluster.node(1).open_client_connections() == 0
@@ -229,7 +235,7 @@ async fn wait_no_connections(cluster: &TestCluster, tag: &str) {
 
 /// Sends `bytes` on a new connection; checks that the server stays healthy, that it closes the
 /// connection promptly (at most after an Exception reply), and that it forgets it.
-async fn assert_refused(cluster: &TestCluster, panics: usize, what: &str, bytes: Vec<u8>) {
+async fn assert_refused(cluster: &InProcessCluster, panics: usize, what: &str, bytes: Vec<u8>) {
     phase(what);
     let out = send_and_read(cluster.client_addrs[&1], bytes, PROMPT).await;
     assert_healthy(cluster, panics, what).await;
@@ -509,7 +515,12 @@ async fn a_thousand_idle_connections_do_not_block_a_new_client() {
 
 /// Connects and sends `partial`; the connection must still be open 100 ms later (so it is not
 /// an immediate error) and closed by the server within 10 s (the 500 ms read timeout).
-async fn assert_stall_closed(cluster: &TestCluster, panics: usize, what: &str, partial: &[u8]) {
+async fn assert_stall_closed(
+    cluster: &InProcessCluster,
+    panics: usize,
+    what: &str,
+    partial: &[u8],
+) {
     phase(what);
     let (addr, partial) = (cluster.client_addrs[&1], partial.to_vec());
     let (early, late) = blocking(move || {

@@ -2,11 +2,11 @@
 //! are swept by the leader; racing conditional writes and increments through different nodes;
 //! `put_many` then `min_index` reads on a follower; the item caps of every batch method.
 
-mod common;
+mod in_process;
 
 use std::time::Duration;
 
-use common::{phase, BlockingClient, TestCluster};
+use in_process::{phase, BlockingClient, InProcessCluster};
 use raftcache::gen::cache::{
     CacheEntry, CacheStats, Consistency, InvalidRequest, ReadOptions, TCacheServiceSyncClient,
 };
@@ -39,7 +39,7 @@ async fn stats(client: &BlockingClient) -> CacheStats {
 }
 
 /// Polls `check` on every node until it holds on all of them, failing after `WAIT` on one.
-async fn until_all<F, Fut>(cluster: &TestCluster, what: &str, check: F)
+async fn until_all<F, Fut>(cluster: &InProcessCluster, what: &str, check: F)
 where
     F: Fn(BlockingClient) -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -52,7 +52,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_key_with_a_ttl_is_visible_everywhere_then_nowhere_and_counted_as_expired() {
-    let cluster = TestCluster::start(3, &["--expiry-interval-ms=50"]).await;
+    let cluster = InProcessCluster::start(3, &["--expiry-interval-ms=50"]).await;
     let leader = cluster.wait_for_leader().await;
     let ttl_ms = 1_000;
 
@@ -117,7 +117,7 @@ async fn a_key_with_a_ttl_is_visible_everywhere_then_nowhere_and_counted_as_expi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_compare_and_put_through_two_nodes_has_exactly_one_winner() {
-    let cluster = TestCluster::start(3, &[]).await;
+    let cluster = InProcessCluster::start(3, &[]).await;
     let leader = cluster.wait_for_leader().await;
     let others: Vec<NodeId> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
     cluster.client(leader).put("cas", "0").await.expect("put");
@@ -160,7 +160,7 @@ async fn racing_compare_and_put_through_two_nodes_has_exactly_one_winner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_increments_by_ten_clients_through_every_node_end_at_a_thousand() {
-    let cluster = TestCluster::start(3, &[]).await;
+    let cluster = InProcessCluster::start(3, &[]).await;
     cluster.wait_for_leader().await;
 
     phase("10 clients, 100 increments each, spread over the 3 nodes");
@@ -216,7 +216,7 @@ async fn a_thousand_increments_by_ten_clients_through_every_node_end_at_a_thousa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn put_many_then_a_min_index_read_on_a_follower_sees_the_whole_batch() {
-    let cluster = TestCluster::start(3, &[]).await;
+    let cluster = InProcessCluster::start(3, &[]).await;
     let leader = cluster.wait_for_leader().await;
 
     phase("put_many of 200 entries through the leader");
@@ -297,7 +297,7 @@ async fn every_batch_method_refuses_more_items_than_its_cap() {
         "--max-key-bytes=16",
         "--max-value-bytes=1600",
     ];
-    let cluster = TestCluster::start(3, &flags).await;
+    let cluster = InProcessCluster::start(3, &flags).await;
     let leader = cluster.wait_for_leader().await;
     let client = cluster.client(leader);
     let keys = |n: usize| (0..n).map(|i| format!("k{i:02}")).collect::<Vec<String>>();
@@ -456,7 +456,7 @@ type CallFn =
 async fn get_many_and_scan_never_see_half_of_a_put_many() {
     const KEYS: usize = 200;
     const BATCHES: usize = 300;
-    let cluster = TestCluster::start(1, &[]).await;
+    let cluster = InProcessCluster::start(1, &[]).await;
     let node = cluster.wait_for_leader().await;
     let keys: Vec<String> = (0..KEYS).map(|i| format!("torn-{i:03}")).collect();
 

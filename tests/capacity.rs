@@ -2,9 +2,9 @@
 //! keeps the data under it and identical on every replica; with `--eviction none` the write
 //! past the cap fails with `CacheFull` and changes nothing.
 
-mod common;
+mod in_process;
 
-use common::{phase, TestCluster};
+use in_process::{phase, InProcessCluster};
 use raftcache::gen::cache::{CacheEntry, CacheFull, TCacheServiceSyncClient};
 
 fn is_full(e: &thrift::Error) -> bool {
@@ -18,7 +18,7 @@ async fn lru_keeps_twice_the_cap_under_the_cap_and_the_same_on_every_replica() {
         &format!("--max-bytes={max_bytes}") as &str,
         "--eviction=lru",
     ];
-    let cluster = TestCluster::start(3, &flags).await;
+    let cluster = InProcessCluster::start(3, &flags).await;
     let leader = cluster.wait_for_leader().await;
 
     phase("400 writes of 100 bytes (twice the cap) through every node");
@@ -83,7 +83,7 @@ async fn lru_keeps_twice_the_cap_under_the_cap_and_the_same_on_every_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_eviction_the_write_past_the_cap_fails_with_cache_full() {
-    let cluster = TestCluster::start(3, &["--max-keys=10", "--eviction=none"]).await;
+    let cluster = InProcessCluster::start(3, &["--max-keys=10", "--eviction=none"]).await;
     let leader = cluster.wait_for_leader().await;
     let follower = if leader == 1 { 2 } else { 1 };
 
@@ -147,7 +147,7 @@ async fn without_eviction_the_write_past_the_cap_fails_with_cache_full() {
 /// previous fresh write (seen: `a2 a3 a4 a5 bN` after each of `b1`, `b2`, `b3`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_restart_fresh_writes_evict_old_keys_not_each_other() {
-    let mut cluster = TestCluster::start(1, &["--max-keys=5", "--eviction=lru"]).await;
+    let mut cluster = InProcessCluster::start(1, &["--max-keys=5", "--eviction=lru"]).await;
     let node = cluster.wait_for_leader().await;
     phase("a1..a5 fill the cap; the node restarts");
     for i in 1..=5 {

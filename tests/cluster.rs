@@ -1,14 +1,14 @@
 //! 3-node clusters in one process: replication, follower forwarding, linearizable reads on a
 //! follower, leader failover, a stopped node catching up, and a partitioned leader.
 
-mod common;
+mod in_process;
 
-use common::{phase, TestCluster};
+use in_process::{phase, InProcessCluster};
 use raftcache::gen::cache::Unavailable;
 use raftcache::types::NodeId;
 use raftcache_testkit::wait::wait_until_async;
 
-fn followers(cluster: &TestCluster, leader: NodeId) -> Vec<NodeId> {
+fn followers(cluster: &InProcessCluster, leader: NodeId) -> Vec<NodeId> {
     cluster
         .nodes
         .keys()
@@ -23,7 +23,7 @@ fn is_unavailable(e: &thrift::Error) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_on_any_node_replicate_to_every_replica() {
-    let cluster = TestCluster::start(3, &[]).await;
+    let cluster = InProcessCluster::start(3, &[]).await;
     let leader = cluster.wait_for_leader().await;
 
     phase("a write on each node, leader and followers alike");
@@ -68,7 +68,7 @@ async fn writes_on_any_node_replicate_to_every_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn linearizable_read_on_a_follower_sees_a_write_made_elsewhere() {
-    let cluster = TestCluster::start(3, &[]).await;
+    let cluster = InProcessCluster::start(3, &[]).await;
     let leader = cluster.wait_for_leader().await;
     let f = followers(&cluster, leader);
     let (writer, reader) = (f[0], f[1]);
@@ -96,7 +96,7 @@ async fn linearizable_read_on_a_follower_sees_a_write_made_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn isolated_follower_refuses_linearizable_reads_instead_of_serving_stale_data() {
-    let cluster = TestCluster::start(3, &["--request-deadline-ms=1500"]).await;
+    let cluster = InProcessCluster::start(3, &["--request-deadline-ms=1500"]).await;
     let leader = cluster.wait_for_leader().await;
     let f = followers(&cluster, leader);
     let (cut, other) = (f[0], f[1]);
@@ -144,7 +144,7 @@ async fn isolated_follower_refuses_linearizable_reads_instead_of_serving_stale_d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_failover_and_the_old_leader_catches_up_after_restart() {
-    let mut cluster = TestCluster::start(3, &[]).await;
+    let mut cluster = InProcessCluster::start(3, &[]).await;
     let old_leader = cluster.wait_for_leader().await;
     for i in 0..20 {
         cluster
@@ -186,7 +186,7 @@ async fn leader_failover_and_the_old_leader_catches_up_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitioned_leader_stops_accepting_writes_and_majority_carries_on() {
-    let cluster = TestCluster::start(3, &["--request-deadline-ms=1500"]).await;
+    let cluster = InProcessCluster::start(3, &["--request-deadline-ms=1500"]).await;
     let old_leader = cluster.wait_for_leader().await;
     let f = followers(&cluster, old_leader);
 
@@ -203,7 +203,7 @@ async fn partitioned_leader_stops_accepting_writes_and_majority_carries_on() {
 
     phase("the majority elects a leader and accepts writes");
     let what = "the majority accepts a write";
-    wait_until_async(common::WAIT, what, async || {
+    wait_until_async(in_process::WAIT, what, async || {
         match cluster.client(f[0]).put("p", "majority").await {
             Err(e) if !is_unavailable(&e) => panic!("the majority refused the write: {e:?}"),
             answer => answer,
@@ -222,7 +222,7 @@ async fn partitioned_leader_stops_accepting_writes_and_majority_carries_on() {
 async fn a_write_forwarded_to_a_leader_that_went_silent_fails_fast_and_the_next_one_succeeds() {
     // A long deadline: a forward that waited for the silent leader's answer would hang for a
     // minute; the follower must give up as soon as it stops following that leader.
-    let cluster = TestCluster::start(3, &["--request-deadline-ms=60000"]).await;
+    let cluster = InProcessCluster::start(3, &["--request-deadline-ms=60000"]).await;
     let old_leader = cluster.wait_for_leader().await;
     let f = followers(&cluster, old_leader);
     cluster.client(f[0]).put("warm", "up").await.unwrap();
@@ -260,7 +260,7 @@ async fn a_write_forwarded_to_a_leader_that_went_silent_fails_fast_and_the_next_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_linearizable_read_on_a_follower_does_not_wait_for_a_leader_that_went_silent() {
-    let cluster = TestCluster::start(3, &["--request-deadline-ms=60000"]).await;
+    let cluster = InProcessCluster::start(3, &["--request-deadline-ms=60000"]).await;
     let old_leader = cluster.wait_for_leader().await;
     let f = followers(&cluster, old_leader);
     cluster.client(f[0]).put("r", "before").await.unwrap();
@@ -278,7 +278,7 @@ async fn a_linearizable_read_on_a_follower_does_not_wait_for_a_leader_that_went_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn whole_cluster_restart_keeps_every_write() {
-    let mut cluster = TestCluster::start(3, &[]).await;
+    let mut cluster = InProcessCluster::start(3, &[]).await;
     cluster.wait_for_leader().await;
     for i in 0..100 {
         cluster
@@ -314,7 +314,7 @@ async fn concurrent_linearizable_reads_never_see_less_than_what_was_acknowledged
     use std::sync::Arc;
 
     // Few waiting slots, many readers: readers queue past --max-waiting-reads.
-    let cluster = TestCluster::start(3, &["--max-waiting-reads=2"]).await;
+    let cluster = InProcessCluster::start(3, &["--max-waiting-reads=2"]).await;
     let leader = cluster.wait_for_leader().await;
     let follower = followers(&cluster, leader)[0];
     let acked = Arc::new(AtomicU64::new(0));
@@ -371,7 +371,7 @@ async fn concurrent_linearizable_reads_never_see_less_than_what_was_acknowledged
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_answered_by_a_follower_is_visible_to_a_local_read_there_right_away() {
-    let cluster = TestCluster::start(3, &[]).await;
+    let cluster = InProcessCluster::start(3, &[]).await;
     let leader = cluster.wait_for_leader().await;
     let follower = followers(&cluster, leader)[0];
     let client = cluster.client(follower);

@@ -34,7 +34,7 @@
 //! when a kill lands in that window (measured with such a broken store: 5 of 8 default runs,
 //! 4 of 4 runs of 30 rounds). Power loss is not simulated.
 
-mod support;
+mod multi_process;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,10 +43,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use multi_process::{connect, phase, ProcessCluster, Retrying, DEADLINE, POLL};
 use raftcache::client::CacheClient;
 use raftcache_testkit::rng::{clock_seed, Rng};
 use raftcache_testkit::wait::{poll, wait_until};
-use support::{connect, phase, Cluster, Retrying, DEADLINE, POLL};
 
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
@@ -175,10 +175,10 @@ fn run_writer(w: usize, addrs: &[SocketAddr], seed: u64, shared: &Shared) -> Wri
     out
 }
 
-/// The cluster, the writers and the seed. On a panic (a failed check, or a wait in `support`
+/// The cluster, the writers and the seed. On a panic (a failed check, or a wait in `multi_process`
 /// that ran out), prints the seed and saves the node logs; always stops the writers.
 struct Harness {
-    cluster: Cluster,
+    cluster: ProcessCluster,
     seed: u64,
     shared: Arc<Shared>,
     writers: Vec<JoinHandle<WriterReport>>,
@@ -226,10 +226,10 @@ impl Drop for Harness {
 }
 
 /// Reads `keys` from every node in `nodes` in parallel (one thread and connection per node,
-/// retried until `support::DEADLINE`). With `spread`, each key is read once, from node
+/// retried until `multi_process::DEADLINE`). With `spread`, each key is read once, from node
 /// `i % nodes.len()`; otherwise every key from every node. Returns, per node, key -> value.
 fn read_keys(
-    cluster: &Cluster,
+    cluster: &ProcessCluster,
     keys: &[&String],
     linearizable: bool,
     spread: bool,
@@ -268,14 +268,14 @@ fn randomized_sigkills_lose_no_acknowledged_write() {
     println!(
         "crash test: seed {seed}, {rounds} rounds, {writers} writers (replay: RAFTCACHE_CRASH_SEED={seed} RAFTCACHE_CRASH_ROUNDS={rounds} RAFTCACHE_CRASH_WRITERS={writers} cargo test --test crash -- --nocapture)"
     );
-    // Panics in `support` helpers and in threads do not know the seed: say it before each.
+    // Panics in `multi_process` helpers and in threads do not know the seed: say it before each.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         eprintln!("crash test panic; seed {seed} (replay: RAFTCACHE_CRASH_SEED={seed})");
         default_hook(info);
     }));
 
-    let cluster = Cluster::start(3);
+    let cluster = ProcessCluster::start(3);
     let ids = cluster.ids();
     let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.client_addr).collect();
     phase(
@@ -311,7 +311,7 @@ fn randomized_sigkills_lose_no_acknowledged_write() {
         std::thread::sleep(delay); // under load: part of the schedule, not a synchronization
         let victims = match kind {
             0 => vec![pick],
-            1 => vec![h.cluster.wait_leader(&ids)],
+            1 => vec![h.cluster.wait_for_leader(&ids)],
             _ => ids.clone(),
         };
         h.cluster.kill_at_once(&victims);
@@ -334,7 +334,7 @@ fn randomized_sigkills_lose_no_acknowledged_write() {
             h.cluster.node_mut(*id).wait_up();
         }
         // Healed: one leader named by all, a probe write acknowledged, writers moving again.
-        let leader = h.cluster.wait_leader(&ids);
+        let leader = h.cluster.wait_for_leader(&ids);
         let (key, value) = (format!("probe-{round:03}"), format!("round-{round}"));
         Retrying::new(addrs[round as usize % addrs.len()]).put(&key, &value);
         probes.insert(
@@ -374,7 +374,7 @@ fn randomized_sigkills_lose_no_acknowledged_write() {
     );
 
     // Every key, linearizably, spread over the nodes.
-    h.cluster.wait_leader(&ids);
+    h.cluster.wait_for_leader(&ids);
     let keys: Vec<&String> = model.keys().collect();
     let found: BTreeMap<String, Option<String>> = read_keys(&h.cluster, &keys, true, true)
         .into_iter()

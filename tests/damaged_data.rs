@@ -2,11 +2,11 @@
 //! it is never opened and served. Each case damages a real data dir that held acknowledged
 //! writes, the way an operator or a disk would.
 
-mod common;
+mod in_process;
 
 use std::path::Path;
 
-use common::{phase, BlockingClient, TestCluster, WAIT};
+use in_process::{phase, BlockingClient, InProcessCluster, WAIT};
 use raftcache::config::NodeConfig;
 use raftcache::node::{self, RunningNode, StartError};
 
@@ -16,7 +16,7 @@ const KEYS_WRITTEN: usize = 50;
 /// Runs a one-node cluster, writes `KEYS_WRITTEN` keys, stops it, and returns the data dir's
 /// parent.
 async fn data_dir_with_writes() -> (tempfile::TempDir, std::path::PathBuf) {
-    let mut cluster = TestCluster::start(1, &[]).await;
+    let mut cluster = InProcessCluster::start(1, &[]).await;
     cluster.wait_for_leader().await;
     for i in 0..KEYS_WRITTEN {
         cluster
@@ -220,7 +220,7 @@ async fn a_database_older_than_what_was_flushed_is_refused() {
         .await
         .expect("start");
         node.raft()
-            .wait(Some(common::WAIT))
+            .wait(Some(in_process::WAIT))
             .current_leader(1, "leader")
             .await
             .expect("leader");
@@ -257,7 +257,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_data_dir_in_use_by_a_running_node_is_refused() {
-    let cluster = TestCluster::start(1, &[]).await;
+    let cluster = InProcessCluster::start(1, &[]).await;
     cluster.wait_for_leader().await;
     let dir = cluster.dir.path().join("node-1");
     expect_refusal(&dir, &[], &["in use by another process", "--data-dir"]).await;

@@ -1,11 +1,11 @@
 //! Membership changes on live multi-process clusters, with the real binary and its `admin`
 //! commands: growing with `--join` and `add-node`, shrinking, removing the leader, replacing a
 //! killed node, all under a client that keeps writing; then each safety rule, the admin token,
-//! and the start modes. Every wait polls a condition with a deadline (see `support`).
+//! and the start modes. Every wait polls a condition with a deadline (see `multi_process`).
 //!
 //! Run with the phases printed: `cargo test --test membership -- --nocapture`.
 
-mod support;
+mod multi_process;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use multi_process::{bin, connect, free_addrs, phase, Node, ProcessCluster, DEADLINE, POLL};
 use raftcache_testkit::wait::wait_until;
-use support::{bin, connect, free_addrs, phase, Cluster, Node, DEADLINE, POLL};
 
 /// What one `raftcache admin ...` run printed, and how it exited.
 struct Ran {
@@ -84,7 +84,7 @@ fn status_view(node: &Node) -> Result<View, String> {
 }
 
 /// Waits until `status` on every node of `on` shows exactly `voters` and `learners`.
-fn wait_membership(cluster: &Cluster, on: &[u64], voters: &[u64], learners: &[u64]) {
+fn wait_membership(cluster: &ProcessCluster, on: &[u64], voters: &[u64], learners: &[u64]) {
     let expected: View = (
         voters.iter().map(|v| *v as i64).collect(),
         learners.iter().map(|l| *l as i64).collect(),
@@ -98,7 +98,7 @@ fn wait_membership(cluster: &Cluster, on: &[u64], voters: &[u64], learners: &[u6
 }
 
 /// `admin members --json` via every node of `on`: they must agree, on `voters` exactly.
-fn assert_members_agree(cluster: &Cluster, on: &[u64], voters: &[u64]) {
+fn assert_members_agree(cluster: &ProcessCluster, on: &[u64], voters: &[u64]) {
     let expected: BTreeSet<i64> = voters.iter().map(|v| *v as i64).collect();
     for id in on {
         let out = admin_ok(cluster.node(*id).client_addr, &["members", "--json"], None);
@@ -121,7 +121,7 @@ fn assert_members_agree(cluster: &Cluster, on: &[u64], voters: &[u64]) {
 
 /// Starts nodes 2 and 3 with `--join` to node 1 (client address `a1`) and waits until all three
 /// are voters everywhere.
-fn grow_to_three_with_join(cluster: &mut Cluster, a1: SocketAddr) {
+fn grow_to_three_with_join(cluster: &mut ProcessCluster, a1: SocketAddr) {
     for _ in 0..2 {
         let id = cluster.add_node(&[format!("--join={a1}")]);
         cluster.node_mut(id).start();
@@ -131,7 +131,7 @@ fn grow_to_three_with_join(cluster: &mut Cluster, a1: SocketAddr) {
 
 /// Waits until every node of `on` shows exactly `voters` (and no learner) in `status`, then
 /// checks that `admin members --json` agrees via each of them.
-fn settle(cluster: &Cluster, on: &[u64], voters: &[u64]) {
+fn settle(cluster: &ProcessCluster, on: &[u64], voters: &[u64]) {
     wait_membership(cluster, on, voters, &[]);
     assert_members_agree(cluster, on, voters);
 }
@@ -185,7 +185,7 @@ fn write_until_stopped(addrs: &Mutex<Vec<SocketAddr>>, stop: &AtomicBool) -> (Ve
             .map_or_else(|| connect(addr), Ok)
             .and_then(|mut c| {
                 let put = c.put(&format!("w{n}"), &format!("v{n}"));
-                put.map(|_| c).map_err(support::describe)
+                put.map(|_| c).map_err(multi_process::describe)
             });
         match outcome {
             Ok(c) => {
@@ -240,20 +240,20 @@ fn wait_local_reads(node: &Node, expected: &BTreeMap<String, String>) {
     });
 }
 
-fn client_addrs(cluster: &Cluster, ids: &[u64]) -> Vec<SocketAddr> {
+fn client_addrs(cluster: &ProcessCluster, ids: &[u64]) -> Vec<SocketAddr> {
     ids.iter().map(|id| cluster.node(*id).client_addr).collect()
 }
 
 /// The leader, as node `ask` sees it once every node in `among` agrees.
-fn leader(cluster: &Cluster, among: &[u64]) -> u64 {
-    cluster.wait_leader(among)
+fn leader(cluster: &ProcessCluster, among: &[u64]) -> u64 {
+    cluster.wait_for_leader(among)
 }
 
 #[test]
 fn grow_shrink_remove_the_leader_and_replace_a_dead_node_while_writing() {
     let start = Instant::now();
     phase(start, "one node, 1,000 keys");
-    let mut cluster = Cluster::single();
+    let mut cluster = ProcessCluster::single();
     let a1 = cluster.node(1).client_addr;
     let mut seed = connect(a1).unwrap();
     let mut expected = BTreeMap::new();
@@ -383,7 +383,7 @@ fn assert_removed(node: &Node) {
         other => Err(format!("{other:?}")),
     });
     let refused = node.client().unwrap().put("k", "v").unwrap_err();
-    let message = support::describe(refused);
+    let message = multi_process::describe(refused);
     assert!(message.contains("was removed"), "{message}");
 }
 
@@ -404,7 +404,7 @@ fn the_safety_rules_refuse_with_their_reason_and_the_token_guards_admin_calls() 
         "--peer-probe-timeout-ms=300",
         "--request-deadline-ms=2000",
     ];
-    let mut cluster = Cluster::start_with(3, &flags);
+    let mut cluster = ProcessCluster::start_with(3, &flags);
     let a1 = cluster.node(1).client_addr;
     let token = Some("sesame");
 
@@ -416,7 +416,7 @@ fn the_safety_rules_refuse_with_their_reason_and_the_token_guards_admin_calls() 
     admin_refused(a1, &["snapshot"], None, "unauthorized");
     admin_ok(a1, &["snapshot"], token);
     let old_call = connect(a1).unwrap().admin_snapshot().unwrap_err();
-    assert!(support::describe(old_call).contains("unauthorized"));
+    assert!(multi_process::describe(old_call).contains("unauthorized"));
     let mut client = connect(a1).unwrap();
     client.put("k", "v").unwrap();
     assert_eq!(client.get("k", true).unwrap(), Some("v".into()));
@@ -465,7 +465,7 @@ fn the_safety_rules_refuse_with_their_reason_and_the_token_guards_admin_calls() 
     wait_membership(&cluster, &[1, 2, 3], &[1, 2, 3], &[]);
 
     // A follower goes down (not the leader: its election would eat the short request deadline).
-    let leader = cluster.wait_leader(&[1, 2, 3]);
+    let leader = cluster.wait_for_leader(&[1, 2, 3]);
     let mut followers = [1, 2, 3].into_iter().filter(|id| *id != leader);
     let (up, down) = (followers.next().unwrap(), followers.next().unwrap());
     let al = cluster.node(leader).client_addr;
@@ -497,7 +497,7 @@ fn the_safety_rules_refuse_with_their_reason_and_the_token_guards_admin_calls() 
         start,
         "demoting the leader is refused; a follower is demoted",
     );
-    let leader = cluster.wait_leader(&[1, 2, 3]);
+    let leader = cluster.wait_for_leader(&[1, 2, 3]);
     admin_refused(a1, &["demote", &leader.to_string()], token, "remove-node");
     let demoted = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
     let voters: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != demoted).collect();
@@ -518,8 +518,8 @@ fn the_safety_rules_refuse_with_their_reason_and_the_token_guards_admin_calls() 
     );
 }
 
-fn client_after_restart(cluster: &Cluster, id: u64) -> Option<String> {
-    let mut reader = support::Retrying::new(cluster.node(id).client_addr);
+fn client_after_restart(cluster: &ProcessCluster, id: u64) -> Option<String> {
+    let mut reader = multi_process::Retrying::new(cluster.node(id).client_addr);
     reader.get("k", true)
 }
 
@@ -530,7 +530,7 @@ fn join_as_a_learner_resumes_after_a_restart_rejoins_after_a_removal_and_gives_u
         start,
         "a node that joins nothing gives up after the join timeout",
     );
-    let mut cluster = Cluster::single();
+    let mut cluster = ProcessCluster::single();
     let a1 = cluster.node(1).client_addr;
     let lost = cluster.add_node(&[
         format!("--join={}", dead_addr()),
@@ -590,7 +590,7 @@ fn join_as_a_learner_resumes_after_a_restart_rejoins_after_a_removal_and_gives_u
         .unwrap()
         .put("k", "v")
         .unwrap_err();
-    assert!(support::describe(refused).contains("not a member"));
+    assert!(multi_process::describe(refused).contains("not a member"));
     let addr = cluster.node(waiting).client_addr;
     admin_refused(addr, &["members"], None, "not a member of any cluster yet");
 
@@ -620,7 +620,7 @@ fn acceptance_join_kill_replace_remove_and_return_as_a_new_node() {
         start,
         "node 1 with 1,000 keys, a client writing from now on",
     );
-    let mut cluster = Cluster::single();
+    let mut cluster = ProcessCluster::single();
     let a1 = cluster.node(1).client_addr;
     let mut expected = BTreeMap::new();
     let mut seed = connect(a1).unwrap();
@@ -696,7 +696,7 @@ fn member_entry(addr: SocketAddr, id: u64) -> serde_json::Value {
 fn join_registers_the_advertised_addresses_and_refuses_an_unspecified_one_without_them() {
     let start = Instant::now();
     phase(start, "one node");
-    let mut cluster = Cluster::single();
+    let mut cluster = ProcessCluster::single();
     let a1 = cluster.node(1).client_addr;
 
     phase(

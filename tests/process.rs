@@ -1,18 +1,20 @@
 //! Multi-process tests with the real `raftcache` binary: crashes (SIGKILL, no shutdown and no
 //! flush), restarts on the same flags and data dir, clean stops (SIGTERM), failover and
-//! forwarding. Each node is its own process (see `support`); every wait polls with a deadline.
+//! forwarding. Each node is its own process (see `multi_process`); every wait polls with a deadline.
 //!
 //! Run with output (failover time, phases): `cargo test --test process -- --nocapture`.
 //! One ignored test reproduces a known server bug: `cargo test --test process -- --ignored`.
 
-mod support;
+mod multi_process;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use multi_process::{
+    connect, describe, phase, Load, Node, ProcessCluster, Retrying, WriterOutcome, DEADLINE,
+};
 use raftcache_testkit::wait::{poll, wait_until};
-use support::{connect, describe, phase, Cluster, Load, Node, Retrying, WriterOutcome, DEADLINE};
 
 /// The expected contents of the cache: key to latest acknowledged value (`None`: removed).
 type Model = BTreeMap<String, Option<String>>;
@@ -63,7 +65,7 @@ fn wait_until_equal(node: &Node, model: &Model, linearizable: bool) -> Duration 
 /// `uncertain`, whose last write was in flight at a crash, that write's value). Panics listing
 /// the differences.
 fn assert_linearizable_reads(
-    cluster: &Cluster,
+    cluster: &ProcessCluster,
     nodes: &[u64],
     model: &Model,
     uncertain: &Model,
@@ -120,7 +122,7 @@ fn merge(model: &mut Model, outcomes: Vec<WriterOutcome>) -> (Model, u64, u64) {
 
 /// `raftcache status --json --addr ADDR`, parsed.
 fn cli_status(node: &Node) -> serde_json::Value {
-    let out = Command::new(support::bin())
+    let out = Command::new(multi_process::bin())
         .args(["status", "--json", "--addr", &node.client_addr.to_string()])
         .output()
         .expect("run raftcache status");
@@ -133,7 +135,7 @@ fn cli_status(node: &Node) -> serde_json::Value {
 }
 
 /// The leader as `status --json` shows it: every node names it, and it says it is the leader.
-fn leader_via_cli(cluster: &Cluster, among: &[u64]) -> u64 {
+fn leader_via_cli(cluster: &ProcessCluster, among: &[u64]) -> u64 {
     wait_until(DEADLINE, "a leader agreed in status --json", || {
         let views: Vec<serde_json::Value> = among
             .iter()
@@ -163,7 +165,7 @@ fn leader_via_cli(cluster: &Cluster, among: &[u64]) -> u64 {
 #[test]
 fn leader_sigkill_fails_over_and_restarted_node_catches_up() {
     let t0 = Instant::now();
-    let mut cluster = Cluster::start(3);
+    let mut cluster = ProcessCluster::start(3);
     phase(t0, "a: cluster up");
 
     let mut model = Model::new();
@@ -202,7 +204,7 @@ fn leader_sigkill_fails_over_and_restarted_node_catches_up() {
     let failover = killed_at.elapsed();
     model.insert("failover".into(), Some("done".into()));
     assert!(failover < FAILOVER_DEADLINE, "failover took {failover:?}");
-    let new_leader = cluster.wait_leader(&survivors);
+    let new_leader = cluster.wait_for_leader(&survivors);
     println!(
         "FAILOVER: leader {leader} SIGKILLed; first write through node {} succeeded after {} ms; new leader {new_leader}; {} failed attempt(s) before: {failures:?}",
         survivors[0],
@@ -241,11 +243,11 @@ fn leader_sigkill_fails_over_and_restarted_node_catches_up() {
         t0,
         &format!("a: node {leader} caught up (local reads) in {caught_up:?}"),
     );
-    cluster.wait_leader(&[1, 2, 3]);
+    cluster.wait_for_leader(&[1, 2, 3]);
 }
 
 /// SIGKILLs every node of the cluster at once (no shutdown, no flush), then reaps them.
-fn kill_all(cluster: &mut Cluster) {
+fn kill_all(cluster: &mut ProcessCluster) {
     for node in &mut cluster.nodes {
         node.kill_no_wait();
     }
@@ -259,7 +261,7 @@ fn kill_all(cluster: &mut Cluster) {
 /// once a majority has it durably, and the old leader may be the only node that had it in
 /// memory). Then restarts the old leader, whose local reads must converge to the same state.
 fn recover_and_check(
-    cluster: &mut Cluster,
+    cluster: &mut ProcessCluster,
     leader: u64,
     model: &Model,
     uncertain: &Model,
@@ -274,7 +276,7 @@ fn recover_and_check(
     for id in &followers {
         cluster.node_mut(*id).wait_up();
     }
-    let new_leader = cluster.wait_leader(&followers);
+    let new_leader = cluster.wait_for_leader(&followers);
     phase(
         t0,
         &format!("b: old followers {followers:?} restarted; leader {new_leader}"),
@@ -287,7 +289,7 @@ fn recover_and_check(
         &format!("{what}, read from the old followers alone (a majority)"),
     );
     cluster.node_mut(leader).start();
-    cluster.wait_leader(&ids);
+    cluster.wait_for_leader(&ids);
     let took = wait_until_equal(cluster.node(leader), &state, false);
     phase(
         t0,
@@ -305,7 +307,7 @@ fn recover_and_check(
 #[test]
 fn all_nodes_sigkilled_after_acks_lose_no_acknowledged_write() {
     let t0 = Instant::now();
-    let mut cluster = Cluster::start(3);
+    let mut cluster = ProcessCluster::start(3);
     phase(t0, "b: cluster up");
 
     let ids = cluster.ids();
@@ -344,7 +346,7 @@ fn all_nodes_sigkilled_after_acks_lose_no_acknowledged_write() {
         model.insert(key, None);
     }
     // The last writes before the crash: a new key, an overwrite, a remove, through every node.
-    let leader = cluster.wait_leader(&ids);
+    let leader = cluster.wait_for_leader(&ids);
     for i in 0..30 {
         let w = next_writer();
         let (key, value) = (format!("b-last{i:02}"), format!("last-{i}"));
@@ -391,7 +393,7 @@ fn all_nodes_sigkilled_after_acks_lose_no_acknowledged_write() {
 
     // Round 2: SIGKILL of every node while writes are in flight through all of them, right
     // after at least 600 acknowledgements.
-    let leader = cluster.wait_leader(&ids);
+    let leader = cluster.wait_for_leader(&ids);
     let addrs: Vec<_> = ids.iter().map(|id| cluster.node(*id).client_addr).collect();
     let load = Load::start("b-load", &addrs, 6);
     load.wait_acks(600);
@@ -424,7 +426,7 @@ fn all_nodes_sigkilled_after_acks_lose_no_acknowledged_write() {
 #[test]
 fn single_node_sigkill_right_after_last_ack_keeps_every_write() {
     let t0 = Instant::now();
-    let mut cluster = Cluster::single();
+    let mut cluster = ProcessCluster::single();
     phase(t0, "c: node up");
 
     let mut model = Model::new();
@@ -441,7 +443,7 @@ fn single_node_sigkill_right_after_last_ack_keeps_every_write() {
     drop(client);
 
     cluster.node_mut(1).start();
-    cluster.wait_leader(&[1]);
+    cluster.wait_for_leader(&[1]);
     phase(t0, "c: restarted");
     let diffs = wait_until(DEADLINE, "reads of every key", || {
         differences(cluster.node(1), &model, true)
@@ -464,7 +466,7 @@ fn single_node_sigkill_right_after_last_ack_keeps_every_write() {
         &format!("c: {acks} concurrent writes acknowledged ({retries} retried); SIGKILLed"),
     );
     cluster.node_mut(1).start();
-    cluster.wait_leader(&[1]);
+    cluster.wait_for_leader(&[1]);
     assert_linearizable_reads(
         &cluster,
         &[1],
@@ -480,7 +482,7 @@ fn single_node_sigkill_right_after_last_ack_keeps_every_write() {
 #[test]
 fn sigterm_stops_node_cleanly_and_restart_keeps_data() {
     let t0 = Instant::now();
-    let mut cluster = Cluster::single();
+    let mut cluster = ProcessCluster::single();
     let mut model = Model::new();
     // The client stays connected (idle) while the node stops.
     let mut client = cluster.node(1).client().expect("connect");
@@ -503,7 +505,7 @@ fn sigterm_stops_node_cleanly_and_restart_keeps_data() {
     drop(client);
 
     cluster.node_mut(1).start();
-    cluster.wait_leader(&[1]);
+    cluster.wait_for_leader(&[1]);
     phase(t0, "d: restarted");
     assert_linearizable_reads(
         &cluster,
@@ -520,10 +522,10 @@ fn sigterm_stops_node_cleanly_and_restart_keeps_data() {
 #[test]
 fn follower_forwards_writes_and_linearizable_reads_see_them_at_once() {
     let t0 = Instant::now();
-    let cluster = Cluster::start(3);
+    let cluster = ProcessCluster::start(3);
     phase(t0, "e: cluster up");
     for attempt in 1..=3 {
-        let leader = cluster.wait_leader(&[1, 2, 3]);
+        let leader = cluster.wait_for_leader(&[1, 2, 3]);
         let followers: Vec<u64> = cluster
             .ids()
             .into_iter()
@@ -592,8 +594,8 @@ fn follower_forwards_writes_and_linearizable_reads_see_them_at_once() {
 #[test]
 fn write_via_follower_right_after_leader_crash_waits_for_the_new_leader() {
     let t0 = Instant::now();
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.wait_leader(&[1, 2, 3]);
+    let mut cluster = ProcessCluster::start(3);
+    let leader = cluster.wait_for_leader(&[1, 2, 3]);
     let survivors: Vec<u64> = cluster
         .ids()
         .into_iter()
@@ -628,7 +630,7 @@ fn write_via_follower_right_after_leader_crash_waits_for_the_new_leader() {
         !cluster.node(leader).is_running(),
         "node {leader} was killed"
     );
-    let new_leader = cluster.wait_leader(&survivors);
+    let new_leader = cluster.wait_for_leader(&survivors);
     assert_ne!(
         new_leader, leader,
         "the survivors {survivors:?} name the killed node as their leader"
@@ -665,10 +667,10 @@ const RESTARTED_LEADER_ROUNDS: usize = 5;
 #[test]
 fn a_leader_restarted_with_its_cluster_reads_every_write_it_acknowledged() {
     let t0 = Instant::now();
-    let mut cluster = Cluster::start(3);
+    let mut cluster = ProcessCluster::start(3);
     let ids = cluster.ids();
     for round in 0..RESTARTED_LEADER_ROUNDS {
-        let leader = cluster.wait_leader(&ids);
+        let leader = cluster.wait_for_leader(&ids);
         let addr = cluster.node(leader).client_addr;
         let mut client = connect(addr).expect("connect to the leader");
         let mut last = String::new();

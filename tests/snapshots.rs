@@ -1,14 +1,14 @@
 //! Snapshots and log compaction: a follower that was down while the leader compacted its log
 //! past the follower's last entry catches up from a snapshot, and ends with the same data.
 
-mod common;
+mod in_process;
 
-use common::{phase, TestCluster, WAIT};
+use in_process::{phase, InProcessCluster, WAIT};
 use raftcache::types::NodeId;
 
 /// Waits until `lagging` has installed a snapshot and applied what `leader` had applied when
 /// this was called.
-async fn wait_caught_up_by_snapshot(cluster: &TestCluster, lagging: NodeId, leader: NodeId) {
+async fn wait_caught_up_by_snapshot(cluster: &InProcessCluster, lagging: NodeId, leader: NodeId) {
     let leader_applied = cluster
         .node(leader)
         .raft()
@@ -29,8 +29,8 @@ async fn wait_caught_up_by_snapshot(cluster: &TestCluster, lagging: NodeId, lead
 }
 
 /// A 3-node cluster started with `flags`, its leader, and one of its followers.
-async fn three_nodes_and_a_follower(flags: &[&str]) -> (TestCluster, NodeId, NodeId) {
-    let cluster = TestCluster::start(3, flags).await;
+async fn three_nodes_and_a_follower(flags: &[&str]) -> (InProcessCluster, NodeId, NodeId) {
+    let cluster = InProcessCluster::start(3, flags).await;
     let leader = cluster.wait_for_leader().await;
     let lagging = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     (cluster, leader, lagging)
@@ -127,7 +127,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_snapshot_builds_one_covering_everything_applied() {
-    let cluster = TestCluster::start(3, &[]).await;
+    let cluster = InProcessCluster::start(3, &[]).await;
     let leader = cluster.wait_for_leader().await;
     for i in 0..30 {
         cluster

@@ -6,14 +6,14 @@
 //!
 //! Run with the phases printed: `cargo test --test wiped_node -- --nocapture`.
 
-mod support;
+mod multi_process;
 
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Instant;
 
+use multi_process::{bin, phase, Node, ProcessCluster, Retrying, DEADLINE};
 use raftcache_testkit::wait::{poll, wait_until};
-use support::{bin, phase, Cluster, Node, Retrying, DEADLINE};
 
 /// Keys written before the node is wiped.
 const OLD_KEYS: usize = 50;
@@ -72,7 +72,7 @@ fn admin_ok(addr: SocketAddr, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn kill_all(cluster: &mut Cluster) {
+fn kill_all(cluster: &mut ProcessCluster) {
     for id in cluster.ids() {
         cluster.node_mut(id).kill();
     }
@@ -89,8 +89,8 @@ fn a_member_back_with_a_wiped_data_dir_and_the_same_flags_takes_no_part_until_re
         start,
         "3 nodes bootstrapped with --initial-cluster; 50 keys written",
     );
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.wait_leader(&[1, 2, 3]);
+    let mut cluster = ProcessCluster::start(3);
+    let leader = cluster.wait_for_leader(&[1, 2, 3]);
     write_old_keys(cluster.node(leader).client_addr);
     let applied = cluster.node(leader).status().unwrap().last_applied;
     for id in [1, 2, 3] {
@@ -112,7 +112,7 @@ fn a_member_back_with_a_wiped_data_dir_and_the_same_flags_takes_no_part_until_re
     wait_logged(cluster.node(1), "came back without the state it had");
 
     phase(start, "2 and 3 elect a leader and keep taking writes");
-    let leader = cluster.wait_leader(&[2, 3]);
+    let leader = cluster.wait_for_leader(&[2, 3]);
     let mut writer = Retrying::new(cluster.node(leader).client_addr);
     writer.put("after", "wipe");
     let applied = cluster.node(leader).status().unwrap().last_applied;
@@ -163,7 +163,7 @@ fn a_node_back_with_a_wiped_data_dir_and_no_flags_is_a_cluster_of_its_own() {
         start,
         "node 1 with no flags, grown to 3 with --join; 50 keys written",
     );
-    let mut cluster = Cluster::single();
+    let mut cluster = ProcessCluster::single();
     let a1 = cluster.node(1).client_addr;
     for _ in 0..2 {
         let id = cluster.add_node(&[format!("--join={a1}")]);
@@ -179,7 +179,7 @@ fn a_node_back_with_a_wiped_data_dir_and_no_flags_is_a_cluster_of_its_own() {
             .iter()
             .all(|id| three_voters(cluster.node(*id)))
     });
-    let leader = cluster.wait_leader(&[1, 2, 3]);
+    let leader = cluster.wait_for_leader(&[1, 2, 3]);
     write_old_keys(cluster.node(leader).client_addr);
     let applied = cluster.node(leader).status().unwrap().last_applied;
     for id in [1, 2, 3] {
@@ -190,7 +190,7 @@ fn a_node_back_with_a_wiped_data_dir_and_no_flags_is_a_cluster_of_its_own() {
     kill_all(&mut cluster);
     wipe(cluster.node(1));
     cluster.node_mut(1).start();
-    cluster.wait_leader(&[1]);
+    cluster.wait_for_leader(&[1]);
     Retrying::new(cluster.node(1).client_addr).put("mine", "wiped node");
 
     phase(
@@ -199,7 +199,7 @@ fn a_node_back_with_a_wiped_data_dir_and_no_flags_is_a_cluster_of_its_own() {
     );
     cluster.node_mut(2).start();
     cluster.node_mut(3).start();
-    let leader = cluster.wait_leader(&[2, 3]);
+    let leader = cluster.wait_for_leader(&[2, 3]);
     wait_logged(cluster.node(leader), "they are different clusters");
     Retrying::new(cluster.node(leader).client_addr).put("after", "wipe");
     let applied = cluster.node(leader).status().unwrap().last_applied;
@@ -236,15 +236,15 @@ fn a_node_back_with_a_wiped_data_dir_and_no_flags_is_a_cluster_of_its_own() {
 fn a_member_restarted_on_another_peer_address_refuses_to_start_and_says_so() {
     let start = Instant::now();
     phase(start, "3 nodes; a key written");
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.wait_leader(&[1, 2, 3]);
+    let mut cluster = ProcessCluster::start(3);
+    let leader = cluster.wait_for_leader(&[1, 2, 3]);
     Retrying::new(cluster.node(leader).client_addr).put("before", "move");
     let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
 
     phase(start, "the follower restarted with another --peer-listen");
     let recorded = cluster.node(follower).peer_addr;
     cluster.node_mut(follower).kill();
-    let moved = support::free_addrs(1)[0];
+    let moved = multi_process::free_addrs(1)[0];
     cluster.node_mut(follower).peer_addr = moved;
     cluster.node_mut(follower).spawn();
     let status = cluster
@@ -264,7 +264,7 @@ fn a_member_restarted_on_another_peer_address_refuses_to_start_and_says_so() {
         "the other two keep taking writes; back on its address it rejoins",
     );
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != follower).collect();
-    let leader = cluster.wait_leader(&others);
+    let leader = cluster.wait_for_leader(&others);
     Retrying::new(cluster.node(leader).client_addr).put("after", "move");
     cluster.node_mut(follower).peer_addr = recorded;
     cluster.node_mut(follower).start();

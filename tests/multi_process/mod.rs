@@ -222,12 +222,12 @@ impl Drop for Node {
 }
 
 /// A set of nodes in one temp dir. Node ids are 1..=n; `node(id)` is `nodes[id - 1]`.
-pub struct Cluster {
+pub struct ProcessCluster {
     pub nodes: Vec<Node>,
     dir: TempDir,
 }
 
-impl Cluster {
+impl ProcessCluster {
     /// Starts `n` nodes bootstrapped together with `--initial-cluster` and waits for a leader.
     pub fn start(n: u64) -> Self {
         let mut cluster = Self::create(n, true);
@@ -237,7 +237,7 @@ impl Cluster {
         for node in &mut cluster.nodes {
             node.wait_up();
         }
-        cluster.wait_leader(&cluster.ids());
+        cluster.wait_for_leader(&cluster.ids());
         cluster
     }
 
@@ -245,7 +245,7 @@ impl Cluster {
     pub fn single() -> Self {
         let mut cluster = Self::create(1, false);
         cluster.nodes[0].start();
-        cluster.wait_leader(&[1]);
+        cluster.wait_for_leader(&[1]);
         cluster
     }
 
@@ -270,7 +270,7 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        Cluster { nodes, dir }
+        ProcessCluster { nodes, dir }
     }
 
     /// Starts `n` nodes bootstrapped together, each with the extra `serve` flags `extra`.
@@ -283,7 +283,7 @@ impl Cluster {
         for node in &mut cluster.nodes {
             node.wait_up();
         }
-        cluster.wait_leader(&cluster.ids());
+        cluster.wait_for_leader(&cluster.ids());
         cluster
     }
 
@@ -319,7 +319,7 @@ impl Cluster {
 
     /// Waits until every node in `among` answers status naming the same leader, one of `among`,
     /// which itself says it is the leader. Returns its id.
-    pub fn wait_leader(&self, among: &[u64]) -> u64 {
+    pub fn wait_for_leader(&self, among: &[u64]) -> u64 {
         let what = format!("nodes {among:?} agree on a leader among themselves");
         wait_until(DEADLINE, &what, || {
             let views: Vec<Result<NodeStatus, String>> =
@@ -356,7 +356,7 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+impl Drop for ProcessCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
             node.kill();
@@ -582,7 +582,7 @@ fn write_until_crash(
     unreachable!("the loop only ends by returning")
 }
 
-impl Cluster {
+impl ProcessCluster {
     /// The temp dir holding every node's data dir and log.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()

@@ -35,7 +35,7 @@ pub fn phase(name: &str) {
     eprintln!("--- phase: {name}");
 }
 
-pub struct TestCluster {
+pub struct InProcessCluster {
     pub dir: TempDir,
     pub faults: Arc<Faults>,
     pub client_addrs: BTreeMap<NodeId, SocketAddr>,
@@ -49,7 +49,7 @@ fn free_listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").expect("bind port 0")
 }
 
-impl TestCluster {
+impl InProcessCluster {
     /// Starts `n` voters (ids 1..=n) bootstrapped together with `--initial-cluster`.
     pub async fn start(n: u64, extra_args: &[&str]) -> Self {
         init_tracing();
@@ -57,7 +57,7 @@ impl TestCluster {
         for id in 1..=n {
             listeners.insert(id, (free_listener(), free_listener()));
         }
-        let mut cluster = TestCluster {
+        let mut cluster = InProcessCluster {
             dir: TempDir::new().expect("temp dir"),
             faults: Arc::new(Faults::default()),
             client_addrs: listeners
