@@ -8,6 +8,7 @@
 #
 #   scripts/bench-ab.sh old=/path/to/old/raftcache new=target/release/raftcache
 #   ROUNDS=4 SECONDS_PER_RUN=6 scripts/bench-ab.sh a=bin1 "b=bin1 --forward-flag 4"
+#   OP=get scripts/bench-ab.sh old=... new=...   # local gets of KEYS keys, written first
 #
 # A build is NAME=BINARY [extra serve flags]; the load generator is this tree's release build.
 # RAW=1 also prints every run's line (to stderr) before the table.
@@ -16,6 +17,8 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
+OP=${OP:-put}
+KEYS=${KEYS:-10000}
 BASE=${BASE_PORT:-9850}
 cargo build --release --quiet -p raftcache -p raftcache-bench --bins
 bench=target/release/raftcache-bench
@@ -49,8 +52,12 @@ for round in $(seq 1 "$ROUNDS"); do
     until "$bin" status --addr "127.0.0.1:$((BASE + 1))" --json 2>/dev/null | grep -q '"leader": *[1-9]'; do
       sleep 0.1
     done
+    if [ "$OP" != put ]; then
+      "$bench" --addrs "$addrs" --clients 16 --op put --sequential --max-ops "$KEYS" --keys "$KEYS" \
+        --seconds 120 >/dev/null
+    fi
     for clients in 1 64; do
-      line=$("$bench" --addrs "$addrs" --clients "$clients" --op put --seconds "$SECONDS_PER_RUN" \
+      line=$("$bench" --addrs "$addrs" --clients "$clients" --op "$OP" --keys "$KEYS" --seconds "$SECONDS_PER_RUN" \
         --pids "$(IFS=,; echo "${pids[*]}")")
       echo "build=$name round=$round $line" >>"$work/results"
     done
@@ -67,7 +74,7 @@ for line in open(sys.argv[1]):
     if kv["build"] not in order:
         order.append(kv["build"])
     runs[(kv["build"], kv["clients"])].append(kv)
-print("| build | 1 client | 64 clients | ratio | server CPU us/put at 1 / 64 |")
+print("| build | 1 client | 64 clients | ratio | server CPU us/op at 1 / 64 |")
 print("|---|---:|---:|---:|---:|")
 for b in order:
     med = lambda c, k: statistics.median(float(r[k]) for r in runs[(b, c)])
