@@ -36,6 +36,21 @@ async fn three_nodes_and_a_follower(flags: &[&str]) -> (InProcessCluster, NodeId
     (cluster, leader, lagging)
 }
 
+/// Node `a` holds exactly what node `b` holds: the same value for each of `k0`..`k{keys}`, and as
+/// many keys.
+fn assert_same_data(cluster: &InProcessCluster, a: NodeId, b: NodeId, keys: usize) {
+    let (ours, theirs) = (cluster.node(a).state(), cluster.node(b).state());
+    for i in 0..keys {
+        let key = format!("k{i}");
+        assert_eq!(
+            ours.get(&key).unwrap(),
+            theirs.get(&key).unwrap(),
+            "key {key}"
+        );
+    }
+    assert_eq!(ours.len(), theirs.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     // Small log segments, so that the log rotates through many and purges whole ones.
@@ -111,16 +126,8 @@ async fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     wait_caught_up_by_snapshot(&cluster, lagging, leader).await;
 
     phase("its local data equals the leader's, key by key");
-    let (ours, theirs) = (cluster.node(lagging).state(), cluster.node(leader).state());
-    for i in 0..300 {
-        let key = format!("k{i}");
-        assert_eq!(
-            ours.get(&key).unwrap(),
-            theirs.get(&key).unwrap(),
-            "key {key}"
-        );
-    }
-    assert_eq!(ours.len(), theirs.len());
+    assert_same_data(&cluster, lagging, leader, 300);
+    let ours = cluster.node(lagging).state();
     assert_eq!(ours.get("k5").unwrap(), None, "a removed key stays removed");
     assert_eq!(ours.get("k299").unwrap().as_deref(), Some("v299"));
 }
@@ -269,14 +276,5 @@ async fn damaged_snapshot_chunks_are_refused_and_sent_again() {
     );
 
     phase("its data equals the leader's, key by key");
-    let (ours, theirs) = (cluster.node(lagging).state(), cluster.node(leader).state());
-    for i in 0..300 {
-        let key = format!("k{i}");
-        assert_eq!(
-            ours.get(&key).unwrap(),
-            theirs.get(&key).unwrap(),
-            "key {key}"
-        );
-    }
-    assert_eq!(ours.len(), theirs.len());
+    assert_same_data(&cluster, lagging, leader, 300);
 }
