@@ -280,6 +280,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let _ = std::fs::remove_file(stale);
         }
         self.flusher.receiving();
+        tracing::info!("receiving a snapshot from the leader");
         Ok(Box::new(file))
     }
 
