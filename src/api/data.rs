@@ -70,12 +70,13 @@ impl CacheApi {
         }
         let state = self.readable_with(&options).await?;
         let now_ms = state.log_clock().now_ms();
+        let ttl_from = ttl_clock(state);
         let found: Vec<CacheEntry> = state
             .entries(&keys, now_ms)
             .map_err(storage)?
             .into_iter()
             .flatten()
-            .map(|e| to_wire(e, ttl_clock(state)))
+            .map(|e| to_wire(e, ttl_from))
             .collect();
         self.count_reads(keys.len() as u64, found.len() as u64);
         self.router.note_reads(keys.iter().map(String::as_str));
@@ -172,10 +173,8 @@ impl CacheApi {
         let entries = state
             .scan(&prefix, &start_after, limit, now_ms)
             .map_err(storage)?;
-        Ok(entries
-            .into_iter()
-            .map(|e| to_wire(e, ttl_clock(state)))
-            .collect())
+        let ttl_from = ttl_clock(state);
+        Ok(entries.into_iter().map(|e| to_wire(e, ttl_from)).collect())
     }
 
     fn stats(&self) -> thrift::Result<CacheStats> {

@@ -165,6 +165,16 @@ pub fn wrap(wire: Wire, answer: Vec<u8>) -> Vec<u8> {
 /// refused unexecuted, and the connection closed after the answer (a oneway client does not
 /// read answers, so nothing after it could be matched to its calls).
 pub fn refuse_unless_call(protocol: Protocol, request: &[u8]) -> Option<Vec<u8>> {
+    // The type sits in the first bytes: strict binary `0x80 0x01 0x00 TYPE`, compact
+    // `0x82 (TYPE << 5 | version)`. A call, nearly every message, is told without decoding.
+    const CALL: u8 = 1;
+    let message_type = match protocol {
+        Protocol::Binary => request.get(3).map(|b| b & 0x07),
+        Protocol::Compact => request.get(1).map(|b| b >> 5),
+    };
+    if message_type == Some(CALL) {
+        return None;
+    }
     let mut rest = request;
     let header = match protocol {
         Protocol::Binary => TBinaryInputProtocol::new(&mut rest, true).read_message_begin(),

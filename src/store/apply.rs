@@ -293,6 +293,7 @@ pub(super) fn apply_batch(
     effects: &sled::Tree,
     expiry: &sled::Tree,
     recording: bool,
+    log_clock_ms: u64,
     entries: &[Entry],
 ) -> Result<Vec<BatchResponse>, StorageError> {
     let Some(last) = entries.last() else {
@@ -335,11 +336,10 @@ pub(super) fn apply_batch(
         if usage.get() != before {
             usage.get().write(meta)?;
         }
-        if let Some(at_ms) = log_time(entries) {
-            let stored = meta.get(KEY_LOG_CLOCK)?.map_or(0, |raw| read_u64(&raw));
-            if at_ms > stored {
-                meta.insert(KEY_LOG_CLOCK, at_ms.to_be_bytes().to_vec())?;
-            }
+        // `log_clock_ms` is what `sm_meta` holds (the in-memory clock is loaded from it and
+        // moved only after each committed apply): written only when the entries move it.
+        if let Some(at_ms) = log_time(entries).filter(|at_ms| *at_ms > log_clock_ms) {
+            meta.insert(KEY_LOG_CLOCK, at_ms.to_be_bytes().to_vec())?;
         }
         meta.insert(KEY_LAST_APPLIED, encode(&Some(last.log_id)))?;
         if let Some(m) = &membership {

@@ -241,6 +241,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             &self.effects,
             &self.expiry,
             recording,
+            self.clock.now_ms(),
             &entries,
         );
         if let Some(at_ms) = at_ms.filter(|_| responses.is_ok()) {
