@@ -9,6 +9,7 @@
 //! counts them in `stats.expired`; removing a key removes its index entry, so the next round
 //! finds the next ones.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -36,7 +37,7 @@ pub fn spawn(id: NodeId, raft: Raft, state: StateReader, proposer: Proposer, lim
             tokio::time::sleep(limits.interval).await;
             let (leader, state_now) = {
                 let metrics = raft.metrics();
-                let m = metrics.borrow();
+                let m = metrics.borrow_watched();
                 (m.current_leader, m.state)
             };
             if state_now == ServerState::Shutdown {

@@ -8,6 +8,7 @@
 //! through a `SendGate`, so a caller that gives up knows whether the request left this node
 //! (its outcome unknown) or never will (safe to ask again).
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ impl LeaderView {
 
     /// The leader this node follows (or is), if it knows one.
     pub fn current(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.metrics().borrow_watched().current_leader
     }
 
     /// Whether this node is the leader it knows of.

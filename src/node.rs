@@ -1,5 +1,6 @@
 //! Wiring: everything one node is made of, put together in `start`.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +19,8 @@ use crate::proposer::{BatchLimits, Proposer};
 use crate::router::{LocalState, Router, RouterLimits};
 use crate::server::{self, ServerHandle};
 use crate::store::{
-    self, ClusterIdentity, FlushStats, OpenError, StateFlusher, StateReader, StoreOptions,
+    self, ClusterIdentity, FlushStats, OpenError, SnapshotInbox, StateFlusher, StateReader,
+    StoreOptions,
 };
 use crate::types::{Node, NodeId, Raft};
 
@@ -99,6 +101,7 @@ pub async fn start_with_listeners(
         flushes,
         identity,
         identities,
+        inbox,
     } = open_core(&config, faults, &advertised).await?;
     let (standing, admin) = start_membership(&config, &raft, &peers, identity, &advertised);
     let router = start_router(&config, &raft, &state, &peers, standing.clone());
@@ -108,6 +111,7 @@ pub async fn start_with_listeners(
         peers,
         admin.clone(),
         identities,
+        inbox,
     );
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());
     let peer_server = server::spawn("peer", peer_listener, peer_limits, peer_service)?;
@@ -178,6 +182,7 @@ fn start_membership(
         config.peer_probe_timeout(),
         config.request_deadline(),
     ));
+    admin.spawn_finisher();
     (standing, admin)
 }
 
@@ -287,7 +292,7 @@ fn spawn_join(
 /// Whether node `id` is in its local membership as a voter (or, if `!voter`, at all).
 fn joined(raft: &Raft, id: NodeId, voter: bool) -> bool {
     let metrics = raft.metrics();
-    let metrics = metrics.borrow();
+    let metrics = metrics.borrow_watched();
     let membership = &metrics.membership_config;
     if voter {
         let m = membership.membership();
@@ -313,6 +318,8 @@ struct Core {
     identity: Arc<ClusterIdentity>,
     /// Who this node is to its peers, and who they are to it.
     identities: Arc<PeerIdentities>,
+    /// Where snapshots received from the leader are written.
+    inbox: SnapshotInbox,
 }
 
 /// Opens the data dir, starts Raft on it, and bootstraps a new cluster if this start says so.
@@ -339,6 +346,7 @@ async fn open_core(
     let state_flusher = log.state_flusher();
     let flushes = log.flush_stats();
     let state = sm.reader();
+    let inbox = sm.inbox();
 
     let identities = PeerIdentities::load(id, identity.clone(), data_dir.clone()).map_err(|e| {
         StartError::Config(format!(
@@ -376,6 +384,7 @@ async fn open_core(
         flushes,
         identity,
         identities,
+        inbox,
     })
 }
 
@@ -444,6 +453,12 @@ fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, StartError>
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
         max_in_snapshot_log_to_keep: config.snapshot_keep_log,
         snapshot_max_chunk_size: config.snapshot_chunk_bytes,
+        // A node that cannot win (cut off, restarted, behind) asks before it raises its term,
+        // so it never deposes a leader that a quorum follows.
+        enable_pre_vote: Some(true),
+        // A leader that no quorum has answered for a lease stops taking writes, and then sends
+        // heartbeats only every other such period, so the rest can elect a leader they reach.
+        quorum_loss_probe_interval: Some(2 * config.election_timeout_max_ms),
         ..Default::default()
     };
     raft_config
@@ -511,9 +526,11 @@ impl RunningNode {
     pub async fn raft_stopped(&self) {
         let metrics = self.raft.metrics();
         loop {
-            if metrics.has_changed().is_err()
-                || metrics.borrow().state == openraft::ServerState::Shutdown
-            {
+            let stopped = {
+                let now = metrics.borrow_watched();
+                now.running_state.is_err() || now.state == openraft::ServerState::Shutdown
+            };
+            if stopped {
                 return;
             }
             tokio::time::sleep(STOPPED_POLL).await;

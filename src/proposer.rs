@@ -21,6 +21,7 @@
 //! write, so peer messages keep their bound). A few batches may be in flight at once, so the
 //! next batch is appended while the previous one is being replicated.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use crate::eviction::Eviction;
 use crate::leader::{AskError, LeaderView};
 use crate::network::{ForwardError, ForwardRequest, PeerClients, PeerMethod};
 use crate::store::LogClock;
-use crate::types::{now_ms, Applied, Batch, NodeId, Raft, Request};
+use crate::types::{now_ms, Applied, Batch, NodeId, Raft, Request, TypeConfig};
 
 /// Bounds on proposal batching.
 #[derive(Debug, Clone)]
@@ -76,7 +77,7 @@ pub struct Proposer {
 
 /// What a failed `client_write` on node `id` means to the writer.
 pub fn write_error(
-    e: RaftError<NodeId, ClientWriteError<NodeId, crate::types::Node>>,
+    e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
     id: NodeId,
 ) -> ForwardError {
     match e {
@@ -84,6 +85,14 @@ pub fn write_error(
             leader: f.leader_id,
         },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ForwardError::Failed(e.to_string())
+        }
+        // Appended, then dropped for another leader's log: it may still commit through it.
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => ForwardError::Failed(
+            "the write's log entry was discarded by a change of leader: it may or may not be applied"
+                .into(),
+        ),
+        RaftError::APIError(e @ ClientWriteError::PreconditionFailed(_)) => {
             ForwardError::Failed(e.to_string())
         }
         RaftError::Fatal(e) => ForwardError::Failed(format!("node {id} is stopping: {e}")),
@@ -184,7 +193,7 @@ impl Batcher {
     async fn dispatch(&self, batch: Vec<Pending>) {
         let (leader, state) = {
             let metrics = self.raft.metrics();
-            let m = metrics.borrow();
+            let m = metrics.borrow_watched();
             (m.current_leader, m.state)
         };
         if leader == Some(self.id) && state == ServerState::Leader {

@@ -6,10 +6,12 @@
 //! have fixed its index before a write that the reader saw acknowledged, so the reader would
 //! miss it. Reads that arrive during a round wait for the next one; rounds run one at a time.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::error::{LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -49,14 +51,17 @@ impl ReadIndexSource {
     /// the term (see `barrier`).
     pub async fn as_leader(&self) -> Round {
         let barrier = self.barrier().await?;
-        match self.raft.get_read_log_id().await {
-            Ok((read, applied)) => Ok(read.max(applied).map(|id| id.index.max(barrier))),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+        match self.raft.get_read_log_id(ReadPolicy::ReadIndex).await {
+            Ok((read, applied)) => {
+                let applied = applied.map_or(0, |id| id.index);
+                Ok(Some(read.index().max(applied).max(barrier)))
+            }
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(ForwardError::NotLeader {
                     leader: f.leader_id,
                 })
             }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
                 Err(ForwardError::TryAgain(e.to_string()))
             }
             Err(RaftError::Fatal(e)) => Err(ForwardError::Failed(format!(
@@ -78,7 +83,7 @@ impl ReadIndexSource {
     /// acknowledged before the crash. An entry proposed after the restart and committed comes
     /// after every entry the log held, so a read index at or past it misses nothing.
     async fn barrier(&self) -> Result<u64, ForwardError> {
-        let term = self.raft.metrics().borrow().current_term;
+        let term = self.raft.metrics().borrow_watched().current_term;
         if let Some((barrier_term, index)) = *self.barrier.lock().unwrap() {
             if barrier_term == term {
                 return Ok(index);

@@ -9,6 +9,7 @@
 //! - A node that was removed from the cluster, or has not been added to one yet, answers
 //!   every client request with `Unavailable` saying so.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use crate::network::{ForwardError, LeaderSide, PeerClients};
 use crate::proposer::{Origin, Proposer};
 use crate::read_index::{ReadIndexBatcher, ReadIndexSource};
 use crate::store::StateReader;
-use crate::types::{Applied, NodeId, Raft, Request};
+use crate::types::{Applied, NodeId, Raft, Request, TypeConfig};
 
 /// How a read is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +117,7 @@ impl Router {
     /// Records reads of `keys` as accesses for LRU eviction, if this node leads: only the
     /// leader's view of accesses decides what is evicted.
     pub fn note_reads<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
-        if self.raft.metrics().borrow().state == openraft::ServerState::Leader {
+        if self.raft.metrics().borrow_watched().state == openraft::ServerState::Leader {
             self.eviction.touch(keys);
         }
     }
@@ -256,7 +257,7 @@ impl Router {
     pub fn applied_index(&self) -> u64 {
         self.raft
             .metrics()
-            .borrow()
+            .borrow_watched()
             .last_applied
             .map_or(0, |id| id.index)
     }
@@ -270,9 +271,7 @@ impl Router {
             .snapshot()
             .await
             .map_err(|e| RouteError::Unavailable(format!("node {} is stopping: {e}", self.id)))?;
-        let covers = |m: &openraft::RaftMetrics<NodeId, crate::types::Node>| {
-            m.snapshot.map_or(0, |s| s.index)
-        };
+        let covers = |m: &openraft::RaftMetrics<TypeConfig>| m.snapshot.map_or(0, |s| s.index);
         let metrics = self
             .raft
             .wait(Some(self.request_deadline))
@@ -314,7 +313,7 @@ impl Router {
     /// `Unavailable` if this node's Raft has stopped (shut down, or after a fatal storage
     /// error): retrying here cannot help, the client should use another node.
     fn stopped(&self) -> Option<RouteError> {
-        let state = self.raft.metrics().borrow().state;
+        let state = self.raft.metrics().borrow_watched().state;
         (state == openraft::ServerState::Shutdown).then(|| {
             RouteError::Unavailable(format!(
                 "node {} has stopped serving (see its log); use another node",

@@ -207,6 +207,17 @@ pub struct Batch {
     pub capacity: Capacity,
 }
 
+impl fmt::Display for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "batch of {} request(s) at {} ms",
+            self.requests.len(),
+            self.now_ms
+        )
+    }
+}
+
 /// Caps on the data held (`--max-bytes`, `--max-keys`); 0 means no cap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
@@ -245,16 +256,18 @@ openraft::declare_raft_types!(
         R = BatchResponse,
         NodeId = NodeId,
         Node = Node,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type StorageError = openraft::StorageError<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
-pub type Snapshot = openraft::Snapshot<TypeConfig>;
-pub type Vote = openraft::Vote<NodeId>;
+pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type CommittedLeaderId = openraft::type_config::alias::CommittedLeaderIdOf<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type EntryPayload = openraft::type_config::alias::EntryPayloadOf<TypeConfig>;
+pub type Membership = openraft::Membership<NodeId, Node>;
+/// What the storage traits fail with (openraft 0.10 takes plain I/O errors).
+pub type StorageError = std::io::Error;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, tokio::fs::File>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;

@@ -5,6 +5,7 @@
 mod in_process;
 
 use in_process::{phase, InProcessCluster};
+use openraft::async_runtime::watch::WatchReceiver;
 use raftcache::gen::cache::{CacheEntry, CacheFull, TCacheServiceSyncClient};
 
 fn is_full(e: &thrift::Error) -> bool {
@@ -46,7 +47,7 @@ async fn lru_keeps_twice_the_cap_under_the_cap_and_the_same_on_every_replica() {
         .node(leader)
         .raft()
         .metrics()
-        .borrow()
+        .borrow_watched()
         .last_applied
         .unwrap()
         .index;

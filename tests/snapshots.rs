@@ -4,6 +4,7 @@
 mod in_process;
 
 use in_process::{phase, InProcessCluster, WAIT};
+use openraft::async_runtime::watch::WatchReceiver;
 use raftcache::types::NodeId;
 
 /// Waits until `lagging` has installed a snapshot and applied what `leader` had applied when
@@ -13,7 +14,7 @@ async fn wait_caught_up_by_snapshot(cluster: &InProcessCluster, lagging: NodeId,
         .node(leader)
         .raft()
         .metrics()
-        .borrow()
+        .borrow_watched()
         .last_applied
         .map(|l| l.index);
     cluster
@@ -72,7 +73,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
         .node(lagging)
         .raft()
         .metrics()
-        .borrow()
+        .borrow_watched()
         .last_log_index
         .unwrap_or(0);
 
@@ -94,7 +95,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
         .node(leader)
         .raft()
         .metrics()
-        .borrow()
+        .borrow_watched()
         .purged
         .map(|p| p.index);
     assert!(
@@ -149,7 +150,7 @@ async fn admin_snapshot_builds_one_covering_everything_applied() {
         .node(node)
         .raft()
         .metrics()
-        .borrow()
+        .borrow_watched()
         .last_applied
         .map(|l| l.index)
         .unwrap();
@@ -158,7 +159,7 @@ async fn admin_snapshot_builds_one_covering_everything_applied() {
             .node(node)
             .raft()
             .metrics()
-            .borrow()
+            .borrow_watched()
             .snapshot
             .is_none(),
         "no snapshot before the command"
@@ -178,7 +179,7 @@ async fn admin_snapshot_builds_one_covering_everything_applied() {
         .node(node)
         .raft()
         .metrics()
-        .borrow()
+        .borrow_watched()
         .snapshot
         .map(|s| s.index);
     assert_eq!(snapshot, Some(index as u64));
@@ -205,7 +206,7 @@ async fn a_snapshot_transfer_longer_than_the_election_timeout_deposes_no_leader(
         writer.put(&format!("k{i}"), &value).await.expect("put");
     }
     let leader_raft = cluster.node(leader).raft().clone();
-    let leader_metrics = || leader_raft.metrics().borrow().clone();
+    let leader_metrics = || leader_raft.metrics().borrow_watched().clone();
     leader_raft
         .wait(Some(WAIT))
         .metrics(|m| m.purged.is_some(), "log purged")

@@ -10,6 +10,7 @@
 mod data;
 mod passes;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -441,7 +442,7 @@ fn to_membership(view: MembersView) -> Membership {
 
 /// This node's view of the cluster, from openraft's metrics.
 pub fn node_status(id: NodeId, raft: &Raft) -> NodeStatus {
-    let metrics = raft.metrics().borrow().clone();
+    let metrics = raft.metrics().borrow_watched().clone();
     let membership = metrics.membership_config.membership();
     let is_voter = membership.voter_ids().any(|v| v == id);
     let role = match metrics.state {

@@ -1,6 +1,7 @@
 //! The leader's side of an admin request: probe who answers, check the safety rules, propose
 //! the change through openraft and wait until it is committed.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,14 +15,44 @@ use super::{
     NodeInfoRequest,
 };
 use crate::network::{PeerError, PeerMethod};
-use crate::types::{Node, NodeId};
+use crate::types::{Node, NodeId, TypeConfig};
 
-type WriteError = RaftError<NodeId, ClientWriteError<NodeId, Node>>;
+type WriteError = RaftError<TypeConfig, ClientWriteError<TypeConfig>>;
+
+/// How often the leader looks for a half-done membership change to finish.
+const FINISH_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Admin {
+    /// Finishes, on whichever node leads, a membership change left half done: a joint
+    /// configuration committed whose second step no one is making (its leader failed, or
+    /// openraft refused the step because the leader had lost its quorum meanwhile). Runs until
+    /// the node stops.
+    pub fn spawn_finisher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let admin = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FINISH_POLL).await;
+                let Some(admin) = admin.upgrade() else {
+                    return;
+                };
+                if admin.raft.metrics().borrow_watched().current_leader != Some(admin.id) {
+                    continue;
+                }
+                let Ok(_one_at_a_time) = admin.changing.try_lock() else {
+                    continue;
+                };
+                if let Ok(Some(target)) = admin.unfinished() {
+                    if let Err(e) = admin.finish(target).await {
+                        tracing::warn!(error = %e, "finishing a half-done membership change failed; trying again");
+                    }
+                }
+            }
+        })
+    }
+
     /// Carries out `request` if this node leads.
     pub async fn as_leader(&self, request: AdminRequest) -> Result<MembersView, AdminError> {
-        let leader = self.raft.metrics().borrow().current_leader;
+        let leader = self.raft.metrics().borrow_watched().current_leader;
         if leader != Some(self.id) {
             return Err(AdminError::NotLeader { leader });
         }
@@ -55,7 +86,7 @@ impl Admin {
             ));
         }
         let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
+        let metrics = metrics.borrow_watched();
         let joint = metrics.membership_config.membership().get_joint_config();
         let index = metrics.membership_config.log_id().map(|l| l.index);
         let applied = metrics.last_applied.map(|l| l.index);
@@ -87,7 +118,7 @@ impl Admin {
 
     /// The membership now, with each member's reachability and lag.
     pub async fn members(&self) -> Result<MembersView, AdminError> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let probes = membership
@@ -211,7 +242,7 @@ impl Admin {
         let membership = self
             .raft
             .metrics()
-            .borrow()
+            .borrow_watched()
             .membership_config
             .membership()
             .clone();
@@ -393,6 +424,12 @@ fn write_error(e: WriteError) -> AdminError {
         )),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(other)) => {
             AdminError::Refused(other.to_string())
+        }
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => AdminError::Unavailable(
+            "the change's log entry was discarded by a change of leader: check `admin members` before trying again".into(),
+        ),
+        RaftError::APIError(e @ ClientWriteError::PreconditionFailed(_)) => {
+            AdminError::Refused(e.to_string())
         }
         RaftError::Fatal(f) => AdminError::Unavailable(format!("this node has stopped: {f}")),
     }

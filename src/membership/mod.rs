@@ -17,6 +17,7 @@ mod leader;
 pub mod safety;
 mod standing;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -194,7 +195,7 @@ impl Admin {
 /// Voter ids of the target configuration.
 fn target_voters(raft: &Raft) -> BTreeSet<NodeId> {
     let metrics = raft.metrics();
-    let metrics = metrics.borrow();
+    let metrics = metrics.borrow_watched();
     metrics
         .membership_config
         .membership()

@@ -18,6 +18,7 @@
 //! also tells every node it removes, over the peer port; the node records it in its identity
 //! file. Being added again (`--join`, `add-learner`) clears it.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,13 +82,13 @@ impl Standing {
         });
         let watcher = standing.clone();
         let mut metrics = raft.metrics();
-        let mut seen = metrics.borrow().membership_config.clone();
+        let mut seen = metrics.borrow_watched().membership_config.clone();
         standing.update(&seen);
         tokio::spawn(async move {
             while metrics.changed().await.is_ok() {
                 // Metrics change with every commit; the membership rarely does.
                 let changed = {
-                    let now = metrics.borrow();
+                    let now = metrics.borrow_watched();
                     (now.membership_config.log_id() != seen.log_id()
                         || now.membership_config.membership() != seen.membership())
                     .then(|| now.membership_config.clone())
@@ -205,7 +206,8 @@ fn listing(membership: &StoredMembership, id: NodeId) -> Listing {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use openraft::{CommittedLeaderId, LogId, Membership};
+    use crate::types::{CommittedLeaderId, LogId, Membership};
+    use openraft::vote::RaftLeaderId;
 
     use super::*;
     use crate::types::Node;
@@ -217,7 +219,7 @@ mod tests {
             .collect();
         let nodes: BTreeMap<NodeId, Node> = nodes.iter().map(|n| (*n, Node::default())).collect();
         let log_id = LogId::new(CommittedLeaderId::new(1, 1), 5);
-        StoredMembership::new(Some(log_id), Membership::new(configs, nodes))
+        StoredMembership::new(Some(log_id), Membership::new(configs, nodes).unwrap())
     }
 
     #[test]

@@ -10,27 +10,28 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use std::future::Future;
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::{AnyError, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thrift::protocol::{
     TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol,
     TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier, TType,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::identity::{PeerIdentities, ReplyHeader};
 use super::{Faults, SnapshotChunk};
 use crate::server::frame::{self, Measured};
-use crate::types::{Node, NodeId, TypeConfig};
+use crate::types::{Node, NodeId, Snapshot, TypeConfig, Vote};
 
 /// Idle pooled connections older than this are dropped rather than reused, so a call never
 /// lands on a connection the peer has already closed for idleness.
@@ -51,6 +52,8 @@ pub enum Method {
     LeaderCheck,
     NodeInfo,
     Admin,
+    PreVote,
+    TransferLeader,
 }
 
 impl Method {
@@ -65,6 +68,8 @@ impl Method {
             Method::LeaderCheck => "leader_check",
             Method::NodeInfo => "node_info",
             Method::Admin => "admin",
+            Method::PreVote => "pre_vote",
+            Method::TransferLeader => "transfer_leader",
         }
     }
 }
@@ -419,68 +424,188 @@ pub struct PeerConnection {
     clients: Arc<PeerClients>,
 }
 
+/// How long the last chunk of a snapshot may take: its answer comes once the follower has
+/// installed the snapshot.
+const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Times a snapshot chunk is sent again after no (valid) answer came, before the transfer is
+/// given up (openraft starts another one later).
+const SNAPSHOT_CHUNK_ATTEMPTS: u32 = 3;
+/// Snapshot chunk size when openraft names none.
+const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
 impl PeerConnection {
-    async fn call<Req, Resp, E>(
+    async fn call<Req, Resp>(
         &self,
         method: Method,
         request: &Req,
         timeout: Duration,
-    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
     {
-        let answer: Result<Resp, RaftError<NodeId, E>> = self
+        let answer: Result<Resp, String> = self
             .clients
             .rpc(self.target, &self.addr, method, request, timeout)
             .await
-            .map_err(|e| match e {
-                PeerError::Unreachable { .. } | PeerError::Refused { .. } => {
-                    RPCError::Unreachable(Unreachable::new(&e))
+            .map_err(peer_error)?;
+        // The receiver's openraft failed for good (it is stopping): as good as unreachable.
+        answer.map_err(|e| RPCError::Unreachable(Unreachable::new(&AnyError::error(e))))
+    }
+
+    /// Sends one snapshot chunk, again after no answer (a damaged chunk is refused that way),
+    /// until it is answered or the transfer is cancelled.
+    async fn send_chunk(
+        &self,
+        chunk: &SnapshotChunk,
+        timeout: Duration,
+        cancel: &mut (impl Future<Output = ReplicationClosed> + Unpin),
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = self
+                .clients
+                .rpc::<_, Result<SnapshotResponse<TypeConfig>, String>>(
+                    self.target,
+                    &self.addr,
+                    Method::InstallSnapshot,
+                    chunk,
+                    timeout,
+                );
+            let answer = tokio::select! {
+                closed = &mut *cancel => return Err(StreamingError::Closed(closed)),
+                answer = sent => answer,
+            };
+            match answer {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(refused)) => {
+                    return Err(StreamingError::Network(NetworkError::new(
+                        &AnyError::error(refused),
+                    )))
                 }
-                PeerError::NoAnswer { .. } => RPCError::Network(NetworkError::new(&e)),
-            })?;
-        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+                Err(e @ PeerError::NoAnswer { .. }) if attempt < SNAPSHOT_CHUNK_ATTEMPTS => {
+                    tracing::debug!(target = self.target, offset = chunk.offset, error = %e, "snapshot chunk sent again");
+                }
+                Err(e) => return Err(StreamingError::Unreachable(Unreachable::new(&e))),
+            }
+        }
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerConnection {
+/// openraft's error for a failed peer call.
+fn peer_error(e: PeerError) -> RPCError<TypeConfig> {
+    match e {
+        PeerError::Unreachable { .. } | PeerError::Refused { .. } => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        PeerError::NoAnswer { .. } => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = tokio::fs::File;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(Method::AppendEntries, &rpc, option.hard_ttl())
-            .await
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        let checksum = crc32fast::hash(&rpc.data);
-        let mut rpc = rpc;
-        if self.clients.faults.take_damaged_snapshot_chunk() && !rpc.data.is_empty() {
-            rpc.data[0] ^= 0x01;
-        }
-        let chunk = SnapshotChunk {
-            checksum,
-            request: rpc,
-        };
-        self.call(Method::InstallSnapshot, &chunk, option.hard_ttl())
             .await
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(Method::Vote, &rpc, option.hard_ttl()).await
     }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Method::PreVote, &rpc, option.hard_ttl()).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(Method::TransferLeader, &request, option.hard_ttl())
+            .await
+    }
+
+    /// Streams the snapshot file in chunks, each with its CRC-32; the answer to the last one
+    /// comes once the follower installed it.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let io_err = |e: std::io::Error| {
+            StreamingError::StorageError(openraft::StorageError::from_io_error(
+                openraft::ErrorSubject::Snapshot(Some(snapshot.meta.signature())),
+                openraft::ErrorVerb::Read,
+                e,
+            ))
+        };
+        let mut file = snapshot.snapshot;
+        let total = file.metadata().await.map_err(io_err)?.len();
+        file.seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(io_err)?;
+        let chunk_bytes = option
+            .snapshot_chunk_size()
+            .unwrap_or(SNAPSHOT_CHUNK_BYTES)
+            .max(1);
+        let transfer = rand_u64();
+        let mut cancel = Box::pin(cancel);
+        let mut offset = 0u64;
+        loop {
+            let mut data = Vec::with_capacity(chunk_bytes.min(total as usize));
+            (&mut file)
+                .take(chunk_bytes as u64)
+                .read_to_end(&mut data)
+                .await
+                .map_err(io_err)?;
+            let done = offset + data.len() as u64 >= total;
+            let checksum = crc32fast::hash(&data);
+            if self.clients.faults.take_damaged_snapshot_chunk() && !data.is_empty() {
+                data[0] ^= 0x01;
+            }
+            let len = data.len() as u64;
+            let chunk = SnapshotChunk {
+                vote,
+                meta: snapshot.meta.clone(),
+                transfer,
+                offset,
+                data,
+                done,
+                checksum,
+            };
+            let timeout = if done {
+                SNAPSHOT_INSTALL_TIMEOUT
+            } else {
+                option.hard_ttl()
+            };
+            let response = self.send_chunk(&chunk, timeout, &mut cancel).await?;
+            // The follower has seen a newer leader, or has installed it: openraft takes over.
+            if done || response.vote > vote {
+                return Ok(response);
+            }
+            offset += len;
+        }
+    }
+}
+
+/// A transfer id: unique enough to tell one transfer from the next.
+fn rand_u64() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
 }

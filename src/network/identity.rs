@@ -27,6 +27,7 @@
 //! id, but not their members' incarnations: a member of one is refused by the other as soon as
 //! they have talked once.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -283,7 +284,7 @@ impl PeerIdentities {
             None => true,
             Some(raft) => raft
                 .metrics()
-                .borrow()
+                .borrow_watched()
                 .membership_config
                 .membership()
                 .get_node(&id)

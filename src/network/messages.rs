@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{NodeId, Request};
+use crate::types::{NodeId, Request, SnapshotMeta, Vote};
 
 /// Writes forwarded from a follower to the leader, answered one by one (in order): some
 /// requests of a forwarded batch may be applied while others are refused.
@@ -17,13 +17,26 @@ pub struct ForwardRequest {
     pub deadline_ms: u64,
 }
 
-/// One snapshot chunk as it travels: openraft's request and the CRC-32 of its data. The receiver
-/// checks it before openraft writes the chunk, and refuses a damaged one; the leader then sends
-/// it again. (The whole file's checksum is checked again before the install: `store::snapshot`.)
+/// One chunk of a snapshot the leader streams to a follower, with the CRC-32 of its data. The
+/// receiver checks the CRC before it writes the chunk and refuses a damaged one; the leader then
+/// sends it again. (The whole file's checksum is checked again before the install:
+/// `store::snapshot`.) Chunks of one transfer carry the same `transfer` id and arrive in order;
+/// the last one (`done`) has the follower install the snapshot.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct SnapshotChunk<R> {
+pub struct SnapshotChunk {
+    /// The sending leader's vote.
+    pub vote: Vote,
+    /// What the snapshot covers.
+    pub meta: SnapshotMeta,
+    /// Chosen at random by the sender for each transfer.
+    pub transfer: u64,
+    /// Where in the file `data` starts.
+    pub offset: u64,
+    pub data: Vec<u8>,
+    /// This is the last chunk.
+    pub done: bool,
+    /// CRC-32 of `data`.
     pub checksum: u32,
-    pub request: R,
 }
 
 /// Why the leader did not carry out a forwarded write or a read-index request.

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod messages;
 mod service;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::HashSet;
 use std::sync::RwLock;
 use std::time::Duration;
@@ -27,7 +28,7 @@ use crate::types::NodeId;
 /// The peer address of node `id` in this node's current view of the membership.
 pub fn peer_addr(raft: &crate::types::Raft, id: NodeId) -> Option<String> {
     let metrics = raft.metrics();
-    let metrics = metrics.borrow();
+    let metrics = metrics.borrow_watched();
     metrics
         .membership_config
         .membership()

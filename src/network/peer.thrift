@@ -9,6 +9,7 @@ namespace rs peer
 service RaftPeer {
     binary append_entries(1: binary request),
     binary vote(1: binary request),
+    /// One chunk of a snapshot the leader streams to a follower.
     binary install_snapshot(1: binary request),
     /// A client write that reached a follower, forwarded to the leader.
     binary forward(1: binary request),
@@ -22,4 +23,9 @@ service RaftPeer {
     binary node_info(1: binary request),
     /// An admin request (membership) that reached a follower, forwarded to the leader.
     binary admin(1: binary request),
+    /// Would the receiver vote for the caller at the next term? Asked before an election, so
+    /// that a node that cannot win never raises its term (pre-vote).
+    binary pre_vote(1: binary request),
+    /// The leader hands its leadership to the receiver: it is to call an election now.
+    binary transfer_leader(1: binary request),
 }

@@ -7,14 +7,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::raft::{
-    AppendEntriesRequest, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    VoteRequest,
 };
-use openraft::{ServerState, Vote};
+use openraft::ServerState;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thrift::{ApplicationError, ApplicationErrorKind, ProtocolError, ProtocolErrorKind};
+use tokio::io::AsyncWriteExt;
 
 use super::identity::{Admission, CallHeader, PeerIdentities, ReplyHeader};
 use super::messages::{
@@ -24,7 +26,8 @@ use super::messages::{
 use super::{peer_addr, PeerClients, PeerMethod};
 use crate::gen::peer::{RaftPeerSyncHandler, RaftPeerSyncProcessor};
 use crate::server::{self, Service};
-use crate::types::{Applied, NodeId, Raft, Request, TypeConfig};
+use crate::store::SnapshotInbox;
+use crate::types::{Applied, Raft, Request, Snapshot, TypeConfig, Vote};
 
 /// What a leader does for its followers, as the peer service needs it (the router does it).
 pub trait LeaderSide: Send + Sync + 'static {
@@ -67,6 +70,18 @@ pub struct PeerService<L, M> {
     membership: Arc<M>,
     /// Checks who each call is from and for.
     identities: Arc<PeerIdentities>,
+    /// Where received snapshots are written.
+    inbox: SnapshotInbox,
+    /// The snapshot transfer under way, if any.
+    incoming: tokio::sync::Mutex<Option<Incoming>>,
+}
+
+/// A snapshot transfer being received.
+struct Incoming {
+    transfer: u64,
+    /// Bytes written so far: where the next chunk starts.
+    offset: u64,
+    file: tokio::fs::File,
 }
 
 impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
@@ -76,6 +91,7 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
         peers: Arc<PeerClients>,
         membership: Arc<M>,
         identities: Arc<PeerIdentities>,
+        inbox: SnapshotInbox,
     ) -> Self {
         Self {
             raft,
@@ -83,32 +99,68 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
             peers,
             membership,
             identities,
+            inbox,
+            incoming: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Hands one snapshot chunk to openraft, keeping the sending leader's lease alive here
-    /// meanwhile.
+    /// Writes one snapshot chunk, and has openraft install the snapshot after the last one,
+    /// keeping the sending leader's lease alive here meanwhile.
     ///
-    /// openraft 0.9 sends a follower no heartbeats while it streams a snapshot to it, and the
-    /// chunks do not count as hearing from the leader: a transfer (or the install at its end)
-    /// longer than the election timeout made the follower call an election, depose a healthy
-    /// leader, and have the transfer start over, without end (seen with a 1.2 GB snapshot).
-    /// So each chunk counts as a heartbeat from its sender, and while a chunk is being
-    /// processed this node asks the sender every heartbeat interval whether it still leads,
-    /// counting each "yes" as a heartbeat. A leader that died or was deposed says no or does
-    /// not answer, and then the election timer runs as usual.
+    /// A follower busy with a long transfer or install must not call an election against the
+    /// leader that is sending it (a 1.2 GB snapshot once made a follower depose a healthy leader
+    /// and the transfer start over, without end). So each chunk counts as a heartbeat from its
+    /// sender, and while the install runs this node asks the sender every heartbeat interval
+    /// whether it still leads, counting each "yes" as a heartbeat. A leader that died or was
+    /// deposed says no or does not answer, and then the election timer runs as usual.
     async fn install_snapshot_chunk(
         &self,
-        request: InstallSnapshotRequest<TypeConfig>,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        let vote = request.vote;
-        self.heard_from_leader(vote).await;
+        chunk: SnapshotChunk,
+    ) -> Result<SnapshotResponse<TypeConfig>, String> {
+        let vote = chunk.vote;
+        if let Some(higher) = self.heard_from_leader(vote).await {
+            return Ok(SnapshotResponse::new(higher));
+        }
+        let mut incoming = self.incoming.lock().await;
+        if chunk.offset == 0 {
+            let file = self.inbox.begin().await.map_err(|e| e.to_string())?;
+            *incoming = Some(Incoming {
+                transfer: chunk.transfer,
+                offset: 0,
+                file,
+            });
+        }
+        let receiving = match incoming.as_mut() {
+            Some(at) if at.transfer == chunk.transfer && at.offset == chunk.offset => at,
+            Some(at) if at.transfer == chunk.transfer => {
+                return Err(format!(
+                    "snapshot chunk at offset {} out of order: expected offset {}",
+                    chunk.offset, at.offset
+                ))
+            }
+            _ => return Err("snapshot chunk of a transfer not under way".into()),
+        };
+        let written = receiving.file.write_all(&chunk.data).await;
+        written.map_err(|e| format!("writing the snapshot: {e}"))?;
+        receiving.offset += chunk.data.len() as u64;
+        if !chunk.done {
+            return Ok(SnapshotResponse::new(self.current_vote()));
+        }
+        let Incoming { mut file, .. } = incoming.take().expect("checked above");
+        drop(incoming);
+        file.flush()
+            .await
+            .map_err(|e| format!("writing the snapshot: {e}"))?;
+        let snapshot = Snapshot {
+            meta: chunk.meta,
+            snapshot: file,
+        };
         let interval = Duration::from_millis(self.raft.config().heartbeat_interval);
-        let install = self.raft.install_snapshot(request);
+        let install = self.raft.install_full_snapshot(vote, snapshot);
         tokio::pin!(install);
         loop {
             tokio::select! {
-                answer = &mut install => return answer,
+                answer = &mut install => return answer.map_err(|e| e.to_string()),
                 () = tokio::time::sleep(interval) => {
                     if self.still_leads(vote, interval).await {
                         self.heard_from_leader(vote).await;
@@ -118,22 +170,31 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
         }
     }
 
+    /// This node's vote.
+    fn current_vote(&self) -> Vote {
+        self.raft.metrics().borrow_watched().vote
+    }
+
     /// Tells openraft it heard from the leader holding `vote`: an empty append-entries, which
     /// appends and commits nothing, from the start of the log (so it matches any log). A vote
     /// older than this node's is refused by openraft as usual.
-    async fn heard_from_leader(&self, vote: Vote<NodeId>) {
+    /// Answers the higher vote this node holds, if it refused the leader's.
+    async fn heard_from_leader(&self, vote: Vote) -> Option<Vote> {
         let heartbeat = AppendEntriesRequest {
             vote,
             prev_log_id: None,
             entries: Vec::new(),
             leader_commit: None,
         };
-        let _ = self.raft.append_entries(heartbeat).await;
+        match self.raft.append_entries(heartbeat).await {
+            Ok(AppendEntriesResponse::HigherVote(higher)) => Some(higher),
+            _ => None,
+        }
     }
 
     /// Whether the node that holds `vote` says it still leads with it, within `timeout`.
-    async fn still_leads(&self, vote: Vote<NodeId>, timeout: Duration) -> bool {
-        let leader = vote.leader_id().voted_for().unwrap_or_default();
+    async fn still_leads(&self, vote: Vote, timeout: Duration) -> bool {
+        let leader = vote.leader_id.node_id;
         let Some(addr) = peer_addr(&self.raft, leader) else {
             return false;
         };
@@ -146,21 +207,21 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
 
 /// Refuses a snapshot chunk whose data does not match the checksum it was sent with: the
 /// leader sees the call fail and sends the chunk again.
-fn check_chunk(request: &InstallSnapshotRequest<TypeConfig>, checksum: u32) -> thrift::Result<()> {
-    let found = crc32fast::hash(&request.data);
-    if found == checksum {
+fn check_chunk(chunk: &SnapshotChunk) -> thrift::Result<()> {
+    let found = crc32fast::hash(&chunk.data);
+    if found == chunk.checksum {
         return Ok(());
     }
     tracing::warn!(
-        offset = request.offset,
-        bytes = request.data.len(),
+        offset = chunk.offset,
+        bytes = chunk.data.len(),
         "a snapshot chunk failed its checksum; refused"
     );
     Err(thrift::Error::Protocol(ProtocolError::new(
         ProtocolErrorKind::InvalidData,
         format!(
-            "the snapshot chunk at offset {} fails its checksum (crc32 {found:08x}, sent {checksum:08x})",
-            request.offset
+            "the snapshot chunk at offset {} fails its checksum (crc32 {found:08x}, sent {:08x})",
+            chunk.offset, chunk.checksum
         ),
     )))
 }
@@ -235,16 +296,24 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
             PeerMethod::AppendEntries => {
                 let request: AppendEntriesRequest<TypeConfig> = decode(payload)?;
                 self.membership.heard_from_leader();
-                encode(&self.raft.append_entries(request).await)
+                encode(&stringly(self.raft.append_entries(request).await))
             }
             PeerMethod::Vote => {
-                let request: VoteRequest<NodeId> = decode(payload)?;
-                encode(&self.raft.vote(request).await)
+                let request: VoteRequest<TypeConfig> = decode(payload)?;
+                encode(&stringly(self.raft.vote(request).await))
+            }
+            PeerMethod::PreVote => {
+                let request: VoteRequest<TypeConfig> = decode(payload)?;
+                encode(&stringly(self.raft.pre_vote(request).await))
+            }
+            PeerMethod::TransferLeader => {
+                let request: TransferLeaderRequest<TypeConfig> = decode(payload)?;
+                encode(&stringly(self.raft.handle_transfer_leader(request).await))
             }
             PeerMethod::InstallSnapshot => {
-                let SnapshotChunk { checksum, request } = decode(payload)?;
-                check_chunk(&request, checksum)?;
-                encode(&self.install_snapshot_chunk(request).await)
+                let chunk: SnapshotChunk = decode(payload)?;
+                check_chunk(&chunk)?;
+                encode(&self.install_snapshot_chunk(chunk).await)
             }
             PeerMethod::Forward => {
                 let ForwardRequest {
@@ -259,9 +328,9 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
                 encode(&self.leader_side.read_index_as_leader().await)
             }
             PeerMethod::LeaderCheck => {
-                let vote: Vote<NodeId> = decode(payload)?;
+                let vote: Vote = decode(payload)?;
                 let metrics = self.raft.metrics();
-                let metrics = metrics.borrow();
+                let metrics = metrics.borrow_watched();
                 encode(&(metrics.state == ServerState::Leader && metrics.vote == vote))
             }
             PeerMethod::NodeInfo => {
@@ -274,6 +343,11 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
             }
         }
     }
+}
+
+/// openraft's answer with its error as text: the caller only reports it.
+fn stringly<T, E: std::fmt::Display>(answer: Result<T, E>) -> Result<T, String> {
+    answer.map_err(|e| e.to_string())
 }
 
 /// The first pass: records which method was called, with its payload.
@@ -315,6 +389,12 @@ impl RaftPeerSyncHandler for &Decoded {
     fn handle_admin(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
         self.record(PeerMethod::Admin, request)
     }
+    fn handle_pre_vote(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.record(PeerMethod::PreVote, request)
+    }
+    fn handle_transfer_leader(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.record(PeerMethod::TransferLeader, request)
+    }
 }
 
 /// The second pass: every method answers with the same encoded result.
@@ -354,6 +434,12 @@ impl RaftPeerSyncHandler for Answer {
         self.take()
     }
     fn handle_admin(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.take()
+    }
+    fn handle_pre_vote(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.take()
+    }
+    fn handle_transfer_leader(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
         self.take()
     }
 }

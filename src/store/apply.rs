@@ -21,7 +21,8 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 
-use openraft::{EntryPayload, StorageIOError};
+use crate::store::storage_err;
+use openraft::EntryPayload;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
 };
@@ -347,9 +348,7 @@ pub(super) fn apply_batch(
         }
         Ok::<_, ConflictableTransactionError<()>>(responses)
     });
-    result.map_err(|e: TransactionError<()>| {
-        StorageIOError::apply(last.log_id, &std::io::Error::other(format!("{e:?}"))).into()
-    })
+    result.map_err(|e: TransactionError<()>| storage_err("applying entries", format!("{e:?}")))
 }
 
 /// The largest leader time among `entries` (the log clock they move to), if any carries one.

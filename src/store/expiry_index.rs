@@ -240,7 +240,7 @@ mod tests {
         ];
         for (requests, expected) in steps {
             let described = format!("{requests:?}");
-            sm.apply(vec![step(requests)]).await.unwrap();
+            sm.apply_entries(vec![step(requests)]).await.unwrap();
             assert_eq!(index(&sm), expected, "after {described}");
         }
         assert_eq!(sm.reader().stats().unwrap().keys, 1, "only k is left");
@@ -256,7 +256,7 @@ mod tests {
         requests.push(put("late", Expiry::AtMs(3_000)));
         requests.push(put("b-soon", Expiry::AtMs(1_500)));
         requests.push(put("a-soon", Expiry::AtMs(1_200)));
-        sm.apply(vec![entry(1, requests)]).await.unwrap();
+        sm.apply_entries(vec![entry(1, requests)]).await.unwrap();
         assert_eq!(index(&sm).len(), 3, "keys without expiry are not indexed");
         let reader = sm.reader();
         assert_eq!(
@@ -298,13 +298,16 @@ mod tests {
                 _ => put(&format!("k{i}"), Expiry::Never),
             })
             .collect();
-        source.apply(vec![entry(1, requests)]).await.unwrap();
+        source
+            .apply_entries(vec![entry(1, requests)])
+            .await
+            .unwrap();
         let mut builder = source.get_snapshot_builder().await;
         let built = builder.build_snapshot().await.unwrap();
 
         let (_log, mut target) = open(&dir.path().join("b")).await;
         target
-            .apply(vec![entry(
+            .apply_entries(vec![entry(
                 1,
                 vec![put("k0", Expiry::AtMs(1)), put("old", Expiry::AtMs(2))],
             )])
@@ -313,7 +316,7 @@ mod tests {
         let mut bytes = Vec::new();
         let mut current = source.get_current_snapshot().await.unwrap().unwrap();
         current.snapshot.read_to_end(&mut bytes).await.unwrap();
-        let mut file = target.begin_receiving_snapshot().await.unwrap();
+        let mut file = target.inbox().begin().await.unwrap();
         file.write_all(&bytes).await.unwrap();
         target.install_snapshot(&built.meta, file).await.unwrap();
         assert_eq!(index(&target).len(), 1_000);

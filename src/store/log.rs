@@ -15,14 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{LogState, RaftLogReader, StorageIOError};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, RaftLogReader};
 
 use super::integrity::{write_durably, Durable, Watermark};
 use super::schema::{decode, encode};
 use super::segments::{SegmentError, SegmentLog, SyncWork};
 use super::sm_flush::StateFlusher;
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const VOTE_FILE: &str = "vote";
 const PURGED_FILE: &str = "purged";
@@ -172,10 +172,11 @@ impl LogStore {
     /// synced in place.
     fn truncate_from(&self, index: u64) -> std::io::Result<()> {
         let mut segments = self.segments();
-        // Lower the watermark first: it must never claim entries the log may no longer hold.
-        self.inner
-            .watermark
-            .record(|d| d.last_log_index = index.checked_sub(1))?;
+        // Lower the watermark first: it must never claim entries the log may no longer hold (nor,
+        // for a truncation past the end, entries not yet synced).
+        self.inner.watermark.record(|d| {
+            d.last_log_index = d.last_log_index.min(index.checked_sub(1));
+        })?;
         segments.truncate(index)?;
         let last = match segments.last_index() {
             Some(last) => Some(read_entries(&segments, last, last + 1)?[0].log_id),
@@ -282,7 +283,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> std::io::Result<Vec<Entry>> {
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => *i + 1,
@@ -294,14 +295,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => u64::MAX,
         };
         self.entries(start, end)
-            .map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> std::io::Result<Option<Vote>> {
+        Ok(self.meta().vote)
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> std::io::Result<LogState<TypeConfig>> {
         let meta = self.meta();
         Ok(LogState {
             last_purged_log_id: meta.last_purged,
@@ -313,28 +317,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+    async fn save_vote(&mut self, vote: &Vote) -> std::io::Result<()> {
         // A vote is a promise to other nodes: it must survive a crash before it is answered.
-        self.write_small(VOTE_FILE, vote)
-            .await
-            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.write_small(VOTE_FILE, vote).await?;
         self.meta().vote = Some(*vote);
         self.inner
             .watermark
-            .record(|d| d.vote_term = d.vote_term.max(vote.leader_id.term))
-            .map_err(|e| StorageIOError::write_vote(&e))?;
+            .record(|d| d.vote_term = d.vote_term.max(vote.leader_id.term))?;
         Ok(())
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        Ok(self.meta().vote)
     }
 
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+        callback: IOFlushed<TypeConfig>,
+    ) -> std::io::Result<()>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -353,18 +350,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             _ => false,
         };
         if rewrites {
-            self.truncate_from(records[0].0)
-                .map_err(|e| StorageIOError::write_logs(&e))?;
+            self.truncate_from(records[0].0)?;
         }
         // Written now, so readable when this returns; reported durable by the sync thread.
-        self.segments()
-            .append(&records)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.segments().append(&records)?;
         if last.is_some() {
             self.meta().last_log_id = last;
         }
         self.inner.flushes.in_flight.fetch_add(1, Ordering::SeqCst);
-        let done: Done = Box::new(move |synced| callback.log_io_completed(synced));
+        let done: Done = Box::new(move |synced| callback.io_completed(synced));
         if let Err(mpsc::SendError(done)) = self.inner.syncs.send(done) {
             self.inner.flushes.in_flight.fetch_sub(1, Ordering::SeqCst);
             done(Err(std::io::Error::other("the log sync thread is gone")));
@@ -372,13 +366,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.truncate_from(log_id.index)
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> std::io::Result<()> {
+        let from = last_log_id.map_or(0, |id| id.index + 1);
+        self.truncate_from(from)
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let err = |e: &std::io::Error| StorageIOError::write_logs(e);
+    async fn purge(&mut self, log_id: LogId) -> std::io::Result<()> {
         // The state machine is made durable first (it has applied at least up to `log_id`, or
         // the install of a snapshot that covers it is marked), then the purge point: after a
         // crash, the state machine never needs an entry that is gone.
@@ -386,12 +379,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let index = log_id.index;
         tokio::task::spawn_blocking(move || state.wait_until_covered(index))
             .await
-            .map_err(|e| err(&std::io::Error::other(e)))?
-            .map_err(|e| err(&e))?;
-        self.write_small(PURGED_FILE, &log_id)
-            .await
-            .map_err(|e| err(&e))?;
-        self.segments().purge(log_id.index).map_err(|e| err(&e))?;
+            .map_err(std::io::Error::other)??;
+        self.write_small(PURGED_FILE, &log_id).await?;
+        self.segments().purge(log_id.index)?;
         let mut meta = self.meta();
         meta.last_purged = Some(log_id);
         if meta.last_log_id < Some(log_id) {

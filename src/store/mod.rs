@@ -30,7 +30,7 @@ pub use clock::LogClock;
 pub use integrity::{fnv1a, write_durably, ClusterIdentity, FORMAT_VERSION, PENDING_CLUSTER_ID};
 pub use log::{FlushStats, LogStore};
 pub use sm_flush::StateFlusher;
-pub use state_machine::{LiveEntry, ReplicaStats, StateMachine, StateReader};
+pub use state_machine::{LiveEntry, ReplicaStats, SnapshotInbox, StateMachine, StateReader};
 
 use crate::types::{NodeId, StorageError};
 
@@ -71,6 +71,11 @@ pub enum OpenError {
     /// Reading the stores' own metadata failed.
     #[error("cannot read the data directory {path}: {source}")]
     Storage { path: PathBuf, source: StorageError },
+}
+
+/// An I/O error for openraft, saying what failed.
+pub(crate) fn storage_err(what: &str, e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("{what}: {e}"))
 }
 
 /// Options for opening the stores.

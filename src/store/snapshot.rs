@@ -379,15 +379,24 @@ pub fn verify(path: &Path) -> io::Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, LogId};
+    use crate::types::{CommittedLeaderId, LogId};
+    use openraft::vote::RaftLeaderId;
 
     use super::*;
 
     fn meta() -> SnapshotMeta {
+        let node = crate::types::Node {
+            peer_addr: "checked:9190".into(),
+            client_addr: String::new(),
+        };
+        let membership = crate::types::Membership::new(
+            vec![std::collections::BTreeSet::from([1])],
+            std::collections::BTreeMap::from([(1, node)]),
+        )
+        .unwrap();
         SnapshotMeta {
             last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), 30)),
-            last_membership: Default::default(),
-            snapshot_id: "checked".into(),
+            last_membership: crate::types::StoredMembership::new(None, membership),
         }
     }
 

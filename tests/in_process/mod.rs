@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -127,7 +128,7 @@ impl InProcessCluster {
             let leaders: Vec<Option<NodeId>> = self
                 .nodes
                 .values()
-                .map(|n| n.raft().metrics().borrow().current_leader)
+                .map(|n| n.raft().metrics().borrow_watched().current_leader)
                 .collect();
             if let Some(Some(leader)) = leaders.first() {
                 if self.nodes.contains_key(leader)

@@ -363,6 +363,14 @@ impl Drop for ProcessCluster {
         }
         if std::thread::panicking() {
             self.dump_logs(40);
+            // Whole logs, for a failure the tails do not explain.
+            if let Some(to) = std::env::var_os("RAFTCACHE_KEEP_LOGS") {
+                let to = std::path::Path::new(&to);
+                let _ = std::fs::create_dir_all(to);
+                for path in self.save_logs(to) {
+                    eprintln!("kept {}", path.display());
+                }
+            }
         }
     }
 }

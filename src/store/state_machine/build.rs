@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use openraft::{RaftSnapshotBuilder, StorageIOError};
+use crate::store::storage_err;
+use openraft::RaftSnapshotBuilder;
 use sled::transaction::ConflictableTransactionError;
 
 use super::super::schema::decode;
@@ -80,34 +80,22 @@ impl SnapshotBuilder {
                 out.write(&key, value.as_deref()).map_err(|e| err(&e))?;
             }
         }
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let snapshot_id = match upto {
-            Some(id) => format!(
-                "{}-{}-{}-{nanos}",
-                id.leader_id.term, id.leader_id.node_id, id.index
-            ),
-            None => format!("empty-{nanos}"),
-        };
         let meta = SnapshotMeta {
             last_log_id: upto,
             last_membership: membership,
-            snapshot_id,
         };
         let (records, writes, bytes) = out.finish(&meta).map_err(|e| err(&e))?;
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        tracing::info!(snapshot = %meta.snapshot_id, records, replayed_writes = writes, bytes, elapsed_ms, "snapshot written; applies went on meanwhile");
+        tracing::info!(snapshot = ?meta.last_log_id, records, replayed_writes = writes, bytes, elapsed_ms, "snapshot written; applies went on meanwhile");
         Ok(meta)
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = tokio::fs::File;
+
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let failed = |e: String| -> StorageError {
-            StorageIOError::write_snapshot(None, &std::io::Error::other(e)).into()
-        };
+        let failed = |e: String| -> StorageError { storage_err("writing a snapshot", e) };
         let from = match self.from.clone() {
             Ok(from) => from,
             Err(e) => {
@@ -130,10 +118,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 let _ = std::fs::remove_file(&path);
             })
             .map_err(failed)?;
-        let signature = meta.signature();
-        let write_err = |e: std::io::Error| -> StorageError {
-            StorageIOError::write_snapshot(Some(signature.clone()), &e).into()
-        };
+        let write_err =
+            |e: std::io::Error| -> StorageError { storage_err("writing a snapshot", e) };
         let current = self.snapshot_dir.join(snapshot::CURRENT);
         let slot = self.slot.lock().expect("snapshot slot lock");
         let overtaken = if slot.installs != self.installs_before {
@@ -147,7 +133,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Some(why) => {
                 let _ = std::fs::remove_file(&path);
                 let installed = snapshot::read_meta(&current).map_err(write_err)?;
-                tracing::info!(built = %meta.snapshot_id, kept = %installed.snapshot_id, why, "snapshot build dropped");
+                tracing::info!(built = ?meta.last_log_id, kept = ?installed.last_log_id, why, "snapshot build dropped");
                 installed
             }
             None => {
@@ -159,7 +145,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         drop(slot);
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+            snapshot: tokio::fs::File::from_std(file),
         })
     }
 }

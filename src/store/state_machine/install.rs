@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use openraft::StorageIOError;
+use crate::store::storage_err;
 
 use super::super::schema::encode;
 use super::super::schema::{
@@ -32,16 +32,14 @@ impl StateMachine {
     ) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
         let path = self.snapshot_dir.join(snapshot::CURRENT);
-        let read_err = |e: std::io::Error| -> StorageError {
-            StorageIOError::read_snapshot(Some(meta.signature()), &e).into()
-        };
+        let read_err = |e: std::io::Error| -> StorageError { storage_err("reading a snapshot", e) };
         let write_err =
-            |e: sled::Error| -> StorageError { StorageIOError::write_state_machine(&e).into() };
+            |e: sled::Error| -> StorageError { storage_err("writing the state machine", e) };
         if verified == Verified::No {
             snapshot::verify(&path).map_err(read_err)?;
         }
         self.meta
-            .insert(KEY_INSTALLING, meta.snapshot_id.as_bytes())
+            .insert(KEY_INSTALLING, encode(&meta.last_log_id))
             .map_err(write_err)?;
         self.db.flush().map_err(write_err)?;
         if let Some(installed) = meta.last_log_id {
@@ -73,7 +71,7 @@ impl StateMachine {
         batch.remove(KEY_INSTALLING);
         self.meta.apply_batch(batch).map_err(write_err)?;
         self.db.flush().map_err(write_err)?;
-        tracing::info!(snapshot = %meta.snapshot_id, records, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot installed");
+        tracing::info!(snapshot = ?meta.last_log_id, records, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot installed");
         Ok(())
     }
 
@@ -88,13 +86,12 @@ impl StateMachine {
             tracing::error!(path = %path.display(), error = %e, "the current snapshot is damaged; building a new one from the data");
             self.rebuild_current()?;
         }
-        let read_err =
-            |e: std::io::Error| -> StorageError { StorageIOError::read_snapshot(None, &e).into() };
+        let read_err = |e: std::io::Error| -> StorageError { storage_err("reading a snapshot", e) };
         let meta = snapshot::read_meta(&path).map_err(read_err)?;
         let file = std::fs::File::open(&path).map_err(read_err)?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+            snapshot: tokio::fs::File::from_std(file),
         }))
     }
 }
@@ -103,16 +100,14 @@ impl StateMachine {
     /// Replaces the current snapshot with one built from the data, at the applied index. No
     /// apply runs meanwhile (this holds the state machine), so the copy is the state there.
     pub(super) fn rebuild_current(&mut self) -> Result<(), StorageError> {
-        let failed = |e: String| -> StorageError {
-            StorageIOError::write_snapshot(None, &std::io::Error::other(e)).into()
-        };
+        let failed = |e: String| -> StorageError { storage_err("writing a snapshot", e) };
         let from = self.read_meta::<Option<LogId>>(KEY_LAST_APPLIED)?.flatten();
         let builder = self.builder(Ok(from), Arc::new(AtomicBool::new(false)), 0);
         let path = snapshot::temp_path(&self.snapshot_dir, "rebuilding");
         let meta = builder.write(&path, from).map_err(failed)?;
         let _slot = self.slot.lock().expect("snapshot slot lock");
         snapshot::publish(&self.snapshot_dir, &path).map_err(|e| failed(e.to_string()))?;
-        tracing::info!(snapshot = %meta.snapshot_id, "current snapshot rebuilt from the data");
+        tracing::info!(snapshot = ?meta.last_log_id, "current snapshot rebuilt from the data");
         Ok(())
     }
 
@@ -146,18 +141,17 @@ impl StateMachine {
         received: &Path,
         meta: &SnapshotMeta,
     ) -> Result<(), StorageError> {
-        let write_err = |e: std::io::Error| -> StorageError {
-            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
-        };
+        let write_err =
+            |e: std::io::Error| -> StorageError { storage_err("writing a snapshot", e) };
         let slot = self.slot.clone();
         let mut slot = slot.lock().expect("snapshot slot lock");
         slot.installs += 1;
         snapshot::verify(received).map_err(write_err)?;
         let described = snapshot::read_meta(received).map_err(write_err)?;
-        if described.last_log_id != meta.last_log_id || described.snapshot_id != meta.snapshot_id {
+        if described != *meta {
             return Err(write_err(std::io::Error::other(format!(
-                "the received file holds snapshot {} at {:?}, not {} at {:?}",
-                described.snapshot_id, described.last_log_id, meta.snapshot_id, meta.last_log_id
+                "the received file holds the snapshot at {:?}, not the one at {:?}",
+                described.last_log_id, meta.last_log_id
             ))));
         }
         snapshot::publish(&self.snapshot_dir, received).map_err(write_err)?;

@@ -21,13 +21,17 @@ pub(super) mod tests;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use openraft::storage::RaftStateMachine;
-use openraft::StorageIOError;
+use crate::store::storage_err;
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 pub use build::SnapshotBuilder;
+
+/// Entries applied in one transaction, at most.
+const APPLY_CHUNK: usize = 4096;
 pub use reader::{ApplyLock, LiveEntry, ReplicaStats, StateReader};
 
 use super::apply::{apply_batch, log_time};
@@ -80,7 +84,7 @@ pub struct StateMachine {
     recording: Arc<AtomicBool>,
     snapshot_dir: PathBuf,
     /// The file the snapshot being received from the leader is written to.
-    receiving: Option<PathBuf>,
+    receiving: Arc<Mutex<Option<PathBuf>>>,
     /// Serializes installs with the publishing of builds.
     slot: Arc<std::sync::Mutex<SnapshotSlot>>,
     /// Told when an install is durably under way, so the log behind it may be purged.
@@ -97,13 +101,12 @@ impl StateMachine {
         flusher: &StateFlusher,
         snapshot_dir: PathBuf,
     ) -> Result<Self, StorageError> {
-        let io_err =
-            |e: std::io::Error| -> StorageError { StorageIOError::write_snapshot(None, &e).into() };
+        let io_err = |e: std::io::Error| -> StorageError { storage_err("writing a snapshot", e) };
         std::fs::create_dir_all(&snapshot_dir).map_err(io_err)?;
         snapshot::remove_temporaries(&snapshot_dir).map_err(io_err)?;
         let open_tree = |name| {
             db.open_tree(name)
-                .map_err(|e| StorageIOError::read_state_machine(&e))
+                .map_err(|e| storage_err("reading the state machine", e))
         };
         let effects = open_tree(TREE_EFFECTS)?;
         let expiry = open_tree(TREE_EXPIRY)?;
@@ -115,7 +118,7 @@ impl StateMachine {
             expiry,
             recording: Arc::new(AtomicBool::new(false)),
             snapshot_dir,
-            receiving: None,
+            receiving: Arc::default(),
             applies: ApplyLock::default(),
             clock: LogClock::default(),
             slot: Arc::default(),
@@ -127,29 +130,29 @@ impl StateMachine {
         if sm
             .meta
             .contains_key(KEY_INSTALLING)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?
+            .map_err(|e| storage_err("reading the state machine", e))?
         {
             tracing::warn!(
                 "a snapshot install was interrupted; installing it again from the snapshot file"
             );
             let current = sm.snapshot_dir.join(snapshot::CURRENT);
-            let meta = snapshot::read_meta(&current)
-                .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+            let meta =
+                snapshot::read_meta(&current).map_err(|e| storage_err("reading a snapshot", e))?;
             sm.install_current(&meta, Verified::No)?;
         }
         sm.upgrade_current()?;
         let clock = sm
             .meta
             .get(KEY_LOG_CLOCK)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+            .map_err(|e| storage_err("reading the state machine", e))?;
         sm.clock.advance(clock.map_or(0, |raw| read_u64(&raw)));
         let indexed = sm
             .meta
             .contains_key(KEY_EXPIRY_BUILT)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+            .map_err(|e| storage_err("reading the state machine", e))?;
         if !indexed {
             sm.build_expiry_index()
-                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+                .map_err(|e| storage_err("writing the state machine", e))?;
         }
         Ok(sm)
     }
@@ -169,6 +172,44 @@ impl StateMachine {
     #[cfg(test)]
     pub(super) fn expiry_tree(&self) -> &sled::Tree {
         &self.expiry
+    }
+
+    /// Applies `entries` in one transaction; one response per entry.
+    fn apply_chunk(&mut self, entries: &[Entry]) -> Result<Vec<BatchResponse>, StorageError> {
+        let recording = self.recording.load(Ordering::Acquire);
+        let _exclusive = self.applies.write().expect("apply lock");
+        let at_ms = log_time(entries);
+        let responses = apply_batch(
+            &self.data,
+            &self.meta,
+            &self.effects,
+            &self.expiry,
+            recording,
+            self.clock.now_ms(),
+            entries,
+        );
+        if let Some(at_ms) = at_ms.filter(|_| responses.is_ok()) {
+            self.clock.advance(at_ms);
+        }
+        responses
+    }
+
+    /// Applies `entries` as openraft would, for tests: one response per entry.
+    #[cfg(test)]
+    pub(crate) async fn apply_entries(
+        &mut self,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<BatchResponse>, StorageError> {
+        self.apply_chunk(&entries)
+    }
+
+    /// Where the peer service writes the snapshots it receives.
+    pub fn inbox(&self) -> SnapshotInbox {
+        SnapshotInbox {
+            dir: self.snapshot_dir.clone(),
+            flusher: self.flusher.clone(),
+            receiving: self.receiving.clone(),
+        }
     }
 
     /// A handle for local reads.
@@ -208,14 +249,49 @@ impl StateMachine {
         let raw = self
             .meta
             .get(key)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+            .map_err(|e| storage_err("reading the state machine", e))?;
         raw.map(|raw| decode(&raw))
             .transpose()
-            .map_err(|e| StorageIOError::read_state_machine(&e).into())
+            .map_err(|e| storage_err("reading the state machine", e))
+    }
+}
+
+/// Where a snapshot streamed from the leader is written before openraft hands it to
+/// `install_snapshot`, which then installs that file in place. Cheap to clone.
+#[derive(Clone)]
+pub struct SnapshotInbox {
+    dir: PathBuf,
+    flusher: StateFlusher,
+    /// The file of the transfer under way, shared with the state machine.
+    receiving: Arc<Mutex<Option<PathBuf>>>,
+}
+
+impl SnapshotInbox {
+    /// Starts receiving a snapshot: an empty file of its own (a transfer begun before and not
+    /// finished is dropped). Until it is installed or fails, the log's purge waits for it.
+    pub async fn begin(&self) -> Result<tokio::fs::File, StorageError> {
+        let path = snapshot::temp_path(&self.dir, "receiving");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| storage_err("writing a snapshot", e))?;
+        let stale = self.receiving.lock().expect("receiving lock").replace(path);
+        if let Some(stale) = stale {
+            let _ = std::fs::remove_file(stale);
+        }
+        self.flusher.receiving();
+        tracing::info!("receiving a snapshot from the leader");
+        Ok(file)
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = tokio::fs::File;
+
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
@@ -224,30 +300,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((last_applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResponse>, StorageError>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + Send,
-        I::IntoIter: Send,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, StorageError>> + Unpin + Send,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        // Not flushed here: the entries are already durable in the log on a majority, and a
-        // restart re-applies whatever the state machine had not yet made durable.
-        let recording = self.recording.load(Ordering::Acquire);
-        let _exclusive = self.applies.write().expect("apply lock");
-        let at_ms = log_time(&entries);
-        let responses = apply_batch(
-            &self.data,
-            &self.meta,
-            &self.effects,
-            &self.expiry,
-            recording,
-            self.clock.now_ms(),
-            &entries,
-        );
-        if let Some(at_ms) = at_ms.filter(|_| responses.is_ok()) {
-            self.clock.advance(at_ms);
+        // Applied in transactions of at most `APPLY_CHUNK` entries, each answered once its
+        // transaction committed. Not flushed here: the entries are already durable in the log
+        // on a majority, and a restart re-applies whatever the state machine had not yet made
+        // durable.
+        let mut chunk = Vec::new();
+        let mut responders = Vec::new();
+        loop {
+            let next = entries.next().await.transpose()?;
+            let done = next.is_none();
+            if let Some((entry, responder)) = next {
+                chunk.push(entry);
+                responders.push(responder);
+            }
+            if chunk.is_empty() || (!done && chunk.len() < APPLY_CHUNK) {
+                if done {
+                    return Ok(());
+                }
+                continue;
+            }
+            let responses = self.apply_chunk(&chunk)?;
+            for (responder, response) in responders.drain(..).zip(responses) {
+                if let Some(responder) = responder {
+                    responder.send(response);
+                }
+            }
+            chunk.clear();
+            if done {
+                return Ok(());
+            }
         }
-        responses
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
@@ -267,36 +353,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.builder(from, self.recording.clone(), installs_before)
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = snapshot::temp_path(&self.snapshot_dir, "receiving");
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        if let Some(stale) = self.receiving.replace(path) {
-            let _ = std::fs::remove_file(stale);
-        }
-        self.flusher.receiving();
-        tracing::info!("receiving a snapshot from the leader");
-        Ok(Box::new(file))
-    }
-
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: tokio::fs::File,
     ) -> Result<(), StorageError> {
-        let write_err = |e: std::io::Error| -> StorageError {
-            StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
-        };
-        let mut file = *snapshot;
+        let write_err =
+            |e: std::io::Error| -> StorageError { storage_err("writing a snapshot", e) };
+        let mut file = snapshot;
         file.flush().await.map_err(write_err)?;
-        let received = match self.receiving.take() {
-            // The file handed back is the one `begin_receiving_snapshot` created: use it in place.
+        let receiving = self.receiving.lock().expect("receiving lock").take();
+        let received = match receiving {
+            // The file handed back is the one the inbox created: use it in place.
             Some(path) if same_file(&file, &path).await => {
                 file.sync_all().await.map_err(write_err)?;
                 path

@@ -1,5 +1,7 @@
 //! Tests of the state machine: applies, snapshot builds and installs, and their overlaps.
-use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
+use crate::types::{CommittedLeaderId, EntryPayload, Membership};
+use openraft::vote::RaftLeaderId;
+use openraft::RaftSnapshotBuilder;
 use tokio::io::AsyncWriteExt;
 
 use super::*;
@@ -10,12 +12,15 @@ use crate::types::{Expiry, Request, Response};
 fn meta() -> SnapshotMeta {
     let membership = StoredMembership::new(
         Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
-        Membership::new(vec![Default::default()], None),
+        Membership::new(
+            vec![std::collections::BTreeSet::from([1])],
+            std::collections::BTreeMap::from([(1, crate::types::Node::default())]),
+        )
+        .unwrap(),
     );
     SnapshotMeta {
         last_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 40)),
         last_membership: membership,
-        snapshot_id: "test".into(),
     }
 }
 
@@ -40,7 +45,7 @@ fn snapshot_bytes(dir: &std::path::Path, n: usize) -> Vec<u8> {
 }
 
 async fn receive(sm: &mut StateMachine, bytes: &[u8]) -> Result<(), StorageError> {
-    let mut file = sm.begin_receiving_snapshot().await.unwrap();
+    let mut file = sm.inbox().begin().await.unwrap();
     file.write_all(bytes).await.unwrap();
     sm.install_snapshot(&meta(), file).await
 }
@@ -93,11 +98,11 @@ async fn the_log_behind_a_snapshot_is_purged_only_once_its_install_is_marked() {
         .await
         .unwrap();
     let old: Vec<Entry> = (1..=10).map(|i| entry(i, Vec::new())).collect();
-    sm.apply(old).await.unwrap();
+    sm.apply_entries(old).await.unwrap();
     let upto = meta().last_log_id.unwrap();
     // As openraft does: the snapshot is received, then its install and the purge of the
     // log behind it are started together.
-    let mut file = sm.begin_receiving_snapshot().await.unwrap();
+    let mut file = sm.inbox().begin().await.unwrap();
     file.write_all(&bytes).await.unwrap();
     let purge = tokio::spawn(async move { log.purge(upto).await.map(|()| log) });
     // Nothing marks the install yet: the purge must still be waiting. (A wait for
@@ -173,7 +178,7 @@ async fn a_build_overtaken_by_an_install_never_replaces_it() {
     let writes: Vec<Entry> = (1..=50)
         .map(|i| entry(i, vec![put(&format!("l{i}"), "leader")]))
         .collect();
-    leader.apply(writes).await.unwrap();
+    leader.apply_entries(writes).await.unwrap();
     let sent = leader
         .get_snapshot_builder()
         .await
@@ -188,14 +193,14 @@ async fn a_build_overtaken_by_an_install_never_replaces_it() {
     let old: Vec<Entry> = (1..=10)
         .map(|i| entry(i, vec![put(&format!("f{i}"), "old")]))
         .collect();
-    follower.apply(old).await.unwrap();
+    follower.apply_entries(old).await.unwrap();
     let mut build = follower.get_snapshot_builder().await;
     let during = vec![
         entry(11, vec![put("f-late", "during the build")]),
         entry(12, vec![Request::Remove { key: "l7".into() }]),
     ];
-    follower.apply(during).await.unwrap();
-    let mut file = follower.begin_receiving_snapshot().await.unwrap();
+    follower.apply_entries(during).await.unwrap();
+    let mut file = follower.inbox().begin().await.unwrap();
     file.write_all(&sent_bytes).await.unwrap();
     follower.install_snapshot(&sent.meta, file).await.unwrap();
     assert_eq!(
@@ -243,7 +248,7 @@ async fn a_damaged_current_snapshot_is_rebuilt_before_it_is_sent() {
             )
         })
         .collect();
-    sm.apply(writes).await.unwrap();
+    sm.apply_entries(writes).await.unwrap();
     sm.get_snapshot_builder()
         .await
         .build_snapshot()
@@ -337,9 +342,9 @@ async fn a_snapshot_built_while_applies_go_on_equals_the_state_at_its_index() {
             ],
         ));
     }
-    source.apply(entries).await.unwrap();
+    source.apply_entries(entries).await.unwrap();
     let mut builder = source.get_snapshot_builder().await;
-    source.apply(later).await.unwrap();
+    source.apply_entries(later).await.unwrap();
     let built = builder.build_snapshot().await.unwrap();
     assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(200));
 
@@ -347,7 +352,7 @@ async fn a_snapshot_built_while_applies_go_on_equals_the_state_at_its_index() {
         .await
         .unwrap();
     target.data.insert("stale", "gone after install").unwrap();
-    let mut file = target.begin_receiving_snapshot().await.unwrap();
+    let mut file = target.inbox().begin().await.unwrap();
     let bytes = std::fs::read(source.snapshot_dir.join(snapshot::CURRENT)).unwrap();
     file.write_all(&bytes).await.unwrap();
     target.install_snapshot(&built.meta, file).await.unwrap();
@@ -379,7 +384,7 @@ pub(in crate::store) async fn install_copy(
     let (_log, mut target) = store::open(dir, 1, None, &StoreOptions::default())
         .await
         .unwrap();
-    let mut file = target.begin_receiving_snapshot().await.unwrap();
+    let mut file = target.inbox().begin().await.unwrap();
     let bytes = std::fs::read(source.snapshot_dir.join(snapshot::CURRENT)).unwrap();
     file.write_all(&bytes).await.unwrap();
     target.install_snapshot(&built.meta, file).await.unwrap();
@@ -402,12 +407,12 @@ async fn increments_applied_while_a_snapshot_is_copied_are_replayed_by_their_eff
         )
     };
     let before: Vec<Entry> = (1..=10).map(increment).collect();
-    source.apply(before).await.unwrap();
+    source.apply_entries(before).await.unwrap();
     let mut builder = source.get_snapshot_builder().await;
     // Applied after the build started and before it copies: the copy already holds their
     // result, so replaying the requests would count them twice.
     let during: Vec<Entry> = (11..=15).map(increment).collect();
-    let answers = source.apply(during).await.unwrap();
+    let answers = source.apply_entries(during).await.unwrap();
     assert_eq!(answers[4].responses, vec![Response::Incremented(15)]);
     let built = builder.build_snapshot().await.unwrap();
     assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(15));
@@ -463,7 +468,7 @@ async fn conditional_writes_and_expiry_are_decided_by_the_entry_time() {
             delta: 1,
         },
     ];
-    let answers = sm.apply(vec![entry(1, requests)]).await.unwrap();
+    let answers = sm.apply_entries(vec![entry(1, requests)]).await.unwrap();
     let answers = &answers[0].responses;
     assert_eq!(
         answers[..4],
@@ -494,13 +499,16 @@ async fn conditional_writes_and_expiry_are_decided_by_the_entry_time() {
             keys: vec!["a".into(), "text".into()],
         },
     ];
-    let answers = sm.apply(vec![entry_at(2, 2_000, later)]).await.unwrap();
+    let answers = sm
+        .apply_entries(vec![entry_at(2, 2_000, later)])
+        .await
+        .unwrap();
     assert_eq!(
         answers[0].responses,
         [Response::Written(true), Response::Count(0)]
     );
     let mut ttl = sm
-        .apply(vec![entry(
+        .apply_entries(vec![entry(
             3,
             vec![
                 Request::Put {
@@ -538,7 +546,7 @@ async fn a_data_dir_without_the_expiry_index_gets_it_built_on_open() {
             put("plain", Expiry::Never),
             put("t2", Expiry::AtMs(4_000)),
         ];
-        sm.apply(vec![entry(1, requests)]).await.unwrap();
+        sm.apply_entries(vec![entry(1, requests)]).await.unwrap();
         let expected = expiry_index::entries(sm.expiry_tree());
         // As a data dir written before the index existed: no index, no marker.
         sm.expiry.clear().unwrap();
@@ -571,22 +579,22 @@ async fn reads_hide_expired_values_by_the_log_clock_not_the_readers() {
             .await
             .unwrap();
         // The leader's clock read 1,000 (this machine's reads far later): visible until 11,000.
-        sm.apply(vec![entry_at(1, 1_000, vec![put("t", 11_000)])])
+        sm.apply_entries(vec![entry_at(1, 1_000, vec![put("t", 11_000)])])
             .await
             .unwrap();
         let reader = sm.reader();
         assert_eq!(reader.log_clock().now_ms(), 1_000);
         assert_eq!(reader.get("t").unwrap().as_deref(), Some("v"));
-        sm.apply(vec![entry_at(2, 10_999, Vec::new())])
+        sm.apply_entries(vec![entry_at(2, 10_999, Vec::new())])
             .await
             .unwrap();
         assert_eq!(reader.get("t").unwrap().as_deref(), Some("v"));
-        sm.apply(vec![entry_at(3, 11_000, Vec::new())])
+        sm.apply_entries(vec![entry_at(3, 11_000, Vec::new())])
             .await
             .unwrap();
         assert_eq!(reader.get("t").unwrap(), None, "hidden from its expiry on");
         // A leader whose clock is behind does not turn the log's time back.
-        sm.apply(vec![entry_at(4, 5_000, Vec::new())])
+        sm.apply_entries(vec![entry_at(4, 5_000, Vec::new())])
             .await
             .unwrap();
         assert_eq!(reader.log_clock().now_ms(), 11_000);
