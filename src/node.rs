@@ -14,6 +14,7 @@ use crate::config::{Advertised, NodeConfig, StartMode, MAX_ENTRIES_PER_APPEND};
 use crate::gen::cache::NodeStatus;
 use crate::membership::{self, Admin, CatchUp, JoinRequest, Standing};
 use crate::network::identity::PeerIdentities;
+use crate::network::reach::{Inbound, ReachWatch};
 use crate::network::{Faults, PeerClients, PeerNetwork, PeerService};
 use crate::proposer::{BatchLimits, Proposer};
 use crate::router::{LocalState, Router, RouterLimits};
@@ -105,14 +106,27 @@ pub async fn start_with_listeners(
     } = open_core(&config, faults, &advertised).await?;
     let (standing, admin) = start_membership(&config, &raft, &peers, identity, &advertised);
     let router = start_router(&config, &raft, &state, &peers, standing.clone());
+    let inbound = Arc::new(Inbound::default());
     let peer_service = PeerService::new(
         raft.clone(),
         router.clone(),
-        peers,
+        peers.clone(),
         admin.clone(),
         identities,
         inbox,
+        inbound.clone(),
     );
+    ReachWatch {
+        id,
+        raft: raft.clone(),
+        peers: peers.clone(),
+        inbound,
+        interval: Duration::from_millis(config.heartbeat_ms),
+        cut_after: Duration::from_millis(
+            config.election_timeout_min_ms + config.election_timeout_max_ms,
+        ),
+    }
+    .spawn();
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());
     let peer_server = server::spawn("peer", peer_listener, peer_limits, peer_service)?;
     let api_limits = ApiLimits {

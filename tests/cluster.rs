@@ -4,6 +4,7 @@
 mod in_process;
 
 use in_process::{phase, InProcessCluster};
+use openraft::async_runtime::watch::WatchReceiver;
 use raftcache::gen::cache::Unavailable;
 use raftcache::types::NodeId;
 use raftcache_testkit::wait::wait_until_async;
@@ -215,6 +216,110 @@ async fn partitioned_leader_stops_accepting_writes_and_majority_carries_on() {
     cluster.faults.heal();
     for id in [1, 2, 3] {
         cluster.wait_local_value(id, "p", Some("majority")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn followers_that_cannot_reach_the_leader_get_a_leader_they_reach() {
+    // One-way: the leader still calls the followers and hears their answers, so Raft alone
+    // sees a healthy quorum, while every write the followers forward to it fails.
+    let cluster = InProcessCluster::start(3, &["--request-deadline-ms=1500"]).await;
+    let old_leader = cluster.wait_for_leader().await;
+    let f = followers(&cluster, old_leader);
+    cluster.client(f[0]).put("before", "cut").await.unwrap();
+
+    phase("nothing the followers send reaches the leader");
+    let cut = std::time::Instant::now();
+    cluster.faults.cut_one_way(f[0], &[old_leader]);
+    cluster.faults.cut_one_way(f[1], &[old_leader]);
+
+    phase("writes through a follower succeed again, under a new leader");
+    let what = "a write through a follower is acknowledged";
+    wait_until_async(in_process::WAIT, what, async || {
+        cluster.client(f[0]).put("after", "cut").await
+    })
+    .await;
+    eprintln!(
+        "first write through a follower acknowledged {} ms after the cut",
+        cut.elapsed().as_millis()
+    );
+    let leader_of = |id| {
+        cluster
+            .node(id)
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .current_leader
+    };
+    let new_leader = leader_of(f[0]);
+    assert!(
+        new_leader.is_some_and(|l| l != old_leader) && leader_of(f[1]) == new_leader,
+        "the followers follow {new_leader:?} and {:?}, not a new leader they reach",
+        leader_of(f[1])
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let old = cluster
+        .node(old_leader)
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .clone();
+    eprintln!(
+        "the old leader after 5 s more: {:?}, term {}, leader {:?}",
+        old.state, old.current_term, old.current_leader
+    );
+    assert_eq!(
+        cluster
+            .client(f[1])
+            .get("after", true)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("cut")
+    );
+
+    phase("healed: the old leader follows and holds the write");
+    cluster.faults.heal();
+    cluster
+        .wait_local_value(old_leader, "after", Some("cut"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_back_from_isolation_changes_neither_leader_nor_term() {
+    let cluster = InProcessCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let f = followers(&cluster, leader);
+    cluster.client(f[0]).put("k", "v").await.unwrap();
+    let term = |id| {
+        cluster
+            .node(id)
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .current_term
+    };
+    let before = term(leader);
+
+    phase("a follower is cut off for several election timeouts, then comes back");
+    cluster.faults.isolate(f[1], &[leader, f[0]]);
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(
+        term(f[1]),
+        before,
+        "a node that cannot win raised its term (no pre-vote?)"
+    );
+    cluster.faults.heal();
+    cluster.wait_local_value(f[1], "k", Some("v")).await;
+    cluster.client(f[0]).put("k2", "v2").await.unwrap();
+    cluster.wait_local_value(f[1], "k2", Some("v2")).await;
+    assert_eq!(
+        cluster.wait_for_leader().await,
+        leader,
+        "the leader changed"
+    );
+    for id in [1, 2, 3] {
+        assert_eq!(term(id), before, "node {id}: the term changed");
     }
 }
 

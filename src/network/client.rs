@@ -138,6 +138,8 @@ pub struct PeerClients {
     connect_timeout: Duration,
     /// Largest answer accepted from a peer.
     max_message_bytes: usize,
+    /// When each node last answered a call of this node's.
+    answered: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl PeerClients {
@@ -154,7 +156,14 @@ impl PeerClients {
             pools: Mutex::new(HashMap::new()),
             connect_timeout,
             max_message_bytes,
+            answered: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether node `id` answered a call of this node's within `within`.
+    pub fn answered_within(&self, id: NodeId, within: Duration) -> bool {
+        let answered = self.answered.lock().expect("answered lock");
+        answered.get(&id).is_some_and(|at| at.elapsed() <= within)
     }
 
     /// Sends `request` to node `to` at `addr` and decodes its answer, within `timeout`.
@@ -257,6 +266,10 @@ impl PeerClients {
                 self.identities.check_answer(to, &stamp).map_err(refused)?
             }
         }
+        self.answered
+            .lock()
+            .expect("answered lock")
+            .insert(to, Instant::now());
         bincode::deserialize(body).map_err(|e| no_answer(format!("undecodable answer: {e}")))
     }
 

@@ -12,6 +12,7 @@
 mod client;
 pub mod identity;
 pub mod messages;
+pub mod reach;
 mod service;
 
 use openraft::async_runtime::watch::WatchReceiver;
@@ -56,6 +57,15 @@ impl Faults {
         for &other in others {
             blocked.insert((node, other));
             blocked.insert((other, node));
+        }
+    }
+
+    /// Cuts one direction only: calls from `from` to each of `to` fail (their answers to calls
+    /// the other way still arrive, as with a firewall that drops inbound connections).
+    pub fn cut_one_way(&self, from: NodeId, to: &[NodeId]) {
+        let mut blocked = self.blocked.write().expect("faults lock");
+        for &other in to {
+            blocked.insert((from, other));
         }
     }
 

@@ -23,6 +23,7 @@ use super::messages::{
     AdminError, AdminRequest, ForwardError, ForwardRequest, MembersView, NodeInfo, NodeInfoRequest,
     SnapshotChunk,
 };
+use super::reach::Inbound;
 use super::{peer_addr, PeerClients, PeerMethod};
 use crate::gen::peer::{RaftPeerSyncHandler, RaftPeerSyncProcessor};
 use crate::server::{self, Service};
@@ -74,6 +75,8 @@ pub struct PeerService<L, M> {
     inbox: SnapshotInbox,
     /// The snapshot transfer under way, if any.
     incoming: tokio::sync::Mutex<Option<Incoming>>,
+    /// Who called this node, for the leader's check that its followers reach it.
+    inbound: Arc<Inbound>,
 }
 
 /// A snapshot transfer being received.
@@ -92,6 +95,7 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
         membership: Arc<M>,
         identities: Arc<PeerIdentities>,
         inbox: SnapshotInbox,
+        inbound: Arc<Inbound>,
     ) -> Self {
         Self {
             raft,
@@ -101,6 +105,7 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
             identities,
             inbox,
             incoming: tokio::sync::Mutex::new(None),
+            inbound,
         }
     }
 
@@ -284,6 +289,7 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
         if let Err(reason) = self.identities.admit(&header, admission) {
             return encode(&ReplyHeader::Refused(reason));
         }
+        self.inbound.heard(header.from.node_id);
         let answer = self.execute(method, body).await?;
         // Stamped after: the probe may have made this node adopt the caller's cluster id.
         let mut out = encode(&ReplyHeader::Accepted(self.identities.stamp()))?;
