@@ -40,10 +40,14 @@ impl StateMachine {
         if verified == Verified::No {
             snapshot::verify(&path).map_err(read_err)?;
         }
+        let sync_err =
+            |e: std::io::Error| -> StorageError { StorageIOError::write_state_machine(&e).into() };
         self.meta
             .insert(KEY_INSTALLING, meta.snapshot_id.as_bytes())
             .map_err(write_err)?;
-        self.db.flush().map_err(write_err)?;
+        // Durable (sled's files synced): the log behind the snapshot is purged on the strength
+        // of this marker.
+        self.flusher.sync_db().map_err(sync_err)?;
         if let Some(installed) = meta.last_log_id {
             self.flusher.install_marked(installed.index);
         }
@@ -72,7 +76,7 @@ impl StateMachine {
         batch.insert(KEY_EXPIRY_BUILT, &[]);
         batch.remove(KEY_INSTALLING);
         self.meta.apply_batch(batch).map_err(write_err)?;
-        self.db.flush().map_err(write_err)?;
+        self.flusher.sync_db().map_err(sync_err)?;
         tracing::info!(snapshot = %meta.snapshot_id, records, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot installed");
         Ok(())
     }
