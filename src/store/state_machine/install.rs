@@ -104,6 +104,42 @@ impl StateMachine {
 }
 
 impl StateMachine {
+    /// On open, installs the current snapshot again if the state machine is behind it: an
+    /// install that was marked and not finished, or a snapshot made current (built here, or
+    /// received and published before its install was marked) that the state machine had not
+    /// made durable up to when a crash or power cut came. openraft refuses to start with a
+    /// snapshot beyond what the state machine applied; the snapshot holds committed entries
+    /// only, so installing it is the same as applying the entries up to it.
+    pub(super) fn catch_up_with_current(&mut self) -> Result<(), StorageError> {
+        let read_err =
+            |e: std::io::Error| -> StorageError { StorageIOError::read_snapshot(None, &e).into() };
+        let current = self.snapshot_dir.join(snapshot::CURRENT);
+        let interrupted = self
+            .meta
+            .contains_key(KEY_INSTALLING)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        if interrupted {
+            tracing::warn!(
+                "a snapshot install was interrupted; installing it again from the snapshot file"
+            );
+            let meta = snapshot::read_meta(&current).map_err(read_err)?;
+            return self.install_current(&meta, Verified::No);
+        }
+        if !current.exists() {
+            return Ok(());
+        }
+        // A damaged file is rebuilt from the data when it is next opened (`open_current`).
+        let Ok(meta) = snapshot::read_meta(&current) else {
+            return Ok(());
+        };
+        let applied = self.read_meta::<Option<LogId>>(KEY_LAST_APPLIED)?.flatten();
+        if meta.last_log_id > applied {
+            tracing::warn!(snapshot = %meta.snapshot_id, applied = ?applied, "the state machine is behind the current snapshot (it was not durable when the node stopped); installing the snapshot");
+            self.install_current(&meta, Verified::No)?;
+        }
+        Ok(())
+    }
+
     /// Replaces the current snapshot with one built from the data, at the applied index. No
     /// apply runs meanwhile (this holds the state machine), so the copy is the state there.
     pub(super) fn rebuild_current(&mut self) -> Result<(), StorageError> {
