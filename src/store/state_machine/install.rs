@@ -94,8 +94,14 @@ impl StateMachine {
         }
         let read_err =
             |e: std::io::Error| -> StorageError { StorageIOError::read_snapshot(None, &e).into() };
-        let meta = snapshot::read_meta(&path).map_err(read_err)?;
-        let file = std::fs::File::open(&path).map_err(read_err)?;
+        // Under the snapshot lock: a build running meanwhile renames its file onto `current`
+        // only under it, and the metadata sent must describe the bytes sent (a follower
+        // refuses a file that holds another snapshot than the one it was told).
+        let (meta, file) = {
+            let _slot = self.slot.lock().expect("snapshot slot lock");
+            let meta = snapshot::read_meta(&path).map_err(read_err)?;
+            (meta, std::fs::File::open(&path).map_err(read_err)?)
+        };
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
