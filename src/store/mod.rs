@@ -6,7 +6,8 @@
 //! it is on disk: a log append after its `fdatasync`, a vote after its file was replaced and
 //! synced. The state machine is not flushed per apply: after a crash, openraft re-applies the
 //! log entries after its durable `last_applied`, and the log behind it is purged only after a
-//! flush of sled. sled's own background flush (every 500 ms) is never relied on for anything
+//! flush of sled whose files were then synced (`fsync.rs`: sled's flush alone does not survive
+//! a power cut). sled's own background flush (every 500 ms) is never relied on for anything
 //! acknowledged.
 
 mod apply;
