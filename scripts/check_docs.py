@@ -3,9 +3,9 @@
 
 For every `.md` file in the repo root, in `docs/`, and `cluster/README.md`:
 
-- every path that looks like a source path (`src/...`, `tests/...`, `testkit/...`, `tools/...`,
-  `scripts/...`, `cluster/...`, `fuzz/...`) must exist, unless git ignores it (made at run
-  time, like `cluster/.local/`); a relative one ending in `.rs` (`store/log.rs`, `api.rs`)
+- every path that looks like a source path (`src/...`, `tests/...`, `testkit/...`,
+  `powerfs/...`, `tools/...`, `scripts/...`, `cluster/...`, `fuzz/...`) must exist, unless git
+  ignores it (made at run time, like `cluster/.local/`); a relative one ending in `.rs` (`store/log.rs`, `api.rs`)
   must be the end of the path of some `.rs` file; a relative markdown link must point at a file;
 - `file.rs::name` must name an item declared in that file;
 - every `Type::member` inside backticks (or in a fenced block) whose `Type` is CamelCase must
@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCE_DIRS = ("src", "tests", "testkit", "tools", "fuzz")
-PATH_PREFIXES = ("src", "tests", "testkit", "tools", "scripts", "cluster", "fuzz")
+SOURCE_DIRS = ("src", "tests", "testkit", "powerfs", "tools", "fuzz")
+PATH_PREFIXES = ("src", "tests", "testkit", "powerfs", "tools", "scripts", "cluster", "fuzz")
 
 # Types the docs name that live in raftcache's dependencies, so no file here declares them, with
 # the crate that has each. Add a name only after checking that the crate has it.

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every raftcache test, after setting up what the tests need:
 #   - Debian's thrift-compiler (to check the generated code and to generate Python code),
+#   - Debian's fuse3 (fusermount3, and the FUSE device checked: the power-cut filesystem of
+#     powerfs/ and tests/power_cut.rs mounts one disk per node),
 #   - a Python venv with thriftpy2, Apache thrift and pytest (scripts/python-env.sh),
 #   - every workspace member, with the raftcache and raftcache-faults binaries (debug build),
 #   - with docker and docker-compose present, the image raftcache:test of that binary
@@ -23,6 +25,14 @@ if ! command -v thrift >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq thrift-compiler >/dev/null
   else sudo apt-get update -qq && sudo apt-get install -y -qq thrift-compiler >/dev/null; fi
 fi
+
+if ! command -v fusermount3 >/dev/null; then
+  say "installing fuse3"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq fuse3 >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq fuse3 >/dev/null; fi
+fi
+# The power-cut tests fail (never skip) without it; say why before they run.
+[ -c /dev/fuse ] || say "WARNING: /dev/fuse is missing: the power-cut tests will fail"
 
 say "generated thrift code matches the IDL"
 scripts/gen-thrift.sh --check

@@ -32,7 +32,7 @@
 //! Limits: SIGKILL keeps what a node handed to the kernel, and sled hands over its buffers at
 //! each batch and transaction, so a log store that acknowledges before its flush is caught only
 //! when a kill lands in that window (measured with such a broken store: 5 of 8 default runs,
-//! 4 of 4 runs of 30 rounds). Power loss is not simulated.
+//! 4 of 4 runs of 30 rounds). Power loss is not simulated here: `tests/power_cut.rs` does.
 
 mod multi_process;
 

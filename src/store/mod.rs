@@ -6,12 +6,14 @@
 //! it is on disk: a log append after its `fdatasync`, a vote after its file was replaced and
 //! synced. The state machine is not flushed per apply: after a crash, openraft re-applies the
 //! log entries after its durable `last_applied`, and the log behind it is purged only after a
-//! flush of sled. sled's own background flush (every 500 ms) is never relied on for anything
+//! flush of sled whose files were then synced (`fsync.rs`: sled's flush alone does not survive
+//! a power cut). sled's own background flush (every 500 ms) is never relied on for anything
 //! acknowledged.
 
 mod apply;
 mod clock;
 mod expiry_index;
+mod fsync;
 mod integrity;
 mod log;
 mod schema;
@@ -114,7 +116,8 @@ pub async fn open(
         path: dir.to_path_buf(),
         reason,
     };
-    std::fs::create_dir_all(dir).map_err(|e| damaged(format!("cannot create it: {e}")))?;
+    // Created durably: a power cut must not take the data dir away from a node that served.
+    fsync::create_dir_durably(dir).map_err(|e| damaged(format!("cannot create it: {e}")))?;
     let fresh = check_identity(dir, &db_path, id, cluster_id)?;
     let (watermark, flushed) = Watermark::open(dir).map_err(|e| damaged(e.to_string()))?;
 
@@ -137,7 +140,12 @@ pub async fn open(
         })
     };
     let sm_meta = open_tree(TREE_SM_META)?;
-    let flusher = StateFlusher::new(db.clone(), sm_meta.clone(), watermark.clone());
+    let flusher = StateFlusher::new(
+        db.clone(),
+        fsync::SledFiles::new(&db_path),
+        sm_meta.clone(),
+        watermark.clone(),
+    );
     let log_dir = dir.join(LOG_DIR);
     let log = LogStore::open(
         &log_dir,
@@ -177,6 +185,12 @@ pub async fn open(
     )
     .await
     .map_err(storage)?;
+    // What opening created (`db/`, `log/`, `snapshots/`, `flushed`, a fresh database's node id)
+    // is made durable before the node acts on it.
+    flusher
+        .sync_db()
+        .and_then(|()| fsync::sync_dir(dir))
+        .map_err(|e| damaged(format!("cannot sync it: {e}")))?;
     check_state_machine(&log, &mut sm, &flushed, dir).await?;
     Ok((log, sm))
 }

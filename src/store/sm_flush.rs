@@ -3,6 +3,9 @@
 //! state machine's durable `last_applied`. So it is flushed about once a second on a thread of
 //! its own (`state-flush`), before the log behind it is purged, and when the node stops.
 //!
+//! Each flush is made durable against power loss too (`fsync::SledFiles`): sled's own flush
+//! does not sync its files, and a purge of the log relies on what it flushed.
+//!
 //! Each flush records in the `flushed` watermark how far the state machine had applied when the
 //! flush began. sled recovers a damaged database by silently dropping what follows the damage;
 //! a state machine that comes back with less than the watermark says is refused as damaged.
@@ -10,6 +13,7 @@
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::fsync::SledFiles;
 use super::integrity::Watermark;
 use super::schema::decode;
 use super::schema::KEY_LAST_APPLIED;
@@ -26,6 +30,8 @@ pub const PURGE_WAIT_LIMIT: Duration = Duration::from_secs(600);
 #[derive(Clone)]
 pub struct StateFlusher {
     db: sled::Db,
+    /// sled's files, synced after each flush.
+    files: Arc<SledFiles>,
     meta: sled::Tree,
     watermark: Watermark,
     /// How far a restart can rebuild the state machine from a snapshot whose install is
@@ -45,9 +51,15 @@ struct Installs {
 }
 
 impl StateFlusher {
-    pub(super) fn new(db: sled::Db, meta: sled::Tree, watermark: Watermark) -> Self {
+    pub(super) fn new(
+        db: sled::Db,
+        files: SledFiles,
+        meta: sled::Tree,
+        watermark: Watermark,
+    ) -> Self {
         Self {
             db,
+            files: Arc::new(files),
             meta,
             watermark,
             installs: Arc::default(),
@@ -137,11 +149,18 @@ impl StateFlusher {
         }
     }
 
+    /// Flushes sled and syncs its files: what was written to it so far survives a power cut.
+    /// Blocking.
+    pub(super) fn sync_db(&self) -> std::io::Result<()> {
+        self.db.flush().map_err(std::io::Error::from)?;
+        self.files.sync()
+    }
+
     /// Makes everything applied so far durable, and records it. Blocking.
     pub fn flush(&self) -> std::io::Result<()> {
         // Read first: everything applied up to here is in the flush that follows.
         let applied = self.applied()?;
-        self.db.flush().map_err(std::io::Error::from)?;
+        self.sync_db()?;
         self.watermark
             .record(|d| d.state_applied = d.state_applied.max(applied))
     }

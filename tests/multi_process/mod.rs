@@ -287,6 +287,28 @@ impl ProcessCluster {
         cluster
     }
 
+    /// Creates `n` nodes bootstrapped together, each with the extra `serve` flags `extra`,
+    /// without starting them: the test may move their data dirs first (`Node::data_dir`), then
+    /// calls `start_all`.
+    pub fn create_with(n: u64, extra: &[&str]) -> Self {
+        let mut cluster = Self::create(n, true);
+        for node in &mut cluster.nodes {
+            node.extra_args = extra.iter().map(|s| s.to_string()).collect();
+        }
+        cluster
+    }
+
+    /// Starts every node and waits until they answer and agree on a leader.
+    pub fn start_all(&mut self) {
+        for node in &mut self.nodes {
+            node.spawn();
+        }
+        for node in &mut self.nodes {
+            node.wait_up();
+        }
+        self.wait_for_leader(&self.ids());
+    }
+
     /// Adds a node (id: one more than the last) with fresh addresses and data dir and the
     /// `serve` flags `extra`, without starting it. Returns its id.
     pub fn add_node(&mut self, extra: &[String]) -> u64 {

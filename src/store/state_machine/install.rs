@@ -38,10 +38,14 @@ impl StateMachine {
         if verified == Verified::No {
             snapshot::verify(&path).map_err(read_err)?;
         }
+        let sync_err =
+            |e: std::io::Error| -> StorageError { storage_err("writing the state machine", e) };
         self.meta
             .insert(KEY_INSTALLING, encode(&meta.last_log_id))
             .map_err(write_err)?;
-        self.db.flush().map_err(write_err)?;
+        // Durable (sled's files synced): the log behind the snapshot is purged on the strength
+        // of this marker.
+        self.flusher.sync_db().map_err(sync_err)?;
         if let Some(installed) = meta.last_log_id {
             self.flusher.install_marked(installed.index);
         }
@@ -70,7 +74,7 @@ impl StateMachine {
         batch.insert(KEY_EXPIRY_BUILT, &[]);
         batch.remove(KEY_INSTALLING);
         self.meta.apply_batch(batch).map_err(write_err)?;
-        self.db.flush().map_err(write_err)?;
+        self.flusher.sync_db().map_err(sync_err)?;
         tracing::info!(snapshot = ?meta.last_log_id, records, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot installed");
         Ok(())
     }
@@ -87,8 +91,14 @@ impl StateMachine {
             self.rebuild_current()?;
         }
         let read_err = |e: std::io::Error| -> StorageError { storage_err("reading a snapshot", e) };
-        let meta = snapshot::read_meta(&path).map_err(read_err)?;
-        let file = std::fs::File::open(&path).map_err(read_err)?;
+        // Under the snapshot lock: a build running meanwhile renames its file onto `current`
+        // only under it, and the metadata sent must describe the bytes sent (a follower
+        // refuses a file that holds another snapshot than the one it was told).
+        let (meta, file) = {
+            let _slot = self.slot.lock().expect("snapshot slot lock");
+            let meta = snapshot::read_meta(&path).map_err(read_err)?;
+            (meta, std::fs::File::open(&path).map_err(read_err)?)
+        };
         Ok(Some(Snapshot {
             meta,
             snapshot: tokio::fs::File::from_std(file),
@@ -97,6 +107,41 @@ impl StateMachine {
 }
 
 impl StateMachine {
+    /// On open, installs the current snapshot again if the state machine is behind it: an
+    /// install that was marked and not finished, or a snapshot made current (built here, or
+    /// received and published before its install was marked) that the state machine had not
+    /// made durable up to when a crash or power cut came. openraft refuses to start with a
+    /// snapshot beyond what the state machine applied; the snapshot holds committed entries
+    /// only, so installing it is the same as applying the entries up to it.
+    pub(super) fn catch_up_with_current(&mut self) -> Result<(), StorageError> {
+        let read_err = |e: std::io::Error| -> StorageError { storage_err("reading a snapshot", e) };
+        let current = self.snapshot_dir.join(snapshot::CURRENT);
+        let interrupted = self
+            .meta
+            .contains_key(KEY_INSTALLING)
+            .map_err(|e| storage_err("reading the state machine", e))?;
+        if interrupted {
+            tracing::warn!(
+                "a snapshot install was interrupted; installing it again from the snapshot file"
+            );
+            let meta = snapshot::read_meta(&current).map_err(read_err)?;
+            return self.install_current(&meta, Verified::No);
+        }
+        if !current.exists() {
+            return Ok(());
+        }
+        // A damaged file is rebuilt from the data when it is next opened (`open_current`).
+        let Ok(meta) = snapshot::read_meta(&current) else {
+            return Ok(());
+        };
+        let applied = self.read_meta::<Option<LogId>>(KEY_LAST_APPLIED)?.flatten();
+        if meta.last_log_id > applied {
+            tracing::warn!(snapshot = ?meta.last_log_id, applied = ?applied, "the state machine is behind the current snapshot (it was not durable when the node stopped); installing the snapshot");
+            self.install_current(&meta, Verified::No)?;
+        }
+        Ok(())
+    }
+
     /// Replaces the current snapshot with one built from the data, at the applied index. No
     /// apply runs meanwhile (this holds the state machine), so the copy is the state there.
     pub(super) fn rebuild_current(&mut self) -> Result<(), StorageError> {

@@ -39,15 +39,15 @@ use super::clock::LogClock;
 use super::expiry_index;
 use super::schema::decode;
 use super::schema::{
-    read_u64, KEY_EXPIRY_BUILT, KEY_INSTALLING, KEY_LAST_APPLIED, KEY_LOG_CLOCK, KEY_MEMBERSHIP,
-    TREE_EFFECTS, TREE_EXPIRY,
+    read_u64, KEY_EXPIRY_BUILT, KEY_LAST_APPLIED, KEY_LOG_CLOCK, KEY_MEMBERSHIP, TREE_EFFECTS,
+    TREE_EXPIRY,
 };
 use super::sm_flush::{PeriodicFlush, StateFlusher, STATE_FLUSH_INTERVAL};
 use super::snapshot;
 use crate::types::{
     BatchResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use install::{same_file, Verified};
+use install::same_file;
 
 /// Who may replace `snapshots/current`, shared by the state machine and its snapshot builders.
 ///
@@ -127,19 +127,7 @@ impl StateMachine {
                 .spawn_periodic(STATE_FLUSH_INTERVAL)
                 .map_err(io_err)?,
         };
-        if sm
-            .meta
-            .contains_key(KEY_INSTALLING)
-            .map_err(|e| storage_err("reading the state machine", e))?
-        {
-            tracing::warn!(
-                "a snapshot install was interrupted; installing it again from the snapshot file"
-            );
-            let current = sm.snapshot_dir.join(snapshot::CURRENT);
-            let meta =
-                snapshot::read_meta(&current).map_err(|e| storage_err("reading a snapshot", e))?;
-            sm.install_current(&meta, Verified::No)?;
-        }
+        sm.catch_up_with_current()?;
         sm.upgrade_current()?;
         let clock = sm
             .meta

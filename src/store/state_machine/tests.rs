@@ -84,6 +84,29 @@ async fn an_install_interrupted_by_a_crash_is_finished_on_the_next_open() {
     assert_eq!(applied, meta().last_log_id);
 }
 
+/// A power cut can keep a published snapshot (renamed and its directory synced) and lose the
+/// state machine's applies up to it (sled flushed since, not synced). openraft then refused
+/// to start ("snapshot_last_log_id <= committed"): the state machine installs it on open.
+#[tokio::test]
+async fn a_state_machine_behind_its_current_snapshot_installs_it_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = snapshot_bytes(dir.path(), 100);
+    let node = dir.path().join("node");
+    drop(
+        store::open(&node, 1, None, &StoreOptions::default())
+            .await
+            .unwrap(),
+    );
+    std::fs::write(node.join("snapshots").join(snapshot::CURRENT), &bytes).unwrap();
+    let (_log, mut sm) = store::open(&node, 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, meta().last_log_id);
+    assert_eq!(sm.reader().len(), 100);
+    assert_eq!(sm.reader().get("k70").unwrap().as_deref(), Some("v70"));
+}
+
 /// openraft purges a follower's log up to a received snapshot as soon as it hands the
 /// snapshot to the state machine. The purge must not be durable before the install is: a
 /// crash between the two left a log starting after what the state machine held, and a node
