@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every raftcache test, after setting up what the tests need:
 #   - Debian's thrift-compiler (to check the generated code and to generate Python code),
+#   - Debian's faketime (libfaketime skews a node's clock in tests/clock_skew.rs),
 #   - a Python venv with thriftpy2, Apache thrift and pytest (scripts/python-env.sh),
 #   - every workspace member, with the raftcache and raftcache-faults binaries (debug build),
 #   - with docker and docker-compose present, the image raftcache:test of that binary
@@ -22,6 +23,12 @@ if ! command -v thrift >/dev/null; then
   say "installing thrift-compiler"
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq thrift-compiler >/dev/null
   else sudo apt-get update -qq && sudo apt-get install -y -qq thrift-compiler >/dev/null; fi
+fi
+
+if ! command -v faketime >/dev/null; then
+  say "installing faketime"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq faketime >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq faketime >/dev/null; fi
 fi
 
 say "generated thrift code matches the IDL"
