@@ -3,6 +3,7 @@
 #   - Debian's thrift-compiler (to check the generated code and to generate Python code),
 #   - Debian's fuse3 (fusermount3, and the FUSE device checked: the power-cut filesystem of
 #     powerfs/ and tests/power_cut.rs mounts one disk per node),
+#   - Debian's faketime (libfaketime skews a node's clock in tests/clock_skew.rs),
 #   - a Python venv with thriftpy2, Apache thrift and pytest (scripts/python-env.sh),
 #   - every workspace member, with the raftcache and raftcache-faults binaries (debug build),
 #   - with docker and docker-compose present, the image raftcache:test of that binary
@@ -33,6 +34,11 @@ if ! command -v fusermount3 >/dev/null; then
 fi
 # The power-cut tests fail (never skip) without it; say why before they run.
 [ -c /dev/fuse ] || say "WARNING: /dev/fuse is missing: the power-cut tests will fail"
+if ! command -v faketime >/dev/null; then
+  say "installing faketime"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq faketime >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq faketime >/dev/null; fi
+fi
 
 say "generated thrift code matches the IDL"
 scripts/gen-thrift.sh --check

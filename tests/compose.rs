@@ -162,6 +162,7 @@ fn start_clients(compose: &Project) -> Workload {
     eprintln!("compose: history seed {seed}");
     let limits = ClientLimits {
         hot_keys: HISTORY_KEYS,
+        families: 0,
         max_ops: MAX_OPS_PER_CLIENT,
         think: Duration::ZERO,
     };

@@ -1,8 +1,11 @@
 //! The history-recording clients of the fault suite and the compose tests. Each is a thread
 //! with one connection at a time to one node (picked at random among the targets, again after
 //! every error), making puts of unique values, removes and linearizable gets on a few hot keys,
-//! and now and then a put of a key of its own that nobody writes again (these make a lost write
-//! plain to see).
+//! `put_many`s and linearizable `get_many`s within small fixed families of keys (with single
+//! puts, removes and gets of those keys mixed in), and now and then a put of a key of its own
+//! that nobody writes again (these make a lost write plain to see). A multi-key operation stays
+//! within one family, so the checker searches each family as one model: a `get_many` that mixes
+//! two `put_many`s is caught.
 //! Every operation it sent is recorded with its invoke and return times on the run's clock and
 //! its outcome; one that failed in any way after it may have been sent (timeout, connection
 //! lost, an error) is recorded with an unknown outcome, which the checker takes as "possibly
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::linearizability::{Call, Operation, Outcome};
 use crate::rng::Rng;
 use raftcache::client::CacheClient;
+use raftcache::gen::cache::{CacheEntry, Consistency, ReadOptions, TCacheServiceSyncClient};
 
 /// Connect timeout, and how long a call waits for its answer: longer than a node's request
 /// deadline (5 s by default), so a node that answers at all answers before the client gives up.
@@ -25,10 +29,19 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(7);
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Share of operations (in percent) that put a key of the client's own.
 const OWN_KEY_PERCENT: u64 = 10;
+/// Share of operations (in percent) on the families, when there are any.
+const FAMILY_PERCENT: u64 = 30;
+/// Keys per family.
+pub const FAMILY_KEYS: u64 = 3;
 
 /// The hot key number `i`.
 fn hot_key(i: u64) -> String {
     format!("k{i}")
+}
+
+/// Key `i` of family `f`.
+fn family_key(f: u64, i: u64) -> String {
+    format!("f{f}-{i}")
 }
 
 /// What the clients share with the run (or test) that started them.
@@ -51,6 +64,8 @@ impl Shared {
 #[derive(Clone, Copy, Debug)]
 pub struct ClientLimits {
     pub hot_keys: u64,
+    /// Families of `FAMILY_KEYS` keys for `put_many` and `get_many` (0: none).
+    pub families: u64,
     /// Most operations a client makes, however long the run.
     pub max_ops: u64,
     /// Pause between two operations of a client.
@@ -137,24 +152,9 @@ fn client(id: u64, seed: u64, shared: &Shared, limits: ClientLimits) -> Vec<Oper
             }
         };
         let value = format!("c{id}-{n}");
-        let (key, call) = if rng.below(100) < OWN_KEY_PERCENT {
-            own_keys += 1;
-            (format!("own-c{id}-{own_keys}"), Call::Put(value))
-        } else {
-            let key = hot_key(rng.below(limits.hot_keys));
-            let call = match rng.below(20) {
-                0..=8 => Call::Put(value),
-                9..=11 => Call::Remove,
-                _ => Call::Get,
-            };
-            (key, call)
-        };
+        let (key, call) = next_call(id, value, &mut own_keys, &mut rng, &limits);
         let invoke_us = shared.now_us();
-        let result = match &call {
-            Call::Put(value) => c.put(&key, value).map(|_| Outcome::Written),
-            Call::Remove => c.remove(&key).map(Outcome::Removed),
-            Call::Get => c.get(&key, true).map(Outcome::Read),
-        };
+        let result = send(c, &key, &call);
         let return_us = shared.now_us();
         let outcome = match result {
             Ok(outcome) => {
@@ -181,4 +181,89 @@ fn client(id: u64, seed: u64, shared: &Shared, limits: ClientLimits) -> Vec<Oper
         }
     }
     history
+}
+
+/// The next operation of client `id`: a put of an own key, an operation on a family, or one on
+/// a hot key. With no families, the draws are those of a workload without them.
+fn next_call(
+    id: u64,
+    value: String,
+    own_keys: &mut u64,
+    rng: &mut Rng,
+    limits: &ClientLimits,
+) -> (String, Call) {
+    let draw = rng.below(100);
+    if draw < OWN_KEY_PERCENT {
+        *own_keys += 1;
+        return (format!("own-c{id}-{own_keys}"), Call::Put(value));
+    }
+    if limits.families > 0 && draw < OWN_KEY_PERCENT + FAMILY_PERCENT {
+        return family_call(value, rng, limits.families);
+    }
+    let key = hot_key(rng.below(limits.hot_keys));
+    let call = match rng.below(20) {
+        0..=8 => Call::Put(value),
+        9..=11 => Call::Remove,
+        _ => Call::Get,
+    };
+    (key, call)
+}
+
+/// An operation on a family picked at random: a `put_many` of all its keys or of all but one
+/// (one value for the whole write), a `get_many` of all of them, or a single-key call on one.
+fn family_call(value: String, rng: &mut Rng, families: u64) -> (String, Call) {
+    let f = rng.below(families);
+    let keys: Vec<String> = (0..FAMILY_KEYS).map(|i| family_key(f, i)).collect();
+    match rng.below(10) {
+        0..=3 => {
+            let skip = (rng.below(2) == 0).then(|| rng.below(FAMILY_KEYS) as usize);
+            let items = (0..keys.len())
+                .filter(|i| Some(*i) != skip)
+                .map(|i| (keys[i].clone(), value.clone()))
+                .collect();
+            (String::new(), Call::PutMany(items))
+        }
+        4..=6 => (String::new(), Call::GetMany(keys)),
+        single => {
+            let key = keys[rng.below(FAMILY_KEYS) as usize].clone();
+            let call = match single {
+                7 => Call::Put(value),
+                8 => Call::Remove,
+                _ => Call::Get,
+            };
+            (key, call)
+        }
+    }
+}
+
+/// Sends `call` and turns the answer into an outcome; `Err` when there was none.
+fn send(c: &mut CacheClient, key: &str, call: &Call) -> thrift::Result<Outcome> {
+    let linearizable = ReadOptions {
+        consistency: Some(Consistency::LINEARIZABLE),
+        min_index: None,
+    };
+    match call {
+        Call::Put(value) => c.put(key, value).map(|_| Outcome::Written),
+        Call::Remove => c.remove(key).map(Outcome::Removed),
+        Call::Get => c.get(key, true).map(Outcome::Read),
+        Call::PutMany(items) => {
+            let entries = items
+                .iter()
+                .map(|(key, value)| CacheEntry {
+                    key: key.clone(),
+                    value: value.clone(),
+                    ttl_ms: None,
+                })
+                .collect();
+            c.service().put_many(entries).map(|_| Outcome::Written)
+        }
+        Call::GetMany(keys) => {
+            let found = c.service().get_many(keys.clone(), linearizable)?;
+            let mut values: std::collections::HashMap<String, String> =
+                found.into_iter().map(|e| (e.key, e.value)).collect();
+            Ok(Outcome::ReadMany(
+                keys.iter().map(|k| values.remove(k)).collect(),
+            ))
+        }
+    }
 }

@@ -1,22 +1,32 @@
-//! A linearizability checker for histories of client operations on a key-value register: the
+//! A linearizability checker for histories of client operations on a key-value store: the
 //! judge of the fault-injection suite (`tools/faults`) and of the compose tests, which record
-//! every `put`, `remove` and linearizable `get` their clients make and ask here whether some total
-//! order of them, consistent with real time, explains every result.
+//! every `put`, `remove`, linearizable `get`, `put_many` and linearizable `get_many` their
+//! clients make and ask here whether some total order of them, consistent with real time,
+//! explains every result.
 //!
-//! Keys are independent registers, so a history is checked key by key (a history is
-//! linearizable exactly when each key's sub-history is). Each key gets a WGL search (Wing & Gong,
-//! with Lowe's memoisation, as the Go checker porcupine does it) in `search`: it tries to place
-//! operations one at a time in an order that respects real time, memoises every
-//! (register state, set of placed operations) it has seen, and backtracks. The search has a step
-//! budget per key: past it the key is reported `unknown`, never hung on.
+//! A `put_many` writes all its keys at one instant and a `get_many` reads all its keys at one
+//! instant, so keys are not always independent: the keys that multi-key operations tie together
+//! form a *family* (`family`), and a history is linearizable exactly when each family's
+//! sub-history is (a key no multi-key operation touches is a family of one). Each family gets a
+//! WGL search (Wing & Gong, with Lowe's memoisation, as the Go checker porcupine does it) in
+//! `search`, over a model with one register per key of the family: it tries to place operations
+//! one at a time in an order that respects real time, memoises every (registers, set of placed
+//! operations) it has seen, and backtracks. A `get_many` that returns values of two keys that
+//! were never held together (a torn read of two `put_many`s) fits no order. The search has a
+//! step budget per family: past it the family is reported `unknown`, never hung on. Families
+//! stay small when the workload keeps each multi-key operation within a fixed group of keys
+//! (as `history` does).
 //!
 //! An operation that failed with an unknown outcome (a timeout, a lost connection) is *possibly
 //! applied*: it may take effect at any moment after its invoke, or never; its result constrains
-//! nothing. A `get` with an unknown outcome says nothing at all and is ignored.
+//! nothing. A `get` or `get_many` with an unknown outcome says nothing at all and is ignored.
 //!
 //! Histories travel as JSON lines of [`Operation`] (see [`read_history`] / [`write_history`]),
 //! so the harness can record them as it goes and a failed run's history can be checked again.
 
+mod family;
+#[cfg(test)]
+mod multi_key_tests;
 mod search;
 #[cfg(test)]
 mod tests;
@@ -37,6 +47,10 @@ pub enum Call {
     Remove,
     /// A linearizable `get(key)`.
     Get,
+    /// `put_many`: every (key, value), written by one log entry, at one instant.
+    PutMany(Vec<(String, String)>),
+    /// A linearizable `get_many` of these keys: every value read at one instant.
+    GetMany(Vec<String>),
 }
 
 /// What the client got back.
@@ -49,6 +63,9 @@ pub enum Outcome {
     Removed(bool),
     /// The get answered: the value, or `None` for a missing key.
     Read(Option<String>),
+    /// The get_many answered: the value of each of its keys, in the call's order (`None` for a
+    /// missing key).
+    ReadMany(Vec<Option<String>>),
     /// No answer that settles it (timeout, connection lost, unavailable after sending): the
     /// operation may have taken effect at any time after its invoke, or never.
     Unknown,
@@ -60,6 +77,9 @@ pub enum Outcome {
 pub struct Operation {
     /// Which client made it (for reports; the checker needs only the times).
     pub client: u64,
+    /// The key of a single-key call; empty for `put_many` and `get_many`, whose keys are in
+    /// the call.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
     pub call: Call,
     /// When the client sent the request.
@@ -70,17 +90,68 @@ pub struct Operation {
     pub outcome: Outcome,
 }
 
+impl Operation {
+    /// The keys the operation touches.
+    pub fn keys(&self) -> Vec<&str> {
+        match &self.call {
+            Call::PutMany(items) => items.iter().map(|(key, _)| key.as_str()).collect(),
+            Call::GetMany(keys) => keys.iter().map(String::as_str).collect(),
+            Call::Put(_) | Call::Remove | Call::Get => vec![self.key.as_str()],
+        }
+    }
+
+    /// The (key, value) pairs the operation writes, if it takes effect.
+    pub fn writes(&self) -> Vec<(&str, &str)> {
+        match &self.call {
+            Call::Put(value) => vec![(self.key.as_str(), value.as_str())],
+            Call::PutMany(items) => items
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            Call::Remove | Call::Get | Call::GetMany(_) => Vec::new(),
+        }
+    }
+
+    /// The (key, value read) pairs of an answered read (`None`: the key was missing).
+    pub fn reads(&self) -> Vec<(&str, Option<&str>)> {
+        match (&self.call, &self.outcome) {
+            (Call::Get, Outcome::Read(value)) => vec![(self.key.as_str(), value.as_deref())],
+            (Call::GetMany(keys), Outcome::ReadMany(values)) => keys
+                .iter()
+                .zip(values)
+                .map(|(key, value)| (key.as_str(), value.as_deref()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A read with no answer: it constrains nothing.
+    fn says_nothing(&self) -> bool {
+        matches!(self.call, Call::Get | Call::GetMany(_)) && self.outcome == Outcome::Unknown
+    }
+}
+
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let call = match &self.call {
             Call::Put(value) => format!("put({:?}, {value:?})", self.key),
             Call::Remove => format!("remove({:?})", self.key),
             Call::Get => format!("get({:?})", self.key),
+            Call::PutMany(items) => {
+                let items: Vec<String> =
+                    items.iter().map(|(k, v)| format!("{k:?}: {v:?}")).collect();
+                format!("put_many({})", items.join(", "))
+            }
+            Call::GetMany(keys) => {
+                let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+                format!("get_many({})", keys.join(", "))
+            }
         };
         let outcome = match &self.outcome {
             Outcome::Written => "ok".to_string(),
             Outcome::Removed(existed) => format!("existed={existed}"),
             Outcome::Read(value) => format!("{value:?}"),
+            Outcome::ReadMany(values) => format!("{values:?}"),
             Outcome::Unknown => "unknown".to_string(),
         };
         let end = match self.outcome {
@@ -100,10 +171,13 @@ impl fmt::Display for Operation {
 pub enum HistoryError {
     /// The outcome is not one the call can have (e.g. a put that answered a value).
     #[error("operation {index} ({op}): outcome does not fit the call")]
-    OutcomeMismatch { index: usize, op: Operation },
+    OutcomeMismatch { index: usize, op: Box<Operation> },
     /// The answer came before the request.
     #[error("operation {index} ({op}): returns before it is invoked")]
-    ReturnBeforeInvoke { index: usize, op: Operation },
+    ReturnBeforeInvoke { index: usize, op: Box<Operation> },
+    /// A `put_many` or `get_many` that names no key, or a key twice, or also has a `key`.
+    #[error("operation {index} ({op}): a put_many or get_many names each of its keys once (at least one) and no `key`")]
+    BadKeys { index: usize, op: Box<Operation> },
     /// A line of a JSON-lines history is not an operation.
     #[error("history line {line}: {source}")]
     Json {
@@ -117,9 +191,10 @@ pub enum HistoryError {
 /// How much work the checker may do.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Search steps per key before the key is `unknown`: placements tried against the memo
-    /// plus backtracks. Memory grows with the steps (each memoised state holds a bitset of the
-    /// key's operations), time with the steps times the number of concurrent operations.
+    /// Search steps per family of keys (a single key, or keys that multi-key operations tie
+    /// together) before the family is `unknown`: placements tried against the memo plus
+    /// backtracks. Memory grows with the steps (each memoised state holds a bitset of the
+    /// family's operations), time with the steps times the number of concurrent operations.
     pub max_steps_per_key: u64,
 }
 
@@ -131,9 +206,11 @@ impl Default for Limits {
     }
 }
 
-/// A key whose history no real-time-respecting order explains, with what the search learned.
+/// A key (or a family of keys) whose history no real-time-respecting order explains, with what
+/// the search learned.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
+    /// The key, or the keys of the family joined by `+`.
     pub key: String,
     /// Why, in a sentence.
     pub reason: String,
@@ -141,8 +218,8 @@ pub struct Violation {
     pub prefix_len: usize,
     /// The last operations of that prefix, in the order they were placed.
     pub prefix_tail: Vec<Operation>,
-    /// The register after that prefix (`None`: the key is absent).
-    pub state_after_prefix: Option<String>,
+    /// Each key of the family after that prefix (`None`: the key is absent).
+    pub state_after_prefix: BTreeMap<String, Option<String>>,
     /// The operation that had to take effect next (it returned before anything left could
     /// start) but could not, from that state.
     pub blocked: Operation,
@@ -152,7 +229,15 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "key {:?} is not linearizable: {}", self.key, self.reason)?;
+        let keys: Vec<&String> = self.state_after_prefix.keys().collect();
+        match keys.as_slice() {
+            [_] | [] => writeln!(f, "key {:?} is not linearizable: {}", self.key, self.reason)?,
+            _ => writeln!(
+                f,
+                "keys {keys:?} (written or read together) are not linearizable: {}",
+                self.reason
+            )?,
+        }
         write!(f, "  after {} operations", self.prefix_len)?;
         if !self.prefix_tail.is_empty() {
             write!(f, ", ending with:")?;
@@ -160,7 +245,15 @@ impl fmt::Display for Violation {
         for op in &self.prefix_tail {
             write!(f, "\n    {op}")?;
         }
-        writeln!(f, "\n  the key holds {:?}", self.state_after_prefix)?;
+        match self
+            .state_after_prefix
+            .values()
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [value] => writeln!(f, "\n  the key holds {value:?}")?,
+            _ => writeln!(f, "\n  the keys hold {:?}", self.state_after_prefix)?,
+        }
         write!(f, "  and this cannot take effect next: {}", self.blocked)?;
         for op in &self.concurrent {
             write!(f, "\n    (concurrent, tried first: {op})")?;
@@ -173,10 +266,13 @@ impl fmt::Display for Violation {
 #[derive(Clone, Debug, Default)]
 pub struct Report {
     pub keys_checked: usize,
-    /// Operations that constrain the search (unknown gets are not counted).
+    /// Families of more than one key (keys that multi-key operations tie together).
+    pub families_checked: usize,
+    /// Operations that constrain the search (unknown reads are not counted).
     pub operations_checked: usize,
     pub violations: Vec<Violation>,
-    /// Keys whose search ran out of budget, with the steps spent.
+    /// Keys (or families, named as in [`Violation::key`]) whose search ran out of budget, with
+    /// the steps spent.
     pub unknown_keys: Vec<(String, u64)>,
 }
 
@@ -201,79 +297,80 @@ impl Report {
     }
 }
 
-/// Checks a whole history, key by key, starting from an empty store.
+/// Checks a whole history, family by family, starting from an empty store.
 pub fn check(history: &[Operation], limits: Limits) -> Result<Report, HistoryError> {
     validate(history)?;
-    let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
-    for op in history {
-        if op.call == Call::Get && op.outcome == Outcome::Unknown {
-            continue; // an unanswered read constrains nothing
-        }
-        by_key.entry(&op.key).or_default().push(op);
-    }
+    let constraining: Vec<&Operation> = history.iter().filter(|op| !op.says_nothing()).collect();
+    let families = family::families(&constraining);
     let mut report = Report {
-        keys_checked: by_key.len(),
+        keys_checked: families.iter().map(|f| f.keys.len()).sum(),
+        families_checked: families.iter().filter(|f| f.keys.len() > 1).count(),
         ..Report::default()
     };
-    for (key, ops) in by_key {
-        report.operations_checked += ops.len();
-        if let Some(violation) = read_of_unwritten_value(key, &ops) {
+    for family in &families {
+        report.operations_checked += family.ops.len();
+        if let Some(violation) = read_of_unwritten_value(family) {
             report.violations.push(violation);
             continue;
         }
-        match search::check_key(key, &ops, limits.max_steps_per_key) {
+        match search::check_family(family, limits.max_steps_per_key) {
             search::KeyResult::Linearizable => {}
             search::KeyResult::Violation(v) => report.violations.push(*v),
             search::KeyResult::OutOfBudget { steps } => {
-                report.unknown_keys.push((key.to_string(), steps))
+                report.unknown_keys.push((family.name(), steps))
             }
         }
     }
     Ok(report)
 }
 
-/// Every record must be a call with an outcome it can have, answered no earlier than asked.
+/// Every record must be a call with an outcome it can have, answered no earlier than asked;
+/// a multi-key call names its keys once each.
 fn validate(history: &[Operation]) -> Result<(), HistoryError> {
     for (index, op) in history.iter().enumerate() {
-        let fits = matches!(
-            (&op.call, &op.outcome),
+        let fits = match (&op.call, &op.outcome) {
             (_, Outcome::Unknown)
-                | (Call::Put(_), Outcome::Written)
-                | (Call::Remove, Outcome::Removed(_))
-                | (Call::Get, Outcome::Read(_))
-        );
+            | (Call::Put(_) | Call::PutMany(_), Outcome::Written)
+            | (Call::Remove, Outcome::Removed(_))
+            | (Call::Get, Outcome::Read(_)) => true,
+            (Call::GetMany(keys), Outcome::ReadMany(values)) => keys.len() == values.len(),
+            _ => false,
+        };
         if !fits {
-            let op = op.clone();
+            let op = Box::new(op.clone());
             return Err(HistoryError::OutcomeMismatch { index, op });
         }
+        if matches!(op.call, Call::PutMany(_) | Call::GetMany(_)) {
+            let keys = op.keys();
+            let distinct: HashSet<&str> = keys.iter().copied().collect();
+            if keys.is_empty() || distinct.len() != keys.len() || !op.key.is_empty() {
+                let op = Box::new(op.clone());
+                return Err(HistoryError::BadKeys { index, op });
+            }
+        }
         if op.outcome != Outcome::Unknown && op.return_us < op.invoke_us {
-            let op = op.clone();
+            let op = Box::new(op.clone());
             return Err(HistoryError::ReturnBeforeInvoke { index, op });
         }
     }
     Ok(())
 }
 
-/// A fast, clear answer for the plainest anomaly: a read of a value no put on this key wrote.
+/// A fast, clear answer for the plainest anomaly: a read of a value no put of that key wrote.
 /// (The search would find it too, after trying every order of what came before.)
-fn read_of_unwritten_value(key: &str, ops: &[&Operation]) -> Option<Violation> {
-    let written: HashSet<&str> = ops
-        .iter()
-        .filter_map(|op| match &op.call {
-            Call::Put(value) => Some(value.as_str()),
-            _ => None,
-        })
-        .collect();
-    let bad = ops.iter().find(|op| match &op.outcome {
-        Outcome::Read(Some(value)) => !written.contains(value.as_str()),
-        _ => false,
+fn read_of_unwritten_value(family: &family::Family) -> Option<Violation> {
+    let written: HashSet<(&str, &str)> = family.ops.iter().flat_map(|op| op.writes()).collect();
+    let bad = family.ops.iter().find(|op| {
+        op.reads()
+            .iter()
+            .any(|&(key, value)| value.is_some_and(|v| !written.contains(&(key, v))))
     })?;
     Some(Violation {
-        key: key.to_string(),
+        key: family.name(),
         reason: "a read returned a value that no put of this key wrote".into(),
         prefix_len: 0,
         prefix_tail: Vec::new(),
-        state_after_prefix: None,
+        state_after_prefix: family.keys.iter().map(|k| (k.to_string(), None)).collect(),
         blocked: (*bad).clone(),
         concurrent: Vec::new(),
     })

@@ -66,6 +66,8 @@ pub struct Node {
     pub initial_cluster: Option<String>,
     /// More `serve` flags (`--join`, `--no-bootstrap`, `--admin-token`, ...).
     pub extra_args: Vec<String>,
+    /// More environment variables for the process (e.g. libfaketime's, to skew its clock).
+    pub env: Vec<(String, String)>,
     pub log_path: PathBuf,
     child: Option<Child>,
 }
@@ -106,6 +108,7 @@ impl Node {
         let _ = writeln!(log, "=== test harness: starting node {}", self.id);
         let child = Command::new(bin())
             .args(self.args())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -243,7 +246,13 @@ impl ProcessCluster {
 
     /// Starts one node without `--initial-cluster` (a one-node cluster) and waits until it leads.
     pub fn single() -> Self {
+        Self::single_with(|_| {})
+    }
+
+    /// `single`, with node 1 set up by `configure` (flags, environment) before it starts.
+    pub fn single_with(configure: impl FnOnce(&mut Node)) -> Self {
         let mut cluster = Self::create(1, false);
+        configure(&mut cluster.nodes[0]);
         cluster.nodes[0].start();
         cluster.wait_for_leader(&[1]);
         cluster
@@ -266,6 +275,7 @@ impl ProcessCluster {
                 data_dir: dir.path().join(format!("node-{id}")),
                 initial_cluster: with_initial_cluster.then(|| initial.join(",")),
                 extra_args: Vec::new(),
+                env: Vec::new(),
                 log_path: dir.path().join(format!("node-{id}.log")),
                 child: None,
             })
@@ -321,6 +331,7 @@ impl ProcessCluster {
             data_dir: self.dir.path().join(format!("node-{id}")),
             initial_cluster: None,
             extra_args: extra.to_vec(),
+            env: Vec::new(),
             log_path: self.dir.path().join(format!("node-{id}.log")),
             child: None,
         });

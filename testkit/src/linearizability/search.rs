@@ -1,28 +1,33 @@
-//! The WGL search for one key: can the key's operations be placed one after another, each
-//! between its invoke and its return, so that every result is what the register answers?
+//! The WGL search for one family of keys: can the family's operations be placed one after
+//! another, each between its invoke and its return, so that every result is what the registers
+//! (one per key) answer? A `put_many` sets several registers in one step and a `get_many` must
+//! match several in one step.
 //!
 //! Invokes and returns are laid out in time order in a doubly linked list. The search walks it
-//! from the front: at an invoke it tries to place that operation now (if the register's answer
-//! matches the recorded one, and this (state, placed set) is new, it removes the operation's two
-//! entries from the list and starts again from the front); at a return, the operation that
-//! returns there should have been placed already, so the last placement is undone and the next
-//! candidate after it is tried. Memoising (state, placed set) is what keeps this from being
-//! exponential on ordinary histories.
+//! from the front: at an invoke it tries to place that operation now (if the registers' answer
+//! matches the recorded one, and this (registers, placed set) is new, it removes the
+//! operation's two entries from the list and starts again from the front); at a return, the
+//! operation that returns there should have been placed already, so the last placement is
+//! undone and the next candidate after it is tried. Memoising (registers, placed set) is what
+//! keeps this from being exponential on ordinary histories.
 //!
 //! Possibly applied operations return at infinity, after every answered one. Once every
 //! answered operation is placed the rest can always be placed too (their results constrain
 //! nothing), so the search stops there. Three reductions keep them cheap, each implied by the
-//! history so no answer changes: a possibly applied put whose value a read returned must take
-//! effect before that read returned (`spans_of`); values no read returned are one value to the
-//! search (`UNSEEN`); and of interchangeable possibly applied operations only the earliest
-//! available is tried (`class_of`).
+//! history so no answer changes: a possibly applied write whose value a read of that key
+//! returned must take effect before that read returned (`spans_of`); on each key, values no
+//! read of it returned are one value to the search (`UNSEEN`); and of interchangeable possibly
+//! applied operations on one key only the earliest available is tried (`class_of`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::family::Family;
 use super::{Call, Operation, Outcome, Violation};
 
-/// The register: `None` when the key is absent, else the id of its value.
-type State = Option<u32>;
+/// A register: `None` when its key is absent, else the id of its value.
+type Value = Option<u32>;
+/// The family's registers, one per key, in the family's key order.
+type State = Vec<Value>;
 
 /// How many placed operations a violation report shows.
 const PREFIX_TAIL_LEN: usize = 8;
@@ -33,23 +38,41 @@ pub(super) enum KeyResult {
     OutOfBudget { steps: u64 },
 }
 
-/// An operation's effect and the result it must produce, with values interned.
-#[derive(Clone, Copy)]
+/// An operation's effect and the result it must produce, with keys as registers and values
+/// interned.
+#[derive(Clone)]
 enum Step {
-    Put(u32),
+    /// Sets each (register, value) at one instant: a `put` or a `put_many`.
+    Put(Vec<(usize, u32)>),
     /// `None`: outcome unknown, any answer will do.
-    Remove(Option<bool>),
-    Get(State),
+    Remove(usize, Option<bool>),
+    /// Each (register, value) read at one instant: a `get` or a `get_many`.
+    Get(Vec<(usize, Value)>),
 }
 
 impl Step {
-    /// The state after this step, or `None` if the recorded result contradicts `state`.
-    fn apply(self, state: State) -> Option<State> {
+    /// The registers after this step, or `None` if the recorded result contradicts `state`.
+    fn apply(&self, state: &[Value]) -> Option<State> {
         match self {
-            Step::Put(value) => Some(Some(value)),
-            Step::Remove(None) => Some(None),
-            Step::Remove(Some(existed)) => (state.is_some() == existed).then_some(None),
-            Step::Get(value) => (state == value).then_some(state),
+            Step::Put(writes) => {
+                let mut after = state.to_vec();
+                for &(register, value) in writes {
+                    after[register] = Some(value);
+                }
+                Some(after)
+            }
+            Step::Remove(register, existed) => {
+                if existed.is_some_and(|existed| state[*register].is_some() != existed) {
+                    return None;
+                }
+                let mut after = state.to_vec();
+                after[*register] = None;
+                Some(after)
+            }
+            Step::Get(reads) => reads
+                .iter()
+                .all(|&(register, value)| state[register] == value)
+                .then(|| state.to_vec()),
         }
     }
 }
@@ -136,7 +159,7 @@ impl Events {
     }
 
     /// Whether an invoke of an operation of class `class` comes before `node` in the list.
-    fn class_before(&self, node: usize, class: u8, classes: &[Option<u8>]) -> bool {
+    fn class_before(&self, node: usize, class: u32, classes: &[Option<u32>]) -> bool {
         let mut at = self.first();
         while at != node && at != END {
             if self.is_invoke[at] && classes[self.op[at]] == Some(class) {
@@ -177,71 +200,106 @@ impl Bitset {
     }
 }
 
-/// The value id that stands for every value no read returned. Such values cannot be told apart
-/// by anything later (a read never matches them; a remove finds the key either way), so the
-/// search treats them as one, and states that differ only in which of them the key holds merge.
+/// The value id that stands, on a key, for every value no read of that key returned. Such
+/// values cannot be told apart by anything later (a read never matches them; a remove finds
+/// the key either way), so the search treats them as one, and states that differ only in which
+/// of them a key holds merge.
 const UNSEEN: u32 = 0;
 
-/// Turns the key's operations into steps, with each value a read returned numbered from 1.
-fn steps_of(ops: &[&Operation]) -> Vec<Step> {
-    let mut ids: HashMap<&str, u32> = HashMap::new();
-    for op in ops {
-        if let Outcome::Read(Some(value)) = &op.outcome {
-            let next = ids.len() as u32 + 1;
-            ids.entry(value).or_insert(next);
+/// Turns the family's operations into steps, with each (key, value) a read returned numbered
+/// from 1.
+fn steps_of(family: &Family) -> Vec<Step> {
+    let registers = family.registers();
+    let mut ids: HashMap<(usize, &str), u32> = HashMap::new();
+    for op in &family.ops {
+        for (key, value) in op.reads() {
+            if let Some(value) = value {
+                let next = ids.len() as u32 + 1;
+                ids.entry((registers[key], value)).or_insert(next);
+            }
         }
     }
-    let id = |value: &str| ids.get(value).copied().unwrap_or(UNSEEN);
-    ops.iter()
+    let id = |register: usize, value: &str| ids.get(&(register, value)).copied().unwrap_or(UNSEEN);
+    family
+        .ops
+        .iter()
         .map(|op| match (&op.call, &op.outcome) {
-            (Call::Put(value), _) => Step::Put(id(value)),
-            (Call::Remove, Outcome::Removed(existed)) => Step::Remove(Some(*existed)),
-            (Call::Remove, _) => Step::Remove(None),
-            (Call::Get, Outcome::Read(value)) => Step::Get(value.as_deref().map(id)),
-            (Call::Get, _) => unreachable!("unanswered gets are dropped before the search"),
+            (Call::Remove, Outcome::Removed(existed)) => {
+                Step::Remove(registers[op.key.as_str()], Some(*existed))
+            }
+            (Call::Remove, _) => Step::Remove(registers[op.key.as_str()], None),
+            (Call::Put(_) | Call::PutMany(_), _) => Step::Put(
+                op.writes()
+                    .into_iter()
+                    .map(|(key, value)| (registers[key], id(registers[key], value)))
+                    .collect(),
+            ),
+            (Call::Get | Call::GetMany(_), _) => {
+                debug_assert!(
+                    op.outcome != Outcome::Unknown,
+                    "unanswered reads are dropped"
+                );
+                Step::Get(
+                    op.reads()
+                        .into_iter()
+                        .map(|(key, value)| (registers[key], value.map(|v| id(registers[key], v))))
+                        .collect(),
+                )
+            }
         })
         .collect()
 }
 
-/// Possibly applied operations that are interchangeable: same effect, any answer, no deadline.
-/// Of the members of a class that could be placed now, trying the earliest is enough: a
-/// linearization that places a later one here places the earliest in its stead just as well.
-fn class_of(step: Step, return_us: u64) -> Option<u8> {
+/// Possibly applied operations that are interchangeable: same effect on the same key, any
+/// answer, no deadline. Of the members of a class that could be placed now, trying the earliest
+/// is enough: a linearization that places a later one here places the earliest in its stead
+/// just as well.
+fn class_of(step: &Step, return_us: u64) -> Option<u32> {
     match step {
-        Step::Put(UNSEEN) if return_us == u64::MAX => Some(0),
-        Step::Remove(None) => Some(1),
+        Step::Put(writes) if return_us == u64::MAX => match writes.as_slice() {
+            [(register, UNSEEN)] => Some(2 * *register as u32),
+            _ => None,
+        },
+        Step::Remove(register, None) => Some(2 * *register as u32 + 1),
         _ => None,
     }
 }
 
 /// Each operation's (invoke, return) in microseconds, `u64::MAX` for never.
 ///
-/// A possibly applied put is given a return when a read saw its value and no other put wrote
-/// that value: it must then have taken effect before that read did, so before the read
-/// returned. This is implied by the history, so no answer changes; it only keeps such puts from
-/// being tried at every later point (etcd's robustness tests narrow lost writes the same way).
+/// A possibly applied write is given a return when a read of one of its keys saw the value it
+/// wrote there and no other write wrote that value to that key: it must then have taken effect
+/// before that read did, so before the read returned. This is implied by the history, so no
+/// answer changes; it only keeps such writes from being tried at every later point (etcd's
+/// robustness tests narrow lost writes the same way).
 fn spans_of(ops: &[&Operation]) -> Vec<(u64, u64)> {
-    let mut writers: HashMap<&str, usize> = HashMap::new();
+    let mut writers: HashMap<(&str, &str), usize> = HashMap::new();
     for op in ops {
-        if let Call::Put(value) = &op.call {
-            *writers.entry(value).or_default() += 1;
+        for write in op.writes() {
+            *writers.entry(write).or_default() += 1;
         }
     }
-    let mut first_read_us: HashMap<&str, u64> = HashMap::new();
+    let mut first_read_us: HashMap<(&str, &str), u64> = HashMap::new();
     for op in ops {
-        if let Outcome::Read(Some(value)) = &op.outcome {
-            let at = first_read_us.entry(value).or_insert(u64::MAX);
-            *at = (*at).min(op.return_us);
+        for (key, value) in op.reads() {
+            if let Some(value) = value {
+                let at = first_read_us.entry((key, value)).or_insert(u64::MAX);
+                *at = (*at).min(op.return_us);
+            }
         }
     }
     ops.iter()
-        .map(|op| match (&op.call, &op.outcome) {
-            (Call::Put(value), Outcome::Unknown) if writers[value.as_str()] == 1 => {
-                let seen_us = first_read_us.get(value.as_str()).copied();
-                (op.invoke_us, seen_us.unwrap_or(u64::MAX).max(op.invoke_us))
+        .map(|op| {
+            if op.outcome != Outcome::Unknown {
+                return (op.invoke_us, op.return_us);
             }
-            (_, Outcome::Unknown) => (op.invoke_us, u64::MAX),
-            _ => (op.invoke_us, op.return_us),
+            let seen_us = op
+                .writes()
+                .into_iter()
+                .filter(|write| writers[write] == 1)
+                .filter_map(|write| first_read_us.get(&write).copied())
+                .min();
+            (op.invoke_us, seen_us.unwrap_or(u64::MAX).max(op.invoke_us))
         })
         .collect()
 }
@@ -255,27 +313,28 @@ struct Deepest {
     concurrent: Vec<usize>,
 }
 
-/// The search over one key's operations (all with a known outcome or possibly applied).
-pub(super) fn check_key(key: &str, ops: &[&Operation], max_steps: u64) -> KeyResult {
-    let steps = steps_of(ops);
-    let times = spans_of(ops);
+/// The search over one family's operations (all with a known outcome or possibly applied).
+pub(super) fn check_family(family: &Family, max_steps: u64) -> KeyResult {
+    let steps = steps_of(family);
+    let times = spans_of(&family.ops);
 
     let answered = times.iter().filter(|&&(_, ret)| ret != u64::MAX).count();
-    let classes: Vec<Option<u8>> = steps
+    let classes: Vec<Option<u32>> = steps
         .iter()
         .zip(&times)
-        .map(|(&step, &(_, ret))| class_of(step, ret))
+        .map(|(step, &(_, ret))| class_of(step, ret))
         .collect();
     let ops_info = OpsInfo {
         steps: &steps,
         times: &times,
         classes: &classes,
+        registers: family.keys.len(),
     };
     match search(&ops_info, answered, max_steps) {
         Ok(()) => KeyResult::Linearizable,
         Err(SearchEnd::OutOfBudget { steps }) => KeyResult::OutOfBudget { steps },
         Err(SearchEnd::Exhausted(deepest)) => {
-            KeyResult::Violation(Box::new(describe(key, ops, &deepest)))
+            KeyResult::Violation(Box::new(describe(family, &deepest)))
         }
     }
 }
@@ -292,7 +351,9 @@ enum SearchEnd {
 struct OpsInfo<'a> {
     steps: &'a [Step],
     times: &'a [(u64, u64)],
-    classes: &'a [Option<u8>],
+    classes: &'a [Option<u32>],
+    /// How many keys the family has.
+    registers: usize,
 }
 
 /// Porcupine's loop: place the first invoke that fits, backtrack at a return.
@@ -301,9 +362,9 @@ fn search(ops: &OpsInfo, mut unplaced_answered: usize, max_steps: u64) -> Result
     let mut events = Events::new(times);
     let mut placed = Bitset::new(steps.len());
     let mut seen: HashSet<(Bitset, State)> = HashSet::new();
-    // (invoke node, state before it) of each placed operation, in order.
+    // (invoke node, registers before it) of each placed operation, in order.
     let mut stack: Vec<(usize, State)> = Vec::new();
-    let mut state: State = None;
+    let mut state: State = vec![None; ops.registers];
     let mut deepest: Option<Deepest> = None;
     let mut at = events.first();
     let mut spent = 0u64;
@@ -314,12 +375,11 @@ fn search(ops: &OpsInfo, mut unplaced_answered: usize, max_steps: u64) -> Result
         if events.is_invoke[at] {
             let symmetric =
                 ops.classes[op].is_some_and(|c| events.class_before(at, c, ops.classes));
-            if let Some(after) = steps[op].apply(state).filter(|_| !symmetric) {
+            if let Some(after) = (!symmetric).then(|| steps[op].apply(&state)).flatten() {
                 charge(&mut spent, max_steps)?;
                 placed.set(op);
-                if seen.insert((placed.clone(), after)) {
-                    stack.push((at, state));
-                    state = after;
+                if seen.insert((placed.clone(), after.clone())) {
+                    stack.push((at, std::mem::replace(&mut state, after)));
                     if times[op].1 != u64::MAX {
                         unplaced_answered -= 1;
                     }
@@ -371,27 +431,34 @@ fn charge(spent: &mut u64, max_steps: u64) -> Result<(), SearchEnd> {
     Ok(())
 }
 
-/// The key's value after `placed`, in that order (the search's own state merges the values no
-/// read returned, so a report replays the real ones).
-fn replay(ops: &[&Operation], placed: &[usize]) -> Option<String> {
-    placed.iter().fold(None, |state, &i| match &ops[i].call {
-        Call::Put(value) => Some(value.clone()),
-        Call::Remove => None,
-        Call::Get => state,
-    })
+/// Each key's value after `placed`, in that order (the search's own registers merge the
+/// values no read returned, so a report replays the real ones).
+fn replay(family: &Family, placed: &[usize]) -> BTreeMap<String, Option<String>> {
+    let mut state: BTreeMap<String, Option<String>> =
+        family.keys.iter().map(|k| (k.to_string(), None)).collect();
+    for op in placed.iter().map(|&i| family.ops[i]) {
+        for (key, value) in op.writes() {
+            state.insert(key.to_string(), Some(value.to_string()));
+        }
+        if op.call == Call::Remove {
+            state.insert(op.key.clone(), None);
+        }
+    }
+    state
 }
 
-fn describe(key: &str, ops: &[&Operation], deepest: &Deepest) -> Violation {
+fn describe(family: &Family, deepest: &Deepest) -> Violation {
+    let ops = &family.ops;
     let tail_from = deepest.placed.len().saturating_sub(PREFIX_TAIL_LEN);
     Violation {
-        key: key.to_string(),
+        key: family.name(),
         reason: "no order of the operations that respects real time explains every result".into(),
         prefix_len: deepest.placed.len(),
         prefix_tail: deepest.placed[tail_from..]
             .iter()
             .map(|&i| ops[i].clone())
             .collect(),
-        state_after_prefix: replay(ops, &deepest.placed),
+        state_after_prefix: replay(family, &deepest.placed),
         blocked: ops[deepest.blocked].clone(),
         concurrent: deepest.concurrent.iter().map(|&i| ops[i].clone()).collect(),
     }

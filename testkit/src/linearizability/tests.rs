@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn op(client: u64, call: Call, span_us: (u64, u64), outcome: Outcome) -> Operation {
+pub(super) fn op(client: u64, call: Call, span_us: (u64, u64), outcome: Outcome) -> Operation {
     Operation {
         client,
         key: "k".into(),
@@ -14,30 +14,30 @@ fn op(client: u64, call: Call, span_us: (u64, u64), outcome: Outcome) -> Operati
     }
 }
 
-fn put(client: u64, value: &str, span_us: (u64, u64)) -> Operation {
+pub(super) fn put(client: u64, value: &str, span_us: (u64, u64)) -> Operation {
     op(client, Call::Put(value.into()), span_us, Outcome::Written)
 }
 
 /// A put whose answer never came: possibly applied, any time after `invoke_us`.
-fn put_unknown(client: u64, value: &str, invoke_us: u64) -> Operation {
+pub(super) fn put_unknown(client: u64, value: &str, invoke_us: u64) -> Operation {
     let span_us = (invoke_us, invoke_us + 1);
     op(client, Call::Put(value.into()), span_us, Outcome::Unknown)
 }
 
-fn remove(client: u64, existed: bool, span_us: (u64, u64)) -> Operation {
+pub(super) fn remove(client: u64, existed: bool, span_us: (u64, u64)) -> Operation {
     op(client, Call::Remove, span_us, Outcome::Removed(existed))
 }
 
-fn get(client: u64, value: Option<&str>, span_us: (u64, u64)) -> Operation {
+pub(super) fn get(client: u64, value: Option<&str>, span_us: (u64, u64)) -> Operation {
     let value = value.map(str::to_string);
     op(client, Call::Get, span_us, Outcome::Read(value))
 }
 
-fn verdict(history: &[Operation]) -> Verdict {
+pub(super) fn verdict(history: &[Operation]) -> Verdict {
     check(history, Limits::default()).unwrap().verdict()
 }
 
-fn violation(history: &[Operation]) -> Violation {
+pub(super) fn violation(history: &[Operation]) -> Violation {
     let report = check(history, Limits::default()).unwrap();
     assert_eq!(report.violations.len(), 1, "{report:?}");
     report.violations[0].clone()
@@ -77,7 +77,8 @@ fn stale_read_is_caught() {
     ];
     let v = violation(&history);
     assert_eq!(v.blocked, history[2]);
-    assert_eq!(v.state_after_prefix.as_deref(), Some("b"));
+    assert_eq!(v.state_after_prefix["k"].as_deref(), Some("b"));
+    assert_eq!(v.state_after_prefix.len(), 1);
     assert_eq!(v.prefix_tail, history[..2].to_vec());
     assert!(v.concurrent.is_empty(), "{v}");
 }
@@ -296,7 +297,7 @@ mod generated {
     //! and is given a random invoke before and return after it, so clients overlap freely. Some
     //! writes lose their answer (possibly applied), and some of those never took effect at all.
 
-    use super::super::search;
+    use super::super::{family, search};
     use super::*;
     use crate::rng::Rng;
 
@@ -310,9 +311,43 @@ mod generated {
         store: BTreeMap<String, String>,
         free_at_us: [u64; CLIENTS],
         history: Vec<Operation>,
+        /// Whether some calls are `put_many` and `get_many` (of the keys of `KEYS`).
+        multi: bool,
     }
 
     impl Run {
+        /// A `put_many` of two or three keys, or a `get_many` of all, applied to the store; the
+        /// call and its answer. `None`: this operation is a single-key one.
+        fn apply_multi(&mut self, n: usize) -> Option<(Call, Outcome)> {
+            if !self.multi {
+                return None;
+            }
+            match self.rng.below(10) {
+                0..=1 => {
+                    let skip = self.rng.below(4) as usize; // 3: no key skipped
+                    let value = format!("v{n}");
+                    let mut items = Vec::new();
+                    for (_, key) in KEYS.iter().enumerate().filter(|(i, _)| *i != skip) {
+                        self.store.insert(key.to_string(), value.clone());
+                        items.push((key.to_string(), value.clone()));
+                    }
+                    let lost = self.rng.below(8) == 0;
+                    let outcome = if lost {
+                        Outcome::Unknown
+                    } else {
+                        Outcome::Written
+                    };
+                    Some((Call::PutMany(items), outcome))
+                }
+                2..=3 => {
+                    let values = KEYS.iter().map(|k| self.store.get(*k).cloned()).collect();
+                    let keys = KEYS.iter().map(|k| k.to_string()).collect();
+                    Some((Call::GetMany(keys), Outcome::ReadMany(values)))
+                }
+                _ => None,
+            }
+        }
+
         /// The call of operation `n` on `key`, applied to the store; its answer.
         fn apply(&mut self, n: usize, key: &str) -> (Call, Outcome) {
             match self.rng.below(10) {
@@ -343,8 +378,14 @@ mod generated {
             let Some(&client) = free.get(self.rng.below(free.len().max(1) as u64) as usize) else {
                 return; // every client is busy: nothing happens at this moment
             };
-            let key = KEYS[self.rng.below(KEYS.len() as u64) as usize].to_string();
-            let (call, outcome) = self.apply(n, &key);
+            let mut key = KEYS[self.rng.below(KEYS.len() as u64) as usize].to_string();
+            let (call, outcome) = match self.apply_multi(n) {
+                Some(multi) => {
+                    key.clear();
+                    multi
+                }
+                None => self.apply(n, &key),
+            };
             let earliest_us = self.free_at_us[client] + 1;
             let invoke_us = at_us - self.rng.below(at_us - earliest_us + 1).min(300);
             let return_us = at_us + 1 + self.rng.below(300);
@@ -372,11 +413,17 @@ mod generated {
     /// A linearizable history: `len` moments, most with an operation taking effect, plus puts
     /// that lost their answer and never took effect.
     fn history(seed: u64, len: usize) -> Vec<Operation> {
+        run(seed, len, false)
+    }
+
+    /// `history`, with `put_many` and `get_many` among the calls when `multi`.
+    fn run(seed: u64, len: usize, multi: bool) -> Vec<Operation> {
         let mut run = Run {
             rng: Rng::new(seed),
             store: BTreeMap::new(),
             free_at_us: [0; CLIENTS],
             history: Vec::new(),
+            multi,
         };
         for n in 0..len {
             let at_us = 1000 + n as u64 * 50;
@@ -424,7 +471,11 @@ mod generated {
                     op.key == key && !(op.call == Call::Get && op.outcome == Outcome::Unknown)
                 })
                 .collect();
-            let found = search::check_key(&key, &ops, Limits::default().max_steps_per_key);
+            let family = family::Family {
+                keys: vec![key.as_str()],
+                ops,
+            };
+            let found = search::check_family(&family, Limits::default().max_steps_per_key);
             let what = match found {
                 search::KeyResult::Violation(_) => continue,
                 search::KeyResult::Linearizable => "linearizable".to_string(),
@@ -432,8 +483,69 @@ mod generated {
             };
             panic!(
                 "seed {seed}: the search missed it ({what}, {} ops)",
-                ops.len()
+                family.ops.len()
             );
         }
+    }
+
+    #[test]
+    fn sequential_runs_with_put_many_and_get_many_are_linearizable() {
+        let mut multi_key_reads = 0;
+        for seed in 0..300 {
+            let history = run(seed, 200, true);
+            multi_key_reads += history
+                .iter()
+                .filter(|op| matches!(op.outcome, Outcome::ReadMany(_)))
+                .count();
+            let report = check(&history, Limits::default()).unwrap();
+            assert_eq!(report.families_checked, 1, "seed {seed}");
+            assert_eq!(
+                report.verdict(),
+                Verdict::Linearizable,
+                "seed {seed}: {:?}",
+                report.violations.first().map(|v| v.to_string())
+            );
+        }
+        assert!(
+            multi_key_reads > 300 * 20,
+            "{multi_key_reads} get_many answers"
+        );
+    }
+
+    #[test]
+    fn one_get_many_of_a_value_from_the_future_breaks_them() {
+        // A get_many's first key is made to read the value of a put_many that was sent only
+        // after the read had returned.
+        let mut broken = 0;
+        for seed in 0..300 {
+            let mut history = run(seed, 200, true);
+            let read = history.iter().position(|op| {
+                matches!(op.outcome, Outcome::ReadMany(_))
+                    && history.iter().any(|w| {
+                        matches!(&w.call, Call::PutMany(items) if items[0].0 == "a")
+                            && w.invoke_us > op.return_us
+                    })
+            });
+            let Some(read) = read else { continue };
+            let later = history
+                .iter()
+                .find_map(|w| match &w.call {
+                    Call::PutMany(items)
+                        if items[0].0 == "a" && w.invoke_us > history[read].return_us =>
+                    {
+                        Some(items[0].1.clone())
+                    }
+                    _ => None,
+                })
+                .unwrap();
+            let Outcome::ReadMany(values) = &mut history[read].outcome else {
+                unreachable!()
+            };
+            values[0] = Some(later);
+            let report = check(&history, Limits::default()).unwrap();
+            assert_eq!(report.verdict(), Verdict::NotLinearizable, "seed {seed}");
+            broken += 1;
+        }
+        assert!(broken > 250, "only {broken} histories had a read to break");
     }
 }

@@ -51,6 +51,10 @@ struct Args {
     /// Keys the clients share (the contended registers).
     #[arg(long, default_value_t = 5)]
     hot_keys: u64,
+    /// Families of 3 keys that the clients write with put_many and read with get_many (and
+    /// single-key calls); the checker judges each family as one model, so a torn read fails.
+    #[arg(long, default_value_t = 2)]
+    families: u64,
     /// Spare nodes per run, each used by one membership change.
     #[arg(long, default_value_t = 2)]
     spares: u64,
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         out_dir: args.out_dir.clone(),
         limits: ClientLimits {
             hot_keys: args.hot_keys,
+            families: args.families,
             max_ops: args.max_ops_per_client,
             think: Duration::from_millis(args.think_ms),
         },
@@ -142,11 +147,12 @@ fn run_line(n: u64, runs: u64, r: &RunReport) -> String {
         .map(|(kind, count)| format!("{kind}×{count}"))
         .collect();
     format!(
-        "run {n}/{runs} seed {}: {} nodes, {} operations ({} checked, {} own keys read back), faults [{}]: {}",
+        "run {n}/{runs} seed {}: {} nodes, {} operations ({} checked, {} put_many/get_many, {} own keys read back), faults [{}]: {}",
         r.seed,
         r.nodes,
         r.operations,
         r.checked,
+        r.multi_key,
         r.own_keys_checked,
         faults.join(", "),
         if r.failure.is_some() { "FAILED" } else { "ok" }
@@ -171,11 +177,12 @@ fn summary(reports: &[RunReport]) -> String {
         .map(|k| k.name())
         .collect();
     let mut text = format!(
-        "summary: {} runs ({} with 5 nodes), {} operations, {} checked for linearizability, {} own keys read back\n",
+        "summary: {} runs ({} with 5 nodes), {} operations, {} checked for linearizability ({} put_many/get_many), {} own keys read back\n",
         reports.len(),
         reports.iter().filter(|r| r.nodes == 5).count(),
         reports.iter().map(|r| r.operations).sum::<usize>(),
         reports.iter().map(|r| r.checked).sum::<usize>(),
+        reports.iter().map(|r| r.multi_key).sum::<usize>(),
         reports.iter().map(|r| r.own_keys_checked).sum::<usize>(),
     );
     text += &format!(

@@ -64,6 +64,8 @@ pub struct RunReport {
     pub operations: usize,
     /// Operations that constrained the linearizability check.
     pub checked: usize,
+    /// `put_many`s and `get_many`s among the operations recorded.
+    pub multi_key: usize,
     /// Acknowledged puts of keys written once, each read back at the end.
     pub own_keys_checked: usize,
     pub faults: BTreeMap<FaultKind, u64>,
@@ -234,6 +236,10 @@ impl<'a> Run<'a> {
 
         let final_reads = self.read_back(&mut history, leader, &shared)?;
         report.operations = history.len();
+        report.multi_key = history
+            .iter()
+            .filter(|op| matches!(op.call, Call::PutMany(_) | Call::GetMany(_)))
+            .count();
         let mut failures = Vec::new();
 
         let lost = lost_writes(&history, &final_reads);
@@ -271,9 +277,10 @@ impl<'a> Run<'a> {
             .map_err(|e| anyhow!("the recorded history is malformed: {e}"))?;
         report.checked = checked.operations_checked;
         journal.line(format!(
-            "checked {} operations on {} keys: {:?}",
+            "checked {} operations on {} keys ({} families of keys written or read together): {:?}",
             checked.operations_checked,
             checked.keys_checked,
+            checked.families_checked,
             checked.verdict()
         ));
         match checked.verdict() {
@@ -286,7 +293,7 @@ impl<'a> Run<'a> {
                     .map(|v| v.to_string())
                     .collect();
                 failures.push(format!(
-                    "not linearizable on {} keys:\n{}",
+                    "not linearizable on {} keys (or families of keys written or read together):\n{}",
                     checked.violations.len(),
                     shown.join("\n")
                 ));
@@ -593,7 +600,11 @@ impl<'a> Run<'a> {
         leader: u64,
         shared: &Shared,
     ) -> Result<BTreeMap<String, String>> {
-        let keys: BTreeSet<String> = history.iter().map(|op| op.key.clone()).collect();
+        let keys: BTreeSet<String> = history
+            .iter()
+            .flat_map(|op| op.keys())
+            .map(str::to_string)
+            .collect();
         let addr = self.cluster.node(leader).addr();
         let reader = self.config.clients;
         let mut values = BTreeMap::new();
