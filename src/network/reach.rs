@@ -9,11 +9,12 @@
 //!
 //! So every voter that follows calls its leader at least once per heartbeat interval (a
 //! `leader_check`, skipped when another call to the leader was answered within the interval),
-//! and the leader notes who called it. A leader that, for `cut_after`, has not been called by
-//! enough voters to make a quorum with itself hands its leadership to the most caught-up voter
-//! it still reaches (openraft's leader transfer): the new leader is one that the others can
-//! call. A leader that reaches no one is left to openraft's check-quorum, which stops its
-//! writes once its lease lapses.
+//! and the leader notes who called it. A leader that a quorum still answers but that, for
+//! `cut_after`, has not been called by enough voters to make a quorum with itself hands its
+//! leadership to the most caught-up voter (openraft's leader transfer): the new leader is one
+//! that the others can call. A leader that no quorum answers is left to openraft's
+//! check-quorum, which stops its writes once its lease lapses (handing over would not help:
+//! seen with a membership change stuck on dead nodes, where it only made leaders come and go).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -103,7 +104,18 @@ impl ReachWatch {
                     .filter(|v| self.inbound.heard_within(*v, self.cut_after))
                     .collect();
                 reached.insert(self.id);
-                if quorum_reaches(&configs, &reached) {
+                // Only the asymmetric case: a quorum answers this leader's calls right now (so
+                // Raft sees nothing wrong) while no quorum has called it for `cut_after`.
+                // Without a quorum either way there is no one to hand over to (a membership
+                // change stuck on dead nodes): leave it to check-quorum.
+                let mut answering: BTreeSet<NodeId> = configs
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .filter(|v| self.peers.answered_within(*v, 2 * self.interval))
+                    .collect();
+                answering.insert(self.id);
+                if !quorum_reaches(&configs, &answering) || quorum_reaches(&configs, &reached) {
                     continue;
                 }
                 self.hand_over(&configs, &reached).await;

@@ -118,6 +118,8 @@ pub struct Project {
     /// Side networks created so far.
     side_networks: BTreeSet<String>,
     paused: BTreeSet<u64>,
+    /// iptables rules of the one-way cuts in place (the arguments after `-I`/`-D`).
+    one_way: Vec<Vec<String>>,
 }
 
 impl Project {
@@ -190,6 +192,7 @@ impl Project {
             cut: BTreeMap::new(),
             side_networks: BTreeSet::new(),
             paused: BTreeSet::new(),
+            one_way: Vec::new(),
         }
     }
 
@@ -333,6 +336,7 @@ impl Project {
 
     /// Puts every cut node back on the shared network.
     pub fn heal(&mut self) -> Result<()> {
+        self.heal_one_way()?;
         let shared = self.shared_network();
         for (id, networks) in std::mem::take(&mut self.cut) {
             let alias = format!("node{id}");
@@ -343,6 +347,53 @@ impl Project {
             }
         }
         Ok(())
+    }
+
+    /// Cuts one direction: every packet node `from` sends to node `to`'s peer port is dropped
+    /// (an iptables rule on the host, in docker's `DOCKER-USER` chain, which sees traffic
+    /// between containers on a bridge), while `to`'s own calls to `from` and their answers go
+    /// through, as with a firewall that drops inbound connections. Needs root. `heal` undoes it.
+    pub fn cut_one_way(&mut self, from: u64, to: u64) -> Result<()> {
+        let port = PEER_PORT.to_string();
+        let rule: Vec<String> = [
+            "DOCKER-USER",
+            "-s",
+            &self.address(from)?,
+            "-d",
+            &self.address(to)?,
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        iptables("-I", &rule)?;
+        self.one_way.push(rule);
+        Ok(())
+    }
+
+    fn heal_one_way(&mut self) -> Result<()> {
+        while let Some(rule) = self.one_way.pop() {
+            iptables("-D", &rule)?;
+        }
+        Ok(())
+    }
+
+    /// Node `id`'s address on the shared network.
+    fn address(&self, id: u64) -> Result<String> {
+        let format = format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            self.shared_network()
+        );
+        let container = self.container(id)?;
+        Ok(self
+            .docker(&["inspect", "-f", &format, &container])?
+            .trim()
+            .to_string())
     }
 
     /// Writes each started node's log to `dir/node<id>.log`.
@@ -388,10 +439,23 @@ impl Drop for Project {
                 eprintln!("{}", String::from_utf8_lossy(&out.stdout));
             }
         }
+        if let Err(e) = self.heal_one_way() {
+            eprintln!(
+                "compose: removing the one-way cuts of {} failed: {e}",
+                self.name
+            );
+        }
         if let Err(e) = self.down() {
             eprintln!("compose: taking down {} failed: {e}", self.name);
         }
     }
+}
+
+/// Inserts (`-I`) or deletes (`-D`) an iptables rule.
+fn iptables(action: &str, rule: &[String]) -> Result<()> {
+    let mut cmd = Command::new("iptables");
+    cmd.arg(action).args(rule);
+    run(cmd, &format!("iptables {action} {}", rule.join(" "))).map(drop)
 }
 
 /// Runs `cmd` (described as `what`) and returns what it printed on stdout.

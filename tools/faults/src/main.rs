@@ -48,6 +48,10 @@ struct Args {
     /// Nodes per run (3 or 5). Default: 3 for an even seed, 5 for an odd one.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["3", "5"]))]
     nodes: Option<String>,
+    /// The kind of every run's first fault (one-way, partition-minority, kill-leader, ...);
+    /// the rest of the schedule is drawn from the seed as usual.
+    #[arg(long, value_name = "KIND")]
+    first_fault: Option<String>,
     /// Keys the clients share (the contended registers).
     #[arg(long, default_value_t = 5)]
     hot_keys: u64,
@@ -92,10 +96,18 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let seed = args.seed.unwrap_or_else(clock_seed);
+    let first = match args.first_fault.as_deref().map(str::parse).transpose() {
+        Ok(first) => first,
+        Err(e) => {
+            eprintln!("raftcache-faults: --first-fault: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = RunConfig {
         seconds: args.seconds,
         clients: args.clients,
         nodes: args.nodes.as_deref().map(|n| n.parse().expect("3 or 5")),
+        first,
         spares: args.spares,
         image: args.image.clone(),
         out_dir: args.out_dir.clone(),
@@ -125,6 +137,11 @@ fn main() -> ExitCode {
                 args.seconds,
                 args.clients,
                 args.nodes.as_ref().map(|n| format!(" --nodes {n}")).unwrap_or_default()
+                    + &args
+                        .first_fault
+                        .as_ref()
+                        .map(|k| format!(" --first-fault {k}"))
+                        .unwrap_or_default()
             );
             if let Some(dir) = &report.kept {
                 println!("  kept: {}", dir.display());

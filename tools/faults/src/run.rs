@@ -18,7 +18,7 @@ use raftcache_testkit::linearizability::{self, Call, Limits, Operation, Outcome,
 use raftcache_testkit::rng::Rng;
 use raftcache_testkit::wait::poll;
 
-use crate::schedule::{plan, FaultKind, Schedule, Step};
+use crate::schedule::{plan_first, FaultKind, Schedule, Step};
 
 /// How long the cluster may take to have every member answer and agree on a leader: generous,
 /// since nothing here measures speed and a shared 2-core machine can be slow.
@@ -48,6 +48,8 @@ pub struct RunConfig {
     pub seconds: u64,
     pub clients: u64,
     pub nodes: Option<usize>,
+    /// The kind of each run's first fault, if one is asked for.
+    pub first: Option<FaultKind>,
     pub spares: u64,
     pub image: String,
     /// Where a failed run's files are kept.
@@ -79,7 +81,7 @@ pub struct RunReport {
 
 /// Runs the schedule of `seed`.
 pub fn run(config: &RunConfig, seed: u64) -> RunReport {
-    let schedule = plan(seed, config.seconds, config.nodes);
+    let schedule = plan_first(seed, config.seconds, config.nodes, config.first);
     let dir = config.out_dir.join(format!("run-{seed}"));
     let mut report = RunReport {
         seed,
@@ -156,6 +158,8 @@ struct Run<'a> {
     dir: &'a Path,
     /// Times (on the clients' clock) when no side of a partition held a quorum.
     no_quorum: Vec<(u64, u64)>,
+    /// Writes that should have been acknowledged and were not (a fault a quorum outlives).
+    unavailable: Vec<String>,
 }
 
 impl<'a> Run<'a> {
@@ -178,6 +182,7 @@ impl<'a> Run<'a> {
             spares,
             dir,
             no_quorum: Vec::new(),
+            unavailable: Vec::new(),
         };
         let leader = run.wait_healthy()?;
         journal.line(format!(
@@ -240,7 +245,7 @@ impl<'a> Run<'a> {
             .iter()
             .filter(|op| matches!(op.call, Call::PutMany(_) | Call::GetMany(_)))
             .count();
-        let mut failures = Vec::new();
+        let mut failures = self.unavailable.clone();
 
         let lost = lost_writes(&history, &final_reads);
         report.own_keys_checked = history
@@ -408,6 +413,59 @@ impl<'a> Run<'a> {
                 let sides = [shuffled[..3].to_vec(), shuffled[2..].to_vec()];
                 let text = hold_partition(&mut self.cluster, &sides, step.hold)?;
                 format!("{text}, node {} bridges", shuffled[2])
+            }
+            FaultKind::OneWay => {
+                let leader = self.leader_or(random);
+                let others: Vec<u64> = shuffled.iter().copied().filter(|&n| n != leader).collect();
+                let links: Vec<(u64, u64)> = match pick.below(3) {
+                    0 => others.iter().map(|&o| (o, leader)).collect(),
+                    1 => others.iter().map(|&o| (leader, o)).collect(),
+                    _ if pick.below(2) == 0 => vec![(others[0], leader)],
+                    _ => vec![(leader, others[0])],
+                };
+                for &(from, to) in &links {
+                    self.cluster.cut_one_way(from, to)?;
+                }
+                let shown: Vec<String> = links.iter().map(|(f, t)| format!("{f}->{t}")).collect();
+                // Every link of the leader cut one way: the others still reach each other, so
+                // writes through them must go on (within AVAILABLE_AFTER of the cut).
+                let whole = links.len() == others.len() && others.len() > 1;
+                let probe = if whole && step.hold > AVAILABLE_AFTER {
+                    let addr = self.cluster.node(others[0]).addr();
+                    let first = first_write_within(
+                        &addr,
+                        step.hold,
+                        &format!("{PROBE_PREFIX}{}", step.choice),
+                    );
+                    match first {
+                        Some(after) if after <= AVAILABLE_AFTER => {
+                            format!(
+                                ", first write through node {} after {} ms",
+                                others[0],
+                                after.as_millis()
+                            )
+                        }
+                        other => {
+                            self.unavailable.push(format!(
+                                "unavailable: with {} dropped (leader {leader}), the first write through node {} was acknowledged {} (allowed: {} ms)",
+                                shown.join(", "),
+                                others[0],
+                                other.map_or("never".to_string(), |t| format!("after {} ms", t.as_millis())),
+                                AVAILABLE_AFTER.as_millis()
+                            ));
+                            ", no write in time".to_string()
+                        }
+                    }
+                } else {
+                    sleep(step.hold);
+                    String::new()
+                };
+                self.cluster.heal()?;
+                format!(
+                    "dropped {} (leader {leader}) for {} ms{probe}",
+                    shown.join(", "),
+                    step.hold.as_millis()
+                )
             }
             FaultKind::KillLeader | FaultKind::KillRandom => {
                 let target = if step.kind == FaultKind::KillLeader {
@@ -666,6 +724,28 @@ impl<'a> Run<'a> {
     }
 }
 
+/// How soon after a one-way cut around the leader a write through another node must be
+/// acknowledged.
+const AVAILABLE_AFTER: Duration = Duration::from_secs(3);
+
+/// Writes `key` through `addr` again and again for `hold`; how long after the start the first
+/// write was acknowledged, if one was. Takes `hold` in all.
+fn first_write_within(addr: &str, hold: Duration, key: &str) -> Option<Duration> {
+    let start = Instant::now();
+    let mut first = None;
+    while start.elapsed() < hold {
+        let acked = connect(addr)
+            .ok()
+            .and_then(|mut c| c.put(key, "probe").ok())
+            .is_some();
+        if acked && first.is_none() {
+            first = Some(start.elapsed());
+        }
+        sleep(Duration::from_millis(100));
+    }
+    first
+}
+
 enum Injected {
     Done(String),
     Not(String),
@@ -689,7 +769,11 @@ fn status(addr: &str) -> Option<raftcache::gen::cache::NodeStatus> {
         .ok()
 }
 
-/// A node's own contents (a local scan, no leader involved).
+/// Keys the suite writes outside the checked history (availability probes), left out of the
+/// comparison of each node's contents with the final reads.
+const PROBE_PREFIX: &str = "probe-oneway-";
+
+/// A node's own contents (a local scan, no leader involved), availability probes left out.
 fn local_contents(addr: &str) -> Result<BTreeMap<String, String>> {
     let mut client = connect(addr)?;
     let mut held = BTreeMap::new();
@@ -706,7 +790,9 @@ fn local_contents(addr: &str) -> Result<BTreeMap<String, String>> {
         let full = page.len() == SCAN_PAGE as usize;
         for entry in page {
             after = entry.key.clone();
-            held.insert(entry.key, entry.value);
+            if !entry.key.starts_with(PROBE_PREFIX) {
+                held.insert(entry.key, entry.value);
+            }
         }
         if !full {
             return Ok(held);

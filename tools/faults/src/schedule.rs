@@ -21,6 +21,10 @@ pub enum FaultKind {
     /// Five nodes: two sides of two that cannot see each other, and a fifth node that sees
     /// both ("bridge").
     PartitionBridge,
+    /// One-way cuts around the leader: nothing the others send reaches its peer port (its own
+    /// calls still get their answers), or nothing it sends reaches theirs, or one direction of
+    /// one link between it and a follower.
+    OneWay,
     /// `docker kill` (SIGKILL) of the leader's container, started again after the hold.
     KillLeader,
     /// `docker kill` of a random node's container, started again after the hold.
@@ -38,7 +42,8 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
+        FaultKind::OneWay,
         FaultKind::PartitionMinority,
         FaultKind::PartitionMajority,
         FaultKind::PartitionLeader,
@@ -57,6 +62,7 @@ impl FaultKind {
             FaultKind::PartitionMajority => "partition-majority",
             FaultKind::PartitionLeader => "partition-leader",
             FaultKind::PartitionBridge => "partition-bridge",
+            FaultKind::OneWay => "one-way",
             FaultKind::KillLeader => "kill-leader",
             FaultKind::KillRandom => "kill-random",
             FaultKind::KillAll => "kill-all",
@@ -81,7 +87,8 @@ impl FaultKind {
             FaultKind::PartitionMinority
             | FaultKind::PartitionMajority
             | FaultKind::PartitionLeader
-            | FaultKind::PartitionBridge => rng.millis(2_000, 8_000),
+            | FaultKind::PartitionBridge
+            | FaultKind::OneWay => rng.millis(2_000, 8_000),
             FaultKind::KillLeader | FaultKind::KillRandom => rng.millis(500, 5_000),
             FaultKind::KillAll => rng.millis(500, 3_000),
             FaultKind::Pause => rng.millis(1_000, 10_000),
@@ -98,6 +105,17 @@ impl FaultKind {
             }
             _ => Duration::from_secs(2),
         }
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| format!("no fault named {name}"))
     }
 }
 
@@ -147,7 +165,18 @@ const TAIL: Duration = Duration::from_secs(3);
 /// even seed and 5 for an odd one (so consecutive seeds alternate). The kinds come in shuffled
 /// rounds, each round holding every kind that applies once, so a run of N steps injects
 /// min(N, kinds) different kinds.
+#[cfg(test)]
 pub fn plan(seed: u64, seconds: u64, nodes: Option<usize>) -> Schedule {
+    plan_first(seed, seconds, nodes, None)
+}
+
+/// `plan`, with the run's first fault of kind `first` (when it applies to the cluster).
+pub fn plan_first(
+    seed: u64,
+    seconds: u64,
+    nodes: Option<usize>,
+    mut first: Option<FaultKind>,
+) -> Schedule {
     let nodes = nodes.unwrap_or(if seed.is_multiple_of(2) { 3 } else { 5 });
     let mut rng = Rng::new(seed);
     let budget = Duration::from_secs(seconds).saturating_sub(TAIL);
@@ -161,6 +190,13 @@ pub fn plan(seed: u64, seconds: u64, nodes: Option<usize>) -> Schedule {
                 .filter(|k| k.applies_to(nodes))
                 .collect();
             rng.shuffle(&mut round);
+            if let Some(pos) = first
+                .take()
+                .and_then(|k| round.iter().position(|x| *x == k))
+            {
+                let kind = round.remove(pos);
+                round.push(kind);
+            }
         }
         let kind = round.pop().expect("a round holds kinds");
         let step = Step {
@@ -188,6 +224,14 @@ mod tests {
     fn the_same_seed_gives_the_same_schedule_and_another_seed_another() {
         assert_eq!(plan(42, 60, None), plan(42, 60, None));
         assert_ne!(plan(42, 60, None).steps, plan(44, 60, None).steps);
+    }
+
+    #[test]
+    fn a_first_fault_asked_for_comes_first() {
+        for seed in 0..20 {
+            let s = plan_first(seed, 30, None, Some(FaultKind::OneWay));
+            assert_eq!(s.steps[0].kind, FaultKind::OneWay, "seed {seed}");
+        }
     }
 
     #[test]
