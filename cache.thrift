@@ -147,6 +147,9 @@ enum AdminOp {
     REMOVE_NODE = 4,
     /// Replace voter `id` by learner `new_id`, in one joint-consensus change.
     REPLACE_NODE = 5,
+    /// Hand the leadership to voter `id` (refused for a learner, or a voter more than 1000
+    /// entries behind unless `force`); answers once `id` leads.
+    TRANSFER_LEADER = 6,
 }
 
 struct AdminChange {

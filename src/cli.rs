@@ -128,6 +128,16 @@ pub enum AdminCommand {
         #[command(flatten)]
         admin: AdminConn,
     },
+    /// Hand the leadership to voter ID: the leader stops taking writes, waits until ID holds
+    /// every entry it has, and ID calls an election at once. Answers once ID leads. Refused
+    /// for a learner, or (unless --force) a voter more than 1000 entries behind.
+    TransferLeader {
+        id: u64,
+        #[command(flatten)]
+        force: Force,
+        #[command(flatten)]
+        admin: AdminConn,
+    },
     /// Make voter ID a learner.
     Demote {
         id: u64,
@@ -351,6 +361,9 @@ fn admin_command(command: AdminCommand) -> Result<ExitCode, String> {
         }
         AdminCommand::Demote { id, force, admin } => {
             change(&admin, AdminOp::DEMOTE, id, None, force)?
+        }
+        AdminCommand::TransferLeader { id, force, admin } => {
+            change(&admin, AdminOp::TRANSFER_LEADER, id, None, force)?
         }
         AdminCommand::RemoveNode { id, force, admin } => {
             change(&admin, AdminOp::REMOVE_NODE, id, None, force)?

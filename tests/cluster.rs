@@ -324,6 +324,83 @@ async fn a_follower_back_from_isolation_changes_neither_leader_nor_term() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transfer_leader_moves_the_leadership_under_load_losing_no_write() {
+    use raftcache::gen::cache::AdminOp;
+    let cluster = InProcessCluster::start(3, &[]).await;
+    let old = cluster.wait_for_leader().await;
+    let f = followers(&cluster, old);
+    let (through, target) = (f[0], f[1]);
+
+    phase("a learner or an unknown node is refused");
+    let refused = cluster
+        .client(old)
+        .run(|c| c.admin_change(AdminOp::TRANSFER_LEADER, 9, None, None, false, ""))
+        .await
+        .expect_err("node 9 is not a member");
+    assert!(
+        format!("{refused:?}").contains("not a member"),
+        "{refused:?}"
+    );
+
+    phase("a writer keeps writing through a follower while the leadership moves");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let client = cluster.client(through);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut acked, mut longest_failing, mut failing_since) = (Vec::new(), 0u128, None);
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && i < 100_000 {
+                let key = format!("t{i}");
+                match client.put(&key, "v").await {
+                    Ok(_) => {
+                        if let Some(since) = failing_since.take() {
+                            let since: std::time::Instant = since;
+                            longest_failing = longest_failing.max(since.elapsed().as_millis());
+                        }
+                        acked.push(key);
+                    }
+                    Err(_) => {
+                        failing_since.get_or_insert_with(std::time::Instant::now);
+                    }
+                }
+                i += 1;
+            }
+            (acked, longest_failing, failing_since.is_some())
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let moved = cluster
+        .client(through)
+        .run(move |c| c.admin_change(AdminOp::TRANSFER_LEADER, target, None, None, false, ""))
+        .await
+        .expect("transfer-leader");
+    assert_eq!(moved.leader, target as i64);
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (acked, longest_failing, still_failing) = writer.await.unwrap();
+    eprintln!(
+        "{} writes acknowledged; longest run of failing writes {longest_failing} ms",
+        acked.len()
+    );
+    assert!(!still_failing, "writes were still failing at the end");
+    assert!(
+        longest_failing < 1000,
+        "writes failed for {longest_failing} ms, more than an election timeout"
+    );
+    assert_eq!(cluster.wait_for_leader().await, target);
+
+    phase("every acknowledged write is there");
+    for key in &acked {
+        assert_eq!(
+            cluster.client(old).get(key, true).await.unwrap().as_deref(),
+            Some("v"),
+            "{key} lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_forwarded_to_a_leader_that_went_silent_fails_fast_and_the_next_one_succeeds() {
     // A long deadline: a forward that waited for the silent leader's answer would hang for a
     // minute; the follower must give up as soon as it stops following that leader.

@@ -153,6 +153,17 @@ impl CacheApi {
             Call::AdminMembers { token } => {
                 Outcome::Membership(self.admin_call(&token, Ok(AdminRequest::Members)).await)
             }
+            Call::AdminChange { change, token } if change.op == AdminOp::TRANSFER_LEADER => {
+                let request = u64::try_from(change.id)
+                    .ok()
+                    .filter(|id| *id > 0)
+                    .map(|to| AdminRequest::TransferLeader {
+                        to,
+                        force: change.force.unwrap_or(false),
+                    })
+                    .ok_or_else(|| format!("{} is not a node id", change.id));
+                Outcome::Membership(self.admin_call(&token, request).await)
+            }
             Call::AdminChange { change, token } => {
                 let request =
                     to_change(change).map(|(change, force)| AdminRequest::Change { change, force });

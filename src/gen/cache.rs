@@ -85,12 +85,14 @@ impl AdminOp {
   pub const DEMOTE: AdminOp = AdminOp(3);
   pub const REMOVE_NODE: AdminOp = AdminOp(4);
   pub const REPLACE_NODE: AdminOp = AdminOp(5);
+  pub const TRANSFER_LEADER: AdminOp = AdminOp(6);
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::ADD_LEARNER,
     Self::PROMOTE,
     Self::DEMOTE,
     Self::REMOVE_NODE,
     Self::REPLACE_NODE,
+    Self::TRANSFER_LEADER,
   ];
 }
 
@@ -113,6 +115,7 @@ impl From<i32> for AdminOp {
       3 => AdminOp::DEMOTE,
       4 => AdminOp::REMOVE_NODE,
       5 => AdminOp::REPLACE_NODE,
+      6 => AdminOp::TRANSFER_LEADER,
       _ => AdminOp(i)
     }
   }

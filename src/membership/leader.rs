@@ -19,6 +19,9 @@ use crate::types::{Node, NodeId, TypeConfig};
 
 type WriteError = RaftError<TypeConfig, ClientWriteError<TypeConfig>>;
 
+/// How far behind the leader a voter may be for `admin transfer-leader` without `--force`.
+const TRANSFER_MAX_LAG: u64 = 1_000;
+
 /// How often the leader looks for a half-done membership change to finish.
 const FINISH_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -56,6 +59,9 @@ impl Admin {
         if leader != Some(self.id) {
             return Err(AdminError::NotLeader { leader });
         }
+        if let AdminRequest::TransferLeader { to, force } = request {
+            return self.transfer_leader(to, force).await;
+        }
         if let AdminRequest::Change { change, force } = request {
             let _one_at_a_time = self.changing.try_lock().map_err(|_| {
                 AdminError::Refused(
@@ -71,6 +77,68 @@ impl Admin {
                 )));
             }
             self.make(change, force).await?;
+        }
+        self.members().await
+    }
+
+    /// Hands the leadership to voter `to` once it holds every entry this leader has (openraft's
+    /// leader transfer: this leader stops taking writes, `to` calls an election at once), and
+    /// answers when `to` leads. Refused for a learner, a node that is not a member, or, unless
+    /// `force`, a voter more than `TRANSFER_MAX_LAG` entries behind.
+    async fn transfer_leader(&self, to: NodeId, force: bool) -> Result<MembersView, AdminError> {
+        if to == self.id {
+            return self.members().await;
+        }
+        let (voter, member, lag) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            let membership = m.membership_config.membership();
+            let voter = membership.voter_ids().any(|v| v == to);
+            let member = membership.get_node(&to).is_some();
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&to).cloned().flatten());
+            (voter, member, matched.map(|l| last.saturating_sub(l.index)))
+        };
+        if !member {
+            return Err(AdminError::Refused(format!("node {to} is not a member")));
+        }
+        if !voter {
+            return Err(AdminError::Refused(format!(
+                "node {to} is a learner: only a voter can lead (promote it first)"
+            )));
+        }
+        match lag {
+            None if !force => {
+                return Err(AdminError::Refused(format!(
+                    "no replication progress is known for node {to} (does it answer? see `raftcache admin members`); --force to try anyway"
+                )))
+            }
+            Some(lag) if lag > TRANSFER_MAX_LAG && !force => {
+                return Err(AdminError::Refused(format!(
+                    "node {to} is {lag} entries behind the leader (at most {TRANSFER_MAX_LAG}): wait for it to catch up, or --force"
+                )))
+            }
+            _ => {}
+        }
+        tracing::info!(to, "handing the leadership over (admin transfer-leader)");
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| AdminError::Unavailable(format!("this node has stopped: {e}")))?;
+        let moved = self
+            .raft
+            .wait(Some(self.deadline))
+            .metrics(|m| m.current_leader == Some(to), "leadership moved")
+            .await;
+        if moved.is_err() {
+            return Err(AdminError::Unavailable(format!(
+                "the leadership did not move to node {to} within the request deadline of {} ms; see `raftcache admin members`",
+                self.deadline.as_millis()
+            )));
         }
         self.members().await
     }

@@ -110,9 +110,32 @@ impl Admin {
                 Err(AdminError::NotLeader { .. }) => {
                     return Err(AdminError::Unavailable(self.no_leader_message()))
                 }
+                // The leader changed while it handled a transfer: if it moved where it was
+                // asked to, that is the transfer done.
+                Err(AdminError::Unavailable(why)) => {
+                    if let AdminRequest::TransferLeader { to, .. } = request {
+                        if self.leader.current() == Some(to)
+                            || self.leader_becomes(to, deadline).await
+                        {
+                            return Box::pin(self.handle(AdminRequest::Members)).await;
+                        }
+                    }
+                    return Err(AdminError::Unavailable(why));
+                }
                 other => return other,
             }
         }
+    }
+
+    /// Whether node `to` becomes the leader this node knows before `deadline`.
+    async fn leader_becomes(&self, to: NodeId, deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            if self.leader.current() == Some(to) {
+                return true;
+            }
+            self.leader.wait_for_change(deadline).await;
+        }
+        self.leader.current() == Some(to)
     }
 
     fn no_leader_message(&self) -> String {
@@ -155,6 +178,9 @@ impl Admin {
                 )),
                 (AdminRequest::Change { .. }, AskError::Unknown(e)) => AdminError::Unavailable(format!(
                     "the leader (node {leader}) did not answer: {e}; the change may or may not have been made (see `raftcache admin members`)"
+                )),
+                (AdminRequest::TransferLeader { .. }, AskError::Unknown(e)) => AdminError::Unavailable(format!(
+                    "the leader (node {leader}) did not answer: {e}; the leadership may or may not have moved (see `raftcache admin members`)"
                 )),
             })?
     }

@@ -85,7 +85,15 @@ impl std::fmt::Display for Change {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AdminRequest {
     Members,
-    Change { change: Change, force: bool },
+    Change {
+        change: Change,
+        force: bool,
+    },
+    /// Hand the leadership to voter `to` (`force`: even if it lags).
+    TransferLeader {
+        to: NodeId,
+        force: bool,
+    },
 }
 
 /// One member as the leader sees it.
