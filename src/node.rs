@@ -497,6 +497,9 @@ async fn bootstrap(raft: &Raft, config: &NodeConfig, own: &Advertised) -> Result
         return Ok(());
     }
     let members = config.bootstrap_members(own).map_err(StartError::Config)?;
+    if let Some(own) = members.get(&config.id) {
+        refuse_unspecified_peer_addr(&own.peer_addr).map_err(StartError::Config)?;
+    }
     let nodes = members.into_iter().map(|(id, m)| {
         let node = Node {
             peer_addr: m.peer_addr,
@@ -511,6 +514,18 @@ async fn bootstrap(raft: &Raft, config: &NodeConfig, own: &Advertised) -> Result
         Ok(()) => Ok(()),
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
         Err(e) => Err(StartError::Raft(format!("bootstrap failed: {e}"))),
+    }
+}
+
+/// Refuses to found a cluster that records this node's peer address as an unspecified IP
+/// (`0.0.0.0`, `::`): a node that joins later would send its writes there and reach no one.
+fn refuse_unspecified_peer_addr(peer_addr: &str) -> Result<(), String> {
+    match peer_addr.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => Err(format!(
+            "this node would found a cluster that records its peer address as {addr}, which no node that joins it can reach: give the address to record with --advertise-peer HOST:PORT (this host's name or IP as the other nodes see it, e.g. --advertise-peer node1:{port}), or listen on a specific address with --peer-listen",
+            port = addr.port()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -631,3 +646,17 @@ const STOPPED_POLL: Duration = Duration::from_millis(200);
 
 /// Longest a shutdown step waits (a client request in flight may wait for its deadline).
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_is_not_founded_on_an_unspecified_peer_address() {
+        let why = refuse_unspecified_peer_addr("0.0.0.0:9190").unwrap_err();
+        assert!(why.contains("--advertise-peer HOST:PORT"), "{why}");
+        assert!(refuse_unspecified_peer_addr("[::]:9190").is_err());
+        assert!(refuse_unspecified_peer_addr("127.0.0.1:9190").is_ok());
+        assert!(refuse_unspecified_peer_addr("node1:9190").is_ok());
+    }
+}
