@@ -60,6 +60,13 @@ pub struct NodeConfig {
     #[arg(long, value_parser = parse_initial_cluster, conflicts_with_all = ["join", "no_bootstrap"])]
     pub initial_cluster: Option<InitialCluster>,
 
+    /// A name for the cluster --initial-cluster founds, mixed into its cluster id (as etcd's
+    /// --initial-cluster-token): two clusters founded from the same --initial-cluster with
+    /// different tokens refuse each other's nodes. Give every node of one cluster the same token.
+    /// Used on first start only.
+    #[arg(long, requires = "initial_cluster")]
+    pub initial_cluster_token: Option<String>,
+
     /// Join the cluster that the node at this client address belongs to: on first start (and
     /// on a restart, until it is done) ask it to add this node as a learner at its
     /// --advertise-peer address, wait to catch up, then become a voter. Once a member, a restart
@@ -384,10 +391,13 @@ impl NodeConfig {
             return Some(crate::store::PENDING_CLUSTER_ID.to_string());
         }
         let members = self.initial_cluster.as_ref()?;
-        let text: Vec<String> = members
+        let mut text: Vec<String> = members
             .iter()
             .map(|(id, m)| format!("{id}={}", m.peer_addr))
             .collect();
+        if let Some(token) = &self.initial_cluster_token {
+            text.push(format!("token={token}"));
+        }
         Some(format!("{:016x}", crate::store::fnv1a(&text.join(","))))
     }
 
@@ -437,6 +447,30 @@ mod tests {
             join.cluster_id().as_deref(),
             Some(crate::store::PENDING_CLUSTER_ID)
         );
+    }
+
+    #[test]
+    fn the_cluster_token_tells_clusters_founded_from_the_same_flags_apart() {
+        let members = "--initial-cluster=1=a:1,2=b:1,3=c:1";
+        let id = |args: &[&str]| {
+            NodeConfig::from_args(args.iter().copied())
+                .unwrap()
+                .cluster_id()
+        };
+        assert_eq!(id(&[members]), id(&[members]));
+        assert_eq!(
+            id(&[members, "--initial-cluster-token=blue"]),
+            id(&[members, "--initial-cluster-token=blue"])
+        );
+        assert_ne!(
+            id(&[members, "--initial-cluster-token=blue"]),
+            id(&[members, "--initial-cluster-token=green"])
+        );
+        assert_ne!(
+            id(&[members]),
+            id(&[members, "--initial-cluster-token=blue"])
+        );
+        assert!(NodeConfig::from_args(["--initial-cluster-token=blue"]).is_err());
     }
 
     #[test]
