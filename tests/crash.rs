@@ -38,142 +38,19 @@ mod multi_process;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use multi_process::{connect, phase, ProcessCluster, Retrying, DEADLINE, POLL};
-use raftcache::client::CacheClient;
+use multi_process::writers::{
+    env_u64, gather, read_keys, run_writer, KeyState, Outcome, Shared, WriterReport,
+};
+use multi_process::{phase, ProcessCluster, Retrying, DEADLINE};
 use raftcache_testkit::rng::{clock_seed, Rng};
 use raftcache_testkit::wait::{poll, wait_until};
 
-fn env_u64(name: &str) -> Option<u64> {
-    let text = std::env::var(name).ok()?;
-    Some(
-        text.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
-    )
-}
-
 const KINDS: [&str; 3] = ["kill-random", "kill-leader", "kill-all"];
-
-/// What a test run may end in: a key's last acknowledged state plus its unknown-outcome writes.
-#[derive(Debug, Default, Clone)]
-struct KeyState {
-    /// The last acknowledged state (`None`: absent: removed, or never acknowledged).
-    acked: Option<String>,
-    /// Writes whose outcome is unknown (`Some`: a put of that value; `None`: a remove).
-    unknown: Vec<Option<String>>,
-}
-
-impl KeyState {
-    fn accepts(&self, found: &Option<String>) -> bool {
-        *found == self.acked || self.unknown.contains(found)
-    }
-}
-
-/// What one writer leaves behind.
-#[derive(Default)]
-struct WriterReport {
-    keys: BTreeMap<String, KeyState>,
-    acks: u64,
-    unknown: u64,
-    /// Answers that contradict the writer's own acknowledged history (a wrong `existed`).
-    violations: Vec<String>,
-}
-
-/// Counters shared by the writers and the schedule.
-#[derive(Default)]
-struct Shared {
-    stop: AtomicBool,
-    acks: AtomicU64,
-    unknown: AtomicU64,
-}
-
-/// Pause after a failed write before the next one, so a writer does not spin while the
-/// cluster has no leader.
-const BACKOFF: Duration = Duration::from_millis(50);
-
-/// One writer: until `stop`, new keys (60%), overwrites (25%) and removes (15%) of its own keys
-/// whose state is known, through `addrs`, moving to the next node after any failure.
-fn run_writer(w: usize, addrs: &[SocketAddr], seed: u64, shared: &Shared) -> WriterReport {
-    let mut rng = Rng::new(seed ^ (w as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-    let mut out = WriterReport::default();
-    // Keys whose state is known (no unknown-outcome write): the only ones touched again.
-    let mut known: Vec<String> = Vec::new();
-    let mut client: Option<CacheClient> = None;
-    let mut target = w % addrs.len();
-    let (mut op, mut fresh) = (0u64, 0u64);
-    'ops: while !shared.stop.load(SeqCst) {
-        op += 1;
-        let roll = rng.below(100);
-        let (slot, key, value) = if known.is_empty() || roll < 60 {
-            fresh += 1;
-            (
-                None,
-                format!("w{w}-k{fresh:06}"),
-                Some(format!("w{w}-op{op}")),
-            )
-        } else {
-            let i = rng.below(known.len() as u64) as usize;
-            let value = (roll < 85).then(|| format!("w{w}-op{op}"));
-            (Some(i), known[i].clone(), value)
-        };
-        // A connection that cannot be made sent nothing: try the next node.
-        let mut c = loop {
-            if let Some(c) = client.take() {
-                break c;
-            }
-            if shared.stop.load(SeqCst) {
-                break 'ops;
-            }
-            match connect(addrs[target]) {
-                Ok(c) => break c,
-                Err(_) => {
-                    target = (target + 1) % addrs.len();
-                    std::thread::sleep(POLL);
-                }
-            }
-        };
-        let result = match &value {
-            Some(v) => c.put(&key, v).map(|_| None),
-            None => c.remove(&key).map(Some),
-        };
-        let state = out.keys.entry(key.clone()).or_default();
-        match result {
-            Ok(existed) => {
-                if let Some(existed) = existed {
-                    if existed != state.acked.is_some() {
-                        out.violations.push(format!(
-                            "remove {key} via {} answered existed={existed}, but its last acknowledged state is {:?}",
-                            addrs[target], state.acked
-                        ));
-                    }
-                }
-                state.acked = value;
-                out.acks += 1;
-                shared.acks.fetch_add(1, SeqCst);
-                if slot.is_none() {
-                    known.push(key);
-                }
-                client = Some(c);
-            }
-            Err(_) => {
-                state.unknown.push(value);
-                out.unknown += 1;
-                shared.unknown.fetch_add(1, SeqCst);
-                if let Some(i) = slot {
-                    known.swap_remove(i);
-                }
-                target = (target + 1) % addrs.len();
-                std::thread::sleep(BACKOFF);
-            }
-        }
-    }
-    out
-}
 
 /// The cluster, the writers and the seed. On a panic (a failed check, or a wait in `multi_process`
 /// that ran out), prints the seed and saves the node logs; always stops the writers.
@@ -223,40 +100,6 @@ impl Drop for Harness {
             );
         }
     }
-}
-
-/// Reads `keys` from every node in `nodes` in parallel (one thread and connection per node,
-/// retried until `multi_process::DEADLINE`). With `spread`, each key is read once, from node
-/// `i % nodes.len()`; otherwise every key from every node. Returns, per node, key -> value.
-fn read_keys(
-    cluster: &ProcessCluster,
-    keys: &[&String],
-    linearizable: bool,
-    spread: bool,
-) -> Vec<BTreeMap<String, Option<String>>> {
-    let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.client_addr).collect();
-    let n = addrs.len();
-    std::thread::scope(|scope| {
-        let readers: Vec<_> = addrs
-            .iter()
-            .enumerate()
-            .map(|(j, addr)| {
-                scope.spawn(move || {
-                    let mut reader = Retrying::new(*addr);
-                    let mine = keys
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| !spread || i % n == j);
-                    mine.map(|(_, key)| ((*key).clone(), reader.get(key, linearizable)))
-                        .collect()
-                })
-            })
-            .collect();
-        readers
-            .into_iter()
-            .map(|r| r.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
 }
 
 #[test]
@@ -355,36 +198,21 @@ fn randomized_sigkills_lose_no_acknowledged_write() {
         );
     }
 
-    // Stop the writers and gather what they know.
-    h.shared.stop.store(true, SeqCst);
-    let mut model = probes;
-    let (mut acks, mut unknown, mut violations) = (0, 0, Vec::new());
-    for writer in std::mem::take(&mut h.writers) {
-        let report = writer
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        acks += report.acks;
-        unknown += report.unknown;
-        violations.extend(report.violations);
-        model.extend(report.keys);
-    }
+    // Stop the writers, then every key, linearizably, spread over the nodes.
+    let writers = std::mem::take(&mut h.writers);
+    let Outcome {
+        acks,
+        unknown,
+        violations,
+        model,
+        found,
+        lost,
+    } = gather(&h.cluster, &h.shared, writers, probes);
     phase(
         t0,
         &format!("writers stopped: {acks} acknowledged, {unknown} unknown"),
     );
-
-    // Every key, linearizably, spread over the nodes.
-    h.cluster.wait_for_leader(&ids);
     let keys: Vec<&String> = model.keys().collect();
-    let found: BTreeMap<String, Option<String>> = read_keys(&h.cluster, &keys, true, true)
-        .into_iter()
-        .flatten()
-        .collect();
-    let lost: Vec<String> = model
-        .iter()
-        .filter(|(key, state)| !state.accepts(&found[*key]))
-        .map(|(key, state)| format!("{key}: found {:?}, acceptable {state:?}", found[key]))
-        .collect();
     let landed = model.iter().filter(|(k, s)| found[*k] != s.acked).count() - lost.len();
     println!(
         "crash test totals: seed {seed}; rounds {rounds} (kill-random {}, kill-leader {}, kill-all {}); writes acknowledged {acks}, unknown outcome {unknown} ({landed} keys hold an unknown-outcome write); keys checked {}; lost writes {}; wrong remove answers {}; {:.1}s",

@@ -30,13 +30,15 @@ mod multi_process;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use multi_process::{connect, phase, ProcessCluster, Retrying, DEADLINE, POLL};
-use raftcache::client::CacheClient;
+use multi_process::writers::{
+    env_u64, gather, read_keys, run_writer, KeyState, Outcome, Shared, WriterReport,
+};
+use multi_process::{phase, ProcessCluster, Retrying, DEADLINE};
 use raftcache_powerfs::{CutReport, Disk};
 use raftcache_testkit::rng::{clock_seed, Rng};
 use raftcache_testkit::wait::{poll, wait_until};
@@ -47,127 +49,6 @@ const NODE_FLAGS: [&str; 3] = [
     "--snapshot-keep-log=10",
     "--log-segment-bytes=4096",
 ];
-/// A writer stops by itself after this long, whatever happens to the test.
-const LOAD_LIMIT: Duration = Duration::from_secs(1800);
-/// Pause after a failed write, so a writer does not spin while there is no leader.
-const BACKOFF: Duration = Duration::from_millis(50);
-
-fn env_u64(name: &str) -> Option<u64> {
-    let text = std::env::var(name).ok()?;
-    Some(
-        text.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
-    )
-}
-
-/// The states a key may end in.
-#[derive(Debug, Default, Clone)]
-struct Expected {
-    /// Its last acknowledged state (`None`: absent).
-    acked: Option<String>,
-    /// Writes whose outcome is unknown (`None`: a remove).
-    unknown: Vec<Option<String>>,
-}
-
-impl Expected {
-    fn accepts(&self, found: &Option<String>) -> bool {
-        *found == self.acked || self.unknown.contains(found)
-    }
-}
-
-#[derive(Default)]
-struct Shared {
-    stop: AtomicBool,
-    acks: AtomicU64,
-    unknown: AtomicU64,
-}
-
-#[derive(Default)]
-struct WriterReport {
-    keys: BTreeMap<String, Expected>,
-    acks: u64,
-    unknown: u64,
-    /// Remove answers that contradict the writer's acknowledged history.
-    wrong_removes: Vec<String>,
-}
-
-/// What a writer does next: a new key, an overwrite or a remove of a key it knows.
-enum Op {
-    Fresh(String),
-    Overwrite(usize),
-    Remove(usize),
-}
-
-/// One writer: new keys (60%), overwrites (25%) and removes (15%) of its keys whose state it
-/// knows, moving to the next node after a failure, until `stop`.
-fn writer(w: usize, addrs: Vec<SocketAddr>, seed: u64, shared: Arc<Shared>) -> WriterReport {
-    let started = Instant::now();
-    let mut rng = Rng::new(seed.wrapping_add(0x9E37_79B9 * (w as u64 + 1)));
-    let mut report = WriterReport::default();
-    let mut known: Vec<String> = Vec::new();
-    let mut client: Option<CacheClient> = None;
-    let mut target = w % addrs.len();
-    for n in 0u64.. {
-        if shared.stop.load(SeqCst) || started.elapsed() > LOAD_LIMIT {
-            break;
-        }
-        let roll = rng.below(100);
-        let op = match roll {
-            _ if known.is_empty() || roll < 60 => Op::Fresh(format!("p{w}-{n:07}")),
-            60..=84 => Op::Overwrite(rng.below(known.len() as u64) as usize),
-            _ => Op::Remove(rng.below(known.len() as u64) as usize),
-        };
-        let (key, value) = match &op {
-            Op::Fresh(key) => (key.clone(), Some(format!("v{w}-{n}"))),
-            Op::Overwrite(i) => (known[*i].clone(), Some(format!("v{w}-{n}"))),
-            Op::Remove(i) => (known[*i].clone(), None),
-        };
-        // Nothing was sent until a connection exists: no outcome to doubt.
-        let mut c = match client.take().map_or_else(|| connect(addrs[target]), Ok) {
-            Ok(c) => c,
-            Err(_) => {
-                target = (target + 1) % addrs.len();
-                std::thread::sleep(POLL);
-                continue;
-            }
-        };
-        let answer = match &value {
-            Some(v) => c.put(&key, v).map(|_| None),
-            None => c.remove(&key).map(Some),
-        };
-        let state = report.keys.entry(key.clone()).or_default();
-        match answer {
-            Ok(existed) => {
-                if existed.is_some_and(|e| e != state.acked.is_some()) {
-                    report.wrong_removes.push(format!(
-                        "remove {key} answered existed={existed:?}, acknowledged state {:?}",
-                        state.acked
-                    ));
-                }
-                state.acked = value;
-                report.acks += 1;
-                shared.acks.fetch_add(1, SeqCst);
-                if let Op::Fresh(key) = op {
-                    known.push(key);
-                }
-                client = Some(c);
-            }
-            Err(_) => {
-                state.unknown.push(value);
-                report.unknown += 1;
-                shared.unknown.fetch_add(1, SeqCst);
-                if let Op::Overwrite(i) | Op::Remove(i) = op {
-                    known.swap_remove(i);
-                }
-                target = (target + 1) % addrs.len();
-                std::thread::sleep(BACKOFF);
-            }
-        }
-    }
-    report
-}
-
 /// The cluster on its disks, the writers and the seed. Dropped (also on a panic): the writers
 /// stop, every node is killed, then the disks are unmounted, then their mount points removed.
 struct Rig {
@@ -279,37 +160,6 @@ impl Drop for Rig {
     }
 }
 
-/// Reads every key from the nodes of `cluster`, one thread per node. With `spread`, each key
-/// once, from node `i % n`; otherwise every key from every node. Per node: key -> value.
-fn read_all(
-    cluster: &ProcessCluster,
-    keys: &[&String],
-    linearizable: bool,
-    spread: bool,
-) -> Vec<BTreeMap<String, Option<String>>> {
-    let addrs: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.client_addr).collect();
-    let n = addrs.len();
-    std::thread::scope(|scope| {
-        let readers: Vec<_> = (0..n)
-            .map(|j| {
-                let addr = addrs[j];
-                scope.spawn(move || {
-                    let mut reader = Retrying::new(addr);
-                    keys.iter()
-                        .enumerate()
-                        .filter(|(i, _)| !spread || i % n == j)
-                        .map(|(_, key)| ((*key).clone(), reader.get(key, linearizable)))
-                        .collect()
-                })
-            })
-            .collect();
-        readers
-            .into_iter()
-            .map(|r| r.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
-}
-
 #[test]
 fn power_cuts_of_one_node_and_of_all_nodes_lose_no_acknowledged_write() {
     let t0 = Instant::now();
@@ -334,14 +184,14 @@ fn power_cuts_of_one_node_and_of_all_nodes_lose_no_acknowledged_write() {
             let (addrs, shared) = (addrs.clone(), rig.shared.clone());
             std::thread::Builder::new()
                 .name(format!("writer-{w}"))
-                .spawn(move || writer(w, addrs, seed, shared))
+                .spawn(move || run_writer(w, &addrs, seed, &shared))
                 .expect("spawn writer")
         })
         .collect();
     rig.wait_progress(0, 20 * writers as u64, "start");
 
     let mut rng = Rng::new(seed);
-    let mut probes: BTreeMap<String, Expected> = BTreeMap::new();
+    let mut probes: BTreeMap<String, KeyState> = BTreeMap::new();
     let (mut one_node_cuts, mut all_node_cuts) = (0u64, 0u64);
     let mut discarded = CutReport::default();
     for round in 1..=rounds {
@@ -378,7 +228,7 @@ fn power_cuts_of_one_node_and_of_all_nodes_lose_no_acknowledged_write() {
         Retrying::new(addrs[round as usize % addrs.len()]).put(&key, &value);
         probes.insert(
             key,
-            Expected {
+            KeyState {
                 acked: Some(value),
                 unknown: vec![],
             },
@@ -388,35 +238,21 @@ fn power_cuts_of_one_node_and_of_all_nodes_lose_no_acknowledged_write() {
         phase(t0, &format!("round {round}: healed, leader {leader}"));
     }
 
-    // Stop the writers; gather what they know.
-    rig.shared.stop.store(true, SeqCst);
-    let mut model = probes;
-    let (mut acks, mut unknown, mut wrong_removes) = (0, 0, Vec::new());
-    for handle in std::mem::take(&mut rig.writers) {
-        let report = handle
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        acks += report.acks;
-        unknown += report.unknown;
-        wrong_removes.extend(report.wrong_removes);
-        model.extend(report.keys);
-    }
+    // Stop the writers, then every key, linearizably, spread over the nodes.
+    let writers = std::mem::take(&mut rig.writers);
+    let Outcome {
+        acks,
+        unknown,
+        violations: wrong_removes,
+        model,
+        lost,
+        ..
+    } = gather(&rig.cluster, &rig.shared, writers, probes);
     phase(
         t0,
         &format!("writers stopped: {acks} acknowledged, {unknown} unknown outcome"),
     );
-
-    rig.cluster.wait_for_leader(&ids);
     let keys: Vec<&String> = model.keys().collect();
-    let found: BTreeMap<String, Option<String>> = read_all(&rig.cluster, &keys, true, true)
-        .into_iter()
-        .flatten()
-        .collect();
-    let lost: Vec<String> = model
-        .iter()
-        .filter(|(key, expected)| !expected.accepts(&found[*key]))
-        .map(|(key, expected)| format!("{key}: found {:?}, acceptable {expected:?}", found[key]))
-        .collect();
     let counters: Vec<String> = rig
         .disks
         .iter()
@@ -456,7 +292,7 @@ fn power_cuts_of_one_node_and_of_all_nodes_lose_no_acknowledged_write() {
     // The replicas agree: local reads on every node converge to one acceptable value per key.
     let mut pending = keys.clone();
     let converged = poll(DEADLINE, || {
-        let views = read_all(&rig.cluster, &pending, false, false);
+        let views = read_keys(&rig.cluster, &pending, false, false);
         pending.retain(|key| {
             let first = &views[0][*key];
             !model[*key].accepts(first) || views.iter().any(|v| v[*key] != *first)

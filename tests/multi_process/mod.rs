@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod writers;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::SocketAddr;
