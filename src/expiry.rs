@@ -1,6 +1,7 @@
 //! The expiry sweep: the leader removes expired keys physically, in replicated batches.
 //!
-//! Reads never depend on it: every node hides a value from its expiry on by its own clock. The
+//! Reads never depend on it: every node hides a value from its expiry on by the log clock (the
+//! largest leader time among the entries it applied, `store::LogClock`), never by its own. The
 //! sweep only frees the space. Each round, the leader reads up to `scan_keys` keys whose expiry
 //! has passed from the state machine's expiry index (soonest first; keys without an expiry are
 //! never looked at) and proposes their removal, at most `batch_keys` per log entry, as
