@@ -72,6 +72,9 @@ impl ReachWatch {
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut leading_since: Option<Instant> = None;
+            // When each voter became one, as this node saw it: a voter added less than
+            // `cut_after` ago has had no time to call yet, and counts as reached.
+            let mut voter_since: HashMap<NodeId, Instant> = HashMap::new();
             let metrics = self.raft.metrics();
             loop {
                 tokio::time::sleep(self.interval).await;
@@ -93,6 +96,11 @@ impl ReachWatch {
                     }
                     continue;
                 }
+                let voters: BTreeSet<NodeId> = configs.iter().flatten().copied().collect();
+                voter_since.retain(|v, _| voters.contains(v));
+                for v in &voters {
+                    voter_since.entry(*v).or_insert_with(Instant::now);
+                }
                 let since = *leading_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < self.cut_after {
                     continue;
@@ -101,7 +109,10 @@ impl ReachWatch {
                     .iter()
                     .flatten()
                     .copied()
-                    .filter(|v| self.inbound.heard_within(*v, self.cut_after))
+                    .filter(|v| {
+                        self.inbound.heard_within(*v, self.cut_after)
+                            || voter_since[v].elapsed() < self.cut_after
+                    })
                     .collect();
                 reached.insert(self.id);
                 // Only the asymmetric case: a quorum answers this leader's calls right now (so
