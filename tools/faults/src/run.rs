@@ -467,6 +467,37 @@ impl<'a> Run<'a> {
                     step.hold.as_millis()
                 )
             }
+            FaultKind::TransferLeader => {
+                let leader = self.leader_or(random);
+                let Some(&target) = shuffled.iter().find(|&&n| n != leader) else {
+                    return Ok(Injected::Not("one member only".into()));
+                };
+                let via = shuffled[shuffled.len() - 1];
+                let addr = self.cluster.node(via).addr();
+                let started = Instant::now();
+                let moved = CacheClient::connect(&addr, ADMIN_TIMEOUT)
+                    .with_context(|| format!("connecting to {addr}"))?
+                    .admin_change(AdminOp::TRANSFER_LEADER, target, None, None, false, "");
+                let took = started.elapsed().as_millis();
+                let what = match moved {
+                    Ok(m) if m.leader == target as i64 => None,
+                    Ok(m) => Some(format!("answered with node {} leading", m.leader)),
+                    Err(e) => Some(describe_error(&e)),
+                };
+                match what {
+                    None => format!("{leader} -> {target} through node {via} in {took} ms"),
+                    // A refusal says why (a lagging target after a kill): nothing was tried.
+                    Some(why) if why.starts_with("refused:") => {
+                        return Ok(Injected::Not(why));
+                    }
+                    Some(what) => {
+                        self.unavailable.push(format!(
+                            "transfer-leader {leader} -> {target} through node {via} failed after {took} ms: {what}"
+                        ));
+                        format!("{leader} -> {target}: failed")
+                    }
+                }
+            }
             FaultKind::KillLeader | FaultKind::KillRandom => {
                 let target = if step.kind == FaultKind::KillLeader {
                     self.leader_or(random)

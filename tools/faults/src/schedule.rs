@@ -25,6 +25,9 @@ pub enum FaultKind {
     /// calls still get their answers), or nothing it sends reaches theirs, or one direction of
     /// one link between it and a follower.
     OneWay,
+    /// `admin transfer-leader` to a random other member, through a random node, under traffic:
+    /// it must answer with the target leading.
+    TransferLeader,
     /// `docker kill` (SIGKILL) of the leader's container, started again after the hold.
     KillLeader,
     /// `docker kill` of a random node's container, started again after the hold.
@@ -42,8 +45,9 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::OneWay,
+        FaultKind::TransferLeader,
         FaultKind::PartitionMinority,
         FaultKind::PartitionMajority,
         FaultKind::PartitionLeader,
@@ -63,6 +67,7 @@ impl FaultKind {
             FaultKind::PartitionLeader => "partition-leader",
             FaultKind::PartitionBridge => "partition-bridge",
             FaultKind::OneWay => "one-way",
+            FaultKind::TransferLeader => "transfer-leader",
             FaultKind::KillLeader => "kill-leader",
             FaultKind::KillRandom => "kill-random",
             FaultKind::KillAll => "kill-all",
@@ -92,7 +97,9 @@ impl FaultKind {
             FaultKind::KillLeader | FaultKind::KillRandom => rng.millis(500, 5_000),
             FaultKind::KillAll => rng.millis(500, 3_000),
             FaultKind::Pause => rng.millis(1_000, 10_000),
-            FaultKind::Restart | FaultKind::Membership => Duration::ZERO,
+            FaultKind::Restart | FaultKind::Membership | FaultKind::TransferLeader => {
+                Duration::ZERO
+            }
         }
     }
 
