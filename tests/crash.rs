@@ -89,16 +89,8 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         self.shared.stop.store(true, SeqCst);
-        if std::thread::panicking() {
-            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .join(format!("crash-{}", self.seed));
-            self.cluster.save_logs(&dir);
-            eprintln!(
-                "crash test FAILED with {}; node logs saved in {}",
-                self.replay(),
-                dir.display()
-            );
-        }
+        self.cluster
+            .keep_logs_if_panicking("crash", self.seed, &self.replay());
     }
 }
 

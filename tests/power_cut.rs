@@ -147,16 +147,8 @@ impl Drop for Rig {
         self.shared.stop.store(true, SeqCst);
         let ids = self.cluster.ids();
         self.cluster.kill_at_once(&ids);
-        if std::thread::panicking() {
-            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .join(format!("power-cut-{}", self.seed));
-            self.cluster.save_logs(&dir);
-            eprintln!(
-                "power-cut test FAILED with {}; node logs saved in {}",
-                self.replay(),
-                dir.display()
-            );
-        }
+        self.cluster
+            .keep_logs_if_panicking("power-cut", self.seed, &self.replay());
     }
 }
 

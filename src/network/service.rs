@@ -289,7 +289,14 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
         if let Err(reason) = self.identities.admit(&header, admission) {
             return encode(&ReplyHeader::Refused(reason));
         }
-        self.inbound.heard(header.from.node_id);
+        // Only what a follower sends its leader counts: appends and snapshot chunks flow from
+        // the leader, and noting their sender on every one would only cost.
+        if !matches!(
+            method,
+            PeerMethod::AppendEntries | PeerMethod::InstallSnapshot
+        ) {
+            self.inbound.heard(header.from.node_id);
+        }
         let answer = self.execute(method, body).await?;
         // Stamped after: the probe may have made this node adopt the caller's cluster id.
         let mut out = encode(&ReplyHeader::Accepted(self.identities.stamp()))?;

@@ -642,6 +642,20 @@ impl ProcessCluster {
         }
     }
 
+    /// While a test panics: saves every node's log under the tests' temp dir, in
+    /// `<test>-<seed>`, and says where and how to replay (`replay`).
+    pub fn keep_logs_if_panicking(&self, test: &str, seed: u64, replay: &str) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{test}-{seed}"));
+        self.save_logs(&dir);
+        eprintln!(
+            "{test} test FAILED with {replay}; node logs saved in {}",
+            dir.display()
+        );
+    }
+
     /// Copies every node's log into `to` (created if needed), so a failed run's logs outlive
     /// the temp dir. Returns the paths written.
     pub fn save_logs(&self, to: &std::path::Path) -> Vec<PathBuf> {

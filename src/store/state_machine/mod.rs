@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::store::storage_err;
 use futures::{Stream, StreamExt};
-use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 pub use build::SnapshotBuilder;
@@ -182,6 +182,26 @@ impl StateMachine {
         responses
     }
 
+    /// Applies `chunk` in one transaction, then answers each entry's responder (if it has one),
+    /// and empties both.
+    fn apply_and_answer(
+        &mut self,
+        chunk: &mut Vec<Entry>,
+        responders: &mut Vec<Option<ApplyResponder<TypeConfig>>>,
+    ) -> Result<(), StorageError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let responses = self.apply_chunk(chunk)?;
+        for (responder, response) in responders.drain(..).zip(responses) {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        chunk.clear();
+        Ok(())
+    }
+
     /// Applies `entries` as openraft would, for tests: one response per entry.
     #[cfg(test)]
     pub(crate) async fn apply_entries(
@@ -298,30 +318,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // durable.
         let mut chunk = Vec::new();
         let mut responders = Vec::new();
-        loop {
-            let next = entries.next().await.transpose()?;
-            let done = next.is_none();
-            if let Some((entry, responder)) = next {
-                chunk.push(entry);
-                responders.push(responder);
-            }
-            if chunk.is_empty() || (!done && chunk.len() < APPLY_CHUNK) {
-                if done {
-                    return Ok(());
-                }
-                continue;
-            }
-            let responses = self.apply_chunk(&chunk)?;
-            for (responder, response) in responders.drain(..).zip(responses) {
-                if let Some(responder) = responder {
-                    responder.send(response);
-                }
-            }
-            chunk.clear();
-            if done {
-                return Ok(());
+        while let Some((entry, responder)) = entries.next().await.transpose()? {
+            chunk.push(entry);
+            responders.push(responder);
+            if chunk.len() == APPLY_CHUNK {
+                self.apply_and_answer(&mut chunk, &mut responders)?;
             }
         }
+        self.apply_and_answer(&mut chunk, &mut responders)
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
