@@ -16,7 +16,10 @@
 //! cluster id, node id and incarnation, the node id it means to reach and the incarnation it
 //! knows that node by. Every answer carries the answering node's stamp, or why it refused. Each
 //! node remembers the incarnation of every member it has heard from (`peers.json` in its data
-//! dir, written durably before the first message is accepted) and refuses a member that comes
+//! dir, written durably before the first message is accepted), and of every member another
+//! member told it of: a call also carries the incarnations its sender knows, so a follower
+//! knows the other followers from the leader's heartbeats though it has never called them (a
+//! member it has heard from itself keeps the incarnation it heard). It refuses a member that comes
 //! back with another: that node neither votes nor takes entries until an operator removes it
 //! from the membership (which forgets its record on every member) and adds it again. A node
 //! that is not a member (yet) is not remembered: the leader's probe before adding a node
@@ -36,7 +39,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::store::ClusterIdentity;
-use crate::types::{NodeId, Raft};
+use crate::types::{LogId, NodeId, Raft};
 
 /// File of a data dir that records the incarnation of every member this node has heard from.
 pub const PEERS_FILE: &str = "peers.json";
@@ -60,6 +63,13 @@ pub struct CallHeader {
     pub to: NodeId,
     /// The incarnation the caller knows that node by, if it has heard from it.
     pub to_incarnation: Option<String>,
+    /// The incarnation of every member the caller knows, so that a member learns those it has
+    /// never heard from itself (a follower rarely calls another follower).
+    pub known: BTreeMap<NodeId, String>,
+    /// The membership config the caller's `known` goes with: a member takes what a caller
+    /// knows only from one whose membership is not older than its own, so that a lagging node
+    /// never passes on the incarnation of a member removed (and added again) since.
+    pub known_as_of: Option<LogId>,
 }
 
 /// What precedes every peer answer's payload.
@@ -165,11 +175,13 @@ impl PeerIdentities {
 
     /// The header of a call to node `to`.
     pub fn call_header(&self, to: NodeId) -> CallHeader {
-        let to_incarnation = self.known.lock().expect("peers lock").get(&to).cloned();
+        let known = self.known.lock().expect("peers lock").clone();
         CallHeader {
             from: self.stamp(),
             to,
-            to_incarnation,
+            to_incarnation: known.get(&to).cloned(),
+            known,
+            known_as_of: self.membership_log_id(),
         }
     }
 
@@ -210,6 +222,9 @@ impl PeerIdentities {
         }
         if admission == Admission::Member {
             self.check_peer(&header.from)?;
+            if header.known_as_of >= self.membership_log_id() {
+                self.learn(from, &header.known)?;
+            }
         }
         Ok(())
     }
@@ -279,6 +294,43 @@ impl PeerIdentities {
         }
     }
 
+    /// Records what member `from` knows of the other members' incarnations, for those this
+    /// node has not heard from: what it heard itself is never replaced.
+    fn learn(&self, from: NodeId, told: &BTreeMap<NodeId, String>) -> Result<(), String> {
+        let mut known = self.known.lock().expect("peers lock");
+        let new: Vec<(NodeId, String)> = told
+            .iter()
+            .filter(|(id, _)| **id != self.own_id && **id != from && !known.contains_key(id))
+            .filter(|(id, _)| self.is_member(**id))
+            .map(|(id, incarnation)| (*id, incarnation.clone()))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut updated = known.clone();
+        updated.extend(new.iter().cloned());
+        self.write(&updated).map_err(|e| {
+            format!(
+                "node {} cannot record the incarnations node {from} told it: {e}",
+                self.own_id
+            )
+        })?;
+        *known = updated;
+        drop(known);
+        for (id, incarnation) in new {
+            tracing::info!(peer = id, %incarnation, told_by = from, "a member's incarnation is recorded, as another member knows it");
+        }
+        Ok(())
+    }
+
+    /// The log id of this node's current membership config (None before Raft runs).
+    fn membership_log_id(&self) -> Option<LogId> {
+        let raft = self.raft.get()?;
+        let metrics = raft.metrics();
+        let log_id = *metrics.borrow_watched().membership_config.log_id();
+        log_id
+    }
+
     fn is_member(&self, id: NodeId) -> bool {
         match self.raft.get() {
             None => true,
@@ -334,5 +386,96 @@ fn describe_cluster(id: &str) -> String {
         "none yet".into()
     } else {
         id.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::integrity::{new_incarnation, Identity};
+
+    const CLUSTER: &str = "c0ffee";
+
+    /// A node's identities on a fresh data dir of its own (no Raft yet: every peer counts as a
+    /// member).
+    fn node(id: NodeId) -> (tempfile::TempDir, Arc<PeerIdentities>) {
+        let dir = tempfile::tempdir().unwrap();
+        Identity {
+            format: crate::store::FORMAT_VERSION,
+            node_id: id,
+            cluster_id: CLUSTER.into(),
+            member: true,
+            removed: false,
+            incarnation: new_incarnation(),
+        }
+        .write(dir.path())
+        .unwrap();
+        let identity = Arc::new(ClusterIdentity::load(dir.path()).unwrap());
+        let identities = PeerIdentities::load(id, identity, dir.path().to_path_buf()).unwrap();
+        (dir, identities)
+    }
+
+    /// `from` calls `to`: the call is checked as `to` checks a member's call, and `from`
+    /// checks the answer.
+    fn call(from: &PeerIdentities, to: &PeerIdentities) -> Result<(), String> {
+        to.admit(&from.call_header(to.own_id()), Admission::Member)?;
+        from.check_answer(to.own_id(), &to.stamp())
+    }
+
+    #[test]
+    fn a_member_refuses_a_wiped_peer_it_has_talked_to() {
+        let (_d1, one) = node(1);
+        let (_d2, two) = node(2);
+        call(&one, &two).unwrap();
+        let (_d2b, wiped) = node(2);
+        let refused = call(&wiped, &one).unwrap_err();
+        assert!(
+            refused.contains("came back without the state it had"),
+            "{refused}"
+        );
+        let refused = call(&one, &wiped).unwrap_err();
+        assert!(
+            refused.contains("came back without the state it had"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_member_refuses_a_wiped_peer_it_never_talked_to_once_another_member_called_it() {
+        // The leader (1) has heard from both followers; the followers never called each other.
+        let (_d1, leader) = node(1);
+        let (_d2, two) = node(2);
+        let (_d3, three) = node(3);
+        call(&leader, &two).unwrap();
+        call(&leader, &three).unwrap();
+        // Node 2 comes back on a wiped data dir: node 3 must know it by its old incarnation.
+        let (_d2b, wiped) = node(2);
+        let refused = call(&wiped, &three).unwrap_err();
+        assert!(
+            refused.contains("came back without the state it had"),
+            "{refused}"
+        );
+        let refused = call(&three, &wiped).unwrap_err();
+        assert!(
+            refused.contains("came back without the state it had"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn what_another_member_says_never_replaces_what_this_node_heard_itself() {
+        let (_d1, one) = node(1);
+        let (_d2, two) = node(2);
+        let (_d3, three) = node(3);
+        call(&three, &two).unwrap();
+        // Node 2 is wiped; node 1 first hears of it after the wipe and passes that on to 3.
+        let (_d2b, wiped) = node(2);
+        call(&wiped, &one).unwrap();
+        call(&one, &three).unwrap();
+        let refused = call(&wiped, &three).unwrap_err();
+        assert!(
+            refused.contains("came back without the state it had"),
+            "{refused}"
+        );
     }
 }

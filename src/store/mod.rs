@@ -14,7 +14,7 @@ mod apply;
 mod clock;
 mod expiry_index;
 mod fsync;
-mod integrity;
+pub(crate) mod integrity;
 mod log;
 mod schema;
 mod segments;
