@@ -318,3 +318,51 @@ fn power_cuts_of_one_node_and_of_all_nodes_lose_no_acknowledged_write() {
         &format!("all {} keys agree on nodes {ids:?}", keys.len()),
     );
 }
+
+/// A follower's log loses a conflicting suffix (`truncate_after`), then the power is cut. The
+/// `flushed` watermark had reached the old end on the disk (the kernel writes dirty pages back
+/// within seconds, here forced by an fsync of the file), so the truncation must lower it durably
+/// before the entries go: otherwise the node comes back with a watermark past its log's end
+/// and refuses to start as damaged.
+#[tokio::test]
+async fn a_log_truncated_just_before_a_power_cut_opens_again() {
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+    use openraft::testing::{blank_ent, log_id};
+    use raftcache::store::{self, StoreOptions};
+    use raftcache::types::TypeConfig;
+
+    let mounts = tempfile::tempdir().expect("temp dir for the mount point");
+    let mut disk = Disk::mount(mounts.path()).unwrap_or_else(|e| {
+        panic!("the power-cut test needs a FUSE mount and cannot run here: {e}")
+    });
+    let dir = mounts.path().join("data");
+    std::fs::create_dir(&dir).expect("data dir");
+    std::fs::File::open(mounts.path())
+        .and_then(|root| root.sync_all())
+        .expect("sync the data dir's entry");
+    {
+        let (mut log, _sm) = store::open(&dir, 1, None, &StoreOptions::default())
+            .await
+            .expect("open new stores");
+        let entries = (1..=10).map(|i| blank_ent::<TypeConfig>(1, 1, i));
+        log.blocking_append(entries).await.expect("append");
+        // What the kernel's writeback would have done by now.
+        std::fs::File::open(dir.join("flushed"))
+            .and_then(|f| f.sync_all())
+            .expect("sync the watermark");
+        log.truncate_after(Some(log_id::<TypeConfig>(1, 1, 5)))
+            .await
+            .expect("truncate");
+    }
+    let cut = disk.power_cut().expect("power cut");
+    eprintln!("power cut: {cut:?}");
+    let (mut log, _sm) = store::open(&dir, 1, None, &StoreOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("the data dir does not open after the power cut: {e}"));
+    let state = log.get_log_state().await.expect("log state");
+    assert_eq!(
+        state.last_log_id.map(|id| id.index),
+        Some(5),
+        "the log must end where it was truncated"
+    );
+}

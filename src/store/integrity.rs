@@ -14,7 +14,8 @@
 //!   cluster's id (`ClusterIdentity`).
 //! - `flushed`, the durability watermark: the highest log index and vote term made durable.
 //!   Rewritten after each log sync and vote (after, so it never claims more than the log
-//!   holds; and lowered before a log truncation). On open, the log must hold at least as much.
+//!   holds; and lowered, durably, before a log truncation). On open, the log must hold at least
+//!   as much.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -242,12 +243,26 @@ impl Watermark {
     /// Records new values. Not fsynced: it is written after the log's sync returned, so after a
     /// crash it is at most as new as the log's durable state, never newer.
     pub fn record(&self, update: impl FnOnce(&mut Durable)) -> std::io::Result<()> {
+        self.write(update, false)
+    }
+
+    /// Records lower values, durably before this returns: what the log is about to lose must
+    /// not be claimed by a watermark that the kernel wrote back earlier and a power cut leaves.
+    pub fn lower(&self, update: impl FnOnce(&mut Durable)) -> std::io::Result<()> {
+        self.write(update, true)
+    }
+
+    fn write(&self, update: impl FnOnce(&mut Durable), sync: bool) -> std::io::Result<()> {
         let mut guard = self.inner.lock().expect("watermark lock");
         let (file, durable) = &mut *guard;
         update(durable);
         let mut record = bincode::serialize(durable).expect("watermark serializes");
         record.resize(WATERMARK_RECORD_BYTES, 0);
-        file.write_all_at(&record, 0)
+        file.write_all_at(&record, 0)?;
+        if sync {
+            file.sync_data()?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {

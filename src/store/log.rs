@@ -172,9 +172,10 @@ impl LogStore {
     /// synced in place.
     fn truncate_from(&self, index: u64) -> std::io::Result<()> {
         let mut segments = self.segments();
-        // Lower the watermark first: it must never claim entries the log may no longer hold (nor,
-        // for a truncation past the end, entries not yet synced).
-        self.inner.watermark.record(|d| {
+        // Lower the watermark first, durably: it must never claim entries the log may no longer
+        // hold (nor, for a truncation past the end, entries not yet synced), even after a power
+        // cut that keeps the truncation and an older write-back of the watermark.
+        self.inner.watermark.lower(|d| {
             d.last_log_index = d.last_log_index.min(index.checked_sub(1));
         })?;
         segments.truncate(index)?;
