@@ -52,6 +52,9 @@ pub enum Error {
         what: String,
         source: std::io::Error,
     },
+    /// The project cannot do this (a checked-in compose file cannot change a node's flags).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -87,6 +90,12 @@ pub struct Node {
     pub port: u16,
     /// Whether it starts as a voter (the others are spares).
     pub initial: bool,
+    /// Whether it starts with `--no-bootstrap` though it is an initial voter: it was wiped and
+    /// waits to be added again.
+    pub rejoin: bool,
+    /// The peer port it listens on and advertises, when not the one the cluster records for
+    /// it (a node started on the wrong address).
+    pub misplaced_peer_port: Option<u16>,
 }
 
 impl Node {
@@ -107,6 +116,9 @@ pub struct Project {
     /// The environment docker-compose reads the file with (a checked-in file takes its image
     /// and published ports from it).
     env: Vec<(String, String)>,
+    /// The image of a generated project, whose compose file is written again when a node's
+    /// flags change (None for a checked-in file).
+    image: Option<String>,
     /// The network every node is on when nothing is cut, without the project's prefix.
     network: &'static str,
     /// Whether the file names each container `<project>-node<id>` (otherwise docker-compose
@@ -136,6 +148,8 @@ impl Project {
                     id,
                     port: ports[id as usize - 1],
                     initial: id <= voters,
+                    rejoin: false,
+                    misplaced_peer_port: None,
                 };
                 (id, node)
             })
@@ -145,14 +159,9 @@ impl Project {
             what: format!("writing {}", file.display()),
             source,
         })?;
-        Ok(Self::new(
-            name,
-            file,
-            Vec::new(),
-            GENERATED_NETWORK,
-            true,
-            nodes,
-        ))
+        let mut project = Self::new(name, file, Vec::new(), GENERATED_NETWORK, true, nodes);
+        project.image = Some(image.to_string());
+        Ok(project)
     }
 
     /// The checked-in `cluster/docker-compose.yml` at `file` (three voters) as project `name`,
@@ -167,8 +176,14 @@ impl Project {
         let mut nodes = BTreeMap::new();
         for (id, port) in (1..=CHECKED_IN_NODES).zip(ports) {
             env.push((format!("RAFTCACHE_PORT_{id}"), port.to_string()));
-            let initial = true;
-            nodes.insert(id, Node { id, port, initial });
+            let node = Node {
+                id,
+                port,
+                initial: true,
+                rejoin: false,
+                misplaced_peer_port: None,
+            };
+            nodes.insert(id, node);
         }
         let file = file.to_path_buf();
         Ok(Self::new(name, file, env, CHECKED_IN_NETWORK, false, nodes))
@@ -186,6 +201,7 @@ impl Project {
             name: name.to_string(),
             file,
             env,
+            image: None,
             network,
             named_containers,
             nodes,
@@ -238,6 +254,42 @@ impl Project {
         args.extend(ids.iter().map(|id| format!("node{id}")));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.compose(&args).map(drop)
+    }
+
+    /// Writes the compose file again after a node's flags changed (`rejoin`,
+    /// `misplaced_peer_port`) and starts that node on them: docker-compose creates its
+    /// container again, keeping its data volume. Only for a generated project.
+    pub fn recreate(&mut self, id: u64, change: impl FnOnce(&mut Node)) -> Result<()> {
+        let Some(image) = self.image.clone() else {
+            return Err(Error::Unsupported(format!(
+                "changing node {id}'s flags: only a generated compose file can change them"
+            )));
+        };
+        change(self.nodes.get_mut(&id).expect("a node of the project"));
+        std::fs::write(&self.file, compose_file(&self.name, &image, &self.nodes)).map_err(
+            |source| Error::Io {
+                what: format!("writing {}", self.file.display()),
+                source,
+            },
+        )?;
+        self.up(&[id])
+    }
+
+    /// Kills node `id` and deletes its container and its data volume, as a lost disk would:
+    /// the next `up` or `recreate` starts it on an empty data dir.
+    pub fn wipe(&self, id: u64) -> Result<()> {
+        let container = self.container(id)?;
+        let volumes = self.docker(&[
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{.Name}} {{end}}",
+            &container,
+        ])?;
+        self.docker(&["rm", "-f", &container])?;
+        for volume in volumes.split_whitespace() {
+            self.docker(&["volume", "rm", volume])?;
+        }
+        Ok(())
     }
 
     /// SIGKILL, as `kill -9` or a power cut would.
@@ -399,20 +451,39 @@ impl Project {
     /// Writes each started node's log to `dir/node<id>.log`.
     pub fn save_logs(&self, dir: &Path) {
         for id in self.nodes.keys() {
-            let Ok(container) = self.container(*id) else {
-                continue;
-            };
-            let out = Command::new("docker")
-                .args(["logs", "--timestamps", &container])
-                .output();
-            if let Ok(out) = out {
-                if out.status.success() {
-                    let mut text = out.stdout;
-                    text.extend_from_slice(&out.stderr);
-                    let _ = std::fs::write(dir.join(format!("node{id}.log")), text);
-                }
+            if let Ok(text) = self.logs(*id, None) {
+                let _ = std::fs::write(dir.join(format!("node{id}.log")), text);
             }
         }
+    }
+
+    /// What node `id`'s container printed (both streams, with docker's timestamps), since
+    /// `since` (seconds since the Unix epoch) if given.
+    pub fn logs(&self, id: u64, since: Option<f64>) -> Result<String> {
+        let container = self.container(id)?;
+        let mut args = vec!["logs".to_string(), "--timestamps".into()];
+        if let Some(since) = since {
+            args.push(format!("--since={since:.3}"));
+        }
+        args.push(container);
+        let what = format!("docker {}", args.join(" "));
+        let out = Command::new("docker")
+            .args(&args)
+            .output()
+            .map_err(|source| Error::Spawn {
+                what: what.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(Error::Failed {
+                what,
+                status: out.status,
+                output: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        let mut text = out.stdout;
+        text.extend_from_slice(&out.stderr);
+        Ok(String::from_utf8_lossy(&text).into_owned())
     }
 
     /// Stops and removes the containers, volumes and networks.
@@ -492,11 +563,12 @@ fn compose_file(project: &str, image: &str, nodes: &BTreeMap<u64, Node>) -> Stri
     );
     for node in nodes.values() {
         let id = node.id;
-        let mode = if node.initial {
+        let mode = if node.initial && !node.rejoin {
             format!("\"--initial-cluster\", \"{initial}\"")
         } else {
             "\"--no-bootstrap\"".to_string()
         };
+        let peer_port = node.misplaced_peer_port.unwrap_or(PEER_PORT);
         let _ = write!(
             text,
             r#"  node{id}:
@@ -507,8 +579,8 @@ fn compose_file(project: &str, image: &str, nodes: &BTreeMap<u64, Node>) -> Stri
     environment:
       RUST_LOG: "info,openraft=warn"
     command: ["serve", "--id", "{id}", "--listen", "0.0.0.0:{CLIENT_PORT}",
-              "--peer-listen", "0.0.0.0:{PEER_PORT}", "--advertise-client", "node{id}:{CLIENT_PORT}",
-              "--advertise-peer", "node{id}:{PEER_PORT}", "--data-dir", "/data", {mode}]
+              "--peer-listen", "0.0.0.0:{peer_port}", "--advertise-client", "node{id}:{CLIENT_PORT}",
+              "--advertise-peer", "node{id}:{peer_port}", "--data-dir", "/data", {mode}]
     ports: ["127.0.0.1:{port}:{CLIENT_PORT}"]
     volumes: ["node{id}-data:/data"]
     stop_grace_period: 10s
@@ -537,6 +609,8 @@ mod tests {
                         id,
                         port: 20000 + id as u16,
                         initial: id <= 3,
+                        rejoin: false,
+                        misplaced_peer_port: None,
                     },
                 )
             })
@@ -549,5 +623,37 @@ mod tests {
         assert!(text.contains("\"--advertise-peer\", \"node4:9190\""));
         assert!(text.contains("\"127.0.0.1:20004:9090\""));
         assert!(text.contains("node4-data: {}"));
+    }
+
+    #[test]
+    fn a_wiped_voter_rejoins_without_bootstrap_and_a_misplaced_one_moves_only_itself() {
+        let mut nodes: BTreeMap<u64, Node> = (1..=3)
+            .map(|id| {
+                let node = Node {
+                    id,
+                    port: 20000 + id as u16,
+                    initial: true,
+                    rejoin: id == 2,
+                    misplaced_peer_port: (id == 3).then_some(9191),
+                };
+                (id, node)
+            })
+            .collect();
+        let text = compose_file("p", "img:t", &nodes);
+        // The founders' list still names every voter at the address the cluster records.
+        let cluster = "1=node1:9190/node1:9090,2=node2:9190/node2:9090,3=node3:9190/node3:9090";
+        assert_eq!(text.matches(cluster).count(), 2, "{text}");
+        assert_eq!(text.matches("--no-bootstrap").count(), 1, "{text}");
+        assert!(
+            text.contains("\"--advertise-peer\", \"node3:9191\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"--peer-listen\", \"0.0.0.0:9191\""),
+            "{text}"
+        );
+        assert_eq!(text.matches(":9191").count(), 2, "{text}");
+        nodes.get_mut(&3).unwrap().misplaced_peer_port = None;
+        assert!(!compose_file("p", "img:t", &nodes).contains(":9191"));
     }
 }

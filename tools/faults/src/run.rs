@@ -39,6 +39,14 @@ const CATCH_UP: CatchUp = CatchUp {
 /// How long one admin call of a membership change may take: a joint change commits twice, and
 /// the leader first probes the new node.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after a wiped node's hold a member may take to log that it refused it.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(10);
+/// What a member logs when it refuses a member back on a wiped data dir.
+const WIPED_REFUSAL: &str = "came back without the state it had";
+/// The peer port a misplaced node is started on (the cluster records 9190).
+const MISPLACED_PEER_PORT: u16 = 9191;
+/// What a node started on another peer address than its cluster records says.
+const MISPLACED_REFUSAL: &str = "the other nodes would not reach it";
 /// Keys per page when a node's contents are listed.
 const SCAN_PAGE: i32 = 500;
 
@@ -548,8 +556,163 @@ impl<'a> Run<'a> {
                 let replace = (step.choice >> 32).is_multiple_of(2);
                 return self.change_membership(random, replace, workload);
             }
+            FaultKind::Wipe => return self.wipe(random, step.hold, workload),
+            FaultKind::Misplace => return self.misplace(random, step.hold),
         };
         Ok(Injected::Done(done))
+    }
+
+    /// Wipes member `target`'s data dir and starts it again with the same flags: for `hold`,
+    /// another member must refuse it (the rest keep serving: the clients' history is checked
+    /// as for any fault). Then it is repaired as an operator would: removed, started with an
+    /// empty data dir and `--no-bootstrap`, and added again with its id.
+    fn wipe(&mut self, target: u64, hold: Duration, workload: &Workload) -> Result<Injected> {
+        if self.members.len() < 3 {
+            return Ok(Injected::Not(format!(
+                "{} members: without node {target} none would be left to refuse it",
+                self.members.len()
+            )));
+        }
+        let rest: Vec<u64> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|&id| id != target)
+            .collect();
+        let since = unix_now();
+        self.cluster.wipe(target)?;
+        self.cluster.up(&[target])?;
+        sleep(hold);
+        let refused = poll(REFUSAL_DEADLINE, || {
+            rest.iter()
+                .any(|&id| {
+                    self.cluster
+                        .logs(id, Some(since))
+                        .is_ok_and(|log| log.contains(WIPED_REFUSAL))
+                })
+                .then_some(())
+        });
+        let mut found = Vec::new();
+        if refused.is_err() {
+            found.push(format!(
+                "no member logged {WIPED_REFUSAL:?} within {} ms of node {target}'s return",
+                (hold + REFUSAL_DEADLINE).as_millis()
+            ));
+        }
+        if let Some(s) = status(&self.cluster.node(target).addr()) {
+            if s.role == "leader" {
+                found.push(format!("node {target} leads in term {}", s.term));
+            }
+        }
+        let seen = if found.is_empty() {
+            "refused"
+        } else {
+            "NOT refused"
+        };
+        for what in found {
+            self.unavailable.push(format!(
+                "wipe: node {target} came back with a wiped data dir and was not refused: {what}"
+            ));
+        }
+
+        // Repair: remove it through the leader of the rest, then add it again.
+        let leader = self.wait_healthy_among(&rest)?;
+        let addr = self.cluster.node(leader).addr();
+        let mut client = CacheClient::connect(&addr, ADMIN_TIMEOUT)
+            .with_context(|| format!("connecting to {addr}"))?;
+        client
+            .admin_change(AdminOp::REMOVE_NODE, target, None, None, false, "")
+            .map_err(|e| anyhow!("remove-node {target}: {}", describe_error(&e)))?;
+        self.members = rest;
+        self.cluster.wipe(target)?;
+        self.cluster.recreate(target, |node| node.rejoin = true)?;
+        let added = self.add_member(target, None)?;
+        workload.set_targets(self.addrs());
+        Ok(match added {
+            Ok(via) => {
+                self.members = self.current_members(via)?;
+                workload.set_targets(self.addrs());
+                Injected::Done(format!(
+                    "node {target} wiped, {seen} ({} ms), removed and added again; members now {:?}",
+                    hold.as_millis(),
+                    self.members
+                ))
+            }
+            Err(why) => Injected::Not(format!(
+                "node {target} wiped, {seen}, removed, but adding it again failed: {why}; members now {:?}",
+                self.members
+            )),
+        })
+    }
+
+    /// Starts member `target` again on another peer port than the one the cluster records: it
+    /// must refuse to start, saying why; after `hold` it starts again on the right one.
+    fn misplace(&mut self, target: u64, hold: Duration) -> Result<Injected> {
+        let since = unix_now();
+        self.cluster.recreate(target, |node| {
+            node.misplaced_peer_port = Some(MISPLACED_PEER_PORT)
+        })?;
+        sleep(hold);
+        let said = self
+            .cluster
+            .logs(target, Some(since))
+            .map(|log| log.contains(MISPLACED_REFUSAL))
+            .unwrap_or(false);
+        let answered = status(&self.cluster.node(target).addr()).is_some();
+        let seen = match (said, answered) {
+            (true, false) => "refused to run, saying why",
+            (_, true) => "runs and answers",
+            (false, false) => "stopped without saying why",
+        };
+        if !said || answered {
+            self.unavailable.push(format!(
+                "misplace: node {target}, started on peer port {MISPLACED_PEER_PORT} while the cluster records another, {seen}"
+            ));
+        }
+        self.cluster
+            .recreate(target, |node| node.misplaced_peer_port = None)?;
+        let leader = self.wait_healthy()?;
+        Ok(Injected::Done(format!(
+            "node {target} started on peer port {MISPLACED_PEER_PORT}: {seen} ({} ms); back on its own, node {leader} leads",
+            hold.as_millis()
+        )))
+    }
+
+    /// Adds node `new` (started, waiting to be added) through the leader, replacing `old` if
+    /// given. Ok(Ok) is the member the change was asked through, Ok(Err) why the cluster
+    /// refused it; Err, a cluster that does not answer.
+    fn add_member(&self, new: u64, old: Option<u64>) -> Result<std::result::Result<u64, String>> {
+        let leader = self.wait_healthy()?;
+        // The leader's probe must find the new node's peer port open: wait until it answers.
+        let addr = self.cluster.node(new).addr();
+        poll(HEALTHY_DEADLINE, || status(&addr))
+            .map_err(|timeout| anyhow!("node {new} answered no status: {timeout}"))?;
+        // Ask through a member that stays, so the answer is not lost with the removed node.
+        let via = if Some(leader) != old {
+            leader
+        } else {
+            *self
+                .members
+                .iter()
+                .find(|&&id| Some(id) != old)
+                .expect("more than one member")
+        };
+        let addr = self.cluster.node(via).addr();
+        let mut client = CacheClient::connect(&addr, ADMIN_TIMEOUT)
+            .with_context(|| format!("connecting to {addr}"))?;
+        let peer = self.cluster.node(new).peer_addr();
+        let mut progress = |_: &str| {};
+        Ok(add_node(
+            &mut client,
+            new,
+            &peer,
+            old,
+            CATCH_UP,
+            false,
+            "",
+            &mut progress,
+        )
+        .map(|_| via))
     }
 
     /// The leader now, waiting a little for one; `fallback` if there is none.
@@ -579,46 +742,22 @@ impl<'a> Run<'a> {
         let Some(new) = self.spares.pop_front() else {
             return Ok(Injected::Not("no spare node left".into()));
         };
-        let leader = self.wait_healthy()?;
         self.cluster.up(&[new])?;
-        // The leader's probe must find the new node's peer port open: wait until it answers.
-        let addr = self.cluster.node(new).addr();
-        poll(HEALTHY_DEADLINE, || status(&addr))
-            .map_err(|timeout| anyhow!("spare node {new} answered no status: {timeout}"))?;
-        // Ask through a member that stays, so the answer is not lost with the removed node.
-        let via = if leader != old {
-            leader
-        } else {
-            *self
-                .members
-                .iter()
-                .find(|&&id| id != old)
-                .expect("more than one member")
-        };
-        let addr = self.cluster.node(via).addr();
-        let mut client = CacheClient::connect(&addr, ADMIN_TIMEOUT)
-            .with_context(|| format!("connecting to {addr}"))?;
-        let peer = self.cluster.node(new).peer_addr();
-        let mut progress = |_: &str| {};
-        let added = add_node(
-            &mut client,
-            new,
-            &peer,
-            replace.then_some(old),
-            CATCH_UP,
-            false,
-            "",
-            &mut progress,
-        );
-        let changed = added.and_then(|_| {
+        let added = self.add_member(new, replace.then_some(old))?;
+        let mut via = self.members.iter().copied().find(|&id| id != old);
+        let changed = added.and_then(|through| {
+            via = Some(through);
             if replace {
                 return Ok(());
             }
-            client
+            let addr = self.cluster.node(through).addr();
+            CacheClient::connect(&addr, ADMIN_TIMEOUT)
+                .map_err(|e| format!("connecting to {addr}: {e:#}"))?
                 .admin_change(AdminOp::REMOVE_NODE, old, None, None, false, "")
                 .map(drop)
                 .map_err(|e| describe_error(&e))
         });
+        let via = via.expect("more than one member");
         // What the cluster holds now decides which nodes the run follows.
         let members = self.current_members(via)?;
         self.members = members;
@@ -658,26 +797,27 @@ impl<'a> Run<'a> {
 
     /// Waits until every member answers and all name the same leader, one of them.
     fn wait_healthy(&self) -> Result<u64> {
+        self.wait_healthy_among(&self.members)
+    }
+
+    /// Waits until every one of `members` answers and all name the same leader, one of them.
+    fn wait_healthy_among(&self, members: &[u64]) -> Result<u64> {
         let healthy = poll(HEALTHY_DEADLINE, || {
-            let leaders: Vec<Option<u64>> = self
-                .members
+            let leaders: Vec<Option<u64>> = members
                 .iter()
                 .map(|&id| {
                     status(&self.cluster.node(id).addr()).and_then(|s| s.leader.map(|l| l as u64))
                 })
                 .collect();
             if let Some(Some(leader)) = leaders.first() {
-                if leaders.iter().all(|l| *l == Some(*leader)) && self.members.contains(leader) {
+                if leaders.iter().all(|l| *l == Some(*leader)) && members.contains(leader) {
                     return Ok(*leader);
                 }
             }
             Err(format!("they name {leaders:?}"))
         });
         healthy.map_err(|timeout| {
-            anyhow!(
-                "the members {:?} did not all answer and agree on a leader: {timeout}",
-                self.members
-            )
+            anyhow!("the members {members:?} did not all answer and agree on a leader: {timeout}")
         })
     }
 
@@ -761,6 +901,14 @@ const AVAILABLE_AFTER: Duration = Duration::from_secs(3);
 
 /// Writes `key` through `addr` again and again for `hold`; how long after the start the first
 /// write was acknowledged, if one was. Takes `hold` in all.
+/// Seconds since the Unix epoch, as `docker logs --since` takes them.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs_f64()
+}
+
 fn first_write_within(addr: &str, hold: Duration, key: &str) -> Option<Duration> {
     let start = Instant::now();
     let mut first = None;

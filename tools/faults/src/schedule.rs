@@ -42,10 +42,18 @@ pub enum FaultKind {
     /// Membership change under traffic: a random member (the leader included) is removed and a
     /// fresh node added, either by `replace-node` or by `add-node` then `remove-node`.
     Membership,
+    /// A random member loses its data dir and starts again with the same flags: the others
+    /// must refuse it (it neither votes nor takes entries) while they keep serving; then it is
+    /// repaired as `docs/operations.md` says (`remove-node`, an empty data dir, `--no-bootstrap`,
+    /// `add-node` with the same id).
+    Wipe,
+    /// A random member starts again on another peer port than the one the cluster records: it
+    /// must refuse to start, saying so; then it starts again on the right one.
+    Misplace,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::OneWay,
         FaultKind::TransferLeader,
         FaultKind::PartitionMinority,
@@ -58,6 +66,8 @@ impl FaultKind {
         FaultKind::Pause,
         FaultKind::Restart,
         FaultKind::Membership,
+        FaultKind::Wipe,
+        FaultKind::Misplace,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +84,8 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Restart => "restart",
             FaultKind::Membership => "membership",
+            FaultKind::Wipe => "wipe",
+            FaultKind::Misplace => "misplace",
         }
     }
 
@@ -94,6 +106,7 @@ impl FaultKind {
             | FaultKind::PartitionLeader
             | FaultKind::PartitionBridge
             | FaultKind::OneWay => rng.millis(2_000, 8_000),
+            FaultKind::Wipe | FaultKind::Misplace => rng.millis(2_000, 5_000),
             FaultKind::KillLeader | FaultKind::KillRandom => rng.millis(500, 5_000),
             FaultKind::KillAll => rng.millis(500, 3_000),
             FaultKind::Pause => rng.millis(1_000, 10_000),
@@ -107,9 +120,11 @@ impl FaultKind {
     /// only to decide how many steps fit in a run.
     fn overhead(self) -> Duration {
         match self {
-            FaultKind::Restart | FaultKind::KillAll | FaultKind::Membership => {
-                Duration::from_secs(5)
-            }
+            FaultKind::Restart
+            | FaultKind::KillAll
+            | FaultKind::Membership
+            | FaultKind::Misplace => Duration::from_secs(5),
+            FaultKind::Wipe => Duration::from_secs(10),
             _ => Duration::from_secs(2),
         }
     }
@@ -261,7 +276,7 @@ mod tests {
 
     #[test]
     fn long_runs_inject_every_kind_and_fit_their_time() {
-        let five = plan(7, 120, Some(5));
+        let five = plan(7, 180, Some(5));
         let kinds: BTreeSet<FaultKind> = five.steps.iter().map(|s| s.kind).collect();
         assert_eq!(kinds.len(), FaultKind::ALL.len(), "{five:?}");
         for seed in 0..20 {
