@@ -7,6 +7,11 @@
 //! timeout although this node stopped following that leader long before. The call goes out
 //! through a `SendGate`, so a caller that gives up knows whether the request left this node
 //! (its outcome unknown) or never will (safe to ask again).
+//!
+//! While this node's own calls to the leader fail (a one-way partition: the leader still
+//! reaches it, a quorum still calls the leader, so nothing changes leader), the call goes to
+//! another voter to relay (`network::RelayRequest`); and a call that a lost link left waiting is
+//! given up after `LINK_LOST_AFTER` once a later call to the leader failed.
 
 use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
@@ -16,11 +21,20 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::network::{peer_addr, PeerClients, PeerError, PeerMethod, SendGate};
+use crate::network::{
+    peer_addr, PeerClients, PeerError, PeerMethod, RelayError, RelayRequest, RelayedCall, SendGate,
+};
 use crate::types::{NodeId, Raft};
 
 /// Longest wait between two looks at the leader while none is known, or it keeps refusing.
 pub const LEADER_POLL: Duration = Duration::from_millis(100);
+/// How much longer a call through a relay may take than the relay's own call to the leader.
+const RELAY_MARGIN: Duration = Duration::from_millis(500);
+/// How long a call may go unanswered before a later call to the same node that failed (the
+/// followers' `leader_check`, every heartbeat) counts as losing it: a link that drops what this
+/// node sends leaves a pooled connection waiting out its whole timeout. Long against a
+/// forwarded write's usual time, so that a busy leader's slow answer is waited for.
+const LINK_LOST_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a call to the leader has no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,12 +79,7 @@ impl LeaderView {
     /// (no heartbeat for an election timeout), voted in one, or learned of a newer leader; or its
     /// Raft stopped.
     pub async fn replaced(&self, leader: NodeId) {
-        let mut metrics = self.raft.metrics();
-        while metrics.borrow_and_update().current_leader == Some(leader) {
-            if metrics.changed().await.is_err() {
-                return;
-            }
-        }
+        crate::network::stopped_following(&self.raft, leader).await
     }
 
     /// Waits until openraft's view changes (a new leader, say), `LEADER_POLL` passes, or the
@@ -98,6 +107,13 @@ impl LeaderView {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
+        if peers.failing(leader) {
+            if let Some((relay, call)) = self.relay_for(peers, leader, method) {
+                return self
+                    .ask_through(peers, relay, leader, call, request, timeout)
+                    .await;
+            }
+        }
         let Some(addr) = peer_addr(&self.raft, leader) else {
             return Err(AskError::NotSent(format!(
                 "leader {leader} is not in this node's membership yet"
@@ -105,6 +121,106 @@ impl LeaderView {
         };
         let gate = Arc::new(SendGate::default());
         let call = peers.rpc_gated(leader, &addr, method, request, timeout, gate.clone());
+        self.unless_replaced(peers, leader, gate, call).await
+    }
+
+    /// The member to relay a call of `method` to `leader` through, when this node's own
+    /// calls do not reach the leader: one whose last call from this node did not fail, the
+    /// one heard from last; else the one that failed longest ago. None for a call that is not
+    /// relayed, or with no other member.
+    fn relay_for(
+        &self,
+        peers: &PeerClients,
+        leader: NodeId,
+        method: PeerMethod,
+    ) -> Option<(NodeId, RelayedCall)> {
+        let call = match method {
+            PeerMethod::Forward => RelayedCall::Forward,
+            PeerMethod::ReadIndex => RelayedCall::ReadIndex,
+            PeerMethod::Admin => RelayedCall::Admin,
+            _ => return None,
+        };
+        let others: Vec<NodeId> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            let membership = metrics.membership_config.membership();
+            membership
+                .voter_ids()
+                .filter(|id| *id != self.id && *id != leader)
+                .collect()
+        };
+        let relay = others
+            .iter()
+            .copied()
+            .max_by_key(|id| (!peers.failing(*id), peers.last_answer(*id)))?;
+        Some((relay, call))
+    }
+
+    /// `ask`, through member `relay` (`network::RelayRequest`).
+    async fn ask_through<Req, Resp>(
+        &self,
+        peers: &Arc<PeerClients>,
+        relay: NodeId,
+        leader: NodeId,
+        call: RelayedCall,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, AskError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let Some(addr) = peer_addr(&self.raft, relay) else {
+            return Err(AskError::NotSent(format!(
+                "relay {relay} is not in this node's membership"
+            )));
+        };
+        let relayed = RelayRequest {
+            to: leader,
+            call,
+            request: bincode::serialize(request).expect("peer requests always serialize"),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        // No race against this node's view of the leader here: the relay races its own call
+        // against its view, and its answer says whether the call reached the leader.
+        let answer = peers
+            .rpc::<_, Result<Vec<u8>, RelayError>>(
+                relay,
+                &addr,
+                PeerMethod::Relay,
+                &relayed,
+                timeout + RELAY_MARGIN,
+            )
+            .await;
+        let through = |reason: String| format!("through node {relay}: {reason}");
+        let answer = answer.map_err(|e| match e {
+            PeerError::Unreachable { .. } | PeerError::Refused { .. } => {
+                AskError::NotSent(through(e.to_string()))
+            }
+            PeerError::NoAnswer { .. } => {
+                AskError::Unknown(through(format!("no answer after sending the request: {e}")))
+            }
+        })?;
+        match answer {
+            Ok(encoded) => bincode::deserialize(&encoded).map_err(|e| {
+                AskError::Unknown(through(format!("undecodable answer from the leader: {e}")))
+            }),
+            Err(RelayError::NotSent(reason)) => Err(AskError::NotSent(through(reason))),
+            Err(RelayError::Refused(reason)) => Err(AskError::Refused(through(reason))),
+            Err(RelayError::Unknown(reason)) => Err(AskError::Unknown(through(reason))),
+        }
+    }
+
+    /// Waits for `call` to `leader` (sent through `gate`), unless this node stops following
+    /// `leader` first, or a later call to it fails for want of a link (`link_lost`).
+    async fn unless_replaced<Resp>(
+        &self,
+        peers: &PeerClients,
+        leader: NodeId,
+        gate: Arc<SendGate>,
+        call: impl std::future::Future<Output = Result<Resp, PeerError>>,
+    ) -> Result<Resp, AskError> {
+        let started = std::time::Instant::now();
         tokio::select! {
             biased;
             answer = call => answer.map_err(|e| match e {
@@ -123,6 +239,24 @@ impl LeaderView {
                     "node {leader} stopped being this node's leader while the request was with it (it went silent or lost an election)"
                 ))
             }),
+            () = link_lost(peers, leader, started) => Err(if gate.close() {
+                AskError::NotSent(format!(
+                    "the link to node {leader} failed before the request was sent"
+                ))
+            } else {
+                AskError::Unknown(format!(
+                    "the link to node {leader} failed while the request was with it (a later call to it was not answered)"
+                ))
+            }),
         }
+    }
+}
+
+/// Resolves once a call to `called` made after `started` failed for want of a link, and at
+/// least `LINK_LOST_AFTER` has passed since `started`; never before.
+async fn link_lost(peers: &PeerClients, called: NodeId, started: std::time::Instant) {
+    tokio::time::sleep(LINK_LOST_AFTER).await;
+    while !peers.failed_since(called, started) {
+        tokio::time::sleep(LEADER_POLL).await;
     }
 }

@@ -257,6 +257,7 @@ fn start_router(
         RouterLimits {
             request_deadline: config.request_deadline(),
             max_waiting_reads: config.max_waiting_reads,
+            leader_silence: Duration::from_millis(config.election_timeout_min_ms),
         },
         standing,
     ))

@@ -52,6 +52,10 @@ pub struct RouterLimits {
     pub request_deadline: Duration,
     /// Most linearizable reads waiting for the next read-index round.
     pub max_waiting_reads: usize,
+    /// How long without entries from the leader means that they do not arrive, for a write
+    /// this node forwarded and waits to apply (`settle_locally`): the election timeout's
+    /// lower bound, after which a follower would call an election.
+    pub leader_silence: Duration,
 }
 
 /// This node's replica, and the access history its reads feed while it leads.
@@ -76,6 +80,8 @@ pub struct Router {
     read_rounds: ReadIndexBatcher,
     /// How long a request may wait for a leader, a quorum or a catch-up.
     request_deadline: Duration,
+    /// `RouterLimits::leader_silence`.
+    leader_silence: Duration,
     /// Whether this node is in a cluster: a removed or waiting node serves no client.
     standing: Arc<Standing>,
     /// The access history LRU eviction uses (fed only while this node leads).
@@ -96,6 +102,7 @@ impl Router {
         let RouterLimits {
             request_deadline,
             max_waiting_reads,
+            leader_silence,
         } = limits;
         let read_source = ReadIndexSource::new(id, raft.clone(), peers);
         let read_rounds =
@@ -109,6 +116,7 @@ impl Router {
             read_source,
             read_rounds,
             request_deadline,
+            leader_silence,
             standing,
             eviction,
         }
@@ -218,10 +226,30 @@ impl Router {
     /// local read here right after the answer sees it: read-your-writes on the node a client
     /// writes through, follower or leader (the leader has applied it already). The write is
     /// committed either way; a follower that cannot apply it in time (cut off from the leader
-    /// right after the commit) still answers it as done, and only its local reads lag.
+    /// right after the commit) still answers it as done, and only its local reads lag. So does
+    /// one that has had no entries from the leader for `leader_silence`: they are not coming
+    /// (the leader cannot reach it while it reaches the leader), and waiting out the deadline
+    /// would only hold every client of this node.
     async fn settle_locally(&self, index: u64, deadline: Instant) {
-        if let Err(e) = self.wait_applied(index, deadline, "its own write").await {
-            tracing::debug!(index, error = %e, "answering a committed write not yet applied here");
+        let silent = async {
+            loop {
+                let silent_for = self.standing.leader_silent_for();
+                if silent_for >= self.leader_silence {
+                    return silent_for;
+                }
+                tokio::time::sleep(self.leader_silence - silent_for).await;
+            }
+        };
+        tokio::select! {
+            biased;
+            applied = self.wait_applied(index, deadline, "its own write") => {
+                if let Err(e) = applied {
+                    tracing::debug!(index, error = %e, "answering a committed write not yet applied here");
+                }
+            }
+            silent_for = silent => {
+                tracing::debug!(index, silent_ms = silent_for.as_millis() as u64, "answering a committed write not yet applied here: no entries from the leader");
+            }
         }
     }
 

@@ -286,6 +286,97 @@ async fn followers_that_cannot_reach_the_leader_get_a_leader_they_reach() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_that_cannot_reach_the_leader_serves_its_clients_through_another_member() {
+    // Its calls to the leader fail at once (a refused or unroutable connection).
+    one_follower_cut_from_the_leader(|cluster, from, to| cluster.faults.cut_one_way(from, &[to]))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_whose_calls_to_the_leader_go_unanswered_serves_its_clients_through_another_member(
+) {
+    // Its calls to the leader go out on open connections and are never answered (a firewall
+    // that drops packets): a write sent just after the cut must not hold the client for the
+    // whole forward timeout before the next one finds the way round.
+    one_follower_cut_from_the_leader(|cluster, from, to| {
+        cluster.faults.silence_one_way(from, &[to])
+    })
+    .await;
+}
+
+/// One follower's calls to the leader are lost; the leader still reaches it, and a quorum (the
+/// leader and the other follower) calls the leader, so the leadership stays. That follower
+/// reaches the other one: its clients' writes and linearizable reads must go on, the first
+/// within 3 s of the cut, each later one within the request deadline.
+async fn one_follower_cut_from_the_leader(cut: impl Fn(&InProcessCluster, NodeId, NodeId)) {
+    // The default request deadline (5 s): a write stuck that long would miss the 3 s.
+    let cluster = InProcessCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let f = followers(&cluster, leader);
+    cluster.client(f[0]).put("before", "cut").await.unwrap();
+    let term = |id| {
+        cluster
+            .node(id)
+            .raft()
+            .metrics()
+            .borrow_watched()
+            .current_term
+    };
+    let term_before = term(leader);
+
+    phase("nothing follower f0 sends reaches the leader");
+    let started = std::time::Instant::now();
+    cut(&cluster, f[0], leader);
+
+    phase("writes through f0 succeed, and keep succeeding");
+    let what = "a write through the cut-off follower is acknowledged";
+    wait_until_async(std::time::Duration::from_secs(3), what, async || {
+        cluster.client(f[0]).put("after", "cut").await
+    })
+    .await;
+    eprintln!(
+        "first write through the cut-off follower acknowledged {} ms after the cut",
+        started.elapsed().as_millis()
+    );
+    for i in 0..20 {
+        let key = format!("k{i}");
+        cluster
+            .client(f[0])
+            .put(&key, "v")
+            .await
+            .unwrap_or_else(|e| panic!("write {i} through the cut-off follower: {e:?}"));
+        assert_eq!(
+            cluster
+                .client(f[0])
+                .get(&key, true)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("v"),
+            "a linearizable read through the cut-off follower"
+        );
+    }
+    assert_eq!(
+        cluster
+            .client(leader)
+            .get("k19", true)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+    let now_leader = cluster
+        .node(f[1])
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .current_leader;
+    assert_eq!(now_leader, Some(leader), "the leadership stayed");
+    assert_eq!(term(leader), term_before, "no election");
+    cluster.faults.heal();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_back_from_isolation_changes_neither_leader_nor_term() {
     let cluster = InProcessCluster::start(3, &[]).await;
     let leader = cluster.wait_for_leader().await;
@@ -574,4 +665,53 @@ async fn a_write_answered_by_a_follower_is_visible_to_a_local_read_there_right_a
             "a local read on node {follower} right after its remove of {key} was answered"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_its_leader_cannot_call_answers_its_writes_without_waiting_out_the_deadline() {
+    // The leader's calls to one follower are lost; the follower's own calls reach it. The
+    // follower gets no entries while the cut lasts, so it cannot apply its clients' writes,
+    // which the leader commits: it must answer them once it sees that no entries come, not
+    // at the request deadline (5 s) each.
+    let cluster = InProcessCluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let f = followers(&cluster, leader);
+    cluster.client(f[0]).put("before", "cut").await.unwrap();
+
+    phase("nothing the leader sends reaches follower f0");
+    cluster.faults.cut_one_way(leader, &[f[0]]);
+    let cut = std::time::Instant::now();
+    let mut slowest = std::time::Duration::ZERO;
+    for i in 0..5 {
+        let started = std::time::Instant::now();
+        cluster
+            .client(f[0])
+            .put(&format!("x{i}"), "v")
+            .await
+            .unwrap_or_else(|e| panic!("write {i} through f0: {e:?}"));
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!(
+        "5 writes through f0 in {} ms, the slowest {} ms",
+        cut.elapsed().as_millis(),
+        slowest.as_millis()
+    );
+    assert!(
+        slowest < std::time::Duration::from_secs(3),
+        "a write through the follower its leader cannot call took {} ms",
+        slowest.as_millis()
+    );
+    assert_eq!(
+        cluster
+            .client(f[1])
+            .get("x4", true)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+
+    phase("healed: f0 catches up");
+    cluster.faults.heal();
+    cluster.wait_local_value(f[0], "x4", Some("v")).await;
 }

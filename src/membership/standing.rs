@@ -121,6 +121,13 @@ impl Standing {
         self.heard_ms.store(now, Ordering::Relaxed);
     }
 
+    /// How long since the leader last sent append-entries here (since this node started, if
+    /// it never did).
+    pub fn leader_silent_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.heard_ms.load(Ordering::Relaxed)))
+    }
+
     /// Whether this node was removed from its cluster.
     pub fn removed(&self) -> bool {
         if self.identity.told_removed() {

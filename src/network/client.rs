@@ -54,6 +54,7 @@ pub enum Method {
     Admin,
     PreVote,
     TransferLeader,
+    Relay,
 }
 
 impl Method {
@@ -70,6 +71,7 @@ impl Method {
             Method::Admin => "admin",
             Method::PreVote => "pre_vote",
             Method::TransferLeader => "transfer_leader",
+            Method::Relay => "relay",
         }
     }
 }
@@ -140,6 +142,9 @@ pub struct PeerClients {
     max_message_bytes: usize,
     /// When each node last answered a call of this node's.
     answered: Mutex<HashMap<NodeId, Instant>>,
+    /// When a call of this node's to each node last failed for want of a link (unreachable,
+    /// or no answer).
+    failed: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl PeerClients {
@@ -157,6 +162,7 @@ impl PeerClients {
             connect_timeout,
             max_message_bytes,
             answered: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
         })
     }
 
@@ -164,6 +170,36 @@ impl PeerClients {
     pub fn answered_within(&self, id: NodeId, within: Duration) -> bool {
         let answered = self.answered.lock().expect("answered lock");
         answered.get(&id).is_some_and(|at| at.elapsed() <= within)
+    }
+
+    /// Whether this node's last call to node `id` failed for want of a link (it was not
+    /// answered since).
+    pub fn failing(&self, id: NodeId) -> bool {
+        let Some(failed) = self.failed.lock().expect("failed lock").get(&id).copied() else {
+            return false;
+        };
+        let answered = self
+            .answered
+            .lock()
+            .expect("answered lock")
+            .get(&id)
+            .copied();
+        answered.is_none_or(|answered| answered < failed)
+    }
+
+    /// Whether a call of this node's to node `id` failed for want of a link after `since`.
+    pub fn failed_since(&self, id: NodeId, since: Instant) -> bool {
+        let failed = self.failed.lock().expect("failed lock");
+        failed.get(&id).is_some_and(|at| *at > since)
+    }
+
+    /// When node `id` last answered a call of this node's.
+    pub fn last_answer(&self, id: NodeId) -> Option<Instant> {
+        self.answered
+            .lock()
+            .expect("answered lock")
+            .get(&id)
+            .copied()
     }
 
     /// Sends `request` to node `to` at `addr` and decodes its answer, within `timeout`.
@@ -199,6 +235,64 @@ impl PeerClients {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
+        let write = |payload: &mut Vec<u8>| {
+            bincode::serialize_into(payload, request).expect("peer requests always serialize")
+        };
+        let (answer, at) = self.call(to, addr, method, write, timeout, gate).await?;
+        bincode::deserialize(&answer[at..]).map_err(|e| PeerError::NoAnswer {
+            addr: addr.to_string(),
+            reason: format!("undecodable answer: {e}"),
+        })
+    }
+
+    /// `rpc_gated` of a request already encoded (`relay`): returns the answer's encoded bytes.
+    pub async fn rpc_encoded(
+        self: &Arc<Self>,
+        to: NodeId,
+        addr: &str,
+        method: Method,
+        request: &[u8],
+        timeout: Duration,
+        gate: Arc<SendGate>,
+    ) -> Result<Vec<u8>, PeerError> {
+        let write = |payload: &mut Vec<u8>| payload.extend_from_slice(request);
+        let (mut answer, at) = self.call(to, addr, method, write, timeout, gate).await?;
+        answer.drain(..at);
+        Ok(answer)
+    }
+
+    /// One call: the header, then what `write_request` appends, framed as Thrift `method`.
+    /// Returns the answer's payload and where its body starts (after the reply header).
+    async fn call(
+        self: &Arc<Self>,
+        to: NodeId,
+        addr: &str,
+        method: Method,
+        write_request: impl FnOnce(&mut Vec<u8>),
+        timeout: Duration,
+        gate: Arc<SendGate>,
+    ) -> Result<(Vec<u8>, usize), PeerError> {
+        let answer = self
+            .call_once(to, addr, method, write_request, timeout, gate)
+            .await;
+        if let Err(PeerError::Unreachable { .. } | PeerError::NoAnswer { .. }) = answer {
+            self.failed
+                .lock()
+                .expect("failed lock")
+                .insert(to, Instant::now());
+        }
+        answer
+    }
+
+    async fn call_once(
+        self: &Arc<Self>,
+        to: NodeId,
+        addr: &str,
+        method: Method,
+        write_request: impl FnOnce(&mut Vec<u8>),
+        timeout: Duration,
+        gate: Arc<SendGate>,
+    ) -> Result<(Vec<u8>, usize), PeerError> {
         if !self.faults.allows(self.from, to) {
             return Err(PeerError::Unreachable {
                 addr: addr.to_string(),
@@ -219,8 +313,8 @@ impl PeerClients {
             }
         }
         let header = self.identities.call_header(to);
-        let payload =
-            bincode::serialize(&(header, request)).expect("peer requests always serialize");
+        let mut payload = bincode::serialize(&header).expect("peer headers always serialize");
+        write_request(&mut payload);
         let message = encode_call(method, &payload);
         drop(payload);
         let no_answer = |reason: String| PeerError::NoAnswer {
@@ -253,6 +347,7 @@ impl PeerClients {
         let mut body = payload.as_slice();
         let header: ReplyHeader = bincode::deserialize_from(&mut body)
             .map_err(|e| no_answer(format!("undecodable answer: {e}")))?;
+        let at = payload.len() - body.len();
         let refused = |reason: String| {
             self.identities.refused_by(to, addr, &reason);
             PeerError::Refused {
@@ -270,7 +365,7 @@ impl PeerClients {
             .lock()
             .expect("answered lock")
             .insert(to, Instant::now());
-        bincode::deserialize(body).map_err(|e| no_answer(format!("undecodable answer: {e}")))
+        Ok((payload, at))
     }
 
     /// Writes one request and reads its whole answer.

@@ -17,6 +17,40 @@ pub struct ForwardRequest {
     pub deadline_ms: u64,
 }
 
+/// A call meant for the leader, sent to another member to make in its place: the sender's own
+/// calls do not reach the leader (a one-way partition), the relay's do. Only the calls a
+/// follower makes to its leader on behalf of clients and operators are relayed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RelayRequest {
+    /// The leader, as the sender knows it.
+    pub to: NodeId,
+    pub call: RelayedCall,
+    /// The call's request, encoded as for a direct call.
+    pub request: Vec<u8>,
+    /// How long the relay may wait for the leader's answer, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// The calls a member relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayedCall {
+    Forward,
+    ReadIndex,
+    Admin,
+}
+
+/// Why a relayed call has no answer from the leader, as the relay saw it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RelayError {
+    /// The relay could not send it (it does not know the leader's address, or cannot reach
+    /// it either): nothing was done.
+    NotSent(String),
+    /// The node at the leader's address refused it: nothing was done.
+    Refused(String),
+    /// The relay sent it and no answer came back: it may or may not have been carried out.
+    Unknown(String),
+}
+
 /// One chunk of a snapshot the leader streams to a follower, with the CRC-32 of its data. The
 /// receiver checks the CRC before it writes the chunk and refuses a damaged one; the leader then
 /// sends it again. (The whole file's checksum is checked again before the install:

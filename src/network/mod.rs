@@ -21,10 +21,12 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 pub use client::{Method as PeerMethod, PeerClients, PeerError, PeerNetwork, SendGate};
-pub use messages::{ForwardError, ForwardRequest, SnapshotChunk};
+pub use messages::{
+    ForwardError, ForwardRequest, RelayError, RelayRequest, RelayedCall, SnapshotChunk,
+};
 pub use service::{LeaderSide, MembershipSide, PeerService};
 
-use crate::types::NodeId;
+use crate::types::{NodeId, Raft};
 
 /// The peer address of node `id` in this node's current view of the membership.
 pub fn peer_addr(raft: &crate::types::Raft, id: NodeId) -> Option<String> {
@@ -35,6 +37,17 @@ pub fn peer_addr(raft: &crate::types::Raft, id: NodeId) -> Option<String> {
         .membership()
         .get_node(&id)
         .map(|n| n.peer_addr.clone())
+}
+
+/// Resolves once `raft` no longer takes `leader` for its leader: it started an election (no
+/// heartbeat for an election timeout), voted in one, or learned of a newer leader; or it stopped.
+pub async fn stopped_following(raft: &Raft, leader: NodeId) {
+    let mut metrics = raft.metrics();
+    while metrics.borrow_and_update().current_leader == Some(leader) {
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Faults injected by tests: links cut (a message from `a` to `b` is dropped while `(a, b)` is
@@ -76,6 +89,16 @@ impl Faults {
         for &other in others {
             silent.insert((node, other));
             silent.insert((other, node));
+        }
+    }
+
+    /// Silences one direction only: calls from `from` to each of `to` go out and are never
+    /// answered (as with a firewall that drops what `from` sends on connections it already has
+    /// open), while calls the other way are answered.
+    pub fn silence_one_way(&self, from: NodeId, to: &[NodeId]) {
+        let mut silent = self.silent.write().expect("faults lock");
+        for &other in to {
+            silent.insert((from, other));
         }
     }
 

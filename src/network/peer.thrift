@@ -28,4 +28,8 @@ service RaftPeer {
     binary pre_vote(1: binary request),
     /// The leader hands its leadership to the receiver: it is to call an election now.
     binary transfer_leader(1: binary request),
+    /// A forward, read-index or admin call meant for the leader, from a node whose own calls
+    /// do not reach it (a one-way partition): the receiver makes the call and passes the
+    /// answer back.
+    binary relay(1: binary request),
 }

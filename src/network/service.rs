@@ -21,10 +21,10 @@ use tokio::io::AsyncWriteExt;
 use super::identity::{Admission, CallHeader, PeerIdentities, ReplyHeader};
 use super::messages::{
     AdminError, AdminRequest, ForwardError, ForwardRequest, MembersView, NodeInfo, NodeInfoRequest,
-    SnapshotChunk,
+    RelayError, RelayRequest, RelayedCall, SnapshotChunk,
 };
 use super::reach::Inbound;
-use super::{peer_addr, PeerClients, PeerMethod};
+use super::{peer_addr, PeerClients, PeerError, PeerMethod};
 use crate::gen::peer::{RaftPeerSyncHandler, RaftPeerSyncProcessor};
 use crate::server::{self, Service};
 use crate::store::SnapshotInbox;
@@ -354,6 +354,67 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
                 let request: AdminRequest = decode(payload)?;
                 encode(&self.membership.admin_as_leader(request).await)
             }
+            PeerMethod::Relay => {
+                let request: RelayRequest = decode(payload)?;
+                encode(&self.relay(request).await)
+            }
+        }
+    }
+
+    /// Makes a call meant for the leader in the caller's place, and hands back the leader's
+    /// encoded answer. Never relays further: the caller reaches this node, and this node
+    /// either reaches the leader or says so.
+    async fn relay(&self, request: RelayRequest) -> Result<Vec<u8>, RelayError> {
+        let RelayRequest {
+            to,
+            call,
+            request,
+            timeout_ms,
+        } = request;
+        let method = match call {
+            RelayedCall::Forward => PeerMethod::Forward,
+            RelayedCall::ReadIndex => PeerMethod::ReadIndex,
+            RelayedCall::Admin => PeerMethod::Admin,
+        };
+        let me = self.identities.own_id();
+        let leader = self.raft.metrics().borrow_watched().current_leader;
+        if leader != Some(to) {
+            return Err(RelayError::NotSent(format!(
+                "node {me} does not follow node {to} (its leader: {leader:?})"
+            )));
+        }
+        if self.peers.failing(to) {
+            return Err(RelayError::NotSent(format!(
+                "node {me}'s own last call to node {to} failed too"
+            )));
+        }
+        let Some(addr) = peer_addr(&self.raft, to) else {
+            return Err(RelayError::NotSent(format!(
+                "node {to} is not in node {me}'s membership"
+            )));
+        };
+        let gate = Arc::new(super::SendGate::default());
+        let timeout = Duration::from_millis(timeout_ms);
+        let call = self
+            .peers
+            .rpc_encoded(to, &addr, method, &request, timeout, gate.clone());
+        tokio::select! {
+            biased;
+            answer = call => answer.map_err(|e| match e {
+                PeerError::Unreachable { .. } => RelayError::NotSent(e.to_string()),
+                PeerError::Refused { .. } => RelayError::Refused(e.to_string()),
+                PeerError::NoAnswer { .. } => RelayError::Unknown(e.to_string()),
+            }),
+            // A leader that died or was deposed: as `leader::LeaderView::ask` does.
+            () = super::stopped_following(&self.raft, to) => Err(if gate.close() {
+                RelayError::NotSent(format!(
+                    "node {me} stopped following node {to} before the request was sent"
+                ))
+            } else {
+                RelayError::Unknown(format!(
+                    "node {me} stopped following node {to} while the request was with it"
+                ))
+            }),
         }
     }
 }
@@ -408,6 +469,9 @@ impl RaftPeerSyncHandler for &Decoded {
     fn handle_transfer_leader(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
         self.record(PeerMethod::TransferLeader, request)
     }
+    fn handle_relay(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.record(PeerMethod::Relay, request)
+    }
 }
 
 /// The second pass: every method answers with the same encoded result.
@@ -453,6 +517,9 @@ impl RaftPeerSyncHandler for Answer {
         self.take()
     }
     fn handle_transfer_leader(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.take()
+    }
+    fn handle_relay(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
         self.take()
     }
 }

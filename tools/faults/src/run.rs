@@ -435,10 +435,13 @@ impl<'a> Run<'a> {
                     self.cluster.cut_one_way(from, to)?;
                 }
                 let shown: Vec<String> = links.iter().map(|(f, t)| format!("{f}->{t}")).collect();
-                // Every link of the leader cut one way: the others still reach each other, so
-                // writes through them must go on (within AVAILABLE_AFTER of the cut).
-                let whole = links.len() == others.len() && others.len() > 1;
-                let probe = if whole && step.hold > AVAILABLE_AFTER {
+                // Whichever links are cut one way, the first follower (the one a single cut
+                // touches) still reaches a quorum, and a quorum reaches it: writes through it
+                // must go on, within AVAILABLE_AFTER of the cut (under a new leader when every
+                // link of the leader is cut; through another member when its calls to the
+                // leader are lost; answered without waiting to apply them when the leader's
+                // calls to it are).
+                let probe = if others.len() > 1 && step.hold > AVAILABLE_AFTER {
                     let addr = self.cluster.node(others[0]).addr();
                     let first = first_write_within(
                         &addr,
