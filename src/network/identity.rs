@@ -422,22 +422,23 @@ mod tests {
         from.check_answer(to.own_id(), &to.stamp())
     }
 
+    /// Panics unless a call between the two fails as one to or from a wiped node.
+    fn assert_wiped_refused(from: &PeerIdentities, to: &PeerIdentities) {
+        let refused = call(from, to).unwrap_err();
+        assert!(
+            refused.contains("came back without the state it had"),
+            "{refused}"
+        );
+    }
+
     #[test]
     fn a_member_refuses_a_wiped_peer_it_has_talked_to() {
         let (_d1, one) = node(1);
         let (_d2, two) = node(2);
         call(&one, &two).unwrap();
         let (_d2b, wiped) = node(2);
-        let refused = call(&wiped, &one).unwrap_err();
-        assert!(
-            refused.contains("came back without the state it had"),
-            "{refused}"
-        );
-        let refused = call(&one, &wiped).unwrap_err();
-        assert!(
-            refused.contains("came back without the state it had"),
-            "{refused}"
-        );
+        assert_wiped_refused(&wiped, &one);
+        assert_wiped_refused(&one, &wiped);
     }
 
     #[test]
@@ -450,16 +451,8 @@ mod tests {
         call(&leader, &three).unwrap();
         // Node 2 comes back on a wiped data dir: node 3 must know it by its old incarnation.
         let (_d2b, wiped) = node(2);
-        let refused = call(&wiped, &three).unwrap_err();
-        assert!(
-            refused.contains("came back without the state it had"),
-            "{refused}"
-        );
-        let refused = call(&three, &wiped).unwrap_err();
-        assert!(
-            refused.contains("came back without the state it had"),
-            "{refused}"
-        );
+        assert_wiped_refused(&wiped, &three);
+        assert_wiped_refused(&three, &wiped);
     }
 
     #[test]
@@ -472,10 +465,6 @@ mod tests {
         let (_d2b, wiped) = node(2);
         call(&wiped, &one).unwrap();
         call(&one, &three).unwrap();
-        let refused = call(&wiped, &three).unwrap_err();
-        assert!(
-            refused.contains("came back without the state it had"),
-            "{refused}"
-        );
+        assert_wiped_refused(&wiped, &three);
     }
 }
