@@ -15,7 +15,8 @@
 //!   it, a snapshot install marked), syncs the new blobs and `blobs/`, then `db/`, then `db` and
 //!   `conf`. Directories before `db`: a directory sync can only make durable a sled snapshot
 //!   file that sled synced before renaming it, so the `db` synced after it holds at least the
-//!   log that snapshot describes. (sled 0.34 writes those snapshots only while it opens.)
+//!   log that snapshot describes. (sled 0.34 writes those snapshots only while it opens; one
+//!   left unfinished by a kill is removed before the next open: `remove_unfinished_sled_snapshots`.)
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -46,6 +47,53 @@ pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
         sync_dir(parent.unwrap_or(Path::new(".")))?;
     }
     Ok(())
+}
+
+/// Removes the page-table snapshots sled left unfinished in `db_path` (`snap.<lsn>.generating`,
+/// renamed to `snap.<lsn>` once written and synced), and returns them. sled writes one while it
+/// opens; a node killed meanwhile leaves the file behind, and sled 0.34 reads the newest
+/// `snap.*` by name, that one included, and fails on it as corrupted. A finished one is never
+/// left under that name, so removing it loses nothing. Nothing is removed while another process
+/// holds the database (sled's own lock on its `db` file): that one may be writing it.
+pub fn remove_unfinished_sled_snapshots(db_path: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(db_path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut unfinished = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with("snap.") && n.ends_with(".generating")) {
+            unfinished.push(path);
+        }
+    }
+    if unfinished.is_empty() {
+        return Ok(unfinished);
+    }
+    // The lock sled takes (`flock`, exclusive) on its `db` file, held while removing.
+    let data = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(db_path.join("db"));
+    let _lock = match data {
+        Ok(file) => {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on a file descriptor this function owns for the call.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                return Ok(Vec::new());
+            }
+            Some(file)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    for path in &unfinished {
+        std::fs::remove_file(path)?;
+    }
+    sync_dir(db_path)?;
+    Ok(unfinished)
 }
 
 /// sled's files under its directory, and which of its blobs are already synced (a blob is

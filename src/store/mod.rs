@@ -132,6 +132,9 @@ pub async fn open(
             path: db_path.clone(),
             source,
         },
+        SledOpen::Cleanup(e) => damaged(format!(
+            "cannot remove an unfinished database snapshot: {e}"
+        )),
     })?;
     let open_tree = |name: &str| {
         db.open_tree(name).map_err(|source| OpenError::Sled {
@@ -240,6 +243,8 @@ enum SledOpen {
     Panicked,
     Locked,
     Failed(sled::Error),
+    /// An unfinished sled snapshot could not be removed.
+    Cleanup(std::io::Error),
 }
 
 /// How long to wait for sled's file lock: a node stopped in this same process (a restart in a
@@ -250,6 +255,12 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 async fn open_sled(db_path: &Path, opts: &StoreOptions) -> Result<sled::Db, SledOpen> {
     let deadline = tokio::time::Instant::now() + LOCK_WAIT;
     loop {
+        // Before each try: the lock it checks may be freed between two.
+        let removed =
+            fsync::remove_unfinished_sled_snapshots(db_path).map_err(SledOpen::Cleanup)?;
+        for path in removed {
+            tracing::warn!(path = %path.display(), "removed a database snapshot left unfinished (the node stopped while it was written)");
+        }
         // No background flush: `StateFlusher` flushes, and records what it made durable.
         let config = sled::Config::new()
             .path(db_path)
