@@ -629,7 +629,7 @@ impl<'a> Run<'a> {
         self.members = rest;
         self.cluster.wipe(target)?;
         self.cluster.recreate(target, |node| node.rejoin = true)?;
-        let added = self.add_member(target, None)?;
+        let added = self.add_member(target, None, false)?;
         workload.set_targets(self.addrs());
         Ok(match added {
             Ok(via) => {
@@ -681,25 +681,32 @@ impl<'a> Run<'a> {
         )))
     }
 
-    /// Adds node `new` (started, waiting to be added) through the leader, replacing `old` if
-    /// given. Ok(Ok) is the member the change was asked through, Ok(Err) why the cluster
-    /// refused it; Err, a cluster that does not answer.
-    fn add_member(&self, new: u64, old: Option<u64>) -> Result<std::result::Result<u64, String>> {
+    /// Adds node `new` (started, waiting to be added) through the leader, or through another
+    /// member if the leader is `leaving` (the member about to go, which `new` replaces in the
+    /// same change if `replace`). Ok(Ok) is the member the change was asked through, Ok(Err)
+    /// why the cluster refused it; Err, a cluster that does not answer.
+    fn add_member(
+        &self,
+        new: u64,
+        leaving: Option<u64>,
+        replace: bool,
+    ) -> Result<std::result::Result<u64, String>> {
         let leader = self.wait_healthy()?;
         // The leader's probe must find the new node's peer port open: wait until it answers.
         let addr = self.cluster.node(new).addr();
         poll(HEALTHY_DEADLINE, || status(&addr))
             .map_err(|timeout| anyhow!("node {new} answered no status: {timeout}"))?;
         // Ask through a member that stays, so the answer is not lost with the removed node.
-        let via = if Some(leader) != old {
+        let via = if Some(leader) != leaving {
             leader
         } else {
             *self
                 .members
                 .iter()
-                .find(|&&id| Some(id) != old)
+                .find(|&&id| Some(id) != leaving)
                 .expect("more than one member")
         };
+        let old = leaving.filter(|_| replace);
         let addr = self.cluster.node(via).addr();
         let mut client = CacheClient::connect(&addr, ADMIN_TIMEOUT)
             .with_context(|| format!("connecting to {addr}"))?;
@@ -746,7 +753,7 @@ impl<'a> Run<'a> {
             return Ok(Injected::Not("no spare node left".into()));
         };
         self.cluster.up(&[new])?;
-        let added = self.add_member(new, replace.then_some(old))?;
+        let added = self.add_member(new, Some(old), replace)?;
         let mut via = self.members.iter().copied().find(|&id| id != old);
         let changed = added.and_then(|through| {
             via = Some(through);
