@@ -221,7 +221,11 @@ struct Trailer {
 
 /// Reads the trailer of the snapshot file at `path`.
 fn read_trailer(path: &Path) -> io::Result<Trailer> {
-    let mut file = File::open(path)?;
+    read_trailer_of(&mut File::open(path)?, path)
+}
+
+/// Reads the trailer of `file`, the snapshot file opened at `path`.
+fn read_trailer_of(file: &mut File, path: &Path) -> io::Result<Trailer> {
     let not_snapshot = || {
         invalid(format!(
             "{} is not a whole raftcache snapshot",
@@ -239,12 +243,8 @@ fn read_trailer(path: &Path) -> io::Result<Trailer> {
     let tail_len = if checked { 16 } else { 12 };
     file.seek(SeekFrom::End(-tail_len))
         .map_err(|_| not_snapshot())?;
-    let meta_len = read_u32(&mut file)? as usize;
-    let checksum = if checked {
-        Some(read_u32(&mut file)?)
-    } else {
-        None
-    };
+    let meta_len = read_u32(file)? as usize;
+    let checksum = if checked { Some(read_u32(file)?) } else { None };
     let mut tail = [0u8; 8];
     file.read_exact(&mut tail)?;
     if tail != magic || meta_len > MAX_PART_BYTES {
@@ -300,8 +300,12 @@ pub fn for_each_chunk<E: From<io::Error>>(
     chunk: usize,
     mut each: impl FnMut(Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), E>,
 ) -> Result<u64, E> {
-    let trailer = read_trailer(path)?;
-    let mut input = Checksummed::new(BufReader::with_capacity(BUFFER_BYTES, File::open(path)?));
+    // One open for the trailer and the body: a snapshot renamed onto `path` in between would
+    // pair one file's checksum with another's bytes, and read as damaged.
+    let mut file = File::open(path)?;
+    let trailer = read_trailer_of(&mut file, path)?;
+    file.seek(SeekFrom::Start(0))?;
+    let mut input = Checksummed::new(BufReader::with_capacity(BUFFER_BYTES, file));
     let mut magic = [0u8; 8];
     input.read_exact(&mut magic)?;
     let mut items = Vec::with_capacity(chunk);
