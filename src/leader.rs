@@ -21,8 +21,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
+pub use crate::network::AskError;
 use crate::network::{
-    peer_addr, PeerClients, PeerError, PeerMethod, RelayError, RelayRequest, RelayedCall, SendGate,
+    peer_addr, PeerClients, PeerError, PeerMethod, RelayRequest, RelayedCall, SendGate,
 };
 use crate::types::{NodeId, Raft};
 
@@ -35,23 +36,6 @@ const RELAY_MARGIN: Duration = Duration::from_millis(500);
 /// node sends leaves a pooled connection waiting out its whole timeout. Long against a
 /// forwarded write's usual time, so that a busy leader's slow answer is waited for.
 const LINK_LOST_AFTER: Duration = Duration::from_secs(1);
-
-/// Why a call to the leader has no answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AskError {
-    /// The request never left this node (no address for the leader, the leader unreachable, or
-    /// no longer this node's leader before it was sent): asking again is safe.
-    #[error("{0}")]
-    NotSent(String),
-    /// The node at the leader's address refused the call before doing anything (another
-    /// cluster, another node, a wiped data dir): asking it again will not help.
-    #[error("{0}")]
-    Refused(String),
-    /// The request left this node and no answer came back: it may or may not have been
-    /// carried out.
-    #[error("{0}")]
-    Unknown(String),
-}
 
 /// This node's view of the leadership, from openraft's metrics.
 #[derive(Clone)]
@@ -184,7 +168,7 @@ impl LeaderView {
         // No race against this node's view of the leader here: the relay races its own call
         // against its view, and its answer says whether the call reached the leader.
         let answer = peers
-            .rpc::<_, Result<Vec<u8>, RelayError>>(
+            .rpc::<_, Result<Vec<u8>, AskError>>(
                 relay,
                 &addr,
                 PeerMethod::Relay,
@@ -193,21 +177,16 @@ impl LeaderView {
             )
             .await;
         let through = |reason: String| format!("through node {relay}: {reason}");
-        let answer = answer.map_err(|e| match e {
-            PeerError::Unreachable { .. } | PeerError::Refused { .. } => {
-                AskError::NotSent(through(e.to_string()))
-            }
-            PeerError::NoAnswer { .. } => {
-                AskError::Unknown(through(format!("no answer after sending the request: {e}")))
-            }
+        // This node's own call to the relay: refused or unreachable, nothing was relayed.
+        let answer = answer.map_err(|e| match AskError::from(e) {
+            AskError::Refused(reason) => AskError::NotSent(through(reason)),
+            e => e.map_reason(through),
         })?;
         match answer {
             Ok(encoded) => bincode::deserialize(&encoded).map_err(|e| {
                 AskError::Unknown(through(format!("undecodable answer from the leader: {e}")))
             }),
-            Err(RelayError::NotSent(reason)) => Err(AskError::NotSent(through(reason))),
-            Err(RelayError::Refused(reason)) => Err(AskError::Refused(through(reason))),
-            Err(RelayError::Unknown(reason)) => Err(AskError::Unknown(through(reason))),
+            Err(e) => Err(e.map_reason(through)),
         }
     }
 
@@ -223,13 +202,7 @@ impl LeaderView {
         let started = std::time::Instant::now();
         tokio::select! {
             biased;
-            answer = call => answer.map_err(|e| match e {
-                PeerError::Unreachable { .. } => AskError::NotSent(e.to_string()),
-                PeerError::Refused { .. } => AskError::Refused(e.to_string()),
-                PeerError::NoAnswer { .. } => AskError::Unknown(format!(
-                    "lost contact with the leader after sending the request: {e}"
-                )),
-            }),
+            answer = call => answer.map_err(AskError::from),
             () = self.replaced(leader) => Err(if gate.close() {
                 AskError::NotSent(format!(
                     "node {leader} stopped being this node's leader before the request was sent"

@@ -93,6 +93,30 @@ pub enum PeerError {
     Refused { addr: String, reason: String },
 }
 
+impl From<PeerError> for super::AskError {
+    /// Unreachable: nothing was sent; refused: nothing was done; no answer: it may have been.
+    fn from(e: PeerError) -> Self {
+        match e {
+            PeerError::Unreachable { .. } => Self::NotSent(e.to_string()),
+            PeerError::Refused { .. } => Self::Refused(e.to_string()),
+            PeerError::NoAnswer { .. } => {
+                Self::Unknown(format!("lost contact after sending the request: {e}"))
+            }
+        }
+    }
+}
+
+impl super::AskError {
+    /// The same error, its reason passed through `f`.
+    pub fn map_reason(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Self::NotSent(r) => Self::NotSent(f(r)),
+            Self::Refused(r) => Self::Refused(f(r)),
+            Self::Unknown(r) => Self::Unknown(f(r)),
+        }
+    }
+}
+
 /// Decides, once, between "the request went out" and "the caller gave up before it did". A
 /// caller that stops waiting for a call closes the gate: if that succeeds the request was never
 /// sent and never will be (so it may be retried elsewhere); if not, the peer may have it.

@@ -39,15 +39,21 @@ pub enum RelayedCall {
     Admin,
 }
 
-/// Why a relayed call has no answer from the leader, as the relay saw it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum RelayError {
-    /// The relay could not send it (it does not know the leader's address, or cannot reach
-    /// it either): nothing was done.
+/// Why a call meant for the leader has no answer: asked directly (`leader::LeaderView::ask`)
+/// or through a relay, which answers with it as it saw its own call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AskError {
+    /// The request never left this node (no address for the leader, the leader unreachable, or
+    /// no longer this node's leader before it was sent): asking again is safe.
+    #[error("{0}")]
     NotSent(String),
-    /// The node at the leader's address refused it: nothing was done.
+    /// The node at the leader's address refused the call before doing anything (another
+    /// cluster, another node, a wiped data dir): asking it again will not help.
+    #[error("{0}")]
     Refused(String),
-    /// The relay sent it and no answer came back: it may or may not have been carried out.
+    /// The request left this node and no answer came back: it may or may not have been
+    /// carried out.
+    #[error("{0}")]
     Unknown(String),
 }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use client::{Method as PeerMethod, PeerClients, PeerError, PeerNetwork, SendGate};
 pub use messages::{
-    ForwardError, ForwardRequest, RelayError, RelayRequest, RelayedCall, SnapshotChunk,
+    AskError, ForwardError, ForwardRequest, RelayRequest, RelayedCall, SnapshotChunk,
 };
 pub use service::{LeaderSide, MembershipSide, PeerService};
 

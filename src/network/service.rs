@@ -20,11 +20,11 @@ use tokio::io::AsyncWriteExt;
 
 use super::identity::{Admission, CallHeader, PeerIdentities, ReplyHeader};
 use super::messages::{
-    AdminError, AdminRequest, ForwardError, ForwardRequest, MembersView, NodeInfo, NodeInfoRequest,
-    RelayError, RelayRequest, RelayedCall, SnapshotChunk,
+    AdminError, AdminRequest, AskError, ForwardError, ForwardRequest, MembersView, NodeInfo,
+    NodeInfoRequest, RelayRequest, RelayedCall, SnapshotChunk,
 };
 use super::reach::Inbound;
-use super::{peer_addr, PeerClients, PeerError, PeerMethod};
+use super::{peer_addr, PeerClients, PeerMethod};
 use crate::gen::peer::{RaftPeerSyncHandler, RaftPeerSyncProcessor};
 use crate::server::{self, Service};
 use crate::store::SnapshotInbox;
@@ -364,7 +364,7 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
     /// Makes a call meant for the leader in the caller's place, and hands back the leader's
     /// encoded answer. Never relays further: the caller reaches this node, and this node
     /// either reaches the leader or says so.
-    async fn relay(&self, request: RelayRequest) -> Result<Vec<u8>, RelayError> {
+    async fn relay(&self, request: RelayRequest) -> Result<Vec<u8>, AskError> {
         let RelayRequest {
             to,
             call,
@@ -379,17 +379,17 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
         let me = self.identities.own_id();
         let leader = self.raft.metrics().borrow_watched().current_leader;
         if leader != Some(to) {
-            return Err(RelayError::NotSent(format!(
+            return Err(AskError::NotSent(format!(
                 "node {me} does not follow node {to} (its leader: {leader:?})"
             )));
         }
         if self.peers.failing(to) {
-            return Err(RelayError::NotSent(format!(
+            return Err(AskError::NotSent(format!(
                 "node {me}'s own last call to node {to} failed too"
             )));
         }
         let Some(addr) = peer_addr(&self.raft, to) else {
-            return Err(RelayError::NotSent(format!(
+            return Err(AskError::NotSent(format!(
                 "node {to} is not in node {me}'s membership"
             )));
         };
@@ -400,18 +400,14 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
             .rpc_encoded(to, &addr, method, &request, timeout, gate.clone());
         tokio::select! {
             biased;
-            answer = call => answer.map_err(|e| match e {
-                PeerError::Unreachable { .. } => RelayError::NotSent(e.to_string()),
-                PeerError::Refused { .. } => RelayError::Refused(e.to_string()),
-                PeerError::NoAnswer { .. } => RelayError::Unknown(e.to_string()),
-            }),
+            answer = call => answer.map_err(AskError::from),
             // A leader that died or was deposed: as `leader::LeaderView::ask` does.
             () = super::stopped_following(&self.raft, to) => Err(if gate.close() {
-                RelayError::NotSent(format!(
+                AskError::NotSent(format!(
                     "node {me} stopped following node {to} before the request was sent"
                 ))
             } else {
-                RelayError::Unknown(format!(
+                AskError::Unknown(format!(
                     "node {me} stopped following node {to} while the request was with it"
                 ))
             }),
