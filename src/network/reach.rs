@@ -12,7 +12,9 @@
 //! and the leader notes who called it. A leader that a quorum still answers but that, for
 //! `cut_after`, has not been called by enough voters to make a quorum with itself hands its
 //! leadership to the most caught-up voter (openraft's leader transfer): the new leader is one
-//! that the others can call. A leader that no quorum answers is left to openraft's
+//! that the others can call. A voter that has answered the leader for less than `cut_after`
+//! (just added, or back after a crash or a cut) has had no time to call, and counts as a caller:
+//! otherwise a follower restarting under a stuck joint change set off a hand-over. A leader that no quorum answers is left to openraft's
 //! check-quorum, which stops its writes once its lease lapses (handing over would not help:
 //! seen with a membership change stuck on dead nodes, where it only made leaders come and go).
 
@@ -68,13 +70,76 @@ pub struct ReachWatch {
     pub cut_after: Duration,
 }
 
+/// The leader's side of the watch: how long it has led, and since when each voter has been
+/// answering it without a break.
+#[derive(Debug, Default)]
+struct LeaderSide {
+    leading_since: Option<Instant>,
+    /// Voters answering the leader's calls, since when. A voter that answers again (back after a
+    /// crash or a cut, or just added) has had no time to call yet: it counts as reached for
+    /// `cut_after`.
+    answering_since: HashMap<NodeId, Instant>,
+}
+
+impl LeaderSide {
+    /// This node does not lead (any more).
+    fn not_leading(&mut self) {
+        self.leading_since = None;
+        self.answering_since.clear();
+    }
+
+    /// One check by a leader at `now`: the voters that reached it, when it should hand over
+    /// (a quorum answers its calls while no quorum of voters has called it for `cut_after`).
+    fn check(
+        &mut self,
+        now: Instant,
+        cut_after: Duration,
+        configs: &[BTreeSet<NodeId>],
+        me: NodeId,
+        called: impl Fn(NodeId) -> bool,
+        answering: impl Fn(NodeId) -> bool,
+    ) -> Option<BTreeSet<NodeId>> {
+        let voters: BTreeSet<NodeId> = configs.iter().flatten().copied().collect();
+        self.answering_since
+            .retain(|v, _| voters.contains(v) && answering(*v));
+        for v in voters.iter().filter(|v| answering(**v)) {
+            self.answering_since.entry(*v).or_insert(now);
+        }
+        let since = *self.leading_since.get_or_insert(now);
+        if now.duration_since(since) < cut_after {
+            return None;
+        }
+        let mut answered: BTreeSet<NodeId> = self.answering_since.keys().copied().collect();
+        answered.insert(me);
+        let mut reached: BTreeSet<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|v| {
+                called(*v)
+                    || self
+                        .answering_since
+                        .get(v)
+                        .is_some_and(|at| now.duration_since(*at) < cut_after)
+            })
+            .collect();
+        reached.insert(me);
+        // Only the asymmetric case: a quorum answers this leader's calls right now (so Raft
+        // sees nothing wrong) while no quorum has called it for `cut_after`. Without a quorum
+        // either way there is no one to hand over to (a membership change stuck on dead
+        // nodes): leave it to check-quorum.
+        if !quorum_reaches(configs, &answered) || quorum_reaches(configs, &reached) {
+            return None;
+        }
+        // Another `cut_after` before the next hand-over.
+        self.leading_since = Some(now);
+        Some(reached)
+    }
+}
+
 impl ReachWatch {
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut leading_since: Option<Instant> = None;
-            // When each voter became one, as this node saw it: a voter added less than
-            // `cut_after` ago has had no time to call yet, and counts as reached.
-            let mut voter_since: HashMap<NodeId, Instant> = HashMap::new();
+            let mut side = LeaderSide::default();
             let metrics = self.raft.metrics();
             loop {
                 tokio::time::sleep(self.interval).await;
@@ -90,47 +155,23 @@ impl ReachWatch {
                     (m.state, m.current_leader, m.vote, configs, voter)
                 };
                 if state != ServerState::Leader {
-                    leading_since = None;
+                    side.not_leading();
                     if let Some(leader) = leader.filter(|l| *l != self.id && voter) {
                         self.call_leader(leader, vote).await;
                     }
                     continue;
                 }
-                let voters: BTreeSet<NodeId> = configs.iter().flatten().copied().collect();
-                voter_since.retain(|v, _| voters.contains(v));
-                for v in &voters {
-                    voter_since.entry(*v).or_insert_with(Instant::now);
+                let reached = side.check(
+                    Instant::now(),
+                    self.cut_after,
+                    &configs,
+                    self.id,
+                    |v| self.inbound.heard_within(v, self.cut_after),
+                    |v| self.peers.answered_within(v, 2 * self.interval),
+                );
+                if let Some(reached) = reached {
+                    self.hand_over(&configs, &reached).await;
                 }
-                let since = *leading_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < self.cut_after {
-                    continue;
-                }
-                let mut reached: BTreeSet<NodeId> = configs
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .filter(|v| {
-                        self.inbound.heard_within(*v, self.cut_after)
-                            || voter_since[v].elapsed() < self.cut_after
-                    })
-                    .collect();
-                reached.insert(self.id);
-                // Only the asymmetric case: a quorum answers this leader's calls right now (so
-                // Raft sees nothing wrong) while no quorum has called it for `cut_after`.
-                // Without a quorum either way there is no one to hand over to (a membership
-                // change stuck on dead nodes): leave it to check-quorum.
-                let mut answering: BTreeSet<NodeId> = configs
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .filter(|v| self.peers.answered_within(*v, 2 * self.interval))
-                    .collect();
-                answering.insert(self.id);
-                if !quorum_reaches(&configs, &answering) || quorum_reaches(&configs, &reached) {
-                    continue;
-                }
-                self.hand_over(&configs, &reached).await;
-                leading_since = Some(Instant::now());
             }
         })
     }
@@ -199,6 +240,60 @@ mod tests {
             "only the old config"
         );
         assert!(quorum_reaches(&joint, &set(&[1, 2, 4])));
+    }
+
+    const CUT: Duration = Duration::from_millis(1500);
+    const TICK: Duration = Duration::from_millis(100);
+
+    /// A leader (node 1) of `configs` checked every tick from `start` for `ticks` ticks, with
+    /// `called` and `answering` saying which voters call it and answer it at each tick.
+    /// Returns the tick of the first hand-over, if any.
+    fn first_hand_over(
+        configs: &[BTreeSet<NodeId>],
+        ticks: u32,
+        called: impl Fn(u32, NodeId) -> bool,
+        answering: impl Fn(u32, NodeId) -> bool,
+    ) -> Option<u32> {
+        let start = Instant::now();
+        let mut side = LeaderSide::default();
+        (0..ticks).find(|tick| {
+            side.check(
+                start + TICK * *tick,
+                CUT,
+                configs,
+                1,
+                |v| called(*tick, v),
+                |v| answering(*tick, v),
+            )
+            .is_some()
+        })
+    }
+
+    #[test]
+    fn a_leader_its_followers_answer_but_never_call_hands_over_after_the_cut_window() {
+        let three = vec![set(&[1, 2, 3])];
+        let at = first_hand_over(&three, 40, |_, _| false, |_, _| true);
+        assert_eq!(at, Some(15), "after 1500 ms of leading without callers");
+        let at = first_hand_over(&three, 40, |_, v| v == 2, |_, _| true);
+        assert_eq!(at, None, "one caller is a quorum with the leader");
+    }
+
+    #[test]
+    fn a_voter_back_after_a_crash_has_the_cut_window_to_call_before_anyone_hands_over() {
+        // A promote of dead node 5 stuck in the joint config; node 2 down from tick 5 to tick
+        // 30, then back: answering at once, calling only after its first ticks.
+        let joint = vec![set(&[1, 2, 3]), set(&[1, 2, 3, 5])];
+        let up = |tick: u32, v: NodeId| v == 3 || (v == 2 && !(5..30).contains(&tick));
+        let calls_from = |first_call: u32| {
+            move |tick: u32, v: NodeId| v == 3 || (v == 2 && (tick < 5 || tick >= first_call))
+        };
+        // Calling 1 s after it is back: no hand-over.
+        assert_eq!(first_hand_over(&joint, 80, calls_from(40), up), None);
+        // Never calling again (a one-way cut from it): hand-over once the window has passed.
+        assert_eq!(
+            first_hand_over(&joint, 80, calls_from(u32::MAX), up),
+            Some(45)
+        );
     }
 
     #[test]
