@@ -113,8 +113,14 @@ impl Disk {
         }
         // Unmounted: the session's loop ends. (Not `umount_and_join`: fuser 0.18 takes the
         // device's POLLERR after an unmount for "still mounted" and tries again, which fails
-        // with EINVAL; the same retry on drop, inside `join`, only logs.)
-        session.join()
+        // with EINVAL; the same retry on drop, inside `join`, only logs.) The kernel ends the
+        // session's read of the device with ENODEV, or, when it aborted the connection on the
+        // unmount (seen with requests still queued under load), ECONNABORTED: both mean the
+        // mount is gone.
+        match session.join() {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+            ended => ended,
+        }
     }
 
     /// Cuts the power: everything not made durable by an fsync (of the file, or of the
