@@ -226,6 +226,14 @@ async fn check_state_machine(
             ),
         });
     }
+    let held = log.held();
+    tracing::info!(
+        applied = ?applied_index,
+        flushed_applied = ?flushed.state_applied,
+        log_purged = ?log.last_purged().map(|p| p.index),
+        log_last = ?held.last_log_index,
+        "storage opened: the state machine resumes from its applied index, the log holds what follows"
+    );
     match log.last_purged() {
         Some(purged) if applied.map(|a| a.index) < Some(purged.index) => Err(OpenError::Damaged {
             path: dir.to_path_buf(),

@@ -32,6 +32,8 @@ pub struct KeyState {
     pub acked: Option<String>,
     /// Writes whose outcome is unknown (`Some`: a put of that value; `None`: a remove).
     pub unknown: Vec<Option<String>>,
+    /// Where and when the last acknowledged write was answered, for a failure's report.
+    pub acked_via: Option<String>,
 }
 
 impl KeyState {
@@ -120,6 +122,15 @@ pub fn run_writer(w: usize, addrs: &[SocketAddr], seed: u64, shared: &Shared) ->
                     }
                 }
                 state.acked = value;
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                state.acked_via = Some(format!(
+                    "{} at {}.{:06} (unix time)",
+                    addrs[target],
+                    at.as_secs(),
+                    at.subsec_micros()
+                ));
                 out.acks += 1;
                 shared.acks.fetch_add(1, SeqCst);
                 if slot.is_none() {
