@@ -474,6 +474,12 @@ fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, StartError>
         // A leader that no quorum has answered for a lease stops taking writes, and then sends
         // heartbeats only every other such period, so the rest can elect a leader they reach.
         quorum_loss_probe_interval: Some(2 * config.election_timeout_max_ms),
+        // A leader that restarts does not resume leading in its old term: it sent entries to
+        // its followers before its own log synced them, so after a power cut its log can lack
+        // entries of that term that a quorum committed, and leading on it would append other
+        // entries under the same log ids (lost writes, replicas apart). An election in a new
+        // term checks every voter's log instead (docs/durability.md).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     raft_config

@@ -333,7 +333,7 @@ impl Admin {
             }
             Change::Demote { id } if *id == self.id && !force => {
                 return refused(format!(
-                    "node {id} is the leader, and openraft 0.9 keeps a demoted leader leading as a non-voting learner (it has no leader transfer). Use remove-node {id} (the leader steps down once its removal commits), or --force to demote it anyway"
+                    "node {id} is the leader, and openraft keeps a demoted leader leading as a non-voting learner. Move the leadership first (transfer-leader), use remove-node {id} (the leader steps down once its removal commits), or --force to demote it anyway"
                 ))
             }
             Change::Remove { id } if node(*id).is_none() => {
