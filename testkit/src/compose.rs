@@ -119,6 +119,8 @@ pub struct Project {
     /// The image of a generated project, whose compose file is written again when a node's
     /// flags change (None for a checked-in file).
     image: Option<String>,
+    /// `serve` flags every node of a generated project gets besides its own.
+    flags: Vec<String>,
     /// The network every node is on when nothing is cut, without the project's prefix.
     network: &'static str,
     /// Whether the file names each container `<project>-node<id>` (otherwise docker-compose
@@ -155,9 +157,11 @@ impl Project {
             })
             .collect();
         let file = dir.join("docker-compose.yml");
-        std::fs::write(&file, compose_file(name, image, &nodes)).map_err(|source| Error::Io {
-            what: format!("writing {}", file.display()),
-            source,
+        std::fs::write(&file, compose_file(name, image, &nodes, &[])).map_err(|source| {
+            Error::Io {
+                what: format!("writing {}", file.display()),
+                source,
+            }
         })?;
         let mut project = Self::new(name, file, Vec::new(), GENERATED_NETWORK, true, nodes);
         project.image = Some(image.to_string());
@@ -202,6 +206,7 @@ impl Project {
             file,
             env,
             image: None,
+            flags: Vec::new(),
             network,
             named_containers,
             nodes,
@@ -266,13 +271,32 @@ impl Project {
             )));
         };
         change(self.nodes.get_mut(&id).expect("a node of the project"));
-        std::fs::write(&self.file, compose_file(&self.name, &image, &self.nodes)).map_err(
-            |source| Error::Io {
-                what: format!("writing {}", self.file.display()),
-                source,
-            },
-        )?;
+        self.write_file(&image)?;
         self.up(&[id])
+    }
+
+    /// Gives every node of a generated project the `serve` flags `flags` too (before any is
+    /// started).
+    pub fn with_flags(mut self, flags: &[&str]) -> Result<Self> {
+        let Some(image) = self.image.clone() else {
+            return Err(Error::Unsupported(
+                "adding flags: only a generated compose file can change them".into(),
+            ));
+        };
+        self.flags = flags.iter().map(|f| f.to_string()).collect();
+        self.write_file(&image)?;
+        Ok(self)
+    }
+
+    fn write_file(&self, image: &str) -> Result<()> {
+        std::fs::write(
+            &self.file,
+            compose_file(&self.name, image, &self.nodes, &self.flags),
+        )
+        .map_err(|source| Error::Io {
+            what: format!("writing {}", self.file.display()),
+            source,
+        })
     }
 
     /// Kills node `id` and deletes its container and its data volume, as a lost disk would:
@@ -551,7 +575,12 @@ fn run(mut cmd: Command, what: &str) -> Result<String> {
 
 /// The compose file: initial voters bootstrap from `--initial-cluster`; spares start with
 /// `--no-bootstrap` and wait to be added.
-fn compose_file(project: &str, image: &str, nodes: &BTreeMap<u64, Node>) -> String {
+fn compose_file(
+    project: &str,
+    image: &str,
+    nodes: &BTreeMap<u64, Node>,
+    flags: &[String],
+) -> String {
     let initial: Vec<String> = nodes
         .values()
         .filter(|n| n.initial)
@@ -569,6 +598,7 @@ fn compose_file(project: &str, image: &str, nodes: &BTreeMap<u64, Node>) -> Stri
             "\"--no-bootstrap\"".to_string()
         };
         let peer_port = node.misplaced_peer_port.unwrap_or(PEER_PORT);
+        let extra: String = flags.iter().map(|f| format!(", \"{f}\"")).collect();
         let _ = write!(
             text,
             r#"  node{id}:
@@ -580,7 +610,7 @@ fn compose_file(project: &str, image: &str, nodes: &BTreeMap<u64, Node>) -> Stri
       RUST_LOG: "info,openraft=warn"
     command: ["serve", "--id", "{id}", "--listen", "0.0.0.0:{CLIENT_PORT}",
               "--peer-listen", "0.0.0.0:{peer_port}", "--advertise-client", "node{id}:{CLIENT_PORT}",
-              "--advertise-peer", "node{id}:{peer_port}", "--data-dir", "/data", {mode}]
+              "--advertise-peer", "node{id}:{peer_port}", "--data-dir", "/data", {mode}{extra}]
     ports: ["127.0.0.1:{port}:{CLIENT_PORT}"]
     volumes: ["node{id}-data:/data"]
     stop_grace_period: 10s
@@ -600,6 +630,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn flags_given_to_the_project_go_to_every_node() {
+        let nodes: BTreeMap<u64, Node> = (1..=3)
+            .map(|id| {
+                let node = Node {
+                    id,
+                    port: 20000 + id as u16,
+                    initial: true,
+                    rejoin: false,
+                    misplaced_peer_port: None,
+                };
+                (id, node)
+            })
+            .collect();
+        let flags = ["--snapshot-every".to_string(), "1000".to_string()];
+        let text = compose_file("p", "img:t", &nodes, &flags);
+        assert_eq!(
+            text.matches(r#", "--snapshot-every", "1000"]"#).count(),
+            3,
+            "{text}"
+        );
+    }
+
+    #[test]
     fn the_compose_file_bootstraps_the_voters_and_holds_back_the_spares() {
         let nodes: BTreeMap<u64, Node> = (1..=4)
             .map(|id| {
@@ -615,7 +668,7 @@ mod tests {
                 )
             })
             .collect();
-        let text = compose_file("p", "img:t", &nodes);
+        let text = compose_file("p", "img:t", &nodes, &[]);
         let cluster = "1=node1:9190/node1:9090,2=node2:9190/node2:9090,3=node3:9190/node3:9090";
         assert_eq!(text.matches(cluster).count(), 3, "{text}");
         assert_eq!(text.matches("--no-bootstrap").count(), 1);
@@ -639,7 +692,7 @@ mod tests {
                 (id, node)
             })
             .collect();
-        let text = compose_file("p", "img:t", &nodes);
+        let text = compose_file("p", "img:t", &nodes, &[]);
         // The founders' list still names every voter at the address the cluster records.
         let cluster = "1=node1:9190/node1:9090,2=node2:9190/node2:9090,3=node3:9190/node3:9090";
         assert_eq!(text.matches(cluster).count(), 2, "{text}");
@@ -654,6 +707,6 @@ mod tests {
         );
         assert_eq!(text.matches(":9191").count(), 2, "{text}");
         nodes.get_mut(&3).unwrap().misplaced_peer_port = None;
-        assert!(!compose_file("p", "img:t", &nodes).contains(":9191"));
+        assert!(!compose_file("p", "img:t", &nodes, &[]).contains(":9191"));
     }
 }

@@ -48,9 +48,10 @@ struct Args {
     /// Nodes per run (3 or 5). Default: 3 for an even seed, 5 for an odd one.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["3", "5"]))]
     nodes: Option<String>,
-    /// The kind of every run's first fault (one-way, partition-minority, kill-leader, ...);
-    /// the rest of the schedule is drawn from the seed as usual.
-    #[arg(long, value_name = "KIND")]
+    /// The kind of every run's first fault (one-way, partition-minority, kill-leader, ...), or
+    /// several separated by commas for the first faults in that order; the rest of the
+    /// schedule is drawn from the seed as usual.
+    #[arg(long, value_name = "KIND[,KIND...]")]
     first_fault: Option<String>,
     /// Keys the clients share (the contended registers).
     #[arg(long, default_value_t = 5)]
@@ -96,7 +97,12 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let seed = args.seed.unwrap_or_else(clock_seed);
-    let first = match args.first_fault.as_deref().map(str::parse).transpose() {
+    let first: Result<Vec<FaultKind>, String> = args
+        .first_fault
+        .as_deref()
+        .map(|kinds| kinds.split(',').map(str::parse).collect())
+        .unwrap_or(Ok(Vec::new()));
+    let first = match first {
         Ok(first) => first,
         Err(e) => {
             eprintln!("raftcache-faults: --first-fault: {e}");

@@ -47,6 +47,12 @@ const WIPED_REFUSAL: &str = "came back without the state it had";
 const MISPLACED_PEER_PORT: u16 = 9191;
 /// What a node started on another peer address than its cluster records says.
 const MISPLACED_REFUSAL: &str = "the other nodes would not reach it";
+/// What a node logs when a snapshot transfer from the leader begins.
+const SNAPSHOT_RECEIVING: &str = "receiving a snapshot from the leader";
+/// `serve` flags of every node: a snapshot every 1,000 entries and 100 entries kept behind it,
+/// so a follower that falls behind (paused, killed, cut off) is sent snapshots, and builds
+/// overlap the faults.
+const NODE_FLAGS: [&str; 4] = ["--snapshot-every", "1000", "--snapshot-keep-log", "100"];
 /// Keys per page when a node's contents are listed.
 const SCAN_PAGE: i32 = 500;
 
@@ -56,8 +62,8 @@ pub struct RunConfig {
     pub seconds: u64,
     pub clients: u64,
     pub nodes: Option<usize>,
-    /// The kind of each run's first fault, if one is asked for.
-    pub first: Option<FaultKind>,
+    /// The kinds of each run's first faults, in order, if asked for.
+    pub first: Vec<FaultKind>,
     pub spares: u64,
     pub image: String,
     /// Where a failed run's files are kept.
@@ -89,7 +95,7 @@ pub struct RunReport {
 
 /// Runs the schedule of `seed`.
 pub fn run(config: &RunConfig, seed: u64) -> RunReport {
-    let schedule = plan_first(seed, config.seconds, config.nodes, config.first);
+    let schedule = plan_first(seed, config.seconds, config.nodes, &config.first);
     let dir = config.out_dir.join(format!("run-{seed}"));
     let mut report = RunReport {
         seed,
@@ -179,7 +185,8 @@ impl<'a> Run<'a> {
     ) -> Result<Self> {
         let project = format!("rcfaults{}s{}", std::process::id(), schedule.seed);
         let voters = schedule.nodes as u64;
-        let cluster = Project::generate(dir, &project, &config.image, voters, config.spares)?;
+        let cluster = Project::generate(dir, &project, &config.image, voters, config.spares)?
+            .with_flags(&NODE_FLAGS)?;
         let members: Vec<u64> = (1..=voters).collect();
         let spares = (voters + 1..=voters + config.spares).collect();
         cluster.up(&members)?;
@@ -561,8 +568,62 @@ impl<'a> Run<'a> {
             }
             FaultKind::Wipe => return self.wipe(random, step.hold, workload),
             FaultKind::Misplace => return self.misplace(random, step.hold),
+            FaultKind::SnapshotCrash => {
+                return self.snapshot_crash(&shuffled, step.hold, step.choice)
+            }
         };
         Ok(Injected::Done(done))
+    }
+
+    /// A follower (the first of `shuffled` that does not lead) is paused for `hold` while the
+    /// clients write; the leader then compacts its log (`admin snapshot`: with the suite's
+    /// `--snapshot-keep-log`, far less than what the follower missed), so the follower is sent a
+    /// snapshot once it is unpaused; it is killed 0-300 ms later (by `choice`) and started
+    /// again. The end checks then see whether it caught up and holds what the others hold.
+    fn snapshot_crash(
+        &mut self,
+        shuffled: &[u64],
+        hold: Duration,
+        choice: u64,
+    ) -> Result<Injected> {
+        let leader = self.leader_or(shuffled[0]);
+        let Some(&target) = shuffled.iter().find(|&&n| n != leader) else {
+            return Ok(Injected::Not("one member only".into()));
+        };
+        if let Err(e) = self.cluster.pause(target) {
+            return Ok(Injected::Not(format!("node {target}: {e:#}")));
+        }
+        sleep(hold);
+        let addr = self.cluster.node(leader).addr();
+        let compacted = CacheClient::connect(&addr, ADMIN_TIMEOUT)
+            .with_context(|| format!("connecting to {addr}"))
+            .and_then(|mut c| c.admin_snapshot().map_err(|e| anyhow!(describe_error(&e))));
+        let since = unix_now();
+        self.cluster.unpause_all()?;
+        let delay = Duration::from_millis(choice % 300);
+        sleep(delay);
+        self.cluster.kill(target)?;
+        // Whether the kill came during the transfer or install of a snapshot, as its log says.
+        let installing = self
+            .cluster
+            .logs(target, Some(since))
+            .is_ok_and(|log| log.contains(SNAPSHOT_RECEIVING));
+        sleep(Duration::from_millis(500));
+        self.cluster.start(target)?;
+        let compacted = match compacted {
+            Ok(index) => format!("leader {leader} compacted its log at index {index}"),
+            Err(e) => format!("leader {leader} did not compact its log: {e:#}"),
+        };
+        Ok(Injected::Done(format!(
+            "node {target} paused for {} ms, {compacted}, node {target} killed {} ms after it was unpaused ({}), started again",
+            hold.as_millis(),
+            delay.as_millis(),
+            if installing {
+                "while receiving a snapshot"
+            } else {
+                "before a snapshot transfer began"
+            }
+        )))
     }
 
     /// Wipes member `target`'s data dir and starts it again with the same flags: for `hold`,

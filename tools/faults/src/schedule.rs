@@ -50,10 +50,14 @@ pub enum FaultKind {
     /// A random member starts again on another peer port than the one the cluster records: it
     /// must refuse to start, saying so; then it starts again on the right one.
     Misplace,
+    /// A follower falls behind (paused for the hold) while the leader compacts its log, so it
+    /// is sent a snapshot when it is back; it is killed (`docker kill`) 0-300 ms into that, and
+    /// started again: it must start, catch up and end with the same data as the others.
+    SnapshotCrash,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::OneWay,
         FaultKind::TransferLeader,
         FaultKind::PartitionMinority,
@@ -68,6 +72,7 @@ impl FaultKind {
         FaultKind::Membership,
         FaultKind::Wipe,
         FaultKind::Misplace,
+        FaultKind::SnapshotCrash,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,6 +91,7 @@ impl FaultKind {
             FaultKind::Membership => "membership",
             FaultKind::Wipe => "wipe",
             FaultKind::Misplace => "misplace",
+            FaultKind::SnapshotCrash => "snapshot-crash",
         }
     }
 
@@ -106,7 +112,9 @@ impl FaultKind {
             | FaultKind::PartitionLeader
             | FaultKind::PartitionBridge
             | FaultKind::OneWay => rng.millis(2_000, 8_000),
-            FaultKind::Wipe | FaultKind::Misplace => rng.millis(2_000, 5_000),
+            FaultKind::Wipe | FaultKind::Misplace | FaultKind::SnapshotCrash => {
+                rng.millis(2_000, 5_000)
+            }
             FaultKind::KillLeader | FaultKind::KillRandom => rng.millis(500, 5_000),
             FaultKind::KillAll => rng.millis(500, 3_000),
             FaultKind::Pause => rng.millis(1_000, 10_000),
@@ -123,7 +131,8 @@ impl FaultKind {
             FaultKind::Restart
             | FaultKind::KillAll
             | FaultKind::Membership
-            | FaultKind::Misplace => Duration::from_secs(5),
+            | FaultKind::Misplace
+            | FaultKind::SnapshotCrash => Duration::from_secs(5),
             FaultKind::Wipe => Duration::from_secs(10),
             _ => Duration::from_secs(2),
         }
@@ -189,16 +198,12 @@ const TAIL: Duration = Duration::from_secs(3);
 /// min(N, kinds) different kinds.
 #[cfg(test)]
 pub fn plan(seed: u64, seconds: u64, nodes: Option<usize>) -> Schedule {
-    plan_first(seed, seconds, nodes, None)
+    plan_first(seed, seconds, nodes, &[])
 }
 
-/// `plan`, with the run's first fault of kind `first` (when it applies to the cluster).
-pub fn plan_first(
-    seed: u64,
-    seconds: u64,
-    nodes: Option<usize>,
-    mut first: Option<FaultKind>,
-) -> Schedule {
+/// `plan`, with the run's first faults of the kinds `first`, in that order (those that apply
+/// to the cluster, at most one round's worth).
+pub fn plan_first(seed: u64, seconds: u64, nodes: Option<usize>, first: &[FaultKind]) -> Schedule {
     let nodes = nodes.unwrap_or(if seed.is_multiple_of(2) { 3 } else { 5 });
     let mut rng = Rng::new(seed);
     let budget = Duration::from_secs(seconds).saturating_sub(TAIL);
@@ -212,12 +217,14 @@ pub fn plan_first(
                 .filter(|k| k.applies_to(nodes))
                 .collect();
             rng.shuffle(&mut round);
-            if let Some(pos) = first
-                .take()
-                .and_then(|k| round.iter().position(|x| *x == k))
-            {
-                let kind = round.remove(pos);
-                round.push(kind);
+            // Kinds are taken from the end: the first asked for goes last.
+            if steps.is_empty() {
+                for kind in first.iter().rev() {
+                    if let Some(pos) = round.iter().position(|x| x == kind) {
+                        let kind = round.remove(pos);
+                        round.push(kind);
+                    }
+                }
             }
         }
         let kind = round.pop().expect("a round holds kinds");
@@ -228,8 +235,8 @@ pub fn plan_first(
             choice: rng.next_u64(),
         };
         planned += step.quiet + step.hold + kind.overhead();
-        // Every run injects at least one fault.
-        if planned > budget && !steps.is_empty() {
+        // Every run injects at least one fault, and every first fault asked for.
+        if planned > budget && steps.len() >= first.len().max(1) {
             break;
         }
         steps.push(step);
@@ -251,8 +258,18 @@ mod tests {
     #[test]
     fn a_first_fault_asked_for_comes_first() {
         for seed in 0..20 {
-            let s = plan_first(seed, 30, None, Some(FaultKind::OneWay));
+            let s = plan_first(seed, 30, None, &[FaultKind::OneWay]);
             assert_eq!(s.steps[0].kind, FaultKind::OneWay, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn first_faults_asked_for_come_first_in_their_order() {
+        let first = [FaultKind::OneWay, FaultKind::SnapshotCrash];
+        for seed in 0..20 {
+            let s = plan_first(seed, 30, None, &first);
+            let kinds: Vec<FaultKind> = s.steps.iter().take(2).map(|s| s.kind).collect();
+            assert_eq!(kinds, first, "seed {seed}");
         }
     }
 
