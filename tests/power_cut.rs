@@ -23,8 +23,8 @@
 //!
 //! Parameters (environment): RAFTCACHE_POWER_CUT_ROUNDS (default 20: 10 of one node, 10 of all),
 //! RAFTCACHE_POWER_CUT_WRITERS (default 4), RAFTCACHE_POWER_CUT_SEED (default: from the clock).
-//! A failed run copies the node logs and data dirs to `target/tmp/power-cut-<seed>/`. Needs /dev/fuse and
-//! root (or fusermount3): without them the test fails saying so, it never skips.
+//! A failed run copies the node logs and data dirs to `target/tmp/power-cut-<seed>/`. Needs
+//! /dev/fuse and root (or fusermount3): without them the test fails saying so, it never skips.
 
 mod multi_process;
 
@@ -147,25 +147,12 @@ impl Drop for Rig {
         self.shared.stop.store(true, SeqCst);
         let ids = self.cluster.ids();
         self.cluster.kill_at_once(&ids);
-        self.cluster
-            .keep_logs_if_panicking("power-cut", self.seed, &self.replay());
-        if std::thread::panicking() {
-            // The disks are unmounted when they are dropped: keep what they hold for a look.
-            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .join(format!("power-cut-{}", self.seed));
-            for node in &self.cluster.nodes {
-                let to = dir.join(format!("data-{}", node.id));
-                let copied = std::process::Command::new("cp")
-                    .arg("-a")
-                    .arg(&node.data_dir)
-                    .arg(&to)
-                    .status();
-                eprintln!(
-                    "node {}'s data dir copied to {} ({copied:?})",
-                    node.id,
-                    to.display()
-                );
-            }
+        // The disks are unmounted when they are dropped: keep what they hold for a look.
+        if let Some(dir) =
+            self.cluster
+                .keep_logs_if_panicking("power-cut", self.seed, &self.replay())
+        {
+            self.cluster.save_data_dirs(&dir);
         }
     }
 }
@@ -255,6 +242,7 @@ fn power_cuts_of_one_node_and_of_all_nodes_lose_no_acknowledged_write() {
         unknown,
         violations: wrong_removes,
         model,
+        found,
         lost,
         ..
     } = gather(&rig.cluster, &rig.shared, writers, probes);
@@ -290,10 +278,10 @@ fn power_cuts_of_one_node_and_of_all_nodes_lose_no_acknowledged_write() {
     let examples = |what: &[String]| what[..what.len().min(20)].join("\n  ");
     if !lost.is_empty() {
         // What each node holds locally, for the report.
-        let lost_keys: Vec<&String> = lost
+        let lost_keys: Vec<&String> = model
             .iter()
-            .filter_map(|line| line.split(':').next())
-            .filter_map(|key| model.get_key_value(key).map(|(k, _)| k))
+            .filter(|(key, state)| !state.accepts(&found[*key]))
+            .map(|(key, _)| key)
             .collect();
         for (view, id) in read_keys(&rig.cluster, &lost_keys, false, false)
             .iter()

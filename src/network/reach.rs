@@ -13,10 +13,11 @@
 //! `cut_after`, has not been called by enough voters to make a quorum with itself hands its
 //! leadership to the most caught-up voter (openraft's leader transfer): the new leader is one
 //! that the others can call. A voter that has answered the leader for less than `cut_after`
-//! (just added, or back after a crash or a cut) has had no time to call, and counts as a caller:
-//! otherwise a follower restarting under a stuck joint change set off a hand-over. A leader that no quorum answers is left to openraft's
-//! check-quorum, which stops its writes once its lease lapses (handing over would not help:
-//! seen with a membership change stuck on dead nodes, where it only made leaders come and go).
+//! (just added, or back after a crash or a cut) has had no time to call, and counts as a
+//! caller: otherwise a follower restarting under a stuck joint change set off a hand-over. A
+//! leader that no quorum answers is left to openraft's check-quorum, which stops its writes
+//! once its lease lapses (handing over would not help: seen with a membership change stuck on
+//! dead nodes, where it only made leaders come and go).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -73,7 +74,7 @@ pub struct ReachWatch {
 /// The leader's side of the watch: how long it has led, and since when each voter has been
 /// answering it without a break.
 #[derive(Debug, Default)]
-struct LeaderSide {
+struct LeaderReach {
     leading_since: Option<Instant>,
     /// Voters answering the leader's calls, since when. A voter that answers again (back after a
     /// crash or a cut, or just added) has had no time to call yet: it counts as reached for
@@ -81,7 +82,7 @@ struct LeaderSide {
     answering_since: HashMap<NodeId, Instant>,
 }
 
-impl LeaderSide {
+impl LeaderReach {
     /// This node does not lead (any more).
     fn not_leading(&mut self) {
         self.leading_since = None;
@@ -139,7 +140,7 @@ impl LeaderSide {
 impl ReachWatch {
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut side = LeaderSide::default();
+            let mut side = LeaderReach::default();
             let metrics = self.raft.metrics();
             loop {
                 tokio::time::sleep(self.interval).await;
@@ -255,7 +256,7 @@ mod tests {
         answering: impl Fn(u32, NodeId) -> bool,
     ) -> Option<u32> {
         let start = Instant::now();
-        let mut side = LeaderSide::default();
+        let mut side = LeaderReach::default();
         (0..ticks).find(|tick| {
             side.check(
                 start + TICK * *tick,

@@ -643,10 +643,10 @@ impl ProcessCluster {
     }
 
     /// While a test panics: saves every node's log under the tests' temp dir, in
-    /// `<test>-<seed>`, and says where and how to replay (`replay`).
-    pub fn keep_logs_if_panicking(&self, test: &str, seed: u64, replay: &str) {
+    /// `<test>-<seed>`, says where and how to replay (`replay`), and returns that dir.
+    pub fn keep_logs_if_panicking(&self, test: &str, seed: u64, replay: &str) -> Option<PathBuf> {
         if !std::thread::panicking() {
-            return;
+            return None;
         }
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{test}-{seed}"));
         self.save_logs(&dir);
@@ -654,6 +654,25 @@ impl ProcessCluster {
             "{test} test FAILED with {replay}; node logs saved in {}",
             dir.display()
         );
+        Some(dir)
+    }
+
+    /// Copies every node's data dir into `to`, as `data-<id>` (`cp -a`), for a look after a
+    /// failure (a node's disk may be gone once the test ends).
+    pub fn save_data_dirs(&self, to: &std::path::Path) {
+        for node in &self.nodes {
+            let dest = to.join(format!("data-{}", node.id));
+            let copied = Command::new("cp")
+                .arg("-a")
+                .arg(&node.data_dir)
+                .arg(&dest)
+                .status();
+            eprintln!(
+                "node {}'s data dir copied to {} ({copied:?})",
+                node.id,
+                dest.display()
+            );
+        }
     }
 
     /// Copies every node's log into `to` (created if needed), so a failed run's logs outlive

@@ -577,8 +577,8 @@ impl<'a> Run<'a> {
 
     /// A follower (the first of `shuffled` that does not lead) is paused for `hold` while the
     /// clients write; the leader then compacts its log (`admin snapshot`: with the suite's
-    /// `--snapshot-keep-log`, far less than what the follower missed), so the follower is sent a
-    /// snapshot once it is unpaused; it is killed 0-300 ms later (by `choice`) and started
+    /// `--snapshot-keep-log`, usually less than what the follower missed), so the follower is
+    /// sent a snapshot once it is unpaused; it is killed 0-300 ms later (by `choice`) and started
     /// again. The end checks then see whether it caught up and holds what the others hold.
     fn snapshot_crash(
         &mut self,
@@ -603,7 +603,7 @@ impl<'a> Run<'a> {
         let delay = Duration::from_millis(choice % 300);
         sleep(delay);
         self.cluster.kill(target)?;
-        // Whether the kill came during the transfer or install of a snapshot, as its log says.
+        // Whether a snapshot transfer to it had begun by the kill, as its log says.
         let installing = self
             .cluster
             .logs(target, Some(since))
@@ -619,7 +619,7 @@ impl<'a> Run<'a> {
             hold.as_millis(),
             delay.as_millis(),
             if installing {
-                "while receiving a snapshot"
+                "after a snapshot transfer to it began"
             } else {
                 "before a snapshot transfer began"
             }
