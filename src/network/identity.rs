@@ -196,6 +196,9 @@ impl PeerIdentities {
         }
         match self.identity.cluster_id() {
             None if admission == Admission::Probe => {}
+            // The caller knows an incarnation of this node, so it was a member: it lost its
+            // data dir and waits to be added again (refused as such below).
+            None if header.to_incarnation.is_some() => {}
             None => {
                 return self.refuse(from, "no cluster yet", format!(
                     "node {} has not been added to a cluster yet: it answers only the leader's probe before `admin add-node`",
@@ -392,19 +395,32 @@ fn describe_cluster(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::integrity::{new_incarnation, Identity};
+    use crate::store::integrity::{new_incarnation, Identity, PENDING_CLUSTER_ID};
 
     const CLUSTER: &str = "c0ffee";
 
     /// A node's identities on a fresh data dir of its own (no Raft yet: every peer counts as a
     /// member).
     fn node(id: NodeId) -> (tempfile::TempDir, Arc<PeerIdentities>) {
+        node_of(id, CLUSTER, true)
+    }
+
+    /// A node's identities on a fresh data dir that waits to be added (`--no-bootstrap`).
+    fn waiting_node(id: NodeId) -> (tempfile::TempDir, Arc<PeerIdentities>) {
+        node_of(id, PENDING_CLUSTER_ID, false)
+    }
+
+    fn node_of(
+        id: NodeId,
+        cluster_id: &str,
+        member: bool,
+    ) -> (tempfile::TempDir, Arc<PeerIdentities>) {
         let dir = tempfile::tempdir().unwrap();
         Identity {
             format: crate::store::FORMAT_VERSION,
             node_id: id,
-            cluster_id: CLUSTER.into(),
-            member: true,
+            cluster_id: cluster_id.into(),
+            member,
             removed: false,
             incarnation: new_incarnation(),
         }
@@ -466,5 +482,26 @@ mod tests {
         call(&wiped, &one).unwrap();
         call(&one, &three).unwrap();
         assert_wiped_refused(&wiped, &three);
+    }
+
+    #[test]
+    fn a_member_back_on_a_wiped_data_dir_waiting_to_be_added_is_refused_as_one_that_lost_its_state()
+    {
+        // Node 2 joined with `--no-bootstrap` and `add-node`; wiped, it starts the same way and
+        // has no cluster yet. The leader's calls must say what happened, not that it was
+        // never added.
+        let (_d1, leader) = node(1);
+        let (_d2, two) = node(2);
+        call(&leader, &two).unwrap();
+        let (_d2b, wiped) = waiting_node(2);
+        assert_wiped_refused(&leader, &wiped);
+        // A node that no member knows yet still waits for the leader's probe.
+        let (_d3, new) = waiting_node(3);
+        let refused = call(&leader, &new).unwrap_err();
+        assert!(
+            refused.contains("has not been added to a cluster yet"),
+            "{refused}"
+        );
+        new.admit(&leader.call_header(3), Admission::Probe).unwrap();
     }
 }
