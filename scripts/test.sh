@@ -77,7 +77,7 @@ if [ "$faults" = yes ]; then
   runs="${RAFTCACHE_FAULT_RUNS:-5}" seconds="${RAFTCACHE_FAULT_SECONDS:-30}"
   say "fault injection: $runs runs of $seconds s on the compose cluster (docs/testing.md)"
   # Every run opens with a one-way cut around the leader (the fault Raft alone does not see),
-  # then a follower killed as it is sent a snapshot.
+  # then a follower killed as it is sent a snapshot, then a power cut.
   "$target_dir/debug/raftcache-faults" --image "$image" --runs "$runs" --seconds "$seconds" \
-    --first-fault one-way,snapshot-crash ${RAFTCACHE_FAULT_SEED:+--seed "$RAFTCACHE_FAULT_SEED"} --out-dir target/faults
+    --first-fault one-way,snapshot-crash,power-cut ${RAFTCACHE_FAULT_SEED:+--seed "$RAFTCACHE_FAULT_SEED"} --out-dir target/faults
 fi

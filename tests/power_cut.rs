@@ -119,13 +119,9 @@ impl Rig {
         self.cluster.kill_at_once(victims);
         let mut total = CutReport::default();
         for id in victims {
-            let cut = self.disks[(*id - 1) as usize]
+            total += self.disks[(*id - 1) as usize]
                 .power_cut()
                 .unwrap_or_else(|e| panic!("power cut of node {id}'s disk: {e}"));
-            total.files_reverted += cut.files_reverted;
-            total.unsynced_bytes += cut.unsynced_bytes;
-            total.dirs_reverted += cut.dirs_reverted;
-            total.inodes_dropped += cut.inodes_dropped;
         }
         total
     }

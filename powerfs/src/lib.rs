@@ -11,11 +11,13 @@
 //! - `mount`: `Disk`, one mounted tree, its `power_cut` (unmount, revert, mount again), and
 //!   its unmount on drop.
 //!
+//! The fault-injection suite (`tools/faults`) puts every container's data dir on one too
+//! (`Disk::mount_shared`, bind-mounted at `/data`) for its `power-cut` fault.
+//!
 //! Why a workspace member of its own rather than a module of `raftcache-testkit`: it needs the
-//! `fuser` crate (and, through it, `nix` and the FUSE device at run time), which only the
-//! power-cut test uses; the test kit is also a dependency of the fault-injection suite, which
-//! should not carry it. Linux only, and mounting needs root or `fusermount3` (the `fuse3`
-//! package).
+//! `fuser` crate (and, through it, `nix` and the FUSE device at run time), which the rest of
+//! the test kit's users (the in-process and compose tests) do not. Linux only, and mounting
+//! needs root or `fusermount3` (the `fuse3` package).
 
 pub mod fuse;
 pub mod model;

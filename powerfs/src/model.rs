@@ -144,6 +144,16 @@ pub struct CutReport {
     pub inodes_dropped: u64,
 }
 
+/// The sum of several cuts (of several disks at once).
+impl std::ops::AddAssign for CutReport {
+    fn add_assign(&mut self, other: CutReport) {
+        self.files_reverted += other.files_reverted;
+        self.unsynced_bytes += other.unsynced_bytes;
+        self.dirs_reverted += other.dirs_reverted;
+        self.inodes_dropped += other.inodes_dropped;
+    }
+}
+
 /// Counters over the filesystem's life, for a test to show what it exercised.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fuser::{BackgroundSession, Config, MountOption};
+use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 
 use crate::fuse::Ops;
 use crate::model::{Counters, CutReport, Tree};
@@ -29,6 +29,8 @@ pub struct Disk {
     tree: Arc<Mutex<Tree>>,
     /// The FUSE session serving the mount; `None` while unmounted.
     session: Option<BackgroundSession>,
+    /// Whether processes of other users may use it (`allow_other`).
+    shared: bool,
 }
 
 /// Why a disk could not be mounted.
@@ -49,12 +51,25 @@ fn mount_error(mountpoint: &Path, e: io::Error) -> io::Error {
 }
 
 impl Disk {
-    /// Mounts an empty disk at `mountpoint` (an existing, empty directory).
+    /// Mounts an empty disk at `mountpoint` (an existing, empty directory), for the mounting
+    /// user's processes.
     pub fn mount(mountpoint: &Path) -> io::Result<Disk> {
+        Self::mount_with(mountpoint, false)
+    }
+
+    /// Mounts an empty disk at `mountpoint` that every user's processes may use (FUSE's
+    /// `allow_other`): a container that runs as another user, its data dir bind-mounted from
+    /// the disk. Needs root (or `user_allow_other` in `/etc/fuse.conf`).
+    pub fn mount_shared(mountpoint: &Path) -> io::Result<Disk> {
+        Self::mount_with(mountpoint, true)
+    }
+
+    fn mount_with(mountpoint: &Path, shared: bool) -> io::Result<Disk> {
         let mut disk = Disk {
             mountpoint: mountpoint.to_path_buf(),
             tree: Arc::new(Mutex::new(Tree::new())),
             session: None,
+            shared,
         };
         disk.mount_session()?;
         Ok(disk)
@@ -72,6 +87,9 @@ impl Disk {
             MountOption::RW,
             MountOption::NoAtime,
         ];
+        if self.shared {
+            config.acl = SessionACL::All;
+        }
         let ops = Ops {
             tree: self.tree.clone(),
         };
@@ -135,6 +153,15 @@ impl Disk {
             .power_cut();
         self.mount_session()?;
         Ok(report)
+    }
+
+    /// Replaces the disk with a new, empty one at the same mount point, as a lost disk would
+    /// be: nothing of the old tree survives, durable or not. No process may have files open on
+    /// it.
+    pub fn replace(&mut self) -> io::Result<()> {
+        self.unmount()?;
+        *self.tree.lock().unwrap_or_else(|p| p.into_inner()) = Tree::new();
+        self.mount_session()
     }
 
     /// Counters over the disk's life (syncs, writes, cuts).

@@ -121,6 +121,9 @@ pub struct Project {
     image: Option<String>,
     /// `serve` flags every node of a generated project gets besides its own.
     flags: Vec<String>,
+    /// Where each node's data dir is (`<dir>/node<id>`, bind-mounted), if not on a named
+    /// volume.
+    data_dirs: Option<PathBuf>,
     /// The network every node is on when nothing is cut, without the project's prefix.
     network: &'static str,
     /// Whether the file names each container `<project>-node<id>` (otherwise docker-compose
@@ -157,7 +160,7 @@ impl Project {
             })
             .collect();
         let file = dir.join("docker-compose.yml");
-        std::fs::write(&file, compose_file(name, image, &nodes, &[])).map_err(|source| {
+        std::fs::write(&file, compose_file(name, image, &nodes, &[], None)).map_err(|source| {
             Error::Io {
                 what: format!("writing {}", file.display()),
                 source,
@@ -207,6 +210,7 @@ impl Project {
             env,
             image: None,
             flags: Vec::new(),
+            data_dirs: None,
             network,
             named_containers,
             nodes,
@@ -288,10 +292,32 @@ impl Project {
         Ok(self)
     }
 
+    /// Puts every node's data dir of a generated project on the directory `<dir>/node<id>`,
+    /// bind-mounted at `/data`, instead of a named volume (before any is started): a test
+    /// that mounts a filesystem of its own there (the power-cut disks of `raftcache-powerfs`).
+    /// The directories must exist, and the image's user must be able to write them. `wipe`
+    /// then leaves emptying the directory to the caller.
+    pub fn with_data_dirs(mut self, dir: &Path) -> Result<Self> {
+        let Some(image) = self.image.clone() else {
+            return Err(Error::Unsupported(
+                "placing data dirs: only a generated compose file can change them".into(),
+            ));
+        };
+        self.data_dirs = Some(dir.to_path_buf());
+        self.write_file(&image)?;
+        Ok(self)
+    }
+
     fn write_file(&self, image: &str) -> Result<()> {
         std::fs::write(
             &self.file,
-            compose_file(&self.name, image, &self.nodes, &self.flags),
+            compose_file(
+                &self.name,
+                image,
+                &self.nodes,
+                &self.flags,
+                self.data_dirs.as_deref(),
+            ),
         )
         .map_err(|source| Error::Io {
             what: format!("writing {}", self.file.display()),
@@ -300,7 +326,8 @@ impl Project {
     }
 
     /// Kills node `id` and deletes its container and its data volume, as a lost disk would:
-    /// the next `up` or `recreate` starts it on an empty data dir.
+    /// the next `up` or `recreate` starts it on an empty data dir. (A data dir of
+    /// `with_data_dirs` is left for the caller to empty.)
     pub fn wipe(&self, id: u64) -> Result<()> {
         let container = self.container(id)?;
         let volumes = self.docker(&[
@@ -319,6 +346,16 @@ impl Project {
     /// SIGKILL, as `kill -9` or a power cut would.
     pub fn kill(&self, id: u64) -> Result<()> {
         self.docker(&["kill", &self.container(id)?]).map(drop)
+    }
+
+    /// SIGKILL of the nodes `ids` by one `docker kill`, as a power cut of them all would.
+    pub fn kill_at_once(&self, ids: &[u64]) -> Result<()> {
+        let mut args = vec!["kill".to_string()];
+        for &id in ids {
+            args.push(self.container(id)?);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.docker(&args).map(drop)
     }
 
     /// SIGTERM, then SIGKILL after 10 s: a clean shutdown.
@@ -574,12 +611,14 @@ fn run(mut cmd: Command, what: &str) -> Result<String> {
 }
 
 /// The compose file: initial voters bootstrap from `--initial-cluster`; spares start with
-/// `--no-bootstrap` and wait to be added.
+/// `--no-bootstrap` and wait to be added. Each node's data is on a named volume, or on
+/// `<data_dirs>/node<id>`.
 fn compose_file(
     project: &str,
     image: &str,
     nodes: &BTreeMap<u64, Node>,
     flags: &[String],
+    data_dirs: Option<&Path>,
 ) -> String {
     let initial: Vec<String> = nodes
         .values()
@@ -599,6 +638,10 @@ fn compose_file(
         };
         let peer_port = node.misplaced_peer_port.unwrap_or(PEER_PORT);
         let extra: String = flags.iter().map(|f| format!(", \"{f}\"")).collect();
+        let volume = match data_dirs {
+            Some(dir) => format!("{}/node{id}", dir.display()),
+            None => format!("node{id}-data"),
+        };
         let _ = write!(
             text,
             r#"  node{id}:
@@ -612,15 +655,18 @@ fn compose_file(
               "--peer-listen", "0.0.0.0:{peer_port}", "--advertise-client", "node{id}:{CLIENT_PORT}",
               "--advertise-peer", "node{id}:{peer_port}", "--data-dir", "/data", {mode}{extra}]
     ports: ["127.0.0.1:{port}:{CLIENT_PORT}"]
-    volumes: ["node{id}-data:/data"]
+    volumes: ["{volume}:/data"]
     stop_grace_period: 10s
 "#,
             port = node.port
         );
     }
-    let _ = writeln!(text, "networks:\n  {GENERATED_NETWORK}: {{}}\nvolumes:");
-    for id in nodes.keys() {
-        let _ = writeln!(text, "  node{id}-data: {{}}");
+    let _ = writeln!(text, "networks:\n  {GENERATED_NETWORK}: {{}}");
+    if data_dirs.is_none() {
+        let _ = writeln!(text, "volumes:");
+        for id in nodes.keys() {
+            let _ = writeln!(text, "  node{id}-data: {{}}");
+        }
     }
     text
 }
@@ -644,7 +690,7 @@ mod tests {
             })
             .collect();
         let flags = ["--snapshot-every".to_string(), "1000".to_string()];
-        let text = compose_file("p", "img:t", &nodes, &flags);
+        let text = compose_file("p", "img:t", &nodes, &flags, None);
         assert_eq!(
             text.matches(r#", "--snapshot-every", "1000"]"#).count(),
             3,
@@ -668,7 +714,7 @@ mod tests {
                 )
             })
             .collect();
-        let text = compose_file("p", "img:t", &nodes, &[]);
+        let text = compose_file("p", "img:t", &nodes, &[], None);
         let cluster = "1=node1:9190/node1:9090,2=node2:9190/node2:9090,3=node3:9190/node3:9090";
         assert_eq!(text.matches(cluster).count(), 3, "{text}");
         assert_eq!(text.matches("--no-bootstrap").count(), 1);
@@ -676,6 +722,32 @@ mod tests {
         assert!(text.contains("\"--advertise-peer\", \"node4:9190\""));
         assert!(text.contains("\"127.0.0.1:20004:9090\""));
         assert!(text.contains("node4-data: {}"));
+    }
+
+    #[test]
+    fn data_dirs_given_to_the_project_replace_the_named_volumes() {
+        let nodes: BTreeMap<u64, Node> = (1..=2)
+            .map(|id| {
+                let node = Node {
+                    id,
+                    port: 20000 + id as u16,
+                    initial: true,
+                    rejoin: false,
+                    misplaced_peer_port: None,
+                };
+                (id, node)
+            })
+            .collect();
+        let text = compose_file("p", "img:t", &nodes, &[], Some(Path::new("/tmp/disks")));
+        assert!(
+            text.contains(r#"volumes: ["/tmp/disks/node1:/data"]"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"volumes: ["/tmp/disks/node2:/data"]"#),
+            "{text}"
+        );
+        assert!(!text.contains("-data"), "{text}");
     }
 
     #[test]
@@ -692,7 +764,7 @@ mod tests {
                 (id, node)
             })
             .collect();
-        let text = compose_file("p", "img:t", &nodes, &[]);
+        let text = compose_file("p", "img:t", &nodes, &[], None);
         // The founders' list still names every voter at the address the cluster records.
         let cluster = "1=node1:9190/node1:9090,2=node2:9190/node2:9090,3=node3:9190/node3:9090";
         assert_eq!(text.matches(cluster).count(), 2, "{text}");
@@ -707,6 +779,6 @@ mod tests {
         );
         assert_eq!(text.matches(":9191").count(), 2, "{text}");
         nodes.get_mut(&3).unwrap().misplaced_peer_port = None;
-        assert!(!compose_file("p", "img:t", &nodes, &[]).contains(":9191"));
+        assert!(!compose_file("p", "img:t", &nodes, &[], None).contains(":9191"));
     }
 }

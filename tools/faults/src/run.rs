@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use raftcache::client::{describe_error, CacheClient};
 use raftcache::gen::cache::{AdminOp, Consistency, ReadOptions, TCacheServiceSyncClient};
 use raftcache::membership::{add_node, CatchUp};
+use raftcache_powerfs::{CutReport, Disk};
 use raftcache_testkit::compose::Project;
 use raftcache_testkit::history::{ClientLimits, Shared, Workload, CALL_TIMEOUT};
 use raftcache_testkit::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
@@ -49,6 +50,10 @@ const MISPLACED_PEER_PORT: u16 = 9191;
 const MISPLACED_REFUSAL: &str = "the other nodes would not reach it";
 /// What a node logs when a snapshot transfer from the leader begins.
 const SNAPSHOT_RECEIVING: &str = "receiving a snapshot from the leader";
+/// What a node logs when its current snapshot fails its checksum.
+const SNAPSHOT_DAMAGED: &str = "the current snapshot is damaged";
+/// Where a node's current snapshot is, in its data dir.
+const CURRENT_SNAPSHOT: &str = "snapshots/current";
 /// `serve` flags of every node: a snapshot every 1,000 entries and 100 entries kept behind it,
 /// so a follower that falls behind (paused, killed, cut off) is sent snapshots, and builds
 /// overlap the faults.
@@ -117,6 +122,7 @@ pub fn run(config: &RunConfig, seed: u64) -> RunReport {
             let outcome = run.execute(&schedule, &mut report, &mut journal);
             if outcome.is_err() || report.failure.is_some() {
                 run.cluster.save_logs(&dir);
+                run.save_data_dirs(&dir);
             }
             outcome
         });
@@ -163,9 +169,14 @@ impl Journal {
     }
 }
 
+/// The cluster of one run. Its fields drop in order: the cluster is taken down before the
+/// disks its nodes' data dirs are on are unmounted.
 struct Run<'a> {
     config: &'a RunConfig,
     cluster: Project,
+    /// Each node's disk (spares included), bind-mounted as its data dir: a power cut loses
+    /// what the node did not sync.
+    disks: BTreeMap<u64, Disk>,
     /// Members (voters and learners) as the run knows them.
     members: Vec<u64>,
     spares: VecDeque<u64>,
@@ -185,14 +196,25 @@ impl<'a> Run<'a> {
     ) -> Result<Self> {
         let project = format!("rcfaults{}s{}", std::process::id(), schedule.seed);
         let voters = schedule.nodes as u64;
+        let disks_dir = dir.join("disks");
+        let mut disks = BTreeMap::new();
+        for id in 1..=voters + config.spares {
+            let mountpoint = disks_dir.join(format!("node{id}"));
+            std::fs::create_dir_all(&mountpoint)
+                .with_context(|| format!("creating {}", mountpoint.display()))?;
+            disks.insert(id, Disk::mount_shared(&mountpoint)?);
+        }
+        // Declared after the disks, so that on an error below it is dropped (taken down) first.
         let cluster = Project::generate(dir, &project, &config.image, voters, config.spares)?
-            .with_flags(&NODE_FLAGS)?;
+            .with_flags(&NODE_FLAGS)?
+            .with_data_dirs(&disks_dir)?;
         let members: Vec<u64> = (1..=voters).collect();
         let spares = (voters + 1..=voters + config.spares).collect();
         cluster.up(&members)?;
         let run = Run {
             config,
             cluster,
+            disks,
             members,
             spares,
             dir,
@@ -243,9 +265,7 @@ impl<'a> Run<'a> {
         self.cluster.heal()?;
         let leader = self.wait_healthy()?;
         journal.line(format!("healed; node {leader} leads"));
-        for &id in &self.members {
-            self.cluster.kill(id)?;
-        }
+        self.cluster.kill_at_once(&self.members)?;
         for &id in &self.members {
             self.cluster.start(id)?;
         }
@@ -371,6 +391,103 @@ impl<'a> Run<'a> {
             sleep(left);
         }
         Ok(())
+    }
+
+    /// Kills the members and copies every node's data dir next to the logs of a failed run
+    /// (its disk is gone once unmounted).
+    fn save_data_dirs(&self, dir: &Path) {
+        if let Err(e) = self.cluster.kill_at_once(&self.members) {
+            eprintln!("faults: killing the members before their data dirs are copied: {e:#}");
+        }
+        for (id, disk) in &self.disks {
+            let to = dir.join("data").join(format!("node{id}"));
+            let copied = std::fs::create_dir_all(&to).and_then(|()| {
+                std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(disk.mountpoint().join("."))
+                    .arg(&to)
+                    .status()
+            });
+            if !copied.is_ok_and(|s| s.success()) {
+                eprintln!(
+                    "faults: could not copy node {id}'s data dir to {}",
+                    to.display()
+                );
+            }
+        }
+    }
+
+    /// Kills the nodes `ids` and cuts their disks' power, starting them again after `hold`.
+    fn power_cut(&mut self, ids: &[u64], hold: Duration) -> Result<CutReport> {
+        self.cluster.kill_at_once(ids)?;
+        let mut cut = CutReport::default();
+        for id in ids {
+            cut += self.disk(*id)?.power_cut()?;
+        }
+        sleep(hold);
+        for &id in ids {
+            self.cluster.start(id)?;
+        }
+        Ok(cut)
+    }
+
+    /// Kills member `target`, flips one bit (chosen by `choice`) of its current snapshot file on
+    /// its disk, durably, and starts it again after `hold`: within `REFUSAL_DEADLINE` it must
+    /// log that the snapshot is damaged. It is asked to build one first (`admin snapshot`).
+    fn bit_flip(&mut self, target: u64, hold: Duration, choice: u64) -> Result<Injected> {
+        // A snapshot to damage, however early in the run.
+        let addr = self.cluster.node(target).addr();
+        if let Err(e) = CacheClient::connect(&addr, ADMIN_TIMEOUT)
+            .with_context(|| format!("connecting to {addr}"))
+            .and_then(|mut c| c.admin_snapshot().map_err(|e| anyhow!(describe_error(&e))))
+        {
+            return Ok(Injected::Not(format!(
+                "node {target} built no snapshot: {e:#}"
+            )));
+        }
+        self.cluster.kill(target)?;
+        let path = self.disk(target)?.mountpoint().join(CURRENT_SNAPSHOT);
+        let flipped = flip_bit(&path, choice)
+            .with_context(|| format!("flipping a bit of {}", path.display()))?;
+        sleep(hold);
+        let since = unix_now();
+        self.cluster.start(target)?;
+        let Some((offset, bit, len)) = flipped else {
+            return Ok(Injected::Not(format!(
+                "node {target} had no snapshot yet (killed and started again)"
+            )));
+        };
+        let noticed = poll(REFUSAL_DEADLINE, || {
+            self.cluster
+                .logs(target, Some(since))
+                .is_ok_and(|log| log.contains(SNAPSHOT_DAMAGED))
+                .then_some(())
+        })
+        .is_ok();
+        if !noticed {
+            self.unavailable.push(format!(
+                "bit-flip: node {target} did not log {SNAPSHOT_DAMAGED:?} within {} ms of its start with bit {bit} of byte {offset} of its {len}-byte snapshot flipped",
+                REFUSAL_DEADLINE.as_millis()
+            ));
+        }
+        Ok(Injected::Done(format!(
+            "node {target}'s snapshot ({len} bytes) had bit {bit} of byte {offset} flipped while it was down for {} ms; {}",
+            hold.as_millis(),
+            if noticed { "it said the snapshot is damaged" } else { "it did NOT notice" }
+        )))
+    }
+
+    /// Kills node `id`, deletes its container and gives it a new, empty disk.
+    fn wipe_node(&mut self, id: u64) -> Result<()> {
+        self.cluster.wipe(id)?;
+        self.disk(id)?.replace()?;
+        Ok(())
+    }
+
+    fn disk(&mut self, id: u64) -> Result<&mut Disk> {
+        self.disks
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("node {id} has no disk"))
     }
 
     /// Writes the history of a failed run next to its schedule and logs.
@@ -531,9 +648,7 @@ impl<'a> Run<'a> {
                 )
             }
             FaultKind::KillAll => {
-                for &id in &self.members {
-                    self.cluster.kill(id)?;
-                }
+                self.cluster.kill_at_once(&self.members)?;
                 sleep(step.hold);
                 for &id in &self.members {
                     self.cluster.start(id)?;
@@ -570,6 +685,23 @@ impl<'a> Run<'a> {
             FaultKind::Misplace => return self.misplace(random, step.hold),
             FaultKind::SnapshotCrash => {
                 return self.snapshot_crash(&shuffled, step.hold, step.choice)
+            }
+            FaultKind::BitFlip => return self.bit_flip(random, step.hold, step.choice),
+            FaultKind::PowerCut => {
+                let victims = match step.choice % 3 {
+                    0 => self.members.clone(),
+                    1 => vec![self.leader_or(random)],
+                    _ => vec![random],
+                };
+                let cut = self.power_cut(&victims, step.hold)?;
+                format!(
+                    "nodes {victims:?} lost power ({} files and {} directories reverted, {} inodes dropped, up to {} unsynced bytes lost), started after {} ms",
+                    cut.files_reverted,
+                    cut.dirs_reverted,
+                    cut.inodes_dropped,
+                    cut.unsynced_bytes,
+                    step.hold.as_millis()
+                )
             }
         };
         Ok(Injected::Done(done))
@@ -644,7 +776,7 @@ impl<'a> Run<'a> {
             .filter(|&id| id != target)
             .collect();
         let since = unix_now();
-        self.cluster.wipe(target)?;
+        self.wipe_node(target)?;
         self.cluster.up(&[target])?;
         sleep(hold);
         let refused = poll(REFUSAL_DEADLINE, || {
@@ -688,7 +820,7 @@ impl<'a> Run<'a> {
             .admin_change(AdminOp::REMOVE_NODE, target, None, None, false, "")
             .map_err(|e| anyhow!("remove-node {target}: {}", describe_error(&e)))?;
         self.members = rest;
-        self.cluster.wipe(target)?;
+        self.wipe_node(target)?;
         self.cluster.recreate(target, |node| node.rejoin = true)?;
         let added = self.add_member(target, None, false)?;
         workload.set_targets(self.addrs());
@@ -973,6 +1105,36 @@ const AVAILABLE_AFTER: Duration = Duration::from_secs(3);
 /// Writes `key` through `addr` again and again for `hold`; how long after the start the first
 /// write was acknowledged, if one was. Takes `hold` in all.
 /// Seconds since the Unix epoch, as `docker logs --since` takes them.
+/// Flips bit `choice % 8` of byte `choice / 8 % len` of the file at `path` and syncs it: the
+/// byte offset, the bit and the file's length, or `None` if there is no such file or it is
+/// empty.
+fn flip_bit(path: &Path, choice: u64) -> std::io::Result<Option<(u64, u8, u64)>> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let offset = choice / 8 % len;
+    let bit = (choice % 8) as u8;
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(&mut byte)?;
+    byte[0] ^= 1 << bit;
+    file.seek(SeekFrom::Start(offset))?;
+    file.write_all(&byte)?;
+    file.sync_all()?;
+    Ok(Some((offset, bit, len)))
+}
+
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -54,10 +54,18 @@ pub enum FaultKind {
     /// is sent a snapshot when it is back; it is killed (`docker kill`) 0-300 ms into that, and
     /// started again: it must start, catch up and end with the same data as the others.
     SnapshotCrash,
+    /// The power of every member, of the leader or of a random member is cut: its container is
+    /// killed and its disk (a `raftcache-powerfs` filesystem) loses every write that no
+    /// `fsync`/`fdatasync` covered; it is started again after the hold.
+    PowerCut,
+    /// A random member is killed, one bit of its current snapshot file flipped (made durable)
+    /// and the member started again after the hold: it must log that the snapshot is damaged
+    /// (and build a new one) rather than keep or send it.
+    BitFlip,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 17] = [
         FaultKind::OneWay,
         FaultKind::TransferLeader,
         FaultKind::PartitionMinority,
@@ -73,6 +81,8 @@ impl FaultKind {
         FaultKind::Wipe,
         FaultKind::Misplace,
         FaultKind::SnapshotCrash,
+        FaultKind::PowerCut,
+        FaultKind::BitFlip,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +102,8 @@ impl FaultKind {
             FaultKind::Wipe => "wipe",
             FaultKind::Misplace => "misplace",
             FaultKind::SnapshotCrash => "snapshot-crash",
+            FaultKind::PowerCut => "power-cut",
+            FaultKind::BitFlip => "bit-flip",
         }
     }
 
@@ -116,7 +128,7 @@ impl FaultKind {
                 rng.millis(2_000, 5_000)
             }
             FaultKind::KillLeader | FaultKind::KillRandom => rng.millis(500, 5_000),
-            FaultKind::KillAll => rng.millis(500, 3_000),
+            FaultKind::KillAll | FaultKind::PowerCut | FaultKind::BitFlip => rng.millis(500, 3_000),
             FaultKind::Pause => rng.millis(1_000, 10_000),
             FaultKind::Restart | FaultKind::Membership | FaultKind::TransferLeader => {
                 Duration::ZERO
@@ -130,6 +142,8 @@ impl FaultKind {
         match self {
             FaultKind::Restart
             | FaultKind::KillAll
+            | FaultKind::PowerCut
+            | FaultKind::BitFlip
             | FaultKind::Membership
             | FaultKind::Misplace
             | FaultKind::SnapshotCrash => Duration::from_secs(5),
