@@ -255,12 +255,25 @@ impl<'a> Run<'a> {
             "clients stopped: {} operations, {answered} answered",
             history.len()
         ));
-        if let Err(e) = faults {
-            report.operations = history.len();
+        report.operations = history.len();
+        let checked =
+            faults.and_then(|()| self.heal_and_check(&mut history, &shared, report, journal));
+        if checked.is_err() {
             self.save_history(&history)?;
-            return Err(e);
         }
+        checked
+    }
 
+    /// Heals every fault, kills and starts every member, reads every key back and checks the
+    /// history, the acknowledged writes and the replicas: a failed check is recorded in
+    /// `report`, Err is a run that could not go on.
+    fn heal_and_check(
+        &mut self,
+        history: &mut Vec<Operation>,
+        shared: &Shared,
+        report: &mut RunReport,
+        journal: &mut Journal,
+    ) -> Result<()> {
         self.cluster.unpause_all()?;
         self.cluster.heal()?;
         let leader = self.wait_healthy()?;
@@ -274,7 +287,7 @@ impl<'a> Run<'a> {
             "every node killed and started again; node {leader} leads"
         ));
 
-        let final_reads = self.read_back(&mut history, leader, &shared)?;
+        let final_reads = self.read_back(history, leader, shared)?;
         report.operations = history.len();
         report.multi_key = history
             .iter()
@@ -282,7 +295,7 @@ impl<'a> Run<'a> {
             .count();
         let mut failures = self.unavailable.clone();
 
-        let lost = lost_writes(&history, &final_reads);
+        let lost = lost_writes(history, &final_reads);
         report.own_keys_checked = history
             .iter()
             .filter(|op| op.key.starts_with("own-") && op.outcome == Outcome::Written)
@@ -295,7 +308,7 @@ impl<'a> Run<'a> {
             ));
         }
 
-        let answered = answered_without_quorum(&history, &self.no_quorum);
+        let answered = answered_without_quorum(history, &self.no_quorum);
         if !answered.is_empty() {
             failures.push(format!(
                 "{} operations sent while no side of a partition held a quorum were answered, e.g. {}",
@@ -313,7 +326,7 @@ impl<'a> Run<'a> {
             Err(e) => failures.push(e),
         }
 
-        let checked = linearizability::check(&history, self.config.checker)
+        let checked = linearizability::check(history, self.config.checker)
             .map_err(|e| anyhow!("the recorded history is malformed: {e}"))?;
         report.checked = checked.operations_checked;
         journal.line(format!(
@@ -344,7 +357,7 @@ impl<'a> Run<'a> {
             )),
         }
         if !failures.is_empty() {
-            self.save_history(&history)?;
+            self.save_history(history)?;
             report.failure = Some(failures.join("\n"));
         }
         Ok(())
