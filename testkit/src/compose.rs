@@ -675,9 +675,9 @@ fn compose_file(
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_given_to_the_project_go_to_every_node() {
-        let nodes: BTreeMap<u64, Node> = (1..=3)
+    /// `n` initial voters on ports 20001...
+    fn voters(n: u64) -> BTreeMap<u64, Node> {
+        (1..=n)
             .map(|id| {
                 let node = Node {
                     id,
@@ -688,7 +688,12 @@ mod tests {
                 };
                 (id, node)
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn flags_given_to_the_project_go_to_every_node() {
+        let nodes = voters(3);
         let flags = ["--snapshot-every".to_string(), "1000".to_string()];
         let text = compose_file("p", "img:t", &nodes, &flags, None);
         assert_eq!(
@@ -726,18 +731,7 @@ mod tests {
 
     #[test]
     fn data_dirs_given_to_the_project_replace_the_named_volumes() {
-        let nodes: BTreeMap<u64, Node> = (1..=2)
-            .map(|id| {
-                let node = Node {
-                    id,
-                    port: 20000 + id as u16,
-                    initial: true,
-                    rejoin: false,
-                    misplaced_peer_port: None,
-                };
-                (id, node)
-            })
-            .collect();
+        let nodes = voters(2);
         let text = compose_file("p", "img:t", &nodes, &[], Some(Path::new("/tmp/disks")));
         assert!(
             text.contains(r#"volumes: ["/tmp/disks/node1:/data"]"#),
@@ -747,7 +741,8 @@ mod tests {
             text.contains(r#"volumes: ["/tmp/disks/node2:/data"]"#),
             "{text}"
         );
-        assert!(!text.contains("-data"), "{text}");
+        assert!(!text.contains("node1-data"), "{text}");
+        assert!(!text.contains("\nvolumes:"), "{text}");
     }
 
     #[test]
