@@ -4,6 +4,9 @@
 
 mod in_process;
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::Duration;
 
 use in_process::{phase, BlockingClient, InProcessCluster};
@@ -449,22 +452,31 @@ async fn every_batch_method_refuses_more_items_than_its_cap() {
 type CallFn =
     Box<dyn FnOnce(&mut raftcache::client::CacheClient, String) -> thrift::Result<()> + Send>;
 
-/// One client rewrites 200 keys with `put_many`, all to the same value, over and over; two
-/// others read them with `get_many` and with `scan` on the same node meanwhile. Every read must
-/// see one batch whole: a read that mixes two values saw a state that never existed.
+/// One client rewrites 200 keys with `put_many`, all to the same value, over and over; another
+/// reads them with `get_many` and with `scan` on the same node meanwhile, until it has made
+/// `RAFTCACHE_TORN_READS` [2,000] `get_many`s. Every read must see one batch whole: a read that
+/// mixes two values saw a state that never existed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn get_many_and_scan_never_see_half_of_a_put_many() {
     const KEYS: usize = 200;
-    const BATCHES: usize = 300;
+    let target: usize = std::env::var("RAFTCACHE_TORN_READS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
     let cluster = InProcessCluster::start(1, &[]).await;
     let node = cluster.wait_for_leader().await;
     let keys: Vec<String> = (0..KEYS).map(|i| format!("torn-{i:03}")).collect();
+    let stop = Arc::new(AtomicBool::new(false));
 
-    phase("a writer loops put_many of 200 keys set to one value; readers loop get_many and scan");
+    phase(&format!(
+        "a writer loops put_many of 200 keys set to one value; a reader makes {target} get_many and as many scans"
+    ));
     let writer = cluster.client(node);
     let batch_keys = keys.clone();
+    let writing = stop.clone();
     let writes = tokio::spawn(async move {
-        for round in 0..BATCHES {
+        let mut round = 0u64;
+        while !writing.load(SeqCst) {
             let entries: Vec<CacheEntry> = batch_keys
                 .iter()
                 .map(|k| entry(k, &round.to_string(), None))
@@ -473,47 +485,49 @@ async fn get_many_and_scan_never_see_half_of_a_put_many() {
                 .run(move |c| c.service().put_many(entries))
                 .await
                 .expect("put_many");
+            round += 1;
         }
+        round
     });
     let reader = cluster.client(node);
     let read_keys = keys.clone();
     let reads = reader
         .run(move |c| {
-            let (mut reads, mut torn) = (0, Vec::new());
+            let (mut reads, mut torn, mut seen) = (0, Vec::new(), BTreeSet::new());
             let mut check = |what: &str, values: Vec<String>| {
-                reads += 1;
-                let distinct: std::collections::BTreeSet<_> = values.iter().collect();
+                let distinct: BTreeSet<_> = values.iter().cloned().collect();
                 if distinct.len() > 1 {
                     torn.push(format!("{what} saw {distinct:?}"));
                 }
+                seen.extend(distinct);
             };
-            // Bounded: the writer's rounds end it; the count is a safety net.
-            for i in 0..1_000_000 {
-                let local = || ReadOptions::new(Some(Consistency::LOCAL), None);
+            let local = || ReadOptions::new(Some(Consistency::LOCAL), None);
+            while reads < target {
                 let many = c.service().get_many(read_keys.clone(), local())?;
-                let done = many.len() == KEYS && many[0].value == (BATCHES - 1).to_string();
+                reads += 1;
                 check("get_many", many.into_iter().map(|e| e.value).collect());
                 let scanned =
                     c.service()
                         .scan("torn-".into(), String::new(), KEYS as i32, local())?;
                 check("scan", scanned.into_iter().map(|e| e.value).collect());
-                if done || i == 999_999 {
-                    break;
-                }
             }
-            Ok((reads, torn))
+            Ok((reads, torn, seen.len()))
         })
         .await
         .expect("reads");
-    writes.await.expect("writer");
-    let (reads, torn) = reads;
+    stop.store(true, SeqCst);
+    let rounds = writes.await.expect("writer");
+    let (reads, torn, batches_seen) = reads;
+    eprintln!(
+        "{reads} get_many (and as many scans) over {rounds} put_many; {batches_seen} batches seen"
+    );
     assert!(
-        reads > 20,
-        "only {reads} reads raced the writes: the test proves nothing"
+        batches_seen > 20,
+        "the reads saw only {batches_seen} of the writer's batches: they did not race the writes"
     );
     assert!(
         torn.is_empty(),
-        "{} of {reads} multi-key reads were torn, e.g. {}",
+        "{} of {reads} get_many and {reads} scans were torn, e.g. {}",
         torn.len(),
         torn[0]
     );
