@@ -303,7 +303,12 @@ impl Project {
                 "placing data dirs: only a generated compose file can change them".into(),
             ));
         };
-        self.data_dirs = Some(dir.to_path_buf());
+        // Absolute: docker-compose takes a relative path for a named volume.
+        let dir = std::path::absolute(dir).map_err(|source| Error::Io {
+            what: format!("resolving {}", dir.display()),
+            source,
+        })?;
+        self.data_dirs = Some(dir);
         self.write_file(&image)?;
         Ok(self)
     }
@@ -727,6 +732,23 @@ mod tests {
         assert!(text.contains("\"--advertise-peer\", \"node4:9190\""));
         assert!(text.contains("\"127.0.0.1:20004:9090\""));
         assert!(text.contains("node4-data: {}"));
+    }
+
+    #[test]
+    fn data_dirs_given_as_a_relative_path_are_bound_by_their_absolute_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = Project::generate(dir.path(), "p", "img:t", 1, 0)
+            .unwrap()
+            .with_data_dirs(Path::new("target/faults/run-1/disks"))
+            .unwrap();
+        let text = std::fs::read_to_string(&project.file).unwrap();
+        let bound = std::env::current_dir()
+            .unwrap()
+            .join("target/faults/run-1/disks/node1");
+        assert!(
+            text.contains(&format!("volumes: [\"{}:/data\"]", bound.display())),
+            "{text}"
+        );
     }
 
     #[test]

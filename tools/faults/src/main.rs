@@ -49,7 +49,8 @@ struct Args {
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["3", "5"]))]
     nodes: Option<String>,
     /// The kind of every run's first fault (one-way, partition-minority, kill-leader, ...), or
-    /// several separated by commas for the first faults in that order; the rest of the
+    /// several separated by commas for the first faults in that order, each injected even if
+    /// it runs past --seconds (the clients then run until it is healed); the rest of the
     /// schedule is drawn from the seed as usual.
     #[arg(long, value_name = "KIND[,KIND...]")]
     first_fault: Option<String>,

@@ -373,8 +373,11 @@ impl<'a> Run<'a> {
     ) -> Result<()> {
         let end = workload.shared.clock + Duration::from_secs(self.config.seconds);
         let tail = Duration::from_secs(3);
+        // The first faults asked for (`--first-fault`) are injected even if they run past the
+        // end: the clients then run until they are done.
+        let asked_for = self.config.first.len();
         for (i, step) in schedule.steps.iter().enumerate() {
-            if Instant::now() + step.quiet + step.hold + tail > end {
+            if i >= asked_for && Instant::now() + step.quiet + step.hold + tail > end {
                 report
                     .not_injected
                     .push(format!("step {} ({}): out of time", i + 1, step.kind));
