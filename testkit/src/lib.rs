@@ -10,6 +10,7 @@
 //! - `wait`: waiting for a condition with a deadline (`wait_until`), never a fixed sleep.
 //! - `rng`: the one seeded generator behind every random schedule and workload, so a printed
 //!   seed replays a run.
+//! - `copy_dir`: a node's data dir copied next to a failed run's logs.
 
 pub mod compose;
 pub mod history;
@@ -17,3 +18,23 @@ pub mod linearizability;
 pub mod ports;
 pub mod rng;
 pub mod wait;
+
+/// Copies the contents of directory `from` into `to` (created if needed) with `cp -a`, keeping
+/// what a failed run left on a disk that goes away with the test.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from.join("."))
+        .arg(to)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "cp -a {} {}: {status}",
+            from.display(),
+            to.display()
+        )))
+    }
+}

@@ -662,11 +662,7 @@ impl ProcessCluster {
     pub fn save_data_dirs(&self, to: &std::path::Path) {
         for node in &self.nodes {
             let dest = to.join(format!("data-{}", node.id));
-            let copied = Command::new("cp")
-                .arg("-a")
-                .arg(&node.data_dir)
-                .arg(&dest)
-                .status();
+            let copied = raftcache_testkit::copy_dir(&node.data_dir, &dest);
             eprintln!(
                 "node {}'s data dir copied to {} ({copied:?})",
                 node.id,

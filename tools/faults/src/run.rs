@@ -14,6 +14,7 @@ use raftcache::gen::cache::{AdminOp, Consistency, ReadOptions, TCacheServiceSync
 use raftcache::membership::{add_node, CatchUp};
 use raftcache_powerfs::{CutReport, Disk};
 use raftcache_testkit::compose::Project;
+use raftcache_testkit::copy_dir;
 use raftcache_testkit::history::{ClientLimits, Shared, Workload, CALL_TIMEOUT};
 use raftcache_testkit::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
 use raftcache_testkit::rng::Rng;
@@ -417,18 +418,8 @@ impl<'a> Run<'a> {
         }
         for (id, disk) in &self.disks {
             let to = dir.join("data").join(format!("node{id}"));
-            let copied = std::fs::create_dir_all(&to).and_then(|()| {
-                std::process::Command::new("cp")
-                    .arg("-a")
-                    .arg(disk.mountpoint().join("."))
-                    .arg(&to)
-                    .status()
-            });
-            if !copied.is_ok_and(|s| s.success()) {
-                eprintln!(
-                    "faults: could not copy node {id}'s data dir to {}",
-                    to.display()
-                );
+            if let Err(e) = copy_dir(disk.mountpoint(), &to) {
+                eprintln!("faults: node {id}'s data dir: {e}");
             }
         }
     }
@@ -452,11 +443,7 @@ impl<'a> Run<'a> {
     /// log that the snapshot is damaged. It is asked to build one first (`admin snapshot`).
     fn bit_flip(&mut self, target: u64, hold: Duration, choice: u64) -> Result<Injected> {
         // A snapshot to damage, however early in the run.
-        let addr = self.cluster.node(target).addr();
-        if let Err(e) = CacheClient::connect(&addr, ADMIN_TIMEOUT)
-            .with_context(|| format!("connecting to {addr}"))
-            .and_then(|mut c| c.admin_snapshot().map_err(|e| anyhow!(describe_error(&e))))
-        {
+        if let Err(e) = self.admin_snapshot(target) {
             return Ok(Injected::Not(format!(
                 "node {target} built no snapshot: {e:#}"
             )));
@@ -491,6 +478,15 @@ impl<'a> Run<'a> {
             hold.as_millis(),
             if noticed { "it said the snapshot is damaged" } else { "it did NOT notice" }
         )))
+    }
+
+    /// `admin snapshot` on node `id`: the index of the snapshot it built.
+    fn admin_snapshot(&self, id: u64) -> Result<i64> {
+        let addr = self.cluster.node(id).addr();
+        CacheClient::connect(&addr, ADMIN_TIMEOUT)
+            .with_context(|| format!("connecting to {addr}"))?
+            .admin_snapshot()
+            .map_err(|e| anyhow!(describe_error(&e)))
     }
 
     /// Kills node `id`, deletes its container and gives it a new, empty disk.
@@ -742,10 +738,7 @@ impl<'a> Run<'a> {
             return Ok(Injected::Not(format!("node {target}: {e:#}")));
         }
         sleep(hold);
-        let addr = self.cluster.node(leader).addr();
-        let compacted = CacheClient::connect(&addr, ADMIN_TIMEOUT)
-            .with_context(|| format!("connecting to {addr}"))
-            .and_then(|mut c| c.admin_snapshot().map_err(|e| anyhow!(describe_error(&e))));
+        let compacted = self.admin_snapshot(leader);
         let since = unix_now();
         self.cluster.unpause_all()?;
         let delay = Duration::from_millis(choice % 300);
@@ -1118,9 +1111,6 @@ impl<'a> Run<'a> {
 /// acknowledged.
 const AVAILABLE_AFTER: Duration = Duration::from_secs(3);
 
-/// Writes `key` through `addr` again and again for `hold`; how long after the start the first
-/// write was acknowledged, if one was. Takes `hold` in all.
-/// Seconds since the Unix epoch, as `docker logs --since` takes them.
 /// Flips bit `choice % 8` of byte `choice / 8 % len` of the file at `path` and syncs it: the
 /// byte offset, the bit and the file's length, or `None` if there is no such file or it is
 /// empty.
@@ -1151,6 +1141,7 @@ fn flip_bit(path: &Path, choice: u64) -> std::io::Result<Option<(u64, u8, u64)>>
     Ok(Some((offset, bit, len)))
 }
 
+/// Seconds since the Unix epoch, as `docker logs --since` takes them.
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1158,6 +1149,8 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
+/// Writes `key` through `addr` again and again for `hold`; how long after the start the first
+/// write was acknowledged, if one was. Takes `hold` in all.
 fn first_write_within(addr: &str, hold: Duration, key: &str) -> Option<Duration> {
     let start = Instant::now();
     let mut first = None;
