@@ -122,9 +122,9 @@ pub async fn start_with_listeners(
         peers: peers.clone(),
         inbound,
         interval: Duration::from_millis(config.heartbeat_ms),
-        cut_after: Duration::from_millis(
-            config.election_timeout_min_ms + config.election_timeout_max_ms,
-        ),
+        // As long as a follower's lease on its leader: a cut from the followers is seen in
+        // about the time a cut from the leader takes to time the followers out.
+        cut_after: Duration::from_millis(config.election_timeout_max_ms),
     }
     .spawn();
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());

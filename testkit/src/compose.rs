@@ -24,6 +24,8 @@ const CHECKED_IN_NETWORK: &str = "raftcache";
 /// The voters of `cluster/docker-compose.yml`.
 const CHECKED_IN_NODES: u64 = 3;
 const CLIENT_PORT: u16 = 9090;
+/// The `RUST_LOG` of a generated project's nodes: raftcache's own events, openraft's warnings.
+pub const DEFAULT_NODE_LOG: &str = "info,openraft=warn";
 const PEER_PORT: u16 = 9190;
 /// Tries of one `docker pause` (see `Project::pause`).
 const PAUSE_ATTEMPTS: u32 = 5;
@@ -124,6 +126,8 @@ pub struct Project {
     /// Where each node's data dir is (`<dir>/node<id>`, bind-mounted), if not on a named
     /// volume.
     data_dirs: Option<PathBuf>,
+    /// The `RUST_LOG` of every node of a generated project.
+    log_filter: String,
     /// The network every node is on when nothing is cut, without the project's prefix.
     network: &'static str,
     /// Whether the file names each container `<project>-node<id>` (otherwise docker-compose
@@ -160,11 +164,13 @@ impl Project {
             })
             .collect();
         let file = dir.join("docker-compose.yml");
-        std::fs::write(&file, compose_file(name, image, &nodes, &[], None)).map_err(|source| {
-            Error::Io {
-                what: format!("writing {}", file.display()),
-                source,
-            }
+        std::fs::write(
+            &file,
+            compose_file(name, image, &nodes, &[], None, DEFAULT_NODE_LOG),
+        )
+        .map_err(|source| Error::Io {
+            what: format!("writing {}", file.display()),
+            source,
         })?;
         let mut project = Self::new(name, file, Vec::new(), GENERATED_NETWORK, true, nodes);
         project.image = Some(image.to_string());
@@ -211,6 +217,7 @@ impl Project {
             image: None,
             flags: Vec::new(),
             data_dirs: None,
+            log_filter: DEFAULT_NODE_LOG.to_string(),
             network,
             named_containers,
             nodes,
@@ -292,6 +299,19 @@ impl Project {
         Ok(self)
     }
 
+    /// Gives every node of a generated project the log filter `filter` (its `RUST_LOG`)
+    /// instead of `DEFAULT_NODE_LOG`, say to see openraft's elections in a replay.
+    pub fn with_log_filter(mut self, filter: &str) -> Result<Self> {
+        let Some(image) = self.image.clone() else {
+            return Err(Error::Unsupported(
+                "setting the log filter: only a generated compose file can change it".into(),
+            ));
+        };
+        self.log_filter = filter.to_string();
+        self.write_file(&image)?;
+        Ok(self)
+    }
+
     /// Puts every node's data dir of a generated project on the directory `<dir>/node<id>`,
     /// bind-mounted at `/data`, instead of a named volume (before any is started): a test
     /// that mounts a filesystem of its own there (the power-cut disks of `raftcache-powerfs`).
@@ -322,6 +342,7 @@ impl Project {
                 &self.nodes,
                 &self.flags,
                 self.data_dirs.as_deref(),
+                &self.log_filter,
             ),
         )
         .map_err(|source| Error::Io {
@@ -624,6 +645,7 @@ fn compose_file(
     nodes: &BTreeMap<u64, Node>,
     flags: &[String],
     data_dirs: Option<&Path>,
+    log_filter: &str,
 ) -> String {
     let initial: Vec<String> = nodes
         .values()
@@ -655,7 +677,7 @@ fn compose_file(
     hostname: node{id}
     networks: [{GENERATED_NETWORK}]
     environment:
-      RUST_LOG: "info,openraft=warn"
+      RUST_LOG: "{log_filter}"
     command: ["serve", "--id", "{id}", "--listen", "0.0.0.0:{CLIENT_PORT}",
               "--peer-listen", "0.0.0.0:{peer_port}", "--advertise-client", "node{id}:{CLIENT_PORT}",
               "--advertise-peer", "node{id}:{peer_port}", "--data-dir", "/data", {mode}{extra}]
@@ -700,7 +722,7 @@ mod tests {
     fn flags_given_to_the_project_go_to_every_node() {
         let nodes = voters(3);
         let flags = ["--snapshot-every".to_string(), "1000".to_string()];
-        let text = compose_file("p", "img:t", &nodes, &flags, None);
+        let text = compose_file("p", "img:t", &nodes, &flags, None, DEFAULT_NODE_LOG);
         assert_eq!(
             text.matches(r#", "--snapshot-every", "1000"]"#).count(),
             3,
@@ -724,7 +746,7 @@ mod tests {
                 )
             })
             .collect();
-        let text = compose_file("p", "img:t", &nodes, &[], None);
+        let text = compose_file("p", "img:t", &nodes, &[], None, DEFAULT_NODE_LOG);
         let cluster = "1=node1:9190/node1:9090,2=node2:9190/node2:9090,3=node3:9190/node3:9090";
         assert_eq!(text.matches(cluster).count(), 3, "{text}");
         assert_eq!(text.matches("--no-bootstrap").count(), 1);
@@ -754,7 +776,14 @@ mod tests {
     #[test]
     fn data_dirs_given_to_the_project_replace_the_named_volumes() {
         let nodes = voters(2);
-        let text = compose_file("p", "img:t", &nodes, &[], Some(Path::new("/tmp/disks")));
+        let text = compose_file(
+            "p",
+            "img:t",
+            &nodes,
+            &[],
+            Some(Path::new("/tmp/disks")),
+            DEFAULT_NODE_LOG,
+        );
         assert!(
             text.contains(r#"volumes: ["/tmp/disks/node1:/data"]"#),
             "{text}"
@@ -781,7 +810,7 @@ mod tests {
                 (id, node)
             })
             .collect();
-        let text = compose_file("p", "img:t", &nodes, &[], None);
+        let text = compose_file("p", "img:t", &nodes, &[], None, DEFAULT_NODE_LOG);
         // The founders' list still names every voter at the address the cluster records.
         let cluster = "1=node1:9190/node1:9090,2=node2:9190/node2:9090,3=node3:9190/node3:9090";
         assert_eq!(text.matches(cluster).count(), 2, "{text}");
@@ -796,6 +825,6 @@ mod tests {
         );
         assert_eq!(text.matches(":9191").count(), 2, "{text}");
         nodes.get_mut(&3).unwrap().misplaced_peer_port = None;
-        assert!(!compose_file("p", "img:t", &nodes, &[], None).contains(":9191"));
+        assert!(!compose_file("p", "img:t", &nodes, &[], None, DEFAULT_NODE_LOG).contains(":9191"));
     }
 }

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use raftcache_testkit::compose::missing_prerequisite;
+use raftcache_testkit::compose::{missing_prerequisite, DEFAULT_NODE_LOG};
 use raftcache_testkit::history::ClientLimits;
 use raftcache_testkit::linearizability::{self, Limits, Verdict};
 use raftcache_testkit::rng::clock_seed;
@@ -76,9 +76,17 @@ struct Args {
     /// The raftcache image to run (built by cluster/build-image.sh).
     #[arg(long, env = "RAFTCACHE_IMAGE", default_value = "raftcache:local")]
     image: String,
+    /// The log filter (RUST_LOG) of every node, e.g. "info,openraft=debug" to see each
+    /// election in a replay's node logs.
+    #[arg(long, value_name = "FILTER", default_value = DEFAULT_NODE_LOG)]
+    node_log: String,
     /// Where failed runs keep their files.
     #[arg(long, default_value = "target/faults")]
     out_dir: PathBuf,
+    /// Keep the files of every run, passed or failed (to study the timing of a fault in the
+    /// node logs).
+    #[arg(long)]
+    keep_all: bool,
     /// Check a saved history (JSON lines) instead of running anything.
     #[arg(long, value_name = "FILE")]
     check_history: Option<PathBuf>,
@@ -117,7 +125,9 @@ fn main() -> ExitCode {
         first,
         spares: args.spares,
         image: args.image.clone(),
+        node_log: args.node_log.clone(),
         out_dir: args.out_dir.clone(),
+        keep_all: args.keep_all,
         limits: ClientLimits {
             hot_keys: args.hot_keys,
             families: args.families,

@@ -72,8 +72,12 @@ pub struct RunConfig {
     pub first: Vec<FaultKind>,
     pub spares: u64,
     pub image: String,
+    /// The log filter of every node.
+    pub node_log: String,
     /// Where a failed run's files are kept.
     pub out_dir: PathBuf,
+    /// Whether a run that passed keeps its files too.
+    pub keep_all: bool,
     pub limits: ClientLimits,
     pub checker: Limits,
 }
@@ -121,7 +125,7 @@ pub fn run(config: &RunConfig, seed: u64) -> RunReport {
         .and_then(|()| Run::start(config, &schedule, &dir, &mut journal))
         .and_then(|mut run| {
             let outcome = run.execute(&schedule, &mut report, &mut journal);
-            if outcome.is_err() || report.failure.is_some() {
+            if outcome.is_err() || report.failure.is_some() || config.keep_all {
                 run.cluster.save_logs(&dir);
                 run.save_data_dirs(&dir);
             }
@@ -131,7 +135,7 @@ pub fn run(config: &RunConfig, seed: u64) -> RunReport {
         report.failure = Some(format!("the run could not go on: {e:#}"));
     }
     journal.save();
-    if report.failure.is_some() {
+    if report.failure.is_some() || config.keep_all {
         report.kept = Some(dir);
     } else {
         let _ = std::fs::remove_dir_all(&dir);
@@ -208,6 +212,7 @@ impl<'a> Run<'a> {
         // Declared after the disks, so that on an error below it is dropped (taken down) first.
         let cluster = Project::generate(dir, &project, &config.image, voters, config.spares)?
             .with_flags(&NODE_FLAGS)?
+            .with_log_filter(&config.node_log)?
             .with_data_dirs(&disks_dir)?;
         let members: Vec<u64> = (1..=voters).collect();
         let spares = (voters + 1..=voters + config.spares).collect();
