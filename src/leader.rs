@@ -11,7 +11,7 @@
 //! While this node's own calls to the leader fail (a one-way partition: the leader still
 //! reaches it, a quorum still calls the leader, so nothing changes leader), the call goes to
 //! another voter to relay (`network::RelayRequest`); and a call that a lost link left waiting is
-//! given up after `LINK_LOST_AFTER` once a later call to the leader failed.
+//! given up after an election timeout once a later call to the leader failed.
 
 use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
@@ -31,11 +31,6 @@ use crate::types::{NodeId, Raft};
 pub const LEADER_POLL: Duration = Duration::from_millis(100);
 /// How much longer a call through a relay may take than the relay's own call to the leader.
 const RELAY_MARGIN: Duration = Duration::from_millis(500);
-/// How long a call may go unanswered before a later call to the same node that failed (the
-/// followers' `leader_check`, every heartbeat) counts as losing it: a link that drops what this
-/// node sends leaves a pooled connection waiting out its whole timeout. Long against a
-/// forwarded write's usual time, so that a busy leader's slow answer is waited for.
-const LINK_LOST_AFTER: Duration = Duration::from_secs(1);
 
 /// This node's view of the leadership, from openraft's metrics.
 #[derive(Clone)]
@@ -52,6 +47,15 @@ impl LeaderView {
     /// The leader this node follows (or is), if it knows one.
     pub fn current(&self) -> Option<NodeId> {
         self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// How long a call may go unanswered before a later call to the same node that failed (the
+    /// followers' `leader_check`, every heartbeat) counts as losing it: a link that drops what
+    /// this node sends leaves a pooled connection waiting out its whole timeout. One election
+    /// timeout (`--election-timeout-max-ms`, 1 s by default): long against a forwarded
+    /// write's usual time, so that a busy leader's slow answer is waited for.
+    fn link_lost_after(&self) -> Duration {
+        Duration::from_millis(self.raft.config().election_timeout_max)
     }
 
     /// Whether this node is the leader it knows of.
@@ -212,7 +216,7 @@ impl LeaderView {
                     "node {leader} stopped being this node's leader while the request was with it (it went silent or lost an election)"
                 ))
             }),
-            () = link_lost(peers, leader, started) => Err(if gate.close() {
+            () = link_lost(peers, leader, started, self.link_lost_after()) => Err(if gate.close() {
                 AskError::NotSent(format!(
                     "the link to node {leader} failed before the request was sent"
                 ))
@@ -226,9 +230,14 @@ impl LeaderView {
 }
 
 /// Resolves once a call to `called` made after `started` failed for want of a link, and at
-/// least `LINK_LOST_AFTER` has passed since `started`; never before.
-async fn link_lost(peers: &PeerClients, called: NodeId, started: std::time::Instant) {
-    tokio::time::sleep(LINK_LOST_AFTER).await;
+/// least `after` has passed since `started`; never before.
+async fn link_lost(
+    peers: &PeerClients,
+    called: NodeId,
+    started: std::time::Instant,
+    after: Duration,
+) {
+    tokio::time::sleep(after).await;
     while !peers.failed_since(called, started) {
         tokio::time::sleep(LEADER_POLL).await;
     }
