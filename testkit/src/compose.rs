@@ -128,6 +128,9 @@ pub struct Project {
     data_dirs: Option<PathBuf>,
     /// The `RUST_LOG` of every node of a generated project.
     log_filter: String,
+    /// What the containers deleted so far (`wipe`, `recreate`) had printed, by node, so that
+    /// `save_logs` keeps a node's whole story.
+    earlier_logs: std::sync::Mutex<BTreeMap<u64, String>>,
     /// The network every node is on when nothing is cut, without the project's prefix.
     network: &'static str,
     /// Whether the file names each container `<project>-node<id>` (otherwise docker-compose
@@ -218,6 +221,7 @@ impl Project {
             flags: Vec::new(),
             data_dirs: None,
             log_filter: DEFAULT_NODE_LOG.to_string(),
+            earlier_logs: Default::default(),
             network,
             named_containers,
             nodes,
@@ -283,7 +287,16 @@ impl Project {
         };
         change(self.nodes.get_mut(&id).expect("a node of the project"));
         self.write_file(&image)?;
+        self.keep_logs(id);
         self.up(&[id])
+    }
+
+    /// Keeps what node `id`'s container printed, before the container is deleted.
+    fn keep_logs(&self, id: u64) {
+        if let Ok(text) = self.logs(id, None) {
+            let mut earlier = self.earlier_logs.lock().expect("earlier logs lock");
+            earlier.entry(id).or_default().push_str(&text);
+        }
     }
 
     /// Gives every node of a generated project the `serve` flags `flags` too (before any is
@@ -362,6 +375,7 @@ impl Project {
             "{{range .Mounts}}{{.Name}} {{end}}",
             &container,
         ])?;
+        self.keep_logs(id);
         self.docker(&["rm", "-f", &container])?;
         for volume in volumes.split_whitespace() {
             self.docker(&["volume", "rm", volume])?;
@@ -535,10 +549,16 @@ impl Project {
             .to_string())
     }
 
-    /// Writes each started node's log to `dir/node<id>.log`.
+    /// Writes each started node's log to `dir/node<id>.log`: what its deleted containers
+    /// printed, if any, then its container now.
     pub fn save_logs(&self, dir: &Path) {
+        let earlier = self.earlier_logs.lock().expect("earlier logs lock");
         for id in self.nodes.keys() {
-            if let Ok(text) = self.logs(*id, None) {
+            let mut text = earlier.get(id).cloned().unwrap_or_default();
+            if let Ok(now) = self.logs(*id, None) {
+                text.push_str(&now);
+            }
+            if !text.is_empty() {
                 let _ = std::fs::write(dir.join(format!("node{id}.log")), text);
             }
         }
