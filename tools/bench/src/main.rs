@@ -7,6 +7,8 @@
 //! the generator takes little of the CPU it shares with the nodes; `--threads` gives each client
 //! an OS thread and the blocking Rust client instead.
 
+mod peers;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,9 +52,24 @@ struct Args {
     /// Server process ids whose CPU time (user + system) to report per operation.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
-    /// One OS thread per client with the blocking client, instead of tasks on one thread.
+    /// One OS thread per client with the blocking client, instead of tasks on one thread
+    /// (raftcache only).
     #[arg(long)]
     threads: bool,
+    /// The store to drive: raftcache, or Redis or etcd with the same clients, to compare.
+    #[arg(long, value_enum, default_value = "raftcache")]
+    backend: Backend,
+}
+
+/// The store the clients talk to.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Backend {
+    /// raftcache's Thrift API.
+    Raftcache,
+    /// Redis: SET and GET (`lget` is a GET too: Redis has no other read).
+    Redis,
+    /// etcd v3 over gRPC: Put, and Range (serializable for `get`, linearizable for `lget`).
+    Etcd,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -141,6 +158,47 @@ fn call<'a>(
     }
 }
 
+/// A request of `op` on `key` in `backend`'s wire format, into `out`.
+fn encode(backend: Backend, op: Op, key: &str, value: &str, out: &mut Vec<u8>) {
+    match backend {
+        Backend::Raftcache => {
+            with_client(out, &[], call(op, key, value));
+        }
+        Backend::Redis => match op {
+            Op::Put => peers::resp_command(out, &[b"SET", key.as_bytes(), value.as_bytes()]),
+            Op::Get | Op::Lget => peers::resp_command(out, &[b"GET", key.as_bytes()]),
+        },
+        Backend::Etcd => unreachable!("etcd speaks gRPC, not a byte stream"),
+    }
+}
+
+/// The length of the whole answer at the start of `answer` and whether it succeeded, once it
+/// is all there.
+fn measure(
+    backend: Backend,
+    op: Op,
+    key: &str,
+    value: &str,
+    answer: &[u8],
+) -> Result<Option<(usize, bool)>, String> {
+    match backend {
+        Backend::Raftcache => match frame::measure(answer, usize::MAX) {
+            Measured::Complete(len) => Ok(Some((
+                len,
+                with_client(&mut Vec::new(), &answer[..len], call(op, key, value)),
+            ))),
+            Measured::Invalid(reason) => Err(reason.to_string()),
+            Measured::Incomplete(_) => Ok(None),
+        },
+        Backend::Redis => match peers::resp_measure(answer) {
+            peers::RespReply::Complete { len, ok } => Ok(Some((len, ok))),
+            peers::RespReply::Invalid(reason) => Err(reason),
+            peers::RespReply::Incomplete => Ok(None),
+        },
+        Backend::Etcd => unreachable!("etcd speaks gRPC, not a byte stream"),
+    }
+}
+
 /// One client as a task: its own connection, one request at a time.
 async fn run_task(
     args: Arc<Args>,
@@ -148,6 +206,9 @@ async fn run_task(
     stop: Arc<AtomicBool>,
     budget: u64,
 ) -> (Vec<u32>, u64) {
+    if args.backend == Backend::Etcd {
+        return run_etcd_task(args, index, stop, budget).await;
+    }
     let addr = &args.addrs[index % args.addrs.len()];
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -160,21 +221,69 @@ async fn run_task(
     while !stop.load(Ordering::Relaxed) && keys.done < budget {
         let key = keys.next(&args);
         request.clear();
-        with_client(&mut request, &[], call(args.op, &key, &value));
+        encode(args.backend, args.op, &key, &value, &mut request);
         let started = Instant::now();
         stream.write_all(&request).await.expect("send");
         answer.clear();
-        let len = loop {
-            match frame::measure(&answer, usize::MAX) {
-                Measured::Complete(len) => break len,
-                Measured::Invalid(reason) => panic!("bad answer from {addr}: {reason}"),
-                Measured::Incomplete(_) => {}
+        let ok = loop {
+            match measure(args.backend, args.op, &key, &value, &answer) {
+                Ok(Some((_, ok))) => break ok,
+                Ok(None) => {}
+                Err(reason) => panic!("bad answer from {addr}: {reason}"),
             }
             if stream.read_buf(&mut answer).await.expect("receive") == 0 {
                 panic!("{addr} closed the connection");
             }
         };
-        if with_client(&mut Vec::new(), &answer[..len], call(args.op, &key, &value)) {
+        if ok {
+            latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        } else {
+            errors += 1;
+        }
+    }
+    (latencies_us, errors)
+}
+
+/// One etcd client as a task: its own HTTP/2 connection, one gRPC call at a time. `get` is a
+/// serializable read (the member's own state), `lget` a linearizable one.
+async fn run_etcd_task(
+    args: Arc<Args>,
+    index: usize,
+    stop: Arc<AtomicBool>,
+    budget: u64,
+) -> (Vec<u32>, u64) {
+    let addr = &args.addrs[index % args.addrs.len()];
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    tcp.set_nodelay(true).expect("nodelay");
+    let (mut send, connection) = h2::client::handshake(tcp)
+        .await
+        .unwrap_or_else(|e| panic!("HTTP/2 handshake with {addr}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let value = "x".repeat(args.value_bytes);
+    let (mut latencies_us, mut errors) = (Vec::new(), 0);
+    let mut keys = Keys::new(index, budget);
+    while !stop.load(Ordering::Relaxed) && keys.done < budget {
+        let key = keys.next(&args);
+        let (path, frame) = match args.op {
+            Op::Put => (
+                "/etcdserverpb.KV/Put",
+                peers::etcd_put(key.as_bytes(), value.as_bytes()),
+            ),
+            Op::Get => (
+                "/etcdserverpb.KV/Range",
+                peers::etcd_range(key.as_bytes(), true),
+            ),
+            Op::Lget => (
+                "/etcdserverpb.KV/Range",
+                peers::etcd_range(key.as_bytes(), false),
+            ),
+        };
+        let started = Instant::now();
+        if peers::grpc_call(&mut send, addr, path, frame).await {
             latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
         } else {
             errors += 1;
@@ -266,6 +375,10 @@ fn run_tasks(
 
 fn main() {
     let args = Arc::new(Args::parse());
+    if args.threads && args.backend != Backend::Raftcache {
+        eprintln!("raftcache-bench: --threads drives raftcache only");
+        std::process::exit(2);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let budget = args.max_ops / args.clients as u64;
     let cpu_before: u64 = args.pids.iter().map(|p| cpu_ticks(*p)).sum();
@@ -297,8 +410,8 @@ fn main() {
     };
     let ops = all.len() as f64;
     print!(
-        "op={:?} clients={} ops={} errors={} seconds={:.2} ops_per_sec={:.0} p50_us={} p99_us={} max_us={}",
-        args.op, args.clients, all.len(), errors, elapsed, ops / elapsed, pct(0.50), pct(0.99), all.last().copied().unwrap_or(0)
+        "backend={:?} op={:?} clients={} ops={} errors={} seconds={:.2} ops_per_sec={:.0} p50_us={} p99_us={} max_us={}",
+        args.backend, args.op, args.clients, all.len(), errors, elapsed, ops / elapsed, pct(0.50), pct(0.99), all.last().copied().unwrap_or(0)
     );
     if !args.pids.is_empty() && ops > 0.0 {
         // Clock ticks are 1/100 s on Linux.
