@@ -287,13 +287,28 @@ impl Project {
         };
         change(self.nodes.get_mut(&id).expect("a node of the project"));
         self.write_file(&image)?;
-        self.keep_logs(id);
-        self.up(&[id])
+        let before = self.container_id(id);
+        let printed = self.logs(id, None).ok();
+        self.up(&[id])?;
+        // docker-compose keeps a container whose settings did not change.
+        if before.is_some() && before != self.container_id(id) {
+            self.keep_logs(id, printed);
+        }
+        Ok(())
     }
 
-    /// Keeps what node `id`'s container printed, before the container is deleted.
-    fn keep_logs(&self, id: u64) {
-        if let Ok(text) = self.logs(id, None) {
+    /// The id of node `id`'s container, if it has one.
+    fn container_id(&self, id: u64) -> Option<String> {
+        let container = self.container(id).ok()?;
+        let found = self
+            .docker(&["inspect", "-f", "{{.Id}}", &container])
+            .ok()?;
+        Some(found.trim().to_string())
+    }
+
+    /// Keeps `printed`, what node `id`'s container printed before it was deleted.
+    fn keep_logs(&self, id: u64, printed: Option<String>) {
+        if let Some(text) = printed {
             let mut earlier = self.earlier_logs.lock().expect("earlier logs lock");
             earlier.entry(id).or_default().push_str(&text);
         }
@@ -301,28 +316,31 @@ impl Project {
 
     /// Gives every node of a generated project the `serve` flags `flags` too (before any is
     /// started).
-    pub fn with_flags(mut self, flags: &[&str]) -> Result<Self> {
+    pub fn with_flags(self, flags: &[&str]) -> Result<Self> {
+        self.regenerated("adding flags", |p| {
+            p.flags = flags.iter().map(|f| f.to_string()).collect();
+        })
+    }
+
+    /// Changes a generated project's settings with `change` and writes its compose file
+    /// again; `what` names the change in the error for a checked-in file.
+    fn regenerated(mut self, what: &str, change: impl FnOnce(&mut Self)) -> Result<Self> {
         let Some(image) = self.image.clone() else {
-            return Err(Error::Unsupported(
-                "adding flags: only a generated compose file can change them".into(),
-            ));
+            return Err(Error::Unsupported(format!(
+                "{what}: only a generated compose file can change it"
+            )));
         };
-        self.flags = flags.iter().map(|f| f.to_string()).collect();
+        change(&mut self);
         self.write_file(&image)?;
         Ok(self)
     }
 
     /// Gives every node of a generated project the log filter `filter` (its `RUST_LOG`)
     /// instead of `DEFAULT_NODE_LOG`, say to see openraft's elections in a replay.
-    pub fn with_log_filter(mut self, filter: &str) -> Result<Self> {
-        let Some(image) = self.image.clone() else {
-            return Err(Error::Unsupported(
-                "setting the log filter: only a generated compose file can change it".into(),
-            ));
-        };
-        self.log_filter = filter.to_string();
-        self.write_file(&image)?;
-        Ok(self)
+    pub fn with_log_filter(self, filter: &str) -> Result<Self> {
+        self.regenerated("setting the log filter", |p| {
+            p.log_filter = filter.to_string()
+        })
     }
 
     /// Puts every node's data dir of a generated project on the directory `<dir>/node<id>`,
@@ -330,20 +348,13 @@ impl Project {
     /// that mounts a filesystem of its own there (the power-cut disks of `raftcache-powerfs`).
     /// The directories must exist, and the image's user must be able to write them. `wipe`
     /// then leaves emptying the directory to the caller.
-    pub fn with_data_dirs(mut self, dir: &Path) -> Result<Self> {
-        let Some(image) = self.image.clone() else {
-            return Err(Error::Unsupported(
-                "placing data dirs: only a generated compose file can change them".into(),
-            ));
-        };
+    pub fn with_data_dirs(self, dir: &Path) -> Result<Self> {
         // Absolute: docker-compose takes a relative path for a named volume.
         let dir = std::path::absolute(dir).map_err(|source| Error::Io {
             what: format!("resolving {}", dir.display()),
             source,
         })?;
-        self.data_dirs = Some(dir);
-        self.write_file(&image)?;
-        Ok(self)
+        self.regenerated("placing data dirs", |p| p.data_dirs = Some(dir))
     }
 
     fn write_file(&self, image: &str) -> Result<()> {
@@ -375,7 +386,7 @@ impl Project {
             "{{range .Mounts}}{{.Name}} {{end}}",
             &container,
         ])?;
-        self.keep_logs(id);
+        self.keep_logs(id, self.logs(id, None).ok());
         self.docker(&["rm", "-f", &container])?;
         for volume in volumes.split_whitespace() {
             self.docker(&["volume", "rm", volume])?;

@@ -215,7 +215,7 @@ async fn run_task(
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream.set_nodelay(true).expect("nodelay");
     let value = "x".repeat(args.value_bytes);
-    let (mut latencies_us, mut errors) = (Vec::new(), 0);
+    let mut tally = Tally::default();
     let mut keys = Keys::new(index, budget);
     let (mut request, mut answer) = (Vec::new(), Vec::new());
     while !stop.load(Ordering::Relaxed) && keys.done < budget {
@@ -235,13 +235,9 @@ async fn run_task(
                 panic!("{addr} closed the connection");
             }
         };
-        if ok {
-            latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
-        } else {
-            errors += 1;
-        }
+        tally.record(ok, started);
     }
-    (latencies_us, errors)
+    tally.done()
 }
 
 /// One etcd client as a task: its own HTTP/2 connection, one gRPC call at a time. `get` is a
@@ -264,7 +260,7 @@ async fn run_etcd_task(
         let _ = connection.await;
     });
     let value = "x".repeat(args.value_bytes);
-    let (mut latencies_us, mut errors) = (Vec::new(), 0);
+    let mut tally = Tally::default();
     let mut keys = Keys::new(index, budget);
     while !stop.load(Ordering::Relaxed) && keys.done < budget {
         let key = keys.next(&args);
@@ -283,13 +279,10 @@ async fn run_etcd_task(
             ),
         };
         let started = Instant::now();
-        if peers::grpc_call(&mut send, addr, path, frame).await {
-            latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
-        } else {
-            errors += 1;
-        }
+        let ok = peers::grpc_call(&mut send, addr, path, frame).await;
+        tally.record(ok, started);
     }
-    (latencies_us, errors)
+    tally.done()
 }
 
 fn run_client(
@@ -302,8 +295,7 @@ fn run_client(
     let mut client = CacheClient::connect(addr, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     let value = "x".repeat(args.value_bytes);
-    let mut latencies_us = Vec::new();
-    let mut errors = 0;
+    let mut tally = Tally::default();
     let mut keys = Keys::new(index, budget);
     while !stop.load(Ordering::Relaxed) && keys.done < budget {
         let key = keys.next(&args);
@@ -313,16 +305,35 @@ fn run_client(
             Op::Get => client.get(&key, false).is_ok(),
             Op::Lget => client.get(&key, true).is_ok(),
         };
-        if ok {
-            latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
-        } else {
-            errors += 1;
-        }
+        tally.record(ok, started);
     }
-    (latencies_us, errors)
+    tally.done()
 }
 
 type ClientResult = (Vec<u32>, u64);
+
+/// One client's answered calls' latencies and its failed calls.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+}
+
+impl Tally {
+    /// A call sent at `started` that succeeded, or not.
+    fn record(&mut self, ok: bool, started: Instant) {
+        if ok {
+            let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            self.latencies_us.push(us);
+        } else {
+            self.errors += 1;
+        }
+    }
+
+    fn done(self) -> ClientResult {
+        (self.latencies_us, self.errors)
+    }
+}
 
 fn run_threads(
     args: &Arc<Args>,
