@@ -125,6 +125,9 @@ pub async fn start_with_listeners(
         // As long as a follower's lease on its leader: a cut from the followers is seen in
         // about the time a cut from the leader takes to time the followers out.
         cut_after: Duration::from_millis(config.election_timeout_max_ms),
+        // Long enough for the others to elect among themselves (an election timeout to notice,
+        // another for a vote that fails), short enough that a wrong hand-over costs little.
+        stand_down: Duration::from_millis(3 * config.election_timeout_max_ms),
     }
     .spawn();
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());

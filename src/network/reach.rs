@@ -69,6 +69,38 @@ pub struct ReachWatch {
     pub interval: Duration,
     /// How long a leader goes without a quorum of callers before it hands over.
     pub cut_after: Duration,
+    /// How long a leader that handed over for want of callers stays out of elections.
+    pub stand_down: Duration,
+}
+
+/// A leader that handed over because the others could not call it stays out of elections for a
+/// while. It still reaches them, so once their new leader's heartbeats stop reaching it (the cut
+/// is still there) it would time out, ask them for their votes on its own connections, and win
+/// back the leadership they cannot use whenever they have not settled on a new leader yet: seen
+/// in the fault suite, where the hand-over target's election stalled and the cut-off node won
+/// the next term, then handed over again a second later. It keeps voting; only its own
+/// candidacy waits, so the nodes that can reach one another elect among themselves.
+#[derive(Debug, Default)]
+struct StandDown {
+    until: Option<Instant>,
+}
+
+impl StandDown {
+    /// Handed over at `now`: stay out of elections until `now + hold`.
+    fn begin(&mut self, now: Instant, hold: Duration) {
+        self.until = Some(now + hold);
+    }
+
+    /// At `now`: true once, when the hold has just ended (elections may be enabled again).
+    fn ended(&mut self, now: Instant) -> bool {
+        match self.until {
+            Some(until) if now >= until => {
+                self.until = None;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The leader's side of the watch: how long it has led, and since when each voter has been
@@ -141,9 +173,14 @@ impl ReachWatch {
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut side = LeaderReach::default();
+            let mut stand_down = StandDown::default();
             let metrics = self.raft.metrics();
             loop {
                 tokio::time::sleep(self.interval).await;
+                if stand_down.ended(Instant::now()) {
+                    tracing::info!("standing for election again after handing over");
+                    self.raft.runtime_config().elect(true);
+                }
                 let (state, leader, vote, configs, voter) = {
                     let m = metrics.borrow_watched();
                     if m.running_state.is_err() || m.state == ServerState::Shutdown {
@@ -171,7 +208,10 @@ impl ReachWatch {
                     |v| self.peers.answered_within(v, 2 * self.interval),
                 );
                 if let Some(reached) = reached {
-                    self.hand_over(&configs, &reached).await;
+                    if self.hand_over(&configs, &reached).await {
+                        self.raft.runtime_config().elect(false);
+                        stand_down.begin(Instant::now(), self.stand_down);
+                    }
                 }
             }
         })
@@ -192,8 +232,8 @@ impl ReachWatch {
     }
 
     /// Hands the leadership to the most caught-up voter, when no quorum of voters has called
-    /// this leader for `cut_after`.
-    async fn hand_over(&self, configs: &[BTreeSet<NodeId>], reached: &BTreeSet<NodeId>) {
+    /// this leader for `cut_after`. True if the hand-over was started.
+    async fn hand_over(&self, configs: &[BTreeSet<NodeId>], reached: &BTreeSet<NodeId>) -> bool {
         let matched = self
             .raft
             .metrics()
@@ -207,17 +247,22 @@ impl ReachWatch {
             .filter(|v| **v != self.id)
             .max_by_key(|v| matched.get(v).cloned().flatten().map(|l| l.index));
         let Some(target) = target.copied() else {
-            return;
+            return false;
         };
         let callers: Vec<String> = reached.iter().map(|id| id.to_string()).collect();
         tracing::warn!(
             target,
             called_by = %callers.join(","),
             silent_for_ms = self.cut_after.as_millis() as u64,
-            "no quorum of voters has reached this leader's peer port: handing the leadership to a voter they can reach"
+            stand_down_ms = self.stand_down.as_millis() as u64,
+            "no quorum of voters has reached this leader's peer port: handing the leadership to a voter they can reach, and standing down from elections meanwhile"
         );
-        if let Err(e) = self.raft.trigger().transfer_leader(target).await {
-            tracing::warn!(error = %e, "leader transfer failed");
+        match self.raft.trigger().transfer_leader(target).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "leader transfer failed");
+                false
+            }
         }
     }
 }
@@ -228,6 +273,25 @@ mod tests {
 
     fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
         ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_stand_down_ends_once_when_its_hold_is_over() {
+        let start = Instant::now();
+        let mut stand_down = StandDown::default();
+        assert!(!stand_down.ended(start), "no hand-over, nothing to end");
+        stand_down.begin(start, Duration::from_secs(3));
+        assert!(!stand_down.ended(start + Duration::from_millis(2999)));
+        assert!(stand_down.ended(start + Duration::from_secs(3)));
+        assert!(
+            !stand_down.ended(start + Duration::from_secs(4)),
+            "ends only once"
+        );
+        // A second hand-over during a hold starts the hold again.
+        stand_down.begin(start, Duration::from_secs(3));
+        stand_down.begin(start + Duration::from_secs(2), Duration::from_secs(3));
+        assert!(!stand_down.ended(start + Duration::from_secs(4)));
+        assert!(stand_down.ended(start + Duration::from_secs(5)));
     }
 
     #[test]
