@@ -33,11 +33,17 @@ use super::{Faults, SnapshotChunk};
 use crate::server::frame::{self, Measured};
 use crate::types::{Node, NodeId, Snapshot, TypeConfig, Vote};
 
-/// Idle pooled connections older than this are dropped rather than reused, so a call never
-/// lands on a connection the peer has already closed for idleness.
-const POOL_MAX_IDLE: Duration = Duration::from_secs(30);
+/// Idle pooled connections older than this are dropped rather than reused. An idle connection
+/// cannot tell a live path from a dead one: if the peer's address changed meanwhile (a node
+/// restarted elsewhere, a container put back on its network), what is sent on it vanishes, and
+/// the call waits out its whole timeout, its outcome unknown. Calls that matter keep their
+/// connections busy (appends and heartbeats, a follower's leader check, forwarded writes under
+/// load, each at least every heartbeat), so a short idle life costs only an occasional connect.
+const POOL_MAX_IDLE: Duration = Duration::from_secs(5);
 /// Idle connections kept per peer address.
 const POOL_MAX_PER_PEER: usize = 64;
+/// Opening a connection that takes longer than this is logged (at debug), with its name lookup.
+const SLOW_CONNECT: Duration = Duration::from_millis(50);
 /// Bytes read from a peer's socket at a time, at most.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -304,6 +310,9 @@ impl PeerClients {
                 .lock()
                 .expect("failed lock")
                 .insert(to, Instant::now());
+            // The other idle connections to that address most likely share the dead path: a
+            // call on each would wait out its own timeout. The next call opens a new one.
+            self.forget_idle(addr);
         }
         answer
     }
@@ -345,15 +354,22 @@ impl PeerClients {
             addr: addr.to_string(),
             reason,
         };
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        // How long opening a new connection took, for the error of a call that then timed out.
+        let mut opened_in = None;
         let mut conn = match self.take_pooled(addr) {
             Some(conn) => conn,
-            None => tokio::time::timeout_at(deadline, self.connect(addr))
-                .await
-                .map_err(|_| PeerError::Unreachable {
-                    addr: addr.to_string(),
-                    reason: "connect timed out".into(),
-                })??,
+            None => {
+                let conn = tokio::time::timeout_at(deadline, self.connect(addr))
+                    .await
+                    .map_err(|_| PeerError::Unreachable {
+                        addr: addr.to_string(),
+                        reason: "connect timed out".into(),
+                    })??;
+                opened_in = Some(started.elapsed());
+                conn
+            }
         };
         if !gate.enter() {
             return Err(PeerError::Unreachable {
@@ -363,7 +379,15 @@ impl PeerClients {
         }
         let answer = tokio::time::timeout_at(deadline, self.exchange(&mut conn, &message))
             .await
-            .map_err(|_| no_answer(format!("timed out after {timeout:?}")))?
+            .map_err(|_| {
+                no_answer(match opened_in {
+                    Some(opened) => format!(
+                        "timed out after {timeout:?}, {} ms of which went to opening the connection",
+                        opened.as_millis()
+                    ),
+                    None => format!("timed out after {timeout:?}"),
+                })
+            })?
             .map_err(no_answer)?;
         let payload = decode_reply(method, &answer).map_err(no_answer)?;
         conn.last_used = Instant::now();
@@ -423,6 +447,11 @@ impl PeerClients {
         }
     }
 
+    /// Drops every idle connection to `addr`.
+    fn forget_idle(&self, addr: &str) {
+        self.pools.lock().expect("pool lock").remove(addr);
+    }
+
     fn take_pooled(&self, addr: &str) -> Option<Conn> {
         let mut pools = self.pools.lock().expect("pool lock");
         let pool = pools.get_mut(addr)?;
@@ -439,10 +468,41 @@ impl PeerClients {
             addr: addr.to_string(),
             reason,
         };
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        // The name is looked up apart from the connect, so that a slow lookup says so.
+        let started = std::time::Instant::now();
+        let looked_up = tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host(addr))
             .await
-            .map_err(|_| unreachable("connect timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|_| unreachable("name lookup timed out".into()))?
+            .map_err(|e| unreachable(format!("name lookup failed: {e}")))?;
+        let lookup = started.elapsed();
+        let mut last_error = None;
+        let mut stream = None;
+        for resolved in looked_up {
+            let left = self.connect_timeout.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, TcpStream::connect(resolved)).await {
+                Ok(Ok(connected)) => {
+                    stream = Some(connected);
+                    break;
+                }
+                Ok(Err(e)) => last_error = Some(e.to_string()),
+                Err(_) => last_error = Some("connect timed out".into()),
+            }
+        }
+        let Some(stream) = stream else {
+            let why = last_error.unwrap_or_else(|| "the name has no address".into());
+            return Err(unreachable(format!(
+                "{why} (name lookup took {} ms)",
+                lookup.as_millis()
+            )));
+        };
+        if started.elapsed() >= SLOW_CONNECT {
+            tracing::debug!(
+                %addr,
+                lookup_ms = lookup.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "slow connect to a peer"
+            );
+        }
         stream
             .set_nodelay(true)
             .map_err(|e| unreachable(e.to_string()))?;
@@ -740,4 +800,88 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
 /// A transfer id: unique enough to tell one transfer from the next.
 fn rand_u64() -> u64 {
     uuid::Uuid::new_v4().as_u64_pair().0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that accepts connections and never answers on them: a path where what is sent
+    /// vanishes. Returns its address and the number of connections it accepted so far.
+    async fn black_hole() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_call_that_gets_no_answer_drops_the_other_idle_connections_to_that_peer() {
+        let (_dir, identities) = crate::network::identity::tests::node(1);
+        let peers = PeerClients::new(
+            identities,
+            Arc::new(Faults::default()),
+            Duration::from_secs(1),
+            1 << 20,
+        );
+        let (addr, accepted) = black_hole().await;
+        // Three idle connections in the pool, as calls that were answered leave them.
+        for _ in 0..3 {
+            let conn = peers.connect(&addr).await.unwrap();
+            peers.put_back(&addr, conn);
+        }
+        tokio::time::timeout(Duration::from_secs(1), async {
+            while accepted.load(Ordering::SeqCst) < 3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the black hole accepts the pooled connections");
+
+        let call = |timeout| peers.rpc::<_, bool>(2, &addr, Method::LeaderCheck, &(), timeout);
+        let first = call(Duration::from_millis(100)).await;
+        assert!(
+            matches!(first, Err(PeerError::NoAnswer { .. })),
+            "{first:?}"
+        );
+        assert!(peers.failing(2));
+        assert!(
+            peers.take_pooled(&addr).is_none(),
+            "the idle connections that shared the silent path are gone"
+        );
+        // The next call opens a connection of its own instead of waiting on another old one.
+        let second = call(Duration::from_millis(100)).await;
+        assert!(
+            matches!(&second, Err(PeerError::NoAnswer { reason, .. }) if reason.contains("went to opening the connection")),
+            "{second:?}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_past_its_idle_life_is_not_reused() {
+        let (_dir, identities) = crate::network::identity::tests::node(1);
+        let peers = PeerClients::new(
+            identities,
+            Arc::new(Faults::default()),
+            Duration::from_secs(1),
+            1 << 20,
+        );
+        let (addr, _accepted) = black_hole().await;
+        let mut conn = peers.connect(&addr).await.unwrap();
+        conn.last_used = Instant::now() - POOL_MAX_IDLE;
+        peers.put_back(&addr, conn);
+        assert!(peers.take_pooled(&addr).is_none());
+        let conn = peers.connect(&addr).await.unwrap();
+        peers.put_back(&addr, conn);
+        assert!(peers.take_pooled(&addr).is_some(), "a fresh one is");
+    }
 }

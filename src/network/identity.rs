@@ -393,7 +393,7 @@ fn describe_cluster(id: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::integrity::{new_incarnation, Identity, PENDING_CLUSTER_ID};
 
@@ -401,7 +401,7 @@ mod tests {
 
     /// A node's identities on a fresh data dir of its own (no Raft yet: every peer counts as a
     /// member).
-    fn node(id: NodeId) -> (tempfile::TempDir, Arc<PeerIdentities>) {
+    pub(crate) fn node(id: NodeId) -> (tempfile::TempDir, Arc<PeerIdentities>) {
         node_of(id, CLUSTER, true)
     }
 
