@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a local raftcache cluster: NODES processes (default 3) on 127.0.0.1, node N with
-# client port BASE_CLIENT_PORT+N-1 (default 9091..) and peer port BASE_PEER_PORT+N-1 (9191..).
+# client port BASE_CLIENT_PORT+N-1 (default 9091..), peer port BASE_PEER_PORT+N-1 (9191..) and
+# HTTP port (metrics, health, readiness) BASE_HTTP_PORT+N-1 (9291..).
 # Data and logs go under cluster/.local/, the PIDs into cluster/.local/pids. Waits until the
 # nodes agree on a leader, then prints how to use them. Stop with cluster/stop-local.sh.
 #
@@ -8,6 +9,7 @@
 #   NODES=3                 number of nodes
 #   BASE_CLIENT_PORT=9091   client port of node 1
 #   BASE_PEER_PORT=9191     peer port of node 1
+#   BASE_HTTP_PORT=9291     HTTP port of node 1 (GET /metrics, /health, /ready)
 #   RAFTCACHE_BIN=path      binary to run (default: `cargo build --release`, target/release)
 #   LEADER_TIMEOUT=30       seconds to wait for a leader
 #   RUST_LOG=...            log filter of the nodes (default: info,openraft=warn)
@@ -24,6 +26,7 @@ pids_file="$local_dir/pids"
 nodes="${NODES:-3}"
 base_client="${BASE_CLIENT_PORT:-9091}"
 base_peer="${BASE_PEER_PORT:-9191}"
+base_http="${BASE_HTTP_PORT:-9291}"
 leader_timeout="${LEADER_TIMEOUT:-30}"
 
 die() { echo "start-local: $*" >&2; exit 1; }
@@ -32,11 +35,13 @@ is_number() { [[ "$1" =~ ^[0-9]+$ ]]; }
 is_number "$nodes" && [ "$nodes" -ge 1 ] || die "NODES must be a positive integer, not '$nodes'"
 is_number "$base_client" || die "BASE_CLIENT_PORT must be a port number, not '$base_client'"
 is_number "$base_peer" || die "BASE_PEER_PORT must be a port number, not '$base_peer'"
+is_number "$base_http" || die "BASE_HTTP_PORT must be a port number, not '$base_http'"
 is_number "$leader_timeout" || die "LEADER_TIMEOUT must be a number of seconds"
 [ $((base_client + nodes - 1)) -le 65535 ] && [ $((base_peer + nodes - 1)) -le 65535 ] \
-  || die "ports out of range"
-if [ $((base_client + nodes)) -gt "$base_peer" ] && [ $((base_peer + nodes)) -gt "$base_client" ]; then
-  die "client ports $base_client.. and peer ports $base_peer.. overlap for $nodes nodes"
+  && [ $((base_http + nodes - 1)) -le 65535 ] || die "ports out of range"
+overlap() { [ $(($1 + nodes)) -gt "$2" ] && [ $(($2 + nodes)) -gt "$1" ]; }
+if overlap "$base_client" "$base_peer" || overlap "$base_client" "$base_http" || overlap "$base_peer" "$base_http"; then
+  die "client ports $base_client.., peer ports $base_peer.. and HTTP ports $base_http.. overlap for $nodes nodes"
 fi
 
 # A process is alive if it exists and is not a zombie (an unreaped zombie still answers kill -0).
@@ -75,6 +80,7 @@ mkdir -p "$local_dir"
 
 client_addr() { echo "127.0.0.1:$((base_client + $1 - 1))"; }
 peer_addr() { echo "127.0.0.1:$((base_peer + $1 - 1))"; }
+http_addr() { echo "127.0.0.1:$((base_http + $1 - 1))"; }
 
 initial=""
 for id in $(seq 1 "$nodes"); do
@@ -118,6 +124,7 @@ for id in $(seq 1 "$nodes"); do
     --id "$id" \
     --listen "$(client_addr "$id")" \
     --peer-listen "$(peer_addr "$id")" \
+    --http-listen "$(http_addr "$id")" \
     --data-dir "$data" \
     --initial-cluster "$initial" \
     </dev/null >>"$log" 2>&1 &
@@ -164,10 +171,10 @@ trap - ERR INT TERM
 
 echo "start-local: $nodes-node cluster up, leader is node $leader"
 echo
-printf '  %-6s %-8s %-17s %-17s %s\n' node pid client peer data
+printf '  %-6s %-8s %-17s %-17s %-17s %s\n' node pid client peer http data
 for id in $(seq 1 "$nodes"); do
-  printf '  %-6s %-8s %-17s %-17s %s\n' "$id" "${started[$((id - 1))]}" "$(client_addr "$id")" \
-    "$(peer_addr "$id")" "cluster/.local/node-$id"
+  printf '  %-6s %-8s %-17s %-17s %-17s %s\n' "$id" "${started[$((id - 1))]}" "$(client_addr "$id")" \
+    "$(peer_addr "$id")" "$(http_addr "$id")" "cluster/.local/node-$id"
 done
 cat <<EOF
 
@@ -176,5 +183,7 @@ Try (any node accepts writes; followers forward them to the leader):
   $bin put greeting hello --addr $(client_addr 1)
   $bin get greeting --addr $(client_addr "$nodes") --linearizable
   $bin status --json --addr $(client_addr 1)
+  curl -s $(http_addr 1)/metrics        # Prometheus metrics; /ready and /health for probes
+  $bin check ready --http $(http_addr 1)
 Stop with: cluster/stop-local.sh   (add --wipe to delete the data too)
 EOF

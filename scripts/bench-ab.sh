@@ -46,7 +46,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for i in 1 2 3; do
       # shellcheck disable=SC2086
       "$bin" serve --id "$i" --listen "127.0.0.1:$((BASE + i))" --peer-listen "127.0.0.1:$((BASE + 10 + i))" \
-        --data-dir "$work/data/n$i" --initial-cluster "$initial" $flags >"$work/$name-n$i.log" 2>&1 &
+        --http-listen "127.0.0.1:$((BASE + 20 + i))" --data-dir "$work/data/n$i" --initial-cluster "$initial" $flags >"$work/$name-n$i.log" 2>&1 &
       pids+=($!)
     done
     until "$bin" status --addr "127.0.0.1:$((BASE + 1))" --json 2>/dev/null | grep -q '"leader": *[1-9]'; do

@@ -29,7 +29,7 @@ trap cleanup EXIT
 initial="1=127.0.0.1:$((BASE + 11)),2=127.0.0.1:$((BASE + 12)),3=127.0.0.1:$((BASE + 13))"
 start() {
   "$bin" serve --id "$1" --listen "127.0.0.1:$((BASE + $1))" --peer-listen "127.0.0.1:$((BASE + 10 + $1))" \
-    --data-dir "$work/n$1" --initial-cluster "$initial" --snapshot-every "$SNAPSHOT_EVERY" >>"$work/n$1.log" 2>&1 &
+    --http-listen "127.0.0.1:$((BASE + 20 + $1))" --data-dir "$work/n$1" --initial-cluster "$initial" --snapshot-every "$SNAPSHOT_EVERY" >>"$work/n$1.log" 2>&1 &
   pids[$1]=$!
 }
 field() { "$bin" status --addr "127.0.0.1:$((BASE + $1))" --json | python3 -c "import json,sys; v=json.load(sys.stdin)['$2']; print(0 if v is None else v)"; }

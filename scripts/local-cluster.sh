@@ -1,6 +1,6 @@
 # Sourced by the benchmark scripts: a fresh 3-node raftcache cluster on loopback, stopped (and
 # its data removed) when the script exits. Before sourcing, set BIN (the raftcache binary) and
-# BASE (client ports BASE+1..3, peer ports BASE+11..13). After `cluster_start [serve flags]`:
+# BASE (client ports BASE+1..3, peer ports BASE+11..13, HTTP ports BASE+21..23). After `cluster_start [serve flags]`:
 # `pids` holds the node processes, `work` their data and logs, `cluster_leader` prints the id
 # the nodes elected.
 work=$(mktemp -d)
@@ -19,7 +19,7 @@ cluster_start() {
   local initial="1=127.0.0.1:$((BASE + 11)),2=127.0.0.1:$((BASE + 12)),3=127.0.0.1:$((BASE + 13))"
   for i in 1 2 3; do
     "$BIN" serve --id "$i" --listen "$(cluster_addr "$i")" --peer-listen "127.0.0.1:$((BASE + 10 + i))" \
-      --data-dir "$work/n$i" --initial-cluster "$initial" "$@" >"$work/n$i.log" 2>&1 &
+      --http-listen "127.0.0.1:$((BASE + 20 + i))" --data-dir "$work/n$i" --initial-cluster "$initial" "$@" >"$work/n$i.log" 2>&1 &
     pids+=($!)
   done
 }

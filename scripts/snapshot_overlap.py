@@ -216,7 +216,8 @@ def make_nodes(bin_path: Path, work: Path, ports: list[int]) -> dict[int, Node]:
     nodes = {}
     for i in NODE_IDS:
         argv = [str(bin_path), "serve", "--id", str(i), "--listen", f"{HOST}:{ports[i - 1]}",
-                "--peer-listen", f"{HOST}:{peer[i]}", "--data-dir", str(work / f"n{i}"),
+                "--peer-listen", f"{HOST}:{peer[i]}", "--http-listen", "none",
+                "--data-dir", str(work / f"n{i}"),
                 "--initial-cluster", initial] + SERVE_FLAGS  # fmt: skip
         nodes[i] = Node(i, ports[i - 1], work / f"n{i}.log", argv)
     return nodes

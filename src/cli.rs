@@ -86,6 +86,20 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Ask a node's HTTP port whether it is ready (`GET /ready`) or healthy (`GET /health`):
+    /// print its answer, exit 0 on 200 and 1 otherwise (2 if the port does not answer). For
+    /// probes in images with no shell or curl.
+    Check {
+        /// What to ask.
+        #[arg(value_enum)]
+        what: CheckWhat,
+        /// The node's HTTP port (its --http-listen).
+        #[arg(long, default_value = "127.0.0.1:9290")]
+        http: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
     /// Show a node's view of the cluster.
     Status {
         /// Print one JSON object instead of text.
@@ -94,6 +108,14 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum CheckWhat {
+    /// `GET /ready`: a member, following a leader a quorum confirms, caught up.
+    Ready,
+    /// `GET /health`: the process and its Raft core run.
+    Health,
 }
 
 #[derive(Subcommand, Debug)]
@@ -248,6 +270,27 @@ fn client_command(command: Command) -> Result<ExitCode, String> {
     let err = |e: thrift::Error| describe_error(&e);
     match command {
         Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Check {
+            what,
+            http,
+            timeout_secs,
+        } => {
+            let path = match what {
+                CheckWhat::Ready => "/ready",
+                CheckWhat::Health => "/health",
+            };
+            let (status, body) = http_get(
+                &http,
+                path,
+                std::time::Duration::from_secs(timeout_secs.max(1)),
+            )?;
+            print!("{body}");
+            Ok(if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Get {
             key,
             linearizable,
@@ -544,4 +587,36 @@ fn stats_text(stats: &CacheStats, json: bool) -> String {
             .collect();
         lines.join("\n")
     }
+}
+
+/// `GET path` on the HTTP port at `addr`: its status and body.
+fn http_get(addr: &str, path: &str, timeout: std::time::Duration) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let failed = |e: std::io::Error| format!("{addr}: {e}");
+    let target = addr
+        .to_socket_addrs()
+        .map_err(failed)?
+        .next()
+        .ok_or_else(|| format!("{addr}: the name has no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&target, timeout).map_err(failed)?;
+    stream.set_read_timeout(Some(timeout)).map_err(failed)?;
+    stream.set_write_timeout(Some(timeout)).map_err(failed)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(failed)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).map_err(failed)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("{addr}: not an HTTP answer: {head:?}"))?;
+    Ok((status, body.to_string()))
 }

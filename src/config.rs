@@ -34,6 +34,20 @@ pub struct NodeConfig {
     #[arg(long, default_value = "127.0.0.1:9190")]
     pub peer_listen: SocketAddr,
 
+    /// Address of the HTTP port for machines: GET /metrics (Prometheus), /health, /ready. It
+    /// serves no data, but says much about the cluster: keep it on loopback or a monitoring
+    /// network. `none` turns it off.
+    #[arg(long, default_value = "127.0.0.1:9290", value_name = "HOST:PORT|none", value_parser = parse_http_listen)]
+    pub http_listen: HttpListen,
+
+    /// HTTP connections served at once; further ones get a 503 and are closed.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_connections: u64,
+
+    /// Largest HTTP request head (request line and headers), in bytes; a larger one gets a 431.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(64..))]
+    pub http_max_request_bytes: u64,
+
     /// The address the other nodes use to reach this node's peer port, when it is not the
     /// --peer-listen address (a node that listens on 0.0.0.0 in a container, behind NAT). It is
     /// the peer address --join registers, and the one a one-node cluster records for itself. A
@@ -411,9 +425,30 @@ impl NodeConfig {
         }
     }
 
+    pub fn http_limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            max_connections: self.http_max_connections as usize,
+            max_request_bytes: self.http_max_request_bytes as usize,
+            read_timeout: Duration::from_millis(self.read_timeout_ms),
+        }
+    }
+
     pub fn request_deadline(&self) -> Duration {
         Duration::from_millis(self.request_deadline_ms)
     }
+}
+
+/// `--http-listen`: an address, or none (the HTTP port off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpListen(pub Option<SocketAddr>);
+
+fn parse_http_listen(raw: &str) -> Result<HttpListen, String> {
+    if raw.eq_ignore_ascii_case("none") {
+        return Ok(HttpListen(None));
+    }
+    raw.parse()
+        .map(|addr| HttpListen(Some(addr)))
+        .map_err(|e| format!("{e}: give HOST:PORT (an IP address and a port), or none"))
 }
 
 #[cfg(test)]

@@ -60,6 +60,8 @@ pub struct RunningNode {
     client_server: ServerHandle,
     /// The peer port's server; stopped after Raft.
     peer_server: ServerHandle,
+    /// The HTTP port's server (`--http-listen`), if on; stopped first.
+    http_server: Option<crate::http::HttpHandle>,
     /// Set when the node gave up on something it must do to serve (a `--join` that timed out).
     failed: tokio::sync::watch::Receiver<Option<String>>,
     /// Whether the node waits to be added, is a member, or was removed.
@@ -79,16 +81,36 @@ pub async fn start(mut config: NodeConfig) -> Result<RunningNode, StartError> {
     };
     let client = bind("clients", config.listen)?;
     let peer = bind("peers", config.peer_listen)?;
-    start_with_listeners(config, client, peer, Arc::new(Faults::default())).await
+    let http = config
+        .http_listen
+        .0
+        .map(|addr| bind("HTTP (metrics, health)", addr))
+        .transpose()?;
+    let listeners = Listeners { client, peer, http };
+    start_with_listeners(config, listeners, Arc::new(Faults::default())).await
+}
+
+/// The ports a node serves, bound by the caller.
+pub struct Listeners {
+    /// The client port (`--listen`).
+    pub client: TcpListener,
+    /// The peer port (`--peer-listen`).
+    pub peer: TcpListener,
+    /// The HTTP port (`--http-listen`), if on.
+    pub http: Option<TcpListener>,
 }
 
 /// Starts a node on listeners the caller bound (tests bind port 0), with a fault seam.
 pub async fn start_with_listeners(
     config: NodeConfig,
-    client_listener: TcpListener,
-    peer_listener: TcpListener,
+    listeners: Listeners,
     faults: Arc<Faults>,
 ) -> Result<RunningNode, StartError> {
+    let Listeners {
+        client: client_listener,
+        peer: peer_listener,
+        http: http_listener,
+    } = listeners;
     let id = config.id;
     let data_dir = config.data_dir();
     let advertised = config
@@ -106,6 +128,7 @@ pub async fn start_with_listeners(
     } = open_core(&config, faults, &advertised).await?;
     let (standing, admin) = start_membership(&config, &raft, &peers, identity, &advertised);
     let router = start_router(&config, &raft, &state, &peers, standing.clone());
+    let api_counters = crate::api::ApiCounters::default();
     let inbound = Arc::new(Inbound::default());
     let peer_service = PeerService::new(
         raft.clone(),
@@ -147,17 +170,37 @@ pub async fn start_with_listeners(
     let api = CacheApi::new(
         id,
         raft.clone(),
-        router,
+        router.clone(),
         api_limits,
         flushes.clone(),
         admin_parts,
+        api_counters.clone(),
     );
     let client_limits = config.connection_limits(config.max_message_bytes);
     let client_server = server::spawn("client", client_listener, client_limits, api)?;
+    let http_server = match http_listener {
+        None => None,
+        Some(listener) => {
+            let sources = crate::metrics::Sources {
+                raft: raft.clone(),
+                router,
+                standing: standing.clone(),
+                peers: peers.clone(),
+                flushes: flushes.clone(),
+                client_connections: client_server.counts(),
+                peer_connections: peer_server.counts(),
+                reads: api_counters.reads.clone(),
+                ready_timeout: Duration::from_millis(config.election_timeout_max_ms),
+            };
+            let routes = crate::metrics::NodeHttp::new(sources, &api_counters.events);
+            Some(crate::http::spawn(listener, config.http_limits(), routes)?)
+        }
+    };
     tracing::info!(
         id,
         client_addr = %client_server.local_addr(),
         peer_addr = %peer_server.local_addr(),
+        http_addr = %http_server.as_ref().map_or("off".to_string(), |h| h.local_addr().to_string()),
         advertise_client = %advertised.client_addr,
         advertise_peer = %advertised.peer_addr,
         data_dir = %data_dir.display(),
@@ -173,6 +216,7 @@ pub async fn start_with_listeners(
         state_flusher,
         client_server,
         peer_server,
+        http_server,
         failed,
         standing,
     })
@@ -552,6 +596,11 @@ impl RunningNode {
         self.peer_server.local_addr()
     }
 
+    /// The HTTP port's address, if it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_server.as_ref().map(|h| h.local_addr())
+    }
+
     pub fn raft(&self) -> &Raft {
         &self.raft
     }
@@ -615,6 +664,9 @@ impl RunningNode {
     /// data dir can be opened again (a restart in the same process).
     pub async fn shutdown(mut self) {
         tracing::info!(id = self.id, "node stopping");
+        if let Some(http) = &self.http_server {
+            http.stop();
+        }
         self.client_server.stop();
         wait_until("client connections to finish", || {
             self.client_server.drained()

@@ -311,6 +311,44 @@ impl Router {
         Ok(covers(&metrics))
     }
 
+    /// Whether this node can serve now (`GET /ready`): a member, following a leader that
+    /// confirms with a quorum that it still leads (a read index round), and caught up to what
+    /// that leader had committed when asked, all within `timeout`. Returns the applied index,
+    /// or why not.
+    pub async fn ready(&self, timeout: Duration) -> Result<u64, String> {
+        self.refuse_if_not_member().map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + timeout;
+        let within = || format!("within {} ms", timeout.as_millis());
+        let index = tokio::time::timeout(timeout, self.read_index(deadline))
+            .await
+            .map_err(|_| {
+                let leader = self.raft.metrics().borrow_watched().current_leader;
+                match leader {
+                    None => format!("no leader known {}", within()),
+                    Some(leader) => format!(
+                        "leader {leader} did not confirm its commit index with a quorum {}",
+                        within()
+                    ),
+                }
+            })?
+            .map_err(|e| e.to_string())?;
+        if let Some(index) = index {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            self.raft
+                .wait(Some(wait))
+                .applied_index_at_least(Some(index), "the leader's commit index")
+                .await
+                .map_err(|_| {
+                    format!(
+                        "applied index {}, behind the leader's commit index {index}, {}",
+                        self.applied_index(),
+                        within()
+                    )
+                })?;
+        }
+        Ok(self.applied_index())
+    }
+
     /// The read index for a linearizable read, if this node leads (asked by followers).
     pub async fn read_index_as_leader(&self) -> Result<Option<u64>, ForwardError> {
         self.read_source.as_leader().await

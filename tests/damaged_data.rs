@@ -36,6 +36,7 @@ async fn serve_on(dir: &Path, extra: &[&str]) -> Result<RunningNode, StartError>
     let mut args = vec![
         "--listen=127.0.0.1:0".to_string(),
         "--peer-listen=127.0.0.1:0".to_string(),
+        "--http-listen=127.0.0.1:0".to_string(),
         format!("--data-dir={}", dir.display()),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -229,6 +230,7 @@ async fn a_database_older_than_what_was_flushed_is_refused() {
             NodeConfig::from_args([
                 "--listen=127.0.0.1:0",
                 "--peer-listen=127.0.0.1:0",
+                "--http-listen=127.0.0.1:0",
                 &cluster_args[0],
             ])
             .unwrap(),

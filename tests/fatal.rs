@@ -26,8 +26,8 @@ impl Drop for NodeProcess {
 #[test]
 fn a_node_exits_when_its_raft_stops_on_a_storage_error() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(2).expect("bind 127.0.0.1:0");
-    let (client_port, peer_port) = (ports[0], ports[1]);
+    let ports = free_ports(3).expect("bind 127.0.0.1:0");
+    let (client_port, peer_port, http_port) = (ports[0], ports[1], ports[2]);
     // The log goes to a file, not a pipe: a pipe nobody reads until the end could fill up and
     // block the node.
     let log_path = dir.path().join("node.log");
@@ -37,6 +37,7 @@ fn a_node_exits_when_its_raft_stops_on_a_storage_error() {
             .args(["serve", "--snapshot-every=50"])
             .arg(format!("--listen=127.0.0.1:{client_port}"))
             .arg(format!("--peer-listen=127.0.0.1:{peer_port}"))
+            .arg(format!("--http-listen=127.0.0.1:{http_port}"))
             .arg(format!("--data-dir={}", dir.path().join("node").display()))
             .stderr(log_file)
             .spawn()

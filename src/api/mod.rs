@@ -46,11 +46,18 @@ pub struct ApiLimits {
 /// The name multiplexed clients (`TMultiplexedProtocol`) call this service by.
 pub const SERVICE_NAME: &str = "CacheService";
 
-/// This node's read counters, for `stats`.
+/// What the API counts, shared with `/metrics`.
+#[derive(Clone, Default)]
+pub struct ApiCounters {
+    pub reads: Arc<ReadCounters>,
+    pub events: crate::metrics::EventMetrics,
+}
+
+/// This node's read counters, for `stats` and `/metrics`.
 #[derive(Debug, Default)]
-struct ReadCounters {
-    hits: AtomicU64,
-    misses: AtomicU64,
+pub struct ReadCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
 }
 
 /// The `CacheService` of one node.
@@ -68,7 +75,9 @@ pub struct CacheApi {
     /// Admin calls must carry it when set (`--admin-token`).
     admin_token: Option<String>,
     /// Hits and misses of the reads this node served.
-    reads: ReadCounters,
+    reads: Arc<ReadCounters>,
+    /// Requests by method and outcome, and their latency (`/metrics`).
+    events: crate::metrics::EventMetrics,
 }
 
 /// The parts of a node the admin calls need.
@@ -114,7 +123,11 @@ impl Service for CacheApi {
                 None => return Some(refusal),
             }
         };
+        let started = std::time::Instant::now();
+        let method = call.method();
         let outcome = self.execute(call).await;
+        self.events
+            .request(method, outcome.label(), started.elapsed());
         let answer = Answer(RefCell::new(Some(outcome)));
         server::process(&CacheServiceSyncProcessor::new(answer), &request, protocol).ok()
     }
@@ -128,6 +141,7 @@ impl CacheApi {
         limits: ApiLimits,
         flushes: Arc<FlushStats>,
         admin: AdminParts,
+        counters: ApiCounters,
     ) -> Self {
         Self {
             id,
@@ -138,7 +152,8 @@ impl CacheApi {
             admin: admin.admin,
             standing: admin.standing,
             admin_token: admin.admin_token,
-            reads: ReadCounters::default(),
+            reads: counters.reads,
+            events: counters.events,
         }
     }
 

@@ -68,6 +68,30 @@ pub(super) enum Call {
     Stats,
 }
 
+impl Call {
+    /// The call's name in `cache.thrift`, as `/metrics` labels it.
+    pub(super) fn method(&self) -> &'static str {
+        match self {
+            Call::Get { .. } => "get",
+            Call::GetWith { .. } => "get_with",
+            Call::Put { .. } => "put",
+            Call::Remove { .. } => "remove",
+            Call::Status => "status",
+            Call::AdminSnapshot { .. } => "admin_snapshot",
+            Call::AdminMembers { .. } => "admin_members",
+            Call::AdminChange { .. } => "admin_change",
+            Call::GetMany { .. } => "get_many",
+            Call::PutMany { .. } => "put_many",
+            Call::RemoveMany { .. } => "remove_many",
+            Call::PutIfAbsent { .. } => "put_if_absent",
+            Call::CompareAndPut { .. } => "compare_and_put",
+            Call::Increment { .. } => "increment",
+            Call::Scan { .. } => "scan",
+            Call::Stats => "stats",
+        }
+    }
+}
+
 /// What a call returns, in the shape the generated processor writes back.
 pub(super) enum Outcome {
     Entry(thrift::Result<CacheEntry>),
@@ -255,5 +279,49 @@ impl CacheServiceSyncHandler for Answer {
     }
     fn handle_stats(&self) -> thrift::Result<CacheStats> {
         answer!(self, Stats)
+    }
+}
+
+impl Outcome {
+    /// The error the call ended with, if any.
+    fn error(&self) -> Option<&thrift::Error> {
+        match self {
+            Outcome::Entry(r) => r.as_ref().err(),
+            Outcome::Entries(r) => r.as_ref().err(),
+            Outcome::Flag(r) => r.as_ref().err(),
+            Outcome::Status(r) => r.as_ref().err(),
+            Outcome::Index(r) => r.as_ref().err(),
+            Outcome::Membership(r) => r.as_ref().err(),
+            Outcome::Write(r) => r.as_ref().err(),
+            Outcome::Stats(r) => r.as_ref().err(),
+        }
+    }
+
+    /// How the call ended, as `/metrics` labels it: `ok`, or the exception it raised.
+    pub(super) fn label(&self) -> &'static str {
+        use crate::gen::cache::{
+            AdminRefused, CacheFull, InvalidRequest, KeyNotFound, Unauthorized, Unavailable,
+        };
+        let Some(error) = self.error() else {
+            return "ok";
+        };
+        let thrift::Error::User(e) = error else {
+            return "error";
+        };
+        if e.is::<KeyNotFound>() {
+            "not_found"
+        } else if e.is::<Unavailable>() {
+            "unavailable"
+        } else if e.is::<InvalidRequest>() {
+            "invalid"
+        } else if e.is::<CacheFull>() {
+            "full"
+        } else if e.is::<Unauthorized>() {
+            "unauthorized"
+        } else if e.is::<AdminRefused>() {
+            "refused"
+        } else {
+            "error"
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! read until `server::frame::measure` finds its end, then decoded from memory. No thread is handed
 //! a call (a blocking client on tokio's blocking pool cost two thread wake-ups per call).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -175,6 +175,8 @@ pub struct PeerClients {
     /// When a call of this node's to each node last failed for want of a link (unreachable,
     /// or no answer).
     failed: Mutex<HashMap<NodeId, Instant>>,
+    /// Failed calls by peer and kind (`unreachable`, `no_answer`, `refused`), for `/metrics`.
+    errors: Mutex<BTreeMap<(NodeId, &'static str), u64>>,
 }
 
 impl PeerClients {
@@ -193,7 +195,14 @@ impl PeerClients {
             max_message_bytes,
             answered: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            errors: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Failed calls since the node started, by peer and kind.
+    pub fn error_counts(&self) -> Vec<((NodeId, &'static str), u64)> {
+        let errors = self.errors.lock().expect("errors lock");
+        errors.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     /// Whether node `id` answered a call of this node's within `within`.
@@ -305,6 +314,19 @@ impl PeerClients {
         let answer = self
             .call_once(to, addr, method, write_request, timeout, gate)
             .await;
+        if let Err(e) = &answer {
+            let kind = match e {
+                PeerError::Unreachable { .. } => "unreachable",
+                PeerError::NoAnswer { .. } => "no_answer",
+                PeerError::Refused { .. } => "refused",
+            };
+            *self
+                .errors
+                .lock()
+                .expect("errors lock")
+                .entry((to, kind))
+                .or_default() += 1;
+        }
         if let Err(PeerError::Unreachable { .. } | PeerError::NoAnswer { .. }) = answer {
             self.failed
                 .lock()

@@ -91,11 +91,21 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A connection's buffer larger than this is given back once it is empty.
 const KEEP_BUFFER: usize = 64 * 1024;
 
+/// A server's connection counts, shared with whoever reports them (`/metrics`).
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionCounts {
+    /// Connections open now.
+    pub open: Arc<AtomicUsize>,
+    /// Connections refused at `ConnectionLimits::max_connections` since the server started.
+    pub refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// A running server. Dropping it does not stop it; call `stop`.
 pub struct ServerHandle {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     open: Arc<AtomicUsize>,
+    counts: ConnectionCounts,
     /// Dead once the accept loop and every connection task are gone (and with them the
     /// service and whatever it holds, such as the node's storage).
     alive: Weak<()>,
@@ -122,6 +132,11 @@ impl ServerHandle {
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }
+
+    /// The connection counts, to report.
+    pub fn counts(&self) -> ConnectionCounts {
+        self.counts.clone()
+    }
 }
 
 /// Starts serving `service` on `listener`, on the current tokio runtime. `name` labels log
@@ -136,12 +151,14 @@ pub fn spawn<S: Service>(
     let listener = TcpListener::from_std(listener)?;
     let local_addr = listener.local_addr()?;
     let (stop, stopping) = watch::channel(false);
-    let open = Arc::new(AtomicUsize::new(0));
+    let counts = ConnectionCounts::default();
+    let open = counts.open.clone();
     let server = Arc::new(Server {
         name,
         limits,
         service,
         open: open.clone(),
+        refused: counts.refused.clone(),
         alive: Arc::new(()),
     });
     let alive = Arc::downgrade(&server.alive);
@@ -150,6 +167,7 @@ pub fn spawn<S: Service>(
         local_addr,
         stop,
         open,
+        counts,
         alive,
     })
 }
@@ -161,6 +179,8 @@ struct Server<S> {
     service: S,
     /// Connections open now, checked against `limits.max_connections`.
     open: Arc<AtomicUsize>,
+    /// Connections refused at the cap.
+    refused: Arc<std::sync::atomic::AtomicU64>,
     /// Held only here; the handle watches it to know when the server is gone.
     alive: Arc<()>,
 }
@@ -194,6 +214,7 @@ impl<S: Service> Server<S> {
             };
             if self.open.fetch_add(1, Ordering::SeqCst) >= self.limits.max_connections {
                 self.open.fetch_sub(1, Ordering::SeqCst);
+                self.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     server = self.name,
                     %peer,

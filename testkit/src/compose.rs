@@ -181,17 +181,23 @@ impl Project {
     }
 
     /// The checked-in `cluster/docker-compose.yml` at `file` (three voters) as project `name`,
-    /// of `image`, its client ports published on free ports (through `RAFTCACHE_IMAGE` and
-    /// `RAFTCACHE_PORT_1..3`, which the file reads), so it runs beside a user's cluster.
+    /// of `image`, its client and HTTP ports published on free ports (through `RAFTCACHE_IMAGE`,
+    /// `RAFTCACHE_PORT_1..3` and `RAFTCACHE_HTTP_PORT_1..3`, which the file reads), so it runs
+    /// beside a user's cluster.
     pub fn checked_in(file: &Path, name: &str, image: &str) -> Result<Self> {
-        let ports = free_ports(CHECKED_IN_NODES as usize).map_err(|source| Error::Io {
+        let ports = free_ports(2 * CHECKED_IN_NODES as usize).map_err(|source| Error::Io {
             what: "finding free ports".into(),
             source,
         })?;
+        let (client_ports, http_ports) = ports.split_at(CHECKED_IN_NODES as usize);
         let mut env = vec![("RAFTCACHE_IMAGE".to_string(), image.to_string())];
         let mut nodes = BTreeMap::new();
-        for (id, port) in (1..=CHECKED_IN_NODES).zip(ports) {
+        for ((id, port), http_port) in (1..=CHECKED_IN_NODES)
+            .zip(client_ports.iter().copied())
+            .zip(http_ports)
+        {
             env.push((format!("RAFTCACHE_PORT_{id}"), port.to_string()));
+            env.push((format!("RAFTCACHE_HTTP_PORT_{id}"), http_port.to_string()));
             let node = Node {
                 id,
                 port,

@@ -99,7 +99,12 @@ impl InProcessCluster {
     }
 
     async fn start_on(&mut self, id: NodeId, client: TcpListener, peer: TcpListener) {
-        let node = node::start_with_listeners(self.config(id), client, peer, self.faults.clone())
+        let listeners = node::Listeners {
+            client,
+            peer,
+            http: None,
+        };
+        let node = node::start_with_listeners(self.config(id), listeners, self.faults.clone())
             .await
             .unwrap_or_else(|e| panic!("node {id} failed to start: {e}"));
         self.nodes.insert(id, node);

@@ -63,6 +63,8 @@ pub struct Node {
     pub id: u64,
     pub client_addr: SocketAddr,
     pub peer_addr: SocketAddr,
+    /// `--http-listen` (metrics, health, readiness).
+    pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
     /// `--initial-cluster`, if any (none: a one-node cluster of itself).
     pub initial_cluster: Option<String>,
@@ -81,6 +83,7 @@ impl Node {
             format!("--id={}", self.id),
             format!("--listen={}", self.client_addr),
             format!("--peer-listen={}", self.peer_addr),
+            format!("--http-listen={}", self.http_addr),
             format!("--data-dir={}", self.data_dir.display()),
         ];
         if let Some(initial) = &self.initial_cluster {
@@ -265,7 +268,7 @@ impl ProcessCluster {
             .prefix("raftcache-process-")
             .tempdir()
             .expect("temp dir");
-        let addrs = free_addrs(2 * n as usize);
+        let addrs = free_addrs(3 * n as usize);
         let initial: Vec<String> = (1..=n)
             .map(|id| format!("{id}={}", addrs[(2 * id - 1) as usize]))
             .collect();
@@ -274,6 +277,7 @@ impl ProcessCluster {
                 id,
                 client_addr: addrs[(2 * id - 2) as usize],
                 peer_addr: addrs[(2 * id - 1) as usize],
+                http_addr: addrs[(2 * n + id - 1) as usize],
                 data_dir: dir.path().join(format!("node-{id}")),
                 initial_cluster: with_initial_cluster.then(|| initial.join(",")),
                 extra_args: Vec::new(),
@@ -325,11 +329,12 @@ impl ProcessCluster {
     /// `serve` flags `extra`, without starting it. Returns its id.
     pub fn add_node(&mut self, extra: &[String]) -> u64 {
         let id = self.nodes.len() as u64 + 1;
-        let addrs = free_addrs(2);
+        let addrs = free_addrs(3);
         self.nodes.push(Node {
             id,
             client_addr: addrs[0],
             peer_addr: addrs[1],
+            http_addr: addrs[2],
             data_dir: self.dir.path().join(format!("node-{id}")),
             initial_cluster: None,
             extra_args: extra.to_vec(),

@@ -215,6 +215,7 @@ class Node:
     host: str
     port: int
     peer_port: int
+    http_port: int
     data_dir: Path
     stderr_path: Path
     stdout_path: Path
@@ -231,6 +232,7 @@ class Node:
             "--id", str(self.node_id),
             "--listen", f"{self.host}:{self.port}",
             "--peer-listen", f"{self.host}:{self.peer_port}",
+            "--http-listen", f"{self.host}:{self.http_port}",
             "--data-dir", str(self.data_dir),
         ] + list(self.extra)  # fmt: skip
 
@@ -358,12 +360,13 @@ def node(tmp_path_factory, thriftpy2_lib):
     base = tmp_path_factory.mktemp("raftcache-node")
     attempts = 3
     for attempt in range(1, attempts + 1):
-        port, peer_port = _free_ports(2)
+        port, peer_port, http_port = _free_ports(3)
         n = Node(
             bin=binary,
             host=HOST,
             port=port,
             peer_port=peer_port,
+            http_port=http_port,
             data_dir=base / f"try{attempt}" / "data",
             stderr_path=base / f"try{attempt}" / "node.stderr.log",
             stdout_path=base / f"try{attempt}" / "node.stdout.log",
@@ -398,7 +401,7 @@ def start_cluster(base: Path, lib: ThriftLib, size: int, flags: list) -> list:
     """Starts a `size`-node raftcache cluster with `flags` on every node and waits until each
     node accepts a put. Returns the Node objects (stop them with `stop_cluster`)."""
     binary = _server_bin()
-    ports = _free_ports(2 * size)
+    ports = _free_ports(3 * size)
     members = ",".join(f"{i + 1}={HOST}:{ports[size + i]}" for i in range(size))
     nodes = []
     for i in range(size):
@@ -410,6 +413,7 @@ def start_cluster(base: Path, lib: ThriftLib, size: int, flags: list) -> list:
                 host=HOST,
                 port=ports[i],
                 peer_port=ports[size + i],
+                http_port=ports[2 * size + i],
                 data_dir=d / "data",
                 stderr_path=d / "node.stderr.log",
                 stdout_path=d / "node.stdout.log",
