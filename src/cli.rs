@@ -100,7 +100,8 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         timeout_secs: u64,
     },
-    /// Show a node's view of the cluster.
+    /// Show a node's view of the cluster. Exits 1 (and says why) for a node that cannot
+    /// serve: one that knows no leader, was removed, or waits to be added.
     Status {
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -364,7 +365,13 @@ fn client_command(command: Command) -> Result<ExitCode, String> {
                     status_text(&status)
                 }
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(match cannot_serve(&status) {
+                None => ExitCode::SUCCESS,
+                Some(why) => {
+                    eprintln!("{why}");
+                    ExitCode::from(1)
+                }
+            })
         }
     }
 }
@@ -543,6 +550,19 @@ pub fn status_json(s: &NodeStatus) -> serde_json::Value {
         "cluster_id": s.cluster_id,
         "membership_changing": s.membership_changing,
     })
+}
+
+/// Why the node whose status is `s` cannot serve (`status` then exits 1), if it cannot.
+fn cannot_serve(s: &NodeStatus) -> Option<String> {
+    match (s.role.as_str(), s.leader) {
+        ("removed", _) => Some(format!("node {} was removed from its cluster", s.id)),
+        ("waiting", _) => Some(format!(
+            "node {} is not a member of any cluster yet: it waits to be added",
+            s.id
+        )),
+        (_, None) => Some(format!("node {} knows no leader", s.id)),
+        _ => None,
+    }
 }
 
 fn status_text(s: &NodeStatus) -> String {

@@ -385,6 +385,18 @@ fn assert_removed(node: &Node) {
     let refused = node.client().unwrap().put("k", "v").unwrap_err();
     let message = multi_process::describe(refused);
     assert!(message.contains("was removed"), "{message}");
+    assert_cli_status_fails(node, "was removed from its cluster");
+}
+
+/// `raftcache status` of `node` exits 1 and says `why` on stderr (a node that cannot serve).
+fn assert_cli_status_fails(node: &Node, why: &str) {
+    let out = Command::new(bin())
+        .args(["status", "--addr", &node.client_addr.to_string()])
+        .output()
+        .expect("run raftcache status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(why), "{stderr}");
 }
 
 /// A free loopback address with nothing listening on it.
@@ -584,6 +596,7 @@ fn join_as_a_learner_resumes_after_a_restart_rejoins_after_a_removal_and_gives_u
     let status = cluster.node(waiting).status().unwrap();
     assert_eq!(status.role, "waiting");
     assert_eq!(status.cluster_id, None);
+    assert_cli_status_fails(cluster.node(waiting), "waits to be added");
     let refused = cluster
         .node(waiting)
         .client()

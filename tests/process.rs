@@ -120,18 +120,23 @@ fn merge(model: &mut Model, outcomes: Vec<WriterOutcome>) -> (Model, u64, u64) {
     (uncertain, acks, retries)
 }
 
-/// `raftcache status --json --addr ADDR`, parsed.
+/// `raftcache status --json --addr ADDR`, parsed. Its exit status must say whether the node
+/// knows a leader: 0 if it does, 1 (with the reason) if not.
 fn cli_status(node: &Node) -> serde_json::Value {
     let out = Command::new(multi_process::bin())
         .args(["status", "--json", "--addr", &node.client_addr.to_string()])
         .output()
         .expect("run raftcache status");
-    assert!(
-        out.status.success(),
-        "status --json failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object")
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("status --json prints one JSON object");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if status["leader"].as_u64().is_some() {
+        assert!(out.status.success(), "status --json failed: {stderr}");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{status}: {stderr}");
+        assert!(stderr.contains("knows no leader"), "{stderr}");
+    }
+    status
 }
 
 /// The leader as `status --json` shows it: every node names it, and it says it is the leader.
