@@ -414,6 +414,47 @@ async fn a_follower_back_from_isolation_changes_neither_leader_nor_term() {
     }
 }
 
+/// The target of a transfer cannot stand at first: nothing the leader sends it is answered
+/// (so it neither hears of the transfer nor gets the leader's last entries), for 1.5 s. Every
+/// voter still gives up its lease on the old leader and another node is elected; asked again by
+/// the command, that node hands over to the target, which it reaches. Before, the command
+/// waited for the target to lead until the deadline, and failed (seen in the fault suite right
+/// after a partition healed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transfer_whose_target_cannot_stand_at_first_is_asked_again_of_the_new_leader() {
+    use raftcache::gen::cache::AdminOp;
+    let cluster = InProcessCluster::start(3, &[]).await;
+    let old = cluster.wait_for_leader().await;
+    let f = followers(&cluster, old);
+    let (through, target) = (f[0], f[1]);
+    cluster.client(through).put("before", "v").await.unwrap();
+
+    phase("the leader's calls to the target go unanswered; a few writes leave it behind");
+    cluster.faults.silence_one_way(old, &[target]);
+    for i in 0..5 {
+        cluster
+            .client(through)
+            .put(&format!("k{i}"), "v")
+            .await
+            .unwrap();
+    }
+    let faults = cluster.faults.clone();
+    let heal = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        faults.heal();
+    });
+
+    phase("transfer-leader to the target, through the third node");
+    let moved = cluster
+        .client(through)
+        .run(move |c| c.admin_change(AdminOp::TRANSFER_LEADER, target, None, None, false, ""))
+        .await
+        .expect("transfer-leader");
+    assert_eq!(moved.leader, target as i64);
+    heal.await.unwrap();
+    assert_eq!(cluster.wait_for_leader().await, target);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transfer_leader_moves_the_leadership_under_load_losing_no_write() {
     use raftcache::gen::cache::AdminOp;

@@ -89,18 +89,12 @@ impl Admin {
         if to == self.id {
             return self.members().await;
         }
-        let (voter, member, lag) = {
+        let (voter, member) = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow_watched();
             let membership = m.membership_config.membership();
             let voter = membership.voter_ids().any(|v| v == to);
-            let member = membership.get_node(&to).is_some();
-            let last = m.last_log_index.unwrap_or(0);
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&to).cloned().flatten());
-            (voter, member, matched.map(|l| last.saturating_sub(l.index)))
+            (voter, membership.get_node(&to).is_some())
         };
         if !member {
             return Err(AdminError::Refused(format!("node {to} is not a member")));
@@ -110,6 +104,26 @@ impl Admin {
                 "node {to} is a learner: only a voter can lead (promote it first)"
             )));
         }
+        // A leader just elected knows no follower's progress until its first appends are
+        // answered (and the command asks a new leader again when the transfer landed
+        // elsewhere): give it an election timeout to learn it.
+        let lag_of = |m: &openraft::RaftMetrics<TypeConfig>| {
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&to).cloned().flatten());
+            matched.map(|l| m.last_log_index.unwrap_or(0).saturating_sub(l.index))
+        };
+        let patience = std::time::Duration::from_millis(self.raft.config().election_timeout_max);
+        let lag = match self
+            .raft
+            .wait(Some(patience))
+            .metrics(|m| lag_of(m).is_some(), "the target's replication progress")
+            .await
+        {
+            Ok(m) => lag_of(&m),
+            Err(_) => lag_of(&self.raft.metrics().borrow_watched()),
+        };
         match lag {
             None if !force => {
                 return Err(AdminError::Refused(format!(
@@ -123,24 +137,53 @@ impl Admin {
             }
             _ => {}
         }
-        tracing::info!(to, "handing the leadership over (admin transfer-leader)");
-        self.raft
-            .trigger()
-            .transfer_leader(to)
-            .await
-            .map_err(|e| AdminError::Unavailable(format!("this node has stopped: {e}")))?;
-        let moved = self
-            .raft
-            .wait(Some(self.deadline))
-            .metrics(|m| m.current_leader == Some(to), "leadership moved")
-            .await;
-        if moved.is_err() {
-            return Err(AdminError::Unavailable(format!(
-                "the leadership did not move to node {to} within the request deadline of {} ms; see `raftcache admin members`",
-                self.deadline.as_millis()
-            )));
+        // Every voter gives up its lease on this leader when told of the transfer, so an
+        // election follows whether or not `to` could stand (it waits only a moment for this
+        // leader's last entry, and the call telling it may be lost: both seen right after a
+        // partition healed). Wait for the leader of a newer term: `to` is done; this node
+        // again, try again; another node, the node that asked (`Admin::handle`) asks it.
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        loop {
+            let term = self.raft.metrics().borrow_watched().current_term;
+            tracing::info!(
+                to,
+                term,
+                "handing the leadership over (admin transfer-leader)"
+            );
+            self.raft
+                .trigger()
+                .transfer_leader(to)
+                .await
+                .map_err(|e| AdminError::Unavailable(format!("this node has stopped: {e}")))?;
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let elected = self
+                .raft
+                .wait(Some(wait))
+                .metrics(
+                    |m| m.current_term > term && m.current_leader.is_some(),
+                    "a leader in a newer term",
+                )
+                .await
+                .map(|m| m.current_leader);
+            match elected {
+                Ok(Some(leader)) if leader == to => return self.members().await,
+                Ok(Some(leader)) if leader == self.id && tokio::time::Instant::now() < deadline => {
+                    tracing::info!(to, "this node was elected again: handing over again");
+                }
+                Ok(leader) => {
+                    return Err(AdminError::Unavailable(format!(
+                        "node {} was elected instead of node {to}",
+                        leader.map_or("?".to_string(), |l| l.to_string())
+                    )))
+                }
+                Err(_) => {
+                    return Err(AdminError::Unavailable(format!(
+                        "no new leader within the request deadline of {} ms; see `raftcache admin members`",
+                        self.deadline.as_millis()
+                    )))
+                }
+            }
         }
-        self.members().await
     }
 
     /// Refuses while a change is in progress (a joint configuration not committed yet).

@@ -96,7 +96,8 @@ impl Admin {
             if self.standing.waiting() {
                 return Err(AdminError::Unavailable(self.no_leader_message()));
             }
-            let outcome = match self.leader.current() {
+            let asked = self.leader.current();
+            let outcome = match asked {
                 Some(leader) if self.leader.is_self(leader) => {
                     self.as_leader(request.clone()).await
                 }
@@ -111,13 +112,20 @@ impl Admin {
                     return Err(AdminError::Unavailable(self.no_leader_message()))
                 }
                 // The leader changed while it handled a transfer: if it moved where it was
-                // asked to, that is the transfer done.
+                // asked to, that is the transfer done; if another node was elected (the
+                // target could not stand in time: seen right after a partition healed), ask
+                // that one, while the deadline allows.
                 Err(AdminError::Unavailable(why)) => {
                     if let AdminRequest::TransferLeader { to, .. } = request {
-                        if self.leader.current() == Some(to)
-                            || self.leader_becomes(to, deadline).await
-                        {
-                            return Box::pin(self.handle(AdminRequest::Members)).await;
+                        match self.next_leader(asked, deadline).await {
+                            Some(leader) if leader == to => {
+                                return Box::pin(self.handle(AdminRequest::Members)).await;
+                            }
+                            Some(leader) => {
+                                tracing::info!(to, elected = leader, %why, "leader transfer: asking the new leader again");
+                                continue;
+                            }
+                            None => {}
                         }
                     }
                     return Err(AdminError::Unavailable(why));
@@ -127,15 +135,15 @@ impl Admin {
         }
     }
 
-    /// Whether node `to` becomes the leader this node knows before `deadline`.
-    async fn leader_becomes(&self, to: NodeId, deadline: Instant) -> bool {
-        while Instant::now() < deadline {
-            if self.leader.current() == Some(to) {
-                return true;
+    /// The first leader this node knows, other than `asked`, before `deadline`.
+    async fn next_leader(&self, asked: Option<NodeId>, deadline: Instant) -> Option<NodeId> {
+        loop {
+            match self.leader.current() {
+                Some(leader) if Some(leader) != asked => return Some(leader),
+                _ if Instant::now() >= deadline => return None,
+                _ => self.leader.wait_for_change(deadline).await,
             }
-            self.leader.wait_for_change(deadline).await;
         }
-        self.leader.current() == Some(to)
     }
 
     fn no_leader_message(&self) -> String {
