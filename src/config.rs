@@ -34,6 +34,12 @@ pub struct NodeConfig {
     #[arg(long, default_value = "127.0.0.1:9190")]
     pub peer_listen: SocketAddr,
 
+    /// How the node writes its log lines (to stderr): `text` for people, `json` (one object per
+    /// line: timestamp, level, target, fields) for log collectors. RUST_LOG filters them
+    /// [default: info,openraft=warn].
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Address of the HTTP port for machines: GET /metrics (Prometheus), /health, /ready. It
     /// serves no data, but says much about the cluster: keep it on loopback or a monitoring
     /// network. `none` turns it off.
@@ -436,6 +442,13 @@ impl NodeConfig {
     pub fn request_deadline(&self) -> Duration {
         Duration::from_millis(self.request_deadline_ms)
     }
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `--http-listen`: an address, or none (the HTTP port off).

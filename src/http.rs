@@ -116,11 +116,14 @@ pub fn spawn<R: Routes>(
                 );
                 tokio::spawn(async move {
                     let mut stream = stream;
-                    let _ = tokio::time::timeout(
+                    let written = tokio::time::timeout(
                         limits.read_timeout,
                         write_reply(&mut stream, &reply, false),
                     )
                     .await;
+                    if matches!(written, Ok(Ok(()))) {
+                        linger(&mut stream).await;
+                    }
                 });
                 continue;
             };
@@ -185,8 +188,32 @@ async fn serve<R: Routes>(
     )
     .await
     .map_err(|_| "write timeout".to_string())?
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    linger(&mut stream).await;
+    Ok(())
 }
+
+/// After answering (and closing the sending side), reads and drops what the client still sends
+/// (the rest of a request head too large, or the request of a refused connection), for a
+/// moment: closing a socket with unread input resets the connection, and the client could lose
+/// the answer before reading it.
+async fn linger(stream: &mut TcpStream) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut left = LINGER_MAX_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+/// How long, and how many bytes, `linger` reads after an answer at most.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_MAX_BYTES: usize = 64 * 1024;
 
 enum Head {
     Complete(Vec<u8>),

@@ -207,6 +207,19 @@ pub async fn start_with_listeners(
         mode = ?config.start_mode(),
         "raftcache node started"
     );
+    warn_if_ephemeral(
+        "peer",
+        peer_server.local_addr().port(),
+        config.peer_listen.port(),
+    );
+    warn_if_ephemeral(
+        "client",
+        client_server.local_addr().port(),
+        config.listen.port(),
+    );
+    if let (Some(http), Some(configured)) = (&http_server, config.http_listen.0) {
+        warn_if_ephemeral("HTTP", http.local_addr().port(), configured.port());
+    }
     let failed = spawn_join(&config, &raft, &standing, &advertised);
     Ok(RunningNode {
         id,
@@ -220,6 +233,32 @@ pub async fn start_with_listeners(
         failed,
         standing,
     })
+}
+
+/// Warns when a port given on the command line (`configured`, not 0) lies in the machine's
+/// ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range`): the kernel may hand it to
+/// an outgoing connection while this node is down (seen: a peer's reconnect loop connected to
+/// itself on a stopped node's port, and the node could not restart for a minute).
+fn warn_if_ephemeral(what: &str, port: u16, configured: u16) {
+    if configured == 0 {
+        return;
+    }
+    let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
+    let bounds: Vec<u16> = range
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    if let [low, high] = bounds[..] {
+        if (low..=high).contains(&port) {
+            tracing::warn!(
+                port,
+                ephemeral = %format!("{low}-{high}"),
+                "the {what} port is in this machine's ephemeral port range: an outgoing connection may take it while the node is down, and the node could not start again until it is released; choose a port outside it (or narrow net.ipv4.ip_local_port_range)"
+            );
+        }
+    }
 }
 
 /// This node's standing in the membership, and its admin request handler.

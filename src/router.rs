@@ -13,6 +13,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::metrics::WaitError;
 use tokio::time::Instant;
 
 use crate::eviction::Eviction;
@@ -178,11 +179,20 @@ impl Router {
             .await
             .map(|_| ())
             .map_err(|e| {
-                RouteError::Unavailable(format!(
-                    "this node did not catch up to {what} {index} within the request deadline of {} ms: {e}",
-                    self.request_deadline.as_millis()
-                ))
+                RouteError::Unavailable(match e {
+                    WaitError::ShuttingDown => self.shutting_down(),
+                    // Not openraft's message: it carries a dump of the node's whole metrics.
+                    WaitError::Timeout(..) => format!(
+                        "this node did not catch up to {what} {index} within the request deadline of {} ms (it has applied up to {})",
+                        self.request_deadline.as_millis(),
+                        self.applied_index()
+                    ),
+                })
             })
+    }
+
+    fn shutting_down(&self) -> String {
+        format!("node {} is shutting down: use another node", self.id)
     }
 
     /// Proposes a write through Raft (here, or on the leader) and returns its result once it is
@@ -306,7 +316,13 @@ impl Router {
             .metrics(|m| covers(m) >= applied, "snapshot built")
             .await
             .map_err(|e| {
-                RouteError::Unavailable(format!("no snapshot within the request deadline: {e}"))
+                RouteError::Unavailable(match e {
+                    WaitError::ShuttingDown => self.shutting_down(),
+                    WaitError::Timeout(..) => format!(
+                        "no snapshot covering index {applied} within the request deadline of {} ms",
+                        self.request_deadline.as_millis()
+                    ),
+                })
             })?;
         Ok(covers(&metrics))
     }

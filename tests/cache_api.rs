@@ -532,3 +532,35 @@ async fn get_many_and_scan_never_see_half_of_a_put_many() {
         torn[0]
     );
 }
+
+/// A read whose `min_index` this node does not reach in time is `Unavailable` with a short
+/// message that names the index and how far the node got, not a dump of its Raft metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_min_index_not_reached_in_time_is_unavailable_with_a_short_message() {
+    let cluster = InProcessCluster::start(1, &["--request-deadline-ms=300"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let refused = cluster
+        .client(leader)
+        .run(|c| {
+            c.service()
+                .get_with("k".into(), ReadOptions::new(None, Some(1_000_000)))
+        })
+        .await
+        .expect_err("index 1,000,000 is never applied");
+    let thrift::Error::User(e) = &refused else {
+        panic!("not a declared exception: {refused:?}")
+    };
+    let unavailable = e
+        .downcast_ref::<raftcache::gen::cache::Unavailable>()
+        .unwrap_or_else(|| panic!("not Unavailable: {refused:?}"));
+    let message = &unavailable.message;
+    assert!(
+        message.contains("1000000") && message.contains("applied up to"),
+        "{message}"
+    );
+    assert!(
+        message.len() < 200,
+        "{} characters: {message}",
+        message.len()
+    );
+}

@@ -710,3 +710,53 @@ fn a_leader_restarted_with_its_cluster_reads_every_write_it_acknowledged() {
         );
     }
 }
+
+/// `--log-format json`: every line the node writes is one JSON object with its time, level,
+/// target and message, from start to a clean stop.
+#[test]
+fn with_log_format_json_every_log_line_is_one_json_object() {
+    let mut cluster = ProcessCluster::single_with(|node| {
+        node.extra_args = vec!["--log-format=json".to_string()];
+    });
+    connect(cluster.node(1).client_addr)
+        .and_then(|mut c| c.put("k", "v").map_err(describe))
+        .expect("put");
+    let (status, _) = cluster.node_mut(1).terminate(DEADLINE);
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&cluster.node(1).log_path).expect("read the node's log");
+    // The harness marks each start in the same file with a line of its own.
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with("=== test harness"))
+        .collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(object.get(field).is_some(), "no {field} in {line}");
+        }
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"message\":\"node stopped\"")),
+        "{log}"
+    );
+}
+
+/// A node whose peer port lies in the machine's ephemeral port range says so at start-up (the
+/// test's ports come from binding port 0, so they are in that range).
+#[test]
+fn a_peer_port_in_the_ephemeral_range_is_warned_about() {
+    let mut cluster = ProcessCluster::single();
+    let port = cluster.node(1).peer_addr.port();
+    let (status, _) = cluster.node_mut(1).terminate(DEADLINE);
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(&cluster.node(1).log_path).expect("read the node's log");
+    let warning = log
+        .lines()
+        .find(|l| l.contains("the peer port is in this machine's ephemeral port range"))
+        .unwrap_or_else(|| panic!("no warning for peer port {port}:\n{log}"));
+    assert!(warning.contains(&format!("port={port}")), "{warning}");
+}
