@@ -845,15 +845,21 @@ mod tests {
         (addr, accepted)
     }
 
-    #[tokio::test]
-    async fn a_call_that_gets_no_answer_drops_the_other_idle_connections_to_that_peer() {
-        let (_dir, identities) = crate::network::identity::tests::node(1);
+    /// Node 1's peer clients, on a data dir of its own (keep the dir while they are used).
+    fn node_1_peers() -> (tempfile::TempDir, Arc<PeerClients>) {
+        let (dir, identities) = crate::network::identity::tests::node(1);
         let peers = PeerClients::new(
             identities,
             Arc::new(Faults::default()),
             Duration::from_secs(1),
             1 << 20,
         );
+        (dir, peers)
+    }
+
+    #[tokio::test]
+    async fn a_call_that_gets_no_answer_drops_the_other_idle_connections_to_that_peer() {
+        let (_dir, peers) = node_1_peers();
         let (addr, accepted) = black_hole().await;
         // Three idle connections in the pool, as calls that were answered leave them.
         for _ in 0..3 {
@@ -890,13 +896,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_connection_past_its_idle_life_is_not_reused() {
-        let (_dir, identities) = crate::network::identity::tests::node(1);
-        let peers = PeerClients::new(
-            identities,
-            Arc::new(Faults::default()),
-            Duration::from_secs(1),
-            1 << 20,
-        );
+        let (_dir, peers) = node_1_peers();
         let (addr, _accepted) = black_hole().await;
         let mut conn = peers.connect(&addr).await.unwrap();
         conn.last_used = Instant::now() - POOL_MAX_IDLE;
