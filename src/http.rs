@@ -10,7 +10,6 @@
 //! (`--read-timeout-ms`). Only `GET` and `HEAD` are served; the body of a request is never read.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +57,6 @@ pub trait Routes: Send + Sync + 'static {
 pub struct HttpHandle {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    refused: Arc<AtomicU64>,
 }
 
 impl HttpHandle {
@@ -69,11 +67,6 @@ impl HttpHandle {
     /// Stops accepting connections (those being answered finish).
     pub fn stop(&self) {
         let _ = self.stop.send(true);
-    }
-
-    /// Connections refused at the connection cap since the server started.
-    pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
     }
 }
 
@@ -87,8 +80,6 @@ pub fn spawn<R: Routes>(
     let local_addr = listener.local_addr()?;
     let listener = TcpListener::from_std(listener)?;
     let (stop, mut stopping) = watch::channel(false);
-    let refused = Arc::new(AtomicU64::new(0));
-    let refused_count = refused.clone();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
         loop {
@@ -105,7 +96,6 @@ pub fn spawn<R: Routes>(
                 }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                refused_count.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%peer, max = limits.max_connections, "http: connection refused: too many connections (--http-max-connections)");
                 let reply = Reply::text(
                     503,
@@ -136,11 +126,7 @@ pub fn spawn<R: Routes>(
             });
         }
     });
-    Ok(HttpHandle {
-        local_addr,
-        stop,
-        refused,
-    })
+    Ok(HttpHandle { local_addr, stop })
 }
 
 /// Reads one request head, answers it, closes.

@@ -21,7 +21,6 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::http::{Reply, Routes};
-use crate::membership::Standing;
 use crate::network::PeerClients;
 use crate::router::Router;
 use crate::server::ConnectionCounts;
@@ -74,7 +73,6 @@ impl EventMetrics {
 pub struct Sources {
     pub raft: Raft,
     pub router: Arc<Router>,
-    pub standing: Arc<Standing>,
     pub peers: Arc<PeerClients>,
     pub flushes: Arc<FlushStats>,
     pub client_connections: ConnectionCounts,
@@ -303,9 +301,6 @@ impl NodeHttp {
         let health = self.health();
         if health.status != 200 {
             return health;
-        }
-        if let Some(refusal) = self.sources.standing.refusal() {
-            return Reply::text(503, format!("{refusal}\n"));
         }
         let started = Instant::now();
         match self.sources.router.ready(self.sources.ready_timeout).await {

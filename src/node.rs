@@ -184,7 +184,6 @@ pub async fn start_with_listeners(
             let sources = crate::metrics::Sources {
                 raft: raft.clone(),
                 router,
-                standing: standing.clone(),
                 peers: peers.clone(),
                 flushes: flushes.clone(),
                 client_connections: client_server.counts(),
