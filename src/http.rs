@@ -53,6 +53,39 @@ pub trait Routes: Send + Sync + 'static {
     fn get(&self, path: &str) -> impl std::future::Future<Output = Reply> + Send;
 }
 
+/// `GET path` on the HTTP port at `addr` (a blocking client, for the CLI and tests): its
+/// status and body.
+pub fn get(addr: &str, path: &str, timeout: std::time::Duration) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let failed = |e: std::io::Error| format!("{addr}: {e}");
+    let target = addr
+        .to_socket_addrs()
+        .map_err(failed)?
+        .next()
+        .ok_or_else(|| format!("{addr}: the name has no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&target, timeout).map_err(failed)?;
+    stream.set_read_timeout(Some(timeout)).map_err(failed)?;
+    stream.set_write_timeout(Some(timeout)).map_err(failed)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(failed)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).map_err(failed)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("{addr}: not an HTTP answer: {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
 /// A running HTTP server. Dropping it leaves the server running; `stop` ends it.
 pub struct HttpHandle {
     local_addr: SocketAddr,

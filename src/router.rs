@@ -302,29 +302,39 @@ impl Router {
 
     /// Builds a snapshot on this node now and waits (up to the request deadline) until one
     /// covers everything applied here when it was asked for. Returns the index it covers.
+    ///
+    /// openraft ignores a trigger while a build runs, and a running build may have read its
+    /// index before the last apply: the trigger is repeated until a snapshot covers `applied`.
     pub async fn snapshot(&self) -> Result<u64, RouteError> {
+        /// How long one trigger is waited for before it is repeated.
+        const RETRIGGER: Duration = Duration::from_millis(100);
         let applied = self.applied_index();
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| RouteError::Unavailable(format!("node {} is stopping: {e}", self.id)))?;
         let covers = |m: &openraft::RaftMetrics<TypeConfig>| m.snapshot.map_or(0, |s| s.index);
-        let metrics = self
-            .raft
-            .wait(Some(self.request_deadline))
-            .metrics(|m| covers(m) >= applied, "snapshot built")
-            .await
-            .map_err(|e| {
-                RouteError::Unavailable(match e {
-                    WaitError::ShuttingDown => self.shutting_down(),
-                    WaitError::Timeout(..) => format!(
+        let deadline = Instant::now() + self.request_deadline;
+        loop {
+            self.raft.trigger().snapshot().await.map_err(|e| {
+                RouteError::Unavailable(format!("node {} is stopping: {e}", self.id))
+            })?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .raft
+                .wait(Some(left.min(RETRIGGER)))
+                .metrics(|m| covers(m) >= applied, "snapshot built")
+                .await
+            {
+                Ok(metrics) => return Ok(covers(&metrics)),
+                Err(WaitError::ShuttingDown) => {
+                    return Err(RouteError::Unavailable(self.shutting_down()))
+                }
+                Err(WaitError::Timeout(..)) if left > RETRIGGER => continue,
+                Err(WaitError::Timeout(..)) => {
+                    return Err(RouteError::Unavailable(format!(
                         "no snapshot covering index {applied} within the request deadline of {} ms",
                         self.request_deadline.as_millis()
-                    ),
-                })
-            })?;
-        Ok(covers(&metrics))
+                    )))
+                }
+            }
+        }
     }
 
     /// Whether this node can serve now (`GET /ready`): a member, following a leader that

@@ -215,6 +215,26 @@ impl Node {
         client.status().map_err(describe)
     }
 
+    /// One sample of the node's `/metrics` (an unlabelled gauge or counter, by its full name),
+    /// or why it could not be read.
+    #[allow(dead_code)]
+    pub fn metric(&self, name: &str) -> Result<f64, String> {
+        let (status, body) = raftcache::http::get(
+            &self.http_addr.to_string(),
+            "/metrics",
+            Duration::from_secs(2),
+        )?;
+        if status != 200 {
+            return Err(format!("/metrics answered {status}: {body}"));
+        }
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .ok_or_else(|| format!("no {name} in /metrics"))?
+            .trim()
+            .parse()
+            .map_err(|e| format!("{name}: {e}"))
+    }
+
     /// The last `lines` lines of the node's log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
