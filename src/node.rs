@@ -151,6 +151,11 @@ pub async fn start_with_listeners(
         // Long enough for the others to elect among themselves (an election timeout to notice,
         // another for a vote that fails), short enough that a wrong hand-over costs little.
         stand_down: Duration::from_millis(3 * config.election_timeout_max_ms),
+        // The target waits up to election_timeout_min for its log to reach the leader's before
+        // it refuses; a taken hand-over deposes this leader within a heartbeat or two.
+        retry_after: Duration::from_millis(
+            config.election_timeout_min_ms + 2 * config.heartbeat_ms,
+        ),
     }
     .spawn();
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());

@@ -11,8 +11,12 @@
 //! `leader_check`, skipped when another call to the leader was answered within the interval),
 //! and the leader notes who called it. A leader that a quorum still answers but that, for
 //! `cut_after`, has not been called by enough voters to make a quorum with itself hands its
-//! leadership to the most caught-up voter (openraft's leader transfer): the new leader is one
-//! that the others can call. A voter that has answered the leader for less than `cut_after`
+//! leadership to the most caught-up voter that answers it (openraft's leader transfer): the new
+//! leader is one that the others can call. The target refuses when its log does not reach the
+//! leader's last entry within half an election timeout (the leader's calls to it were slow):
+//! a leader still leading `retry_after` after a hand-over tries again, with another voter if
+//! one answers (seen in the fault suite: a refused hand-over, and the cluster without a usable
+//! leader until the next one, 3.5 s later). A voter that has answered the leader for less than `cut_after`
 //! (just added, or back after a crash or a cut) has had no time to call, and counts as a
 //! caller: otherwise a follower restarting under a stuck joint change set off a hand-over. A
 //! leader that no quorum answers is left to openraft's check-quorum, which stops its writes
@@ -71,6 +75,9 @@ pub struct ReachWatch {
     pub cut_after: Duration,
     /// How long a leader that handed over for want of callers stays out of elections.
     pub stand_down: Duration,
+    /// How long after a hand-over a leader that still leads takes it as refused and tries
+    /// again.
+    pub retry_after: Duration,
 }
 
 /// A leader that handed over because the others could not call it stays out of elections for a
@@ -112,6 +119,8 @@ struct LeaderReach {
     /// crash or a cut, or just added) has had no time to call yet: it counts as reached for
     /// `cut_after`.
     answering_since: HashMap<NodeId, Instant>,
+    /// The last hand-over this leader started: when, and to whom.
+    handed_over: Option<(Instant, NodeId)>,
 }
 
 impl LeaderReach {
@@ -119,14 +128,30 @@ impl LeaderReach {
     fn not_leading(&mut self) {
         self.leading_since = None;
         self.answering_since.clear();
+        self.handed_over = None;
+    }
+
+    /// A hand-over to `target` was started at `now`.
+    fn handing_over(&mut self, now: Instant, target: NodeId) {
+        self.handed_over = Some((now, target));
+    }
+
+    /// The target of a hand-over that did not take: this node still leads `retry_after` after
+    /// starting it.
+    fn refused(&self, now: Instant, retry_after: Duration) -> Option<NodeId> {
+        self.handed_over
+            .filter(|(at, _)| now.duration_since(*at) >= retry_after)
+            .map(|(_, target)| target)
     }
 
     /// One check by a leader at `now`: the voters that reached it, when it should hand over
     /// (a quorum answers its calls while no quorum of voters has called it for `cut_after`).
+    #[allow(clippy::too_many_arguments)]
     fn check(
         &mut self,
         now: Instant,
         cut_after: Duration,
+        retry_after: Duration,
         configs: &[BTreeSet<NodeId>],
         me: NodeId,
         called: impl Fn(NodeId) -> bool,
@@ -139,7 +164,12 @@ impl LeaderReach {
             self.answering_since.entry(*v).or_insert(now);
         }
         let since = *self.leading_since.get_or_insert(now);
-        if now.duration_since(since) < cut_after {
+        let waited = match self.handed_over {
+            // After a hand-over, the next one waits only until this one is known refused.
+            Some((at, _)) => now.duration_since(at) >= retry_after,
+            None => now.duration_since(since) >= cut_after,
+        };
+        if !waited {
             return None;
         }
         let mut answered: BTreeSet<NodeId> = self.answering_since.keys().copied().collect();
@@ -161,10 +191,9 @@ impl LeaderReach {
         // either way there is no one to hand over to (a membership change stuck on dead
         // nodes): leave it to check-quorum.
         if !quorum_reaches(configs, &answered) || quorum_reaches(configs, &reached) {
+            self.handed_over = None;
             return None;
         }
-        // Another `cut_after` before the next hand-over.
-        self.leading_since = Some(now);
         Some(reached)
     }
 }
@@ -199,19 +228,45 @@ impl ReachWatch {
                     }
                     continue;
                 }
+                let now = Instant::now();
+                let answering = |v| self.peers.answered_within(v, 2 * self.interval);
+                let refused = side.refused(now, self.retry_after);
                 let reached = side.check(
-                    Instant::now(),
+                    now,
                     self.cut_after,
+                    self.retry_after,
                     &configs,
                     self.id,
                     |v| self.inbound.heard_within(v, self.cut_after),
-                    |v| self.peers.answered_within(v, 2 * self.interval),
+                    answering,
                 );
-                if let Some(reached) = reached {
-                    if self.hand_over(&configs, &reached).await {
-                        self.raft.runtime_config().elect(false);
-                        stand_down.begin(Instant::now(), self.stand_down);
-                    }
+                let Some(reached) = reached else {
+                    continue;
+                };
+                let matched = metrics.borrow_watched().replication.clone();
+                let target = hand_over_target(&configs, self.id, refused, answering, |v| {
+                    matched
+                        .as_ref()?
+                        .get(&v)
+                        .cloned()
+                        .flatten()
+                        .map(|l| l.index)
+                });
+                let Some(target) = target else {
+                    continue;
+                };
+                if let Some(refused) = refused {
+                    tracing::warn!(
+                        refused,
+                        target,
+                        waited_ms = self.retry_after.as_millis() as u64,
+                        "the hand-over did not take (this node still leads): trying again"
+                    );
+                }
+                side.handing_over(now, target);
+                if self.hand_over(target, &reached).await {
+                    self.raft.runtime_config().elect(false);
+                    stand_down.begin(Instant::now(), self.stand_down);
                 }
             }
         })
@@ -231,24 +286,9 @@ impl ReachWatch {
             .await;
     }
 
-    /// Hands the leadership to the most caught-up voter, when no quorum of voters has called
-    /// this leader for `cut_after`. True if the hand-over was started.
-    async fn hand_over(&self, configs: &[BTreeSet<NodeId>], reached: &BTreeSet<NodeId>) -> bool {
-        let matched = self
-            .raft
-            .metrics()
-            .borrow_watched()
-            .replication
-            .clone()
-            .unwrap_or_default();
-        let target = configs
-            .iter()
-            .flatten()
-            .filter(|v| **v != self.id)
-            .max_by_key(|v| matched.get(v).cloned().flatten().map(|l| l.index));
-        let Some(target) = target.copied() else {
-            return false;
-        };
+    /// Hands the leadership to `target`, when no quorum of voters has called this leader for
+    /// `cut_after`. True if the hand-over was started.
+    async fn hand_over(&self, target: NodeId, reached: &BTreeSet<NodeId>) -> bool {
         let callers: Vec<String> = reached.iter().map(|id| id.to_string()).collect();
         tracing::warn!(
             target,
@@ -265,6 +305,38 @@ impl ReachWatch {
             }
         }
     }
+}
+
+/// Whom a leader hands over to: the most caught-up voter (`matched`) among those that answer
+/// its calls (a target it cannot replicate to refuses), other than one that just `refused` if
+/// another answers; any other voter when none answers.
+fn hand_over_target(
+    configs: &[BTreeSet<NodeId>],
+    me: NodeId,
+    refused: Option<NodeId>,
+    answering: impl Fn(NodeId) -> bool,
+    matched: impl Fn(NodeId) -> Option<u64>,
+) -> Option<NodeId> {
+    let others: BTreeSet<NodeId> = configs
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|v| *v != me)
+        .collect();
+    let answering: Vec<NodeId> = others.iter().copied().filter(|v| answering(*v)).collect();
+    let fresh: Vec<NodeId> = answering
+        .iter()
+        .copied()
+        .filter(|v| Some(*v) != refused)
+        .collect();
+    let pool = if !fresh.is_empty() {
+        fresh
+    } else if !answering.is_empty() {
+        answering
+    } else {
+        others.into_iter().collect()
+    };
+    pool.into_iter().max_by_key(|v| matched(*v))
 }
 
 #[cfg(test)]
@@ -308,6 +380,7 @@ mod tests {
     }
 
     const CUT: Duration = Duration::from_millis(1500);
+    const RETRY: Duration = Duration::from_millis(800);
     const TICK: Duration = Duration::from_millis(100);
 
     /// A leader (node 1) of `configs` checked every tick from `start` for `ticks` ticks, with
@@ -325,6 +398,7 @@ mod tests {
             side.check(
                 start + TICK * *tick,
                 CUT,
+                RETRY,
                 configs,
                 1,
                 |v| called(*tick, v),
@@ -359,6 +433,61 @@ mod tests {
             first_hand_over(&joint, 80, calls_from(u32::MAX), up),
             Some(45)
         );
+    }
+
+    #[test]
+    fn a_hand_over_that_does_not_take_is_tried_again_after_the_retry_wait() {
+        let three = vec![set(&[1, 2, 3])];
+        let start = Instant::now();
+        let mut side = LeaderReach::default();
+        let at = |tick: u32| start + TICK * tick;
+        let check = |side: &mut LeaderReach, tick: u32| {
+            side.check(at(tick), CUT, RETRY, &three, 1, |_| false, |_| true)
+                .is_some()
+        };
+        let first = (0..40).find(|t| check(&mut side, *t)).unwrap();
+        assert_eq!(first, 15, "the first after the cut window");
+        side.handing_over(at(first), 2);
+        assert_eq!(
+            side.refused(at(first + 7), RETRY),
+            None,
+            "not yet known refused"
+        );
+        let again = (first + 1..40).find(|t| check(&mut side, *t)).unwrap();
+        assert_eq!(
+            again,
+            first + 8,
+            "the retry wait (800 ms), not another cut window"
+        );
+        assert_eq!(side.refused(at(again), RETRY), Some(2));
+        // Leadership lost (the hand-over took): nothing is refused any more.
+        side.not_leading();
+        assert_eq!(side.refused(at(again + 20), RETRY), None);
+    }
+
+    #[test]
+    fn a_hand_over_goes_to_the_most_caught_up_voter_that_answers_and_not_twice_to_a_refusal() {
+        let five = vec![set(&[1, 2, 3, 4, 5])];
+        let matched = |v: NodeId| Some([0, 0, 90, 100, 80, 70][v as usize]);
+        let all = |_: NodeId| true;
+        assert_eq!(hand_over_target(&five, 1, None, all, matched), Some(3));
+        // Node 3's calls fail: the most caught-up of those that answer.
+        let not_3 = |v: NodeId| v != 3;
+        assert_eq!(hand_over_target(&five, 1, None, not_3, matched), Some(2));
+        // Node 3 refused: another, even one further behind.
+        assert_eq!(hand_over_target(&five, 1, Some(3), all, matched), Some(2));
+        // Only the refusing node answers: it is asked again.
+        let only_3 = |v: NodeId| v == 3;
+        assert_eq!(
+            hand_over_target(&five, 1, Some(3), only_3, matched),
+            Some(3)
+        );
+        // None answers: the most caught-up voter all the same.
+        assert_eq!(
+            hand_over_target(&five, 1, None, |_| false, matched),
+            Some(3)
+        );
+        assert_eq!(hand_over_target(&[set(&[1])], 1, None, all, matched), None);
     }
 
     #[test]
