@@ -161,6 +161,21 @@ struct AdminChange {
     5: optional bool force = false,
 }
 
+/// A backup being read from a node (`admin_backup_begin`): the node's snapshot covering
+/// everything it had applied when asked, kept for `admin_backup_read` until `admin_backup_end`
+/// or until it goes unread for the node's --idle-timeout-ms.
+struct BackupInfo {
+    1: required string backup_id,
+    /// The cluster the data comes from.
+    2: required string cluster_id,
+    /// The node that serves it.
+    3: required i64 node_id,
+    /// The log index it covers: every write up to it, none after.
+    4: required i64 index,
+    /// Length of its data, in bytes.
+    5: required i64 bytes,
+}
+
 service CacheService {
     CacheEntry get(1: string key)
         throws (1: KeyNotFound not_found, 2: InvalidRequest invalid, 3: Unavailable unavailable),
@@ -215,4 +230,14 @@ service CacheService {
     list<CacheEntry> scan(1: string prefix, 2: string start_after, 3: i32 limit, 4: ReadOptions options)
         throws (1: InvalidRequest invalid, 2: Unavailable unavailable),
     CacheStats stats(),
+    /// Starts a backup of this node's whole data set at one index, taken while writes go on
+    /// (`raftcache admin backup`). `token` is the admin token, empty if the server has none.
+    BackupInfo admin_backup_begin(1: string token)
+        throws (1: Unavailable unavailable, 2: Unauthorized unauthorized),
+    /// Up to `max_bytes` (at most 4 MiB) of the backup's data from `offset`; empty at the end.
+    binary admin_backup_read(1: string token, 2: string backup_id, 3: i64 offset, 4: i32 max_bytes)
+        throws (1: InvalidRequest invalid, 2: Unauthorized unauthorized),
+    /// Releases the backup's data on the node.
+    void admin_backup_end(1: string token, 2: string backup_id)
+        throws (1: Unauthorized unauthorized),
 }

@@ -12,7 +12,7 @@
 #   BASE_HTTP_PORT=9291     HTTP port of node 1 (GET /metrics, /health, /ready)
 #   RAFTCACHE_BIN=path      binary to run (default: `cargo build --release`, target/release)
 #   LEADER_TIMEOUT=30       seconds to wait for a leader
-#   RUST_LOG=...            log filter of the nodes (default: info,openraft=warn)
+#   RUST_LOG=...            log filter of the nodes (default: the binary's, `serve --help`)
 #
 # A second start reuses the data under cluster/.local (--initial-cluster is ignored once a data
 # dir holds state): start with the same NODES and ports, or wipe first (stop-local.sh --wipe).

@@ -11,7 +11,7 @@ use serde_json::json;
 use raftcache::client::{describe_error, CacheClient};
 use raftcache::config::NodeConfig;
 use raftcache::gen::cache::{
-    AdminOp, CacheStats, Membership, NodeStatus, ReadOptions, TCacheServiceSyncClient,
+    AdminOp, CacheStats, Membership, NodeStatus, ReadOptions, TCacheServiceSyncClient, Unavailable,
 };
 use raftcache::membership::{add_node, CatchUp};
 
@@ -27,12 +27,21 @@ pub struct Cli {
 pub enum Command {
     /// Run a node. With no flags: a one-node cluster on 127.0.0.1:9090.
     Serve(Box<NodeConfig>),
+    /// Make a new node's data dir from a backup (`raftcache admin backup`), with the flags
+    /// `serve` will get: the backup's data, the membership of --initial-cluster (or of this
+    /// node alone) and a cluster id of its own. Run it for every node of the new cluster, with
+    /// the same file and --initial-cluster, then start each with `raftcache serve`. Refuses a
+    /// data dir that is not empty, and a damaged, cut-short or foreign file.
+    Restore(Box<RestoreArgs>),
     /// Print the value of KEY (exit 1 if absent).
     Get {
         key: String,
         /// Return a value at least as new as every write acknowledged before this read.
         #[arg(long)]
         linearizable: bool,
+        /// Print {"key": KEY, "value": VALUE} (value null when absent) instead of the value.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -51,6 +60,9 @@ pub enum Command {
         key: String,
         #[arg(default_value_t = 1, allow_negative_numbers = true)]
         delta: i64,
+        /// Print {"key": KEY, "value": N} instead of the number.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -64,6 +76,10 @@ pub enum Command {
         /// Most entries to print (the server caps it with --max-scan-items).
         #[arg(long, default_value_t = 100)]
         limit: i32,
+        /// Print one JSON array of {"key", "value", "ttl_ms"} objects instead of lines (for
+        /// values that may hold a tab or a newline).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -111,6 +127,15 @@ pub enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// The backup file.
+    pub file: std::path::PathBuf,
+    /// The new node, as `serve` will run it (--id, --data-dir, --initial-cluster, ...).
+    #[command(flatten)]
+    pub node: NodeConfig,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum CheckWhat {
     /// `GET /ready`: a member, following a leader a quorum confirms, caught up.
@@ -126,11 +151,17 @@ pub enum AdminCommand {
         #[command(flatten)]
         admin: AdminConn,
     },
+    /// Write a backup of the whole data set to FILE: every write the node had applied when
+    /// asked, none after, taken while writes go on, with a checksum. Restore it with
+    /// `raftcache restore`.
+    Backup {
+        /// Where to write it (refused if it exists; written as FILE.partial until whole).
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        admin: AdminConn,
+    },
     /// List every member: id, addresses, voter or learner, reachable, lag behind the leader.
     Members {
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
         admin: AdminConn,
     },
@@ -216,6 +247,9 @@ pub struct AdminConn {
         default_value = ""
     )]
     pub token: String,
+    /// Print the result as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Whether a membership change overrides the safety rules.
@@ -270,7 +304,9 @@ pub fn run_client(command: Command) -> ExitCode {
 fn client_command(command: Command) -> Result<ExitCode, String> {
     let err = |e: thrift::Error| describe_error(&e);
     match command {
-        Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Serve(_) | Command::Restore(_) => {
+            unreachable!("serve and restore are not client commands")
+        }
         Command::Check {
             what,
             http,
@@ -295,17 +331,26 @@ fn client_command(command: Command) -> Result<ExitCode, String> {
         Command::Get {
             key,
             linearizable,
+            json,
             conn,
-        } => match conn.connect()?.get(&key, linearizable).map_err(err)? {
-            Some(value) => {
-                println!("{value}");
-                Ok(ExitCode::SUCCESS)
+        } => {
+            let value = conn.connect()?.get(&key, linearizable).map_err(err)?;
+            if json {
+                println!("{}", json!({ "key": key, "value": value }));
             }
-            None => {
-                eprintln!("key not found: {key}");
-                Ok(ExitCode::from(1))
+            match value {
+                Some(value) => {
+                    if !json {
+                        println!("{value}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("key not found: {key}");
+                    Ok(ExitCode::from(1))
+                }
             }
-        },
+        }
         Command::Put {
             key,
             value,
@@ -315,19 +360,29 @@ fn client_command(command: Command) -> Result<ExitCode, String> {
             conn.connect()?.put_ttl(&key, &value, ttl_ms).map_err(err)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Incr { key, delta, conn } => {
+        Command::Incr {
+            key,
+            delta,
+            json,
+            conn,
+        } => {
             let value = conn
                 .connect()?
                 .service()
-                .increment(key, delta)
+                .increment(key.clone(), delta)
                 .map_err(err)?;
-            println!("{value}");
+            if json {
+                println!("{}", json!({ "key": key, "value": value }));
+            } else {
+                println!("{value}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Scan {
             prefix,
             start_after,
             limit,
+            json,
             conn,
         } => {
             let options = ReadOptions::new(None, None);
@@ -336,6 +391,14 @@ fn client_command(command: Command) -> Result<ExitCode, String> {
                 .service()
                 .scan(prefix, start_after, limit, options)
                 .map_err(err)?;
+            if json {
+                let entries: Vec<_> = entries
+                    .iter()
+                    .map(|e| json!({ "key": e.key, "value": e.value, "ttl_ms": e.ttl_ms }))
+                    .collect();
+                println!("{}", serde_json::Value::Array(entries));
+                return Ok(ExitCode::SUCCESS);
+            }
             for entry in entries {
                 println!("{}\t{}", entry.key, entry.value);
             }
@@ -385,46 +448,119 @@ fn admin_command(command: AdminCommand) -> Result<ExitCode, String> {
             .map_err(err)
     };
     let membership = match command {
+        AdminCommand::Backup { file, admin } => {
+            let mut client = admin.conn.connect()?;
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut shown = 0;
+            let header = raftcache::backup::take(&mut client, &admin.token, &file, |done, all| {
+                let percent = (done * 100).checked_div(all).unwrap_or(100);
+                if terminal {
+                    eprint!("\rbackup: {done} of {all} bytes ({percent}%)");
+                } else if percent >= shown + 10 || done == all {
+                    eprintln!("backup: {done} of {all} bytes ({percent}%)");
+                    shown = percent;
+                }
+            });
+            if terminal {
+                eprintln!();
+            }
+            let header = header?;
+            if admin.json {
+                println!(
+                    "{}",
+                    json!({
+                        "file": file.display().to_string(),
+                        "cluster_id": header.cluster_id,
+                        "node_id": header.node_id,
+                        "index": header.index,
+                        "bytes": header.bytes,
+                    })
+                );
+            } else {
+                println!(
+                    "backup of cluster {} at log index {} (node {}, {} bytes of data) written to {}",
+                    header.cluster_id,
+                    header.index,
+                    header.node_id,
+                    header.bytes,
+                    file.display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         AdminCommand::Snapshot { admin } => {
             let mut client = admin.conn.connect()?;
             let index = client.admin_snapshot_with(&admin.token).map_err(err)?;
-            println!("snapshot at log index {index}");
+            if admin.json {
+                println!("{}", json!({ "index": index }));
+            } else {
+                println!("snapshot at log index {index}");
+            }
             return Ok(ExitCode::SUCCESS);
         }
-        AdminCommand::Members { json, admin } => {
+        AdminCommand::Members { admin } => {
             let mut client = admin.conn.connect()?;
-            let m = client.admin_members(&admin.token).map_err(err)?;
-            if json {
-                println!("{}", membership_json(&m));
-                return Ok(ExitCode::SUCCESS);
+            match client.admin_members(&admin.token) {
+                Ok(m) => (m, admin.json),
+                Err(e) if matches!(&e, thrift::Error::User(u) if u.is::<Unavailable>()) => {
+                    // No leader to ask: the node's own view is what the operator needs now,
+                    // if it is a member (a node waiting to be added, or removed, has none).
+                    let status = admin.conn.connect()?.status().map_err(err)?;
+                    let member = status.cluster_id.is_some()
+                        && status.members.iter().any(|m| m.id == status.id);
+                    if !member {
+                        return Err(describe_error(&e));
+                    }
+                    eprintln!(
+                        "no leader answered ({}); node {}'s own view of the membership follows",
+                        describe_error(&e),
+                        status.id
+                    );
+                    if admin.json {
+                        println!("{}", status_json(&status));
+                    } else {
+                        println!("{}", status_text(&status));
+                    }
+                    return Ok(ExitCode::from(1));
+                }
+                Err(e) => return Err(err(e)),
             }
-            m
         }
         AdminCommand::AddLearner {
             id,
             peer_addr,
             force,
             admin,
-        } => change(&admin, AdminOp::ADD_LEARNER, id, Some(&peer_addr), force)?,
-        AdminCommand::Promote { id, force, admin } => {
-            change(&admin, AdminOp::PROMOTE, id, None, force)?
-        }
-        AdminCommand::Demote { id, force, admin } => {
-            change(&admin, AdminOp::DEMOTE, id, None, force)?
-        }
-        AdminCommand::TransferLeader { id, force, admin } => {
-            change(&admin, AdminOp::TRANSFER_LEADER, id, None, force)?
-        }
-        AdminCommand::RemoveNode { id, force, admin } => {
-            change(&admin, AdminOp::REMOVE_NODE, id, None, force)?
-        }
+        } => (
+            change(&admin, AdminOp::ADD_LEARNER, id, Some(&peer_addr), force)?,
+            admin.json,
+        ),
+        AdminCommand::Promote { id, force, admin } => (
+            change(&admin, AdminOp::PROMOTE, id, None, force)?,
+            admin.json,
+        ),
+        AdminCommand::Demote { id, force, admin } => (
+            change(&admin, AdminOp::DEMOTE, id, None, force)?,
+            admin.json,
+        ),
+        AdminCommand::TransferLeader { id, force, admin } => (
+            change(&admin, AdminOp::TRANSFER_LEADER, id, None, force)?,
+            admin.json,
+        ),
+        AdminCommand::RemoveNode { id, force, admin } => (
+            change(&admin, AdminOp::REMOVE_NODE, id, None, force)?,
+            admin.json,
+        ),
         AdminCommand::AddNode {
             id,
             peer_addr,
             force,
             catch_up,
             admin,
-        } => run_add_node(&admin, id, &peer_addr, None, force, &catch_up)?,
+        } => (
+            run_add_node(&admin, id, &peer_addr, None, force, &catch_up)?,
+            admin.json,
+        ),
         AdminCommand::ReplaceNode {
             old_id,
             new_id,
@@ -432,16 +568,24 @@ fn admin_command(command: AdminCommand) -> Result<ExitCode, String> {
             force,
             catch_up,
             admin,
-        } => run_add_node(
-            &admin,
-            new_id,
-            &new_peer_addr,
-            Some(old_id),
-            force,
-            &catch_up,
-        )?,
+        } => (
+            run_add_node(
+                &admin,
+                new_id,
+                &new_peer_addr,
+                Some(old_id),
+                force,
+                &catch_up,
+            )?,
+            admin.json,
+        ),
     };
-    println!("{}", membership_text(&membership));
+    let (membership, json) = membership;
+    if json {
+        println!("{}", membership_json(&membership));
+    } else {
+        println!("{}", membership_text(&membership));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

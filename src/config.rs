@@ -14,6 +14,11 @@ mod advertised;
 
 pub use advertised::Advertised;
 
+/// The log filter when RUST_LOG is unset: info, openraft's own at warn, except its warning for
+/// each failed heartbeat and append (several a second while a peer is down), which
+/// `PeerClients` replaces with one line when a peer goes down and one when it is back.
+pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::core::heartbeat=error,openraft::replication=error,openraft::engine::handler::replication_handler=error";
+
 /// Flags of `raftcache serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodeConfig {
@@ -36,7 +41,8 @@ pub struct NodeConfig {
 
     /// How the node writes its log lines (to stderr): `text` for people, `json` (one object per
     /// line: timestamp, level, target, fields) for log collectors. RUST_LOG filters them
-    /// [default: info,openraft=warn].
+    /// [default: info, openraft's at warn but its warning for every failed heartbeat and append
+    /// (a peer that is down is logged once when it goes down and once when it is back)].
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -93,6 +99,17 @@ pub struct NodeConfig {
     /// just resumes.
     #[arg(long, value_name = "CLIENT_ADDR", conflicts_with = "no_bootstrap")]
     pub join: Option<String>,
+
+    /// With --initial-cluster: a node whose id it does not list joins the cluster at this
+    /// client address instead, as with --join. Every pod of a Kubernetes StatefulSet can then
+    /// run the same flags, and the set can grow past the members it was founded with.
+    #[arg(
+        long,
+        value_name = "CLIENT_ADDR",
+        requires = "initial_cluster",
+        conflicts_with = "no_bootstrap"
+    )]
+    pub join_unlisted: Option<String>,
 
     /// With --join: stay a learner (a non-voting replica) instead of becoming a voter.
     #[arg(long, requires = "join")]
@@ -158,6 +175,14 @@ pub struct NodeConfig {
     /// Most keys the cache holds (0: no cap). Past it, see --eviction.
     #[arg(long, default_value_t = 0)]
     pub max_keys: u64,
+
+    /// Free space the data dir's filesystem must keep: while any voter has less, the cluster
+    /// refuses writes that add data (CacheFull, naming the node), and takes them again once it
+    /// has room; reads and removes go on, and no node exits for a full disk. 0 turns the check
+    /// off. [default: 5% of the disk, at least 16 MiB and at most 1 GiB, and at most a quarter
+    /// of a small disk]
+    #[arg(long)]
+    pub min_free_disk_bytes: Option<u64>,
 
     /// A write past --max-bytes or --max-keys: `none` fails it with CacheFull; `lru` has the
     /// leader evict the least recently used keys first (by the accesses the leader saw; reads
@@ -366,6 +391,16 @@ impl NodeConfig {
 
     /// How this node enters a cluster when its data dir is empty.
     pub fn start_mode(&self) -> StartMode {
+        let unlisted = self
+            .initial_cluster
+            .as_ref()
+            .is_some_and(|members| !members.contains_key(&self.id));
+        if let (Some(addr), true) = (&self.join_unlisted, unlisted) {
+            return StartMode::Join {
+                addr: addr.clone(),
+                voter: true,
+            };
+        }
         match (&self.join, self.no_bootstrap) {
             (Some(addr), _) => StartMode::Join {
                 addr: addr.clone(),
@@ -556,5 +591,34 @@ mod tests {
         let members = config.initial_cluster.unwrap();
         assert_eq!(members[&1].peer_addr, "node1:9190");
         assert_eq!(members[&2].peer_addr, "node-2.peers.svc:9190");
+    }
+
+    #[test]
+    fn with_join_unlisted_a_node_the_initial_cluster_does_not_list_joins() {
+        let args = |id: &str| {
+            NodeConfig::from_args([
+                "--id",
+                id,
+                "--initial-cluster",
+                "1=a:9190,2=b:9190,3=c:9190",
+                "--join-unlisted",
+                "cache:9090",
+            ])
+            .unwrap()
+        };
+        assert_eq!(args("2").start_mode(), StartMode::Bootstrap);
+        assert_eq!(
+            args("4").start_mode(),
+            StartMode::Join {
+                addr: "cache:9090".into(),
+                voter: true
+            }
+        );
+        assert_eq!(
+            args("4").cluster_id().as_deref(),
+            Some(crate::store::PENDING_CLUSTER_ID),
+            "it adopts the cluster's id"
+        );
+        assert!(NodeConfig::from_args(["--join-unlisted", "cache:9090"]).is_err());
     }
 }

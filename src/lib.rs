@@ -12,12 +12,15 @@
 //! - `proposer`: group commit: concurrent writes become one Raft log entry, proposed here if
 //!   this node leads, else forwarded to the leader as one batch.
 //! - `eviction`: capacity caps and the leader's LRU choice of keys to evict.
+//! - `disk`: the cluster-wide alarm of a disk nearly full (`--min-free-disk-bytes`).
 //! - `expiry`: the leader's sweep that removes expired keys in replicated batches.
 //! - `read_index`: concurrent linearizable reads share one leadership-confirming round.
 //! - `membership`: admin membership changes (members, add, promote, demote, remove, replace),
 //!   carried out on the leader with safety checks; `--join`; whether this node was removed.
 //! - `network`: the peer RPC (openraft's messages, forwarding, read index), with a fault seam.
 //! - `store`: the sled log store and state machine, and snapshots.
+//! - `backup`: backup files (`admin backup`), the backups a node serves, and `restore`.
+//! - `http`, `metrics`: the HTTP port for machines (`/metrics`, `/health`, `/ready`).
 //! - `node`: wires one node together; `config`: its flags; `types`: the Raft type config.
 //! - `client`: the Rust client (the command line is the `raftcache` binary's, `src/cli.rs`).
 //! - `leader`: who leads, and the one way to ask the leader (writes, read index, admin).
@@ -30,8 +33,10 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod backup;
 pub mod client;
 pub mod config;
+pub mod disk;
 pub mod eviction;
 pub mod expiry;
 pub mod gen;

@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => serve(*config),
+        Command::Restore(args) => restore(*args),
         other => {
             // A client command's output may go to a pipe that closes early (`| head`): end
             // quietly as other command-line tools do, rather than panic on a failed print.
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
 
 fn serve(config: NodeConfig) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,openraft=warn".into());
+        .unwrap_or_else(|_| raftcache::config::DEFAULT_LOG_FILTER.into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -70,6 +71,53 @@ fn serve(config: NodeConfig) -> ExitCode {
         node.shutdown().await;
         code
     })
+}
+
+fn restore(args: cli::RestoreArgs) -> ExitCode {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut args = args;
+    if let Err(e) = args.node.resolve_id() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    match runtime.block_on(raftcache::backup::restore(&args.file, &args.node)) {
+        Ok(done) => {
+            let members: Vec<String> = done
+                .members
+                .iter()
+                .map(|(id, node)| format!("{id}={}", node.peer_addr))
+                .collect();
+            println!(
+                "restored the backup of cluster {} at log index {} ({} keys and removals) into {}: a new cluster {} of {}; start this node with `raftcache serve` and the same flags",
+                done.header.cluster_id,
+                done.header.index,
+                done.items,
+                done.data_dir.display(),
+                done.cluster_id,
+                members.join(",")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Waits for Ctrl-C or SIGTERM.

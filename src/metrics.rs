@@ -32,6 +32,11 @@ type Labels2 = [(&'static str, &'static str); 2];
 type PeerLabels = [(&'static str, String); 1];
 type PeerErrorLabels = [(&'static str, String); 2];
 
+/// Client requests per proposed log entry: 1 to 1024, doubling.
+pub fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 11))
+}
+
 fn request_histogram() -> Histogram {
     // 50 us to about 6.5 s, doubling.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
@@ -81,6 +86,10 @@ pub struct Sources {
     pub reads: Arc<crate::api::ReadCounters>,
     /// How long `/ready` waits for the leader's commit index and this node's apply.
     pub ready_timeout: Duration,
+    /// The data dir: its log, snapshot and filesystem are measured at each scrape.
+    pub data_dir: std::path::PathBuf,
+    /// Client requests per entry this node proposed as leader.
+    pub batch_sizes: Histogram,
 }
 
 /// The gauges and mirrored counters set at each scrape, and the registry that holds them all.
@@ -107,6 +116,11 @@ struct Scraped {
     connections_open: Family<Labels1, Gauge>,
     connections_refused: Family<Labels1, Counter>,
     peer_errors: Family<PeerErrorLabels, Counter>,
+    log_segments: Gauge,
+    log_bytes: Gauge,
+    snapshot_bytes: Gauge,
+    disk_free_bytes: Gauge,
+    disk_size_bytes: Gauge,
 }
 
 /// Raises `counter` to `total` (a count kept elsewhere, which only grows).
@@ -118,7 +132,8 @@ fn mirror(counter: &Counter, total: u64) {
 }
 
 impl Scraped {
-    fn new(events: &EventMetrics) -> Self {
+    fn new(events: &EventMetrics, sources: &Sources) -> Self {
+        let flushes = &sources.flushes;
         let mut scraped = Self {
             registry: Registry::with_prefix("raftcache"),
             state: Family::default(),
@@ -142,6 +157,11 @@ impl Scraped {
             connections_open: Family::default(),
             connections_refused: Family::default(),
             peer_errors: Family::default(),
+            log_segments: Gauge::default(),
+            log_bytes: Gauge::default(),
+            snapshot_bytes: Gauge::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_size_bytes: Gauge::default(),
         };
         let r = &mut scraped.registry;
         r.register(
@@ -251,6 +271,41 @@ impl Scraped {
             "Time from a client call's decoding to its answer, by method",
             events.request_seconds.clone(),
         );
+        r.register(
+            "log_sync_duration_seconds",
+            "Time each sync (fdatasync round) of the Raft log took",
+            flushes.sync_seconds.clone(),
+        );
+        r.register(
+            "proposals_per_entry",
+            "Client requests carried by each log entry this node proposed as leader (group commit)",
+            sources.batch_sizes.clone(),
+        );
+        r.register(
+            "log_segments",
+            "Segment files of the Raft log",
+            scraped.log_segments.clone(),
+        );
+        r.register(
+            "log_bytes",
+            "Bytes of the Raft log's segment files",
+            scraped.log_bytes.clone(),
+        );
+        r.register(
+            "snapshot_bytes",
+            "Size of the current snapshot file, 0 if none",
+            scraped.snapshot_bytes.clone(),
+        );
+        r.register(
+            "disk_free_bytes",
+            "Bytes free for this node on the filesystem of its data dir",
+            scraped.disk_free_bytes.clone(),
+        );
+        r.register(
+            "disk_size_bytes",
+            "Size of the filesystem of this node's data dir",
+            scraped.disk_size_bytes.clone(),
+        );
         scraped
     }
 }
@@ -265,7 +320,7 @@ impl NodeHttp {
     /// Also starts counting leader changes.
     pub fn new(sources: Sources, events: &EventMetrics) -> Arc<Self> {
         let http = Arc::new(Self {
-            scraped: Mutex::new(Scraped::new(events)),
+            scraped: Mutex::new(Scraped::new(events, &sources)),
             sources,
         });
         let changes = http
@@ -394,6 +449,17 @@ impl NodeHttp {
             let labels = [("peer", peer.to_string()), ("kind", kind.to_string())];
             mirror(&scraped.peer_errors.get_or_create(&labels), count);
         }
+        let (segments, log_bytes) = dir_files(&s.data_dir.join("log"), ".seg");
+        scraped.log_segments.set(segments as i64);
+        scraped.log_bytes.set(log_bytes as i64);
+        let snapshot = std::fs::metadata(s.data_dir.join("snapshots").join("current"));
+        scraped
+            .snapshot_bytes
+            .set(snapshot.map_or(0, |m| m.len()) as i64);
+        if let Some((free, size)) = disk_space(&s.data_dir) {
+            scraped.disk_free_bytes.set(free as i64);
+            scraped.disk_size_bytes.set(size as i64);
+        }
         let mut body = String::new();
         if let Err(e) = encode(&mut body, &scraped.registry) {
             return Reply::text(500, format!("cannot encode the metrics: {e}\n"));
@@ -404,6 +470,32 @@ impl NodeHttp {
             body,
         }
     }
+}
+
+/// How many files in `dir` end with `suffix`, and their bytes.
+fn dir_files(dir: &std::path::Path, suffix: &str) -> (u64, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+        .fold((0, 0), |(n, bytes), e| {
+            (n + 1, bytes + e.metadata().map_or(0, |m| m.len()))
+        })
+}
+
+/// Bytes available to this process, and the size, of the filesystem holding `path`.
+pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stat` a writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let block = stat.f_frsize as u64;
+    Some((stat.f_bavail as u64 * block, stat.f_blocks as u64 * block))
 }
 
 impl Routes for NodeHttp {

@@ -126,8 +126,20 @@ pub async fn start_with_listeners(
         identities,
         inbox,
     } = open_core(&config, faults, &advertised).await?;
+    log_leadership(id, &raft);
     let (standing, admin) = start_membership(&config, &raft, &peers, identity, &advertised);
-    let router = start_router(&config, &raft, &state, &peers, standing.clone());
+    let disk = crate::disk::DiskGuard::new(id, config.data_dir(), config.min_free_disk_bytes);
+    let batch_sizes = crate::metrics::batch_histogram();
+    disk.spawn_watch(raft.clone(), peers.clone());
+    let router = start_router(
+        &config,
+        &raft,
+        &state,
+        &peers,
+        standing.clone(),
+        disk.clone(),
+        batch_sizes.clone(),
+    );
     let api_counters = crate::api::ApiCounters::default();
     let inbound = Arc::new(Inbound::default());
     let peer_service = PeerService::new(
@@ -138,7 +150,8 @@ pub async fn start_with_listeners(
         identities,
         inbox,
         inbound.clone(),
-    );
+    )
+    .with_disk(disk.clone());
     ReachWatch {
         id,
         raft: raft.clone(),
@@ -171,6 +184,10 @@ pub async fn start_with_listeners(
         admin,
         standing: standing.clone(),
         admin_token: config.admin_token.clone(),
+        backups: Arc::new(crate::backup::Backups::new(
+            config.data_dir().join("snapshots"),
+            Duration::from_millis(config.idle_timeout_ms),
+        )),
     };
     let api = CacheApi::new(
         id,
@@ -195,6 +212,8 @@ pub async fn start_with_listeners(
                 peer_connections: peer_server.counts(),
                 reads: api_counters.reads.clone(),
                 ready_timeout: Duration::from_millis(config.election_timeout_max_ms),
+                data_dir: config.data_dir(),
+                batch_sizes: batch_sizes.clone(),
             };
             let routes = crate::metrics::NodeHttp::new(sources, &api_counters.events);
             Some(crate::http::spawn(listener, config.http_limits(), routes)?)
@@ -297,6 +316,8 @@ fn start_router(
     state: &StateReader,
     peers: &Arc<PeerClients>,
     standing: Arc<Standing>,
+    disk: Arc<crate::disk::DiskGuard>,
+    batch_sizes: prometheus_client::metrics::histogram::Histogram,
 ) -> Arc<Router> {
     let batch_limits = BatchLimits {
         max_requests: config.batch_max_requests,
@@ -319,8 +340,12 @@ fn start_router(
         raft.clone(),
         peers.clone(),
         batch_limits,
-        eviction.clone(),
-        state.log_clock().clone(),
+        crate::proposer::Gates {
+            eviction: eviction.clone(),
+            clock: state.log_clock().clone(),
+            disk,
+            batch_sizes,
+        },
     );
     let expiry_limits = crate::expiry::ExpiryLimits {
         interval: Duration::from_millis(config.expiry_interval_ms.max(1)),
@@ -425,6 +450,34 @@ struct Core {
     identities: Arc<PeerIdentities>,
     /// Where snapshots received from the leader are written.
     inbox: SnapshotInbox,
+}
+
+/// Logs at INFO each change of leader or term this node sees (openraft logs elections only at
+/// its own info level, below the default filter): who leads now, in which term, or that no
+/// leader is known.
+fn log_leadership(id: NodeId, raft: &Raft) {
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        let mut seen = None;
+        loop {
+            let now = {
+                let m = metrics.borrow_watched();
+                (m.current_term, m.current_leader)
+            };
+            if seen != Some(now) {
+                let (term, leader) = now;
+                match leader {
+                    Some(leader) if leader == id => tracing::info!(term, "this node leads"),
+                    Some(leader) => tracing::info!(term, leader, "following a leader"),
+                    None => tracing::info!(term, "no leader known"),
+                }
+                seen = Some(now);
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Opens the data dir, starts Raft on it, and bootstraps a new cluster if this start says so.

@@ -110,8 +110,7 @@ impl Proposer {
         raft: Raft,
         peers: Arc<PeerClients>,
         limits: BatchLimits,
-        eviction: Arc<Eviction>,
-        clock: LogClock,
+        gates: Gates,
     ) -> Self {
         let (queue, pending) = mpsc::channel(limits.max_pending.max(1));
         let batcher = Batcher {
@@ -119,8 +118,10 @@ impl Proposer {
             raft,
             peers,
             limits,
-            eviction,
-            clock,
+            eviction: gates.eviction,
+            clock: gates.clock,
+            disk: gates.disk,
+            batch_sizes: gates.batch_sizes,
         };
         tokio::spawn(batcher.run(pending));
         Self { queue }
@@ -150,6 +151,18 @@ impl Proposer {
     }
 }
 
+/// What the leader consults, and records, as it proposes a batch.
+pub struct Gates {
+    /// The caps written into each entry, and the evictions proposed ahead of writes.
+    pub eviction: Arc<Eviction>,
+    /// The log's time.
+    pub clock: LogClock,
+    /// Whether a node's disk is nearly full.
+    pub disk: Arc<crate::disk::DiskGuard>,
+    /// Client requests per proposed entry.
+    pub batch_sizes: prometheus_client::metrics::histogram::Histogram,
+}
+
 /// The task that turns queued writes into batches.
 struct Batcher {
     id: NodeId,
@@ -160,6 +173,10 @@ struct Batcher {
     eviction: Arc<Eviction>,
     /// The log's time: an entry is proposed at this node's clock, or later if the log is ahead.
     clock: LogClock,
+    /// Whether a node's disk is nearly full: writes that add data are then refused unproposed.
+    disk: Arc<crate::disk::DiskGuard>,
+    /// Client requests per proposed entry (`/metrics`: how much group commit batches).
+    batch_sizes: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Batcher {
@@ -218,6 +235,22 @@ impl Batcher {
 
     /// Proposes the batch as one entry and answers each request once it is applied here.
     async fn propose_and_answer(&self, batch: Vec<Pending>) {
+        // A disk nearly full: what would add data is refused before it reaches the log.
+        let batch = match self.disk.refusal() {
+            None => batch,
+            Some(why) => {
+                let (refused, rest): (Vec<Pending>, Vec<Pending>) =
+                    batch.into_iter().partition(|p| p.request.adds_data());
+                for pending in refused {
+                    let response = crate::types::Response::Full(why.clone());
+                    let _ = pending.reply.send(Ok(Applied { index: 0, response }));
+                }
+                if rest.is_empty() {
+                    return;
+                }
+                rest
+            }
+        };
         let now_ms = self.clock.leader_now_ms(now_ms());
         let (mut requests, replies): (Vec<Request>, Vec<_>) = batch
             .into_iter()
@@ -234,6 +267,7 @@ impl Batcher {
             requests.insert(0, evict);
         }
         let count = requests.len();
+        self.batch_sizes.observe((count - skip) as f64);
         let capacity = self.eviction.capacity();
         let batch = Batch {
             requests,

@@ -433,6 +433,25 @@ fn the_safety_rules_refuse_with_their_reason_and_the_token_guards_admin_calls() 
     client.put("k", "v").unwrap();
     assert_eq!(client.get("k", true).unwrap(), Some("v".into()));
 
+    phase(
+        start,
+        "add-node of an existing voter changes nothing, and says so",
+    );
+    let peer2 = cluster.node(2).peer_addr.to_string();
+    let ran = admin(a1, &["add-node", "2", &peer2], token);
+    assert_eq!(ran.code, 0, "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stderr.contains("already a voter") && ran.stderr.contains("nothing changed"),
+        "{}",
+        ran.stderr
+    );
+    admin_refused(
+        a1,
+        &["add-node", "2", &dead_addr()],
+        token,
+        "node ids are never reused",
+    );
+
     phase(start, "a new voter that does not answer is refused");
     admin_refused(
         a1,

@@ -760,3 +760,148 @@ fn a_peer_port_in_the_ephemeral_range_is_warned_about() {
         .unwrap_or_else(|| panic!("no warning for peer port {port}:\n{log}"));
     assert!(warning.contains(&format!("port={port}")), "{warning}");
 }
+
+/// Every command that prints data prints one JSON value with `--json`, for scripts: values
+/// with a tab or a newline come through whole, and an absent key is `null` with exit status 1.
+#[test]
+fn every_command_that_prints_data_prints_json_with_json() {
+    let cluster = ProcessCluster::single();
+    let addr = cluster.node(1).client_addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let backup_file = dir.path().join("b.rcbackup");
+    let run = |args: &[&str]| {
+        let out = Command::new(multi_process::bin())
+            .args(args)
+            .args(["--addr", &addr])
+            .output()
+            .expect("run raftcache");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let value: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+            panic!(
+                "{args:?} printed no single JSON value ({e}): {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code(), value)
+    };
+    let odd = "a\tvalue\nover two lines";
+    let put = Command::new(multi_process::bin())
+        .args(["put", "k", odd, "--addr", &addr])
+        .status()
+        .unwrap();
+    assert!(put.success());
+
+    let (code, got) = run(&["get", "k", "--json"]);
+    assert_eq!(
+        (code, &got["key"], &got["value"]),
+        (Some(0), &"k".into(), &odd.into())
+    );
+    let (code, got) = run(&["get", "absent", "--json"]);
+    assert_eq!((code, &got["value"]), (Some(1), &serde_json::Value::Null));
+    let (code, got) = run(&["incr", "n", "5", "--json"]);
+    assert_eq!((code, &got["value"]), (Some(0), &5.into()));
+    let (_, got) = run(&["scan", "--json"]);
+    let entries = got.as_array().expect("scan --json prints an array");
+    assert_eq!(entries.len(), 2, "{got}");
+    assert_eq!(
+        (&entries[0]["key"], &entries[0]["value"]),
+        (&"k".into(), &odd.into())
+    );
+    let (_, got) = run(&["stats", "--json"]);
+    assert_eq!(got["keys"], 2, "{got}");
+    let (_, got) = run(&["status", "--json"]);
+    assert_eq!(got["leader"], 1, "{got}");
+    let (_, got) = run(&["admin", "snapshot", "--json"]);
+    assert!(got["index"].as_u64().is_some_and(|i| i > 0), "{got}");
+    let (_, got) = run(&["admin", "members", "--json"]);
+    assert_eq!(got["members"].as_array().map(Vec::len), Some(1), "{got}");
+    let file = backup_file.display().to_string();
+    let (code, got) = run(&["admin", "backup", &file, "--json"]);
+    assert_eq!(
+        (code, &got["file"]),
+        (Some(0), &file.clone().into()),
+        "{got}"
+    );
+}
+
+/// A peer that goes down is logged once by each node that calls it, and once more when it
+/// answers again: not a line per failed heartbeat and append (openraft's own warnings, several
+/// a second, are off by default). Elections and leader changes are logged at INFO.
+#[test]
+fn a_peer_going_down_and_coming_back_is_logged_once_each_way() {
+    let mut cluster = ProcessCluster::create_with(3, &[]);
+    for node in &mut cluster.nodes {
+        let filter = raftcache::config::DEFAULT_LOG_FILTER.to_string();
+        node.env.push(("RUST_LOG".into(), filter));
+    }
+    cluster.start_all();
+    let leader = cluster.wait_for_leader(&[1, 2, 3]);
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    cluster.node_mut(follower).kill();
+    let mut writer = Retrying::new(cluster.node(leader).client_addr);
+    for i in 0..20 {
+        writer.put(&format!("k{i}"), "v");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.node_mut(follower).start();
+    let log_path = cluster.node(leader).log_path.clone();
+    let peer = format!("peer={follower} ");
+    let lines = |what: &str| -> usize {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains(what) && l.contains(&peer))
+            .count()
+    };
+    wait_until(
+        DEADLINE,
+        "the leader logs that the follower answers again",
+        || lines("a peer answers again") == 1,
+    );
+    assert_eq!(lines("a peer does not answer"), 1, "down for 2 s: one line");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let per_call = log
+        .lines()
+        .filter(|l| {
+            l.contains("failed to send a heartbeat") || l.contains("ReplicationCore recv RPCError")
+        })
+        .count();
+    assert_eq!(per_call, 0, "no line per failed call");
+    assert!(
+        log.contains("this node leads"),
+        "the leader logs that it leads"
+    );
+}
+
+/// `admin members` on a node that no leader answers for (a quorum is down) shows that node's
+/// own view of the membership, says so, and exits 1, instead of only an error.
+#[test]
+fn admin_members_without_a_leader_shows_the_nodes_own_view() {
+    let mut cluster = ProcessCluster::start_with(3, &["--request-deadline-ms=1000"]);
+    let leader = cluster.wait_for_leader(&[1, 2, 3]);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    cluster.node_mut(leader).kill();
+    cluster.node_mut(others[0]).kill();
+    let survivor = cluster.node(others[1]);
+    let out = Command::new(multi_process::bin())
+        .args([
+            "admin",
+            "members",
+            "--addr",
+            &survivor.client_addr.to_string(),
+        ])
+        .output()
+        .expect("run raftcache admin members");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("no leader answered") && stderr.contains("own view"),
+        "{stderr}"
+    );
+    for id in [1, 2, 3] {
+        let peer = cluster.node(id).peer_addr.to_string();
+        assert!(stdout.contains(&peer), "member {id} ({peer}) in: {stdout}");
+    }
+}

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use openraft::ServerState;
 
 use crate::gen::cache::{
-    AdminChange, AdminOp, AdminRefused, CacheEntry, CacheFull, CacheServiceSyncProcessor,
-    Consistency as WireConsistency, InvalidRequest, KeyNotFound, Member, MemberState, Membership,
-    NodeStatus, ReadOptions, Unauthorized, Unavailable,
+    AdminChange, AdminOp, AdminRefused, BackupInfo, CacheEntry, CacheFull,
+    CacheServiceSyncProcessor, Consistency as WireConsistency, InvalidRequest, KeyNotFound, Member,
+    MemberState, Membership, NodeStatus, ReadOptions, Unauthorized, Unavailable,
 };
 use crate::membership::{Admin, AdminError, AdminRequest, Change, MembersView, Standing};
 use crate::router::{Consistency, RouteError, Router};
@@ -78,6 +78,8 @@ pub struct CacheApi {
     reads: Arc<ReadCounters>,
     /// Requests by method and outcome, and their latency (`/metrics`).
     events: crate::metrics::EventMetrics,
+    /// Backups being read from this node.
+    backups: Arc<crate::backup::Backups>,
 }
 
 /// The parts of a node the admin calls need.
@@ -85,6 +87,7 @@ pub struct AdminParts {
     pub admin: Arc<Admin>,
     pub standing: Arc<Standing>,
     pub admin_token: Option<String>,
+    pub backups: Arc<crate::backup::Backups>,
 }
 
 fn user_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> thrift::Error {
@@ -154,6 +157,7 @@ impl CacheApi {
             admin_token: admin.admin_token,
             reads: counters.reads,
             events: counters.events,
+            backups: admin.backups,
         }
     }
 
@@ -165,6 +169,19 @@ impl CacheApi {
             Call::Remove { key } => Outcome::Flag(self.remove(key).await),
             Call::Status => Outcome::Status(Ok(self.status())),
             Call::AdminSnapshot { token } => Outcome::Index(self.admin_snapshot(&token).await),
+            Call::AdminBackupBegin { token } => {
+                Outcome::Backup(self.admin_backup_begin(&token).await)
+            }
+            Call::AdminBackupRead {
+                token,
+                backup_id,
+                offset,
+                max_bytes,
+            } => Outcome::Bytes(self.admin_backup_read(&token, &backup_id, offset, max_bytes)),
+            Call::AdminBackupEnd { token, backup_id } => Outcome::Done(
+                self.check_token(&token)
+                    .map(|()| self.backups.end(&backup_id)),
+            ),
             Call::AdminMembers { token } => {
                 Outcome::Membership(self.admin_call(&token, Ok(AdminRequest::Members)).await)
             }
@@ -340,6 +357,45 @@ impl CacheApi {
             })
         })?;
         Ok(built as i64)
+    }
+
+    /// A snapshot covering everything applied here, kept for `admin_backup_read`.
+    async fn admin_backup_begin(&self, token: &str) -> thrift::Result<BackupInfo> {
+        self.check_token(token)?;
+        let unavailable = |message: String| user_error(Unavailable { message });
+        self.router
+            .snapshot()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let begun = self
+            .backups
+            .begin()
+            .map_err(|e| unavailable(format!("cannot keep the snapshot for the backup: {e}")))?;
+        tracing::info!(backup = %begun.id, index = ?begun.meta.last_log_id.map(|l| l.index), bytes = begun.bytes, "backup begun");
+        Ok(BackupInfo {
+            backup_id: begun.id,
+            cluster_id: self.standing.identity().cluster_id().unwrap_or_default(),
+            node_id: self.id as i64,
+            index: begun.meta.last_log_id.map_or(0, |l| l.index) as i64,
+            bytes: begun.bytes as i64,
+        })
+    }
+
+    fn admin_backup_read(
+        &self,
+        token: &str,
+        backup_id: &str,
+        offset: i64,
+        max_bytes: i32,
+    ) -> thrift::Result<Vec<u8>> {
+        self.check_token(token)?;
+        let offset =
+            u64::try_from(offset).map_err(|_| invalid(format!("offset {offset} is negative")))?;
+        if max_bytes <= 0 {
+            return Err(invalid(format!("max_bytes {max_bytes} is not positive")));
+        }
+        let max = max_bytes.min(crate::backup::MAX_READ_BYTES) as usize;
+        self.backups.read(backup_id, offset, max).map_err(invalid)
     }
 }
 

@@ -7,8 +7,8 @@ use std::cell::RefCell;
 use thrift::{ApplicationError, ApplicationErrorKind};
 
 use crate::gen::cache::{
-    AdminChange, CacheEntry, CacheServiceSyncHandler, CacheStats, Membership, NodeStatus,
-    ReadOptions, WriteResult,
+    AdminChange, BackupInfo, CacheEntry, CacheServiceSyncHandler, CacheStats, Membership,
+    NodeStatus, ReadOptions, WriteResult,
 };
 
 /// One decoded client call.
@@ -32,6 +32,19 @@ pub(super) enum Call {
     },
     AdminMembers {
         token: String,
+    },
+    AdminBackupBegin {
+        token: String,
+    },
+    AdminBackupRead {
+        token: String,
+        backup_id: String,
+        offset: i64,
+        max_bytes: i32,
+    },
+    AdminBackupEnd {
+        token: String,
+        backup_id: String,
     },
     AdminChange {
         change: AdminChange,
@@ -79,6 +92,9 @@ impl Call {
             Call::Status => "status",
             Call::AdminSnapshot { .. } => "admin_snapshot",
             Call::AdminMembers { .. } => "admin_members",
+            Call::AdminBackupBegin { .. } => "admin_backup_begin",
+            Call::AdminBackupRead { .. } => "admin_backup_read",
+            Call::AdminBackupEnd { .. } => "admin_backup_end",
             Call::AdminChange { .. } => "admin_change",
             Call::GetMany { .. } => "get_many",
             Call::PutMany { .. } => "put_many",
@@ -102,6 +118,9 @@ pub(super) enum Outcome {
     Membership(thrift::Result<Membership>),
     Write(thrift::Result<WriteResult>),
     Stats(thrift::Result<CacheStats>),
+    Backup(thrift::Result<BackupInfo>),
+    Bytes(thrift::Result<Vec<u8>>),
+    Done(thrift::Result<()>),
 }
 
 /// The first pass: records the call the processor decoded. What it returns is never sent.
@@ -200,6 +219,26 @@ impl CacheServiceSyncHandler for &Decoded {
     fn handle_stats(&self) -> thrift::Result<CacheStats> {
         self.record(Call::Stats)
     }
+    fn handle_admin_backup_begin(&self, token: String) -> thrift::Result<BackupInfo> {
+        self.record(Call::AdminBackupBegin { token })
+    }
+    fn handle_admin_backup_read(
+        &self,
+        token: String,
+        backup_id: String,
+        offset: i64,
+        max_bytes: i32,
+    ) -> thrift::Result<Vec<u8>> {
+        self.record(Call::AdminBackupRead {
+            token,
+            backup_id,
+            offset,
+            max_bytes,
+        })
+    }
+    fn handle_admin_backup_end(&self, token: String, backup_id: String) -> thrift::Result<()> {
+        self.record(Call::AdminBackupEnd { token, backup_id })
+    }
 }
 
 /// The second pass: hands the processor the outcome of the call it decodes again.
@@ -280,6 +319,21 @@ impl CacheServiceSyncHandler for Answer {
     fn handle_stats(&self) -> thrift::Result<CacheStats> {
         answer!(self, Stats)
     }
+    fn handle_admin_backup_begin(&self, _token: String) -> thrift::Result<BackupInfo> {
+        answer!(self, Backup)
+    }
+    fn handle_admin_backup_read(
+        &self,
+        _: String,
+        _: String,
+        _: i64,
+        _: i32,
+    ) -> thrift::Result<Vec<u8>> {
+        answer!(self, Bytes)
+    }
+    fn handle_admin_backup_end(&self, _: String, _: String) -> thrift::Result<()> {
+        answer!(self, Done)
+    }
 }
 
 impl Outcome {
@@ -294,6 +348,9 @@ impl Outcome {
             Outcome::Membership(r) => r.as_ref().err(),
             Outcome::Write(r) => r.as_ref().err(),
             Outcome::Stats(r) => r.as_ref().err(),
+            Outcome::Backup(r) => r.as_ref().err(),
+            Outcome::Bytes(r) => r.as_ref().err(),
+            Outcome::Done(r) => r.as_ref().err(),
         }
     }
 

@@ -65,7 +65,7 @@ impl NodeConfig {
         peer_bound: SocketAddr,
         client_bound: SocketAddr,
     ) -> Result<Advertised, String> {
-        let joining = self.join.is_some();
+        let joining = matches!(self.start_mode(), super::StartMode::Join { .. });
         let mut unreachable = Vec::new();
         let mut pick = |flag: &Option<String>, bound: SocketAddr, listen: &str, advertise: &str| {
             if let Some(addr) = flag {

@@ -1513,6 +1513,110 @@ impl TSerializable for AdminChange {
 }
 
 //
+// BackupInfo
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct BackupInfo {
+  pub backup_id: String,
+  pub cluster_id: String,
+  pub node_id: i64,
+  pub index: i64,
+  pub bytes: i64,
+}
+
+impl BackupInfo {
+  pub fn new(backup_id: String, cluster_id: String, node_id: i64, index: i64, bytes: i64) -> BackupInfo {
+    BackupInfo {
+      backup_id,
+      cluster_id,
+      node_id,
+      index,
+      bytes,
+    }
+  }
+}
+
+impl TSerializable for BackupInfo {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<BackupInfo> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    let mut f_2: Option<String> = None;
+    let mut f_3: Option<i64> = None;
+    let mut f_4: Option<i64> = None;
+    let mut f_5: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_string()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i64()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_i64()?;
+          f_4 = Some(val);
+        },
+        5 => {
+          let val = i_prot.read_i64()?;
+          f_5 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("BackupInfo.backup_id", &f_1)?;
+    verify_required_field_exists("BackupInfo.cluster_id", &f_2)?;
+    verify_required_field_exists("BackupInfo.node_id", &f_3)?;
+    verify_required_field_exists("BackupInfo.index", &f_4)?;
+    verify_required_field_exists("BackupInfo.bytes", &f_5)?;
+    let ret = BackupInfo {
+      backup_id: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      cluster_id: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      node_id: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      index: f_4.expect("auto-generated code should have checked for presence of required fields"),
+      bytes: f_5.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("BackupInfo");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("backup_id", TType::String, 1))?;
+    o_prot.write_string(&self.backup_id)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("cluster_id", TType::String, 2))?;
+    o_prot.write_string(&self.cluster_id)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("node_id", TType::I64, 3))?;
+    o_prot.write_i64(self.node_id)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("index", TType::I64, 4))?;
+    o_prot.write_i64(self.index)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("bytes", TType::I64, 5))?;
+    o_prot.write_i64(self.bytes)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // CacheService service client
 //
 
@@ -1534,6 +1638,9 @@ pub trait TCacheServiceSyncClient {
   fn increment(&mut self, key: String, delta: i64) -> thrift::Result<i64>;
   fn scan(&mut self, prefix: String, start_after: String, limit: i32, options: ReadOptions) -> thrift::Result<Vec<CacheEntry>>;
   fn stats(&mut self) -> thrift::Result<CacheStats>;
+  fn admin_backup_begin(&mut self, token: String) -> thrift::Result<BackupInfo>;
+  fn admin_backup_read(&mut self, token: String, backup_id: String, offset: i64, max_bytes: i32) -> thrift::Result<Vec<u8>>;
+  fn admin_backup_end(&mut self, token: String, backup_id: String) -> thrift::Result<()>;
 }
 
 pub trait TCacheServiceSyncClientMarker {}
@@ -2019,6 +2126,87 @@ impl <C: TThriftClient + TCacheServiceSyncClientMarker> TCacheServiceSyncClient 
       result.ok_or()
     }
   }
+  fn admin_backup_begin(&mut self, token: String) -> thrift::Result<BackupInfo> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("admin_backup_begin", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceAdminBackupBeginArgs { token };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("admin_backup_begin", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceAdminBackupBeginResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn admin_backup_read(&mut self, token: String, backup_id: String, offset: i64, max_bytes: i32) -> thrift::Result<Vec<u8>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("admin_backup_read", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceAdminBackupReadArgs { token, backup_id, offset, max_bytes };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("admin_backup_read", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceAdminBackupReadResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn admin_backup_end(&mut self, token: String, backup_id: String) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("admin_backup_end", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceAdminBackupEndArgs { token, backup_id };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("admin_backup_end", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceAdminBackupEndResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -2043,6 +2231,9 @@ pub trait CacheServiceSyncHandler {
   fn handle_increment(&self, key: String, delta: i64) -> thrift::Result<i64>;
   fn handle_scan(&self, prefix: String, start_after: String, limit: i32, options: ReadOptions) -> thrift::Result<Vec<CacheEntry>>;
   fn handle_stats(&self) -> thrift::Result<CacheStats>;
+  fn handle_admin_backup_begin(&self, token: String) -> thrift::Result<BackupInfo>;
+  fn handle_admin_backup_read(&self, token: String, backup_id: String, offset: i64, max_bytes: i32) -> thrift::Result<Vec<u8>>;
+  fn handle_admin_backup_end(&self, token: String, backup_id: String) -> thrift::Result<()>;
 }
 
 pub struct CacheServiceSyncProcessor<H: CacheServiceSyncHandler> {
@@ -2105,6 +2296,15 @@ impl <H: CacheServiceSyncHandler> CacheServiceSyncProcessor<H> {
   }
   fn process_stats(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TCacheServiceProcessFunctions::process_stats(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_admin_backup_begin(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_admin_backup_begin(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_admin_backup_read(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_admin_backup_read(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_admin_backup_end(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_admin_backup_end(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -3269,6 +3469,202 @@ impl TCacheServiceProcessFunctions {
       },
     }
   }
+  pub fn process_admin_backup_begin<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceAdminBackupBeginArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_admin_backup_begin(args.token) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("admin_backup_begin", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceAdminBackupBeginResult { result_value: Some(handler_return), unavailable: None, unauthorized: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<Unavailable>().is_some() {
+              let err = usr_err.downcast::<Unavailable>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminBackupBeginResult{ result_value: None, unavailable: Some(*err), unauthorized: None };
+              let message_ident = TMessageIdentifier::new("admin_backup_begin", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unauthorized>().is_some() {
+              let err = usr_err.downcast::<Unauthorized>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminBackupBeginResult{ result_value: None, unavailable: None, unauthorized: Some(*err) };
+              let message_ident = TMessageIdentifier::new("admin_backup_begin", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("admin_backup_begin", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("admin_backup_begin", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("admin_backup_begin", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_admin_backup_read<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceAdminBackupReadArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_admin_backup_read(args.token, args.backup_id, args.offset, args.max_bytes) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("admin_backup_read", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceAdminBackupReadResult { result_value: Some(handler_return), invalid: None, unauthorized: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<InvalidRequest>().is_some() {
+              let err = usr_err.downcast::<InvalidRequest>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminBackupReadResult{ result_value: None, invalid: Some(*err), unauthorized: None };
+              let message_ident = TMessageIdentifier::new("admin_backup_read", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else if usr_err.downcast_ref::<Unauthorized>().is_some() {
+              let err = usr_err.downcast::<Unauthorized>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminBackupReadResult{ result_value: None, invalid: None, unauthorized: Some(*err) };
+              let message_ident = TMessageIdentifier::new("admin_backup_read", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("admin_backup_read", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("admin_backup_read", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("admin_backup_read", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_admin_backup_end<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceAdminBackupEndArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_admin_backup_end(args.token, args.backup_id) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("admin_backup_end", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceAdminBackupEndResult { unauthorized: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<Unauthorized>().is_some() {
+              let err = usr_err.downcast::<Unauthorized>().expect("downcast already checked");
+              let ret_err = CacheServiceAdminBackupEndResult{ unauthorized: Some(*err) };
+              let message_ident = TMessageIdentifier::new("admin_backup_end", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("admin_backup_end", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("admin_backup_end", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("admin_backup_end", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: CacheServiceSyncHandler> TProcessor for CacheServiceSyncProcessor<H> {
@@ -3325,6 +3721,15 @@ impl <H: CacheServiceSyncHandler> TProcessor for CacheServiceSyncProcessor<H> {
       },
       "stats" => {
         self.process_stats(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "admin_backup_begin" => {
+        self.process_admin_backup_begin(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "admin_backup_read" => {
+        self.process_admin_backup_read(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "admin_backup_end" => {
+        self.process_admin_backup_end(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -5865,6 +6270,432 @@ impl CacheServiceStatsResult {
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminBackupBeginArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminBackupBeginArgs {
+  token: String,
+}
+
+impl CacheServiceAdminBackupBeginArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminBackupBeginArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceAdminBackupBeginArgs.token", &f_1)?;
+    let ret = CacheServiceAdminBackupBeginArgs {
+      token: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("admin_backup_begin_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("token", TType::String, 1))?;
+    o_prot.write_string(&self.token)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminBackupBeginResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminBackupBeginResult {
+  result_value: Option<BackupInfo>,
+  unavailable: Option<Unavailable>,
+  unauthorized: Option<Unauthorized>,
+}
+
+impl CacheServiceAdminBackupBeginResult {
+  fn ok_or(self) -> thrift::Result<BackupInfo> {
+    if self.unavailable.is_some() {
+      Err(thrift::Error::User(Box::new(self.unavailable.unwrap())))
+    } else if self.unauthorized.is_some() {
+      Err(thrift::Error::User(Box::new(self.unauthorized.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceAdminBackupBegin"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminBackupBeginResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<BackupInfo> = None;
+    let mut f_1: Option<Unavailable> = None;
+    let mut f_2: Option<Unauthorized> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = BackupInfo::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = Unavailable::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unauthorized::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceAdminBackupBeginResult {
+      result_value: f_0,
+      unavailable: f_1,
+      unauthorized: f_2,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceAdminBackupBeginResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unavailable {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unavailable", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unauthorized {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminBackupReadArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminBackupReadArgs {
+  token: String,
+  backup_id: String,
+  offset: i64,
+  max_bytes: i32,
+}
+
+impl CacheServiceAdminBackupReadArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminBackupReadArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    let mut f_2: Option<String> = None;
+    let mut f_3: Option<i64> = None;
+    let mut f_4: Option<i32> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_string()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i64()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_i32()?;
+          f_4 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceAdminBackupReadArgs.token", &f_1)?;
+    verify_required_field_exists("CacheServiceAdminBackupReadArgs.backup_id", &f_2)?;
+    verify_required_field_exists("CacheServiceAdminBackupReadArgs.offset", &f_3)?;
+    verify_required_field_exists("CacheServiceAdminBackupReadArgs.max_bytes", &f_4)?;
+    let ret = CacheServiceAdminBackupReadArgs {
+      token: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      backup_id: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      offset: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      max_bytes: f_4.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("admin_backup_read_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("token", TType::String, 1))?;
+    o_prot.write_string(&self.token)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("backup_id", TType::String, 2))?;
+    o_prot.write_string(&self.backup_id)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("offset", TType::I64, 3))?;
+    o_prot.write_i64(self.offset)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("max_bytes", TType::I32, 4))?;
+    o_prot.write_i32(self.max_bytes)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminBackupReadResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminBackupReadResult {
+  result_value: Option<Vec<u8>>,
+  invalid: Option<InvalidRequest>,
+  unauthorized: Option<Unauthorized>,
+}
+
+impl CacheServiceAdminBackupReadResult {
+  fn ok_or(self) -> thrift::Result<Vec<u8>> {
+    if self.invalid.is_some() {
+      Err(thrift::Error::User(Box::new(self.invalid.unwrap())))
+    } else if self.unauthorized.is_some() {
+      Err(thrift::Error::User(Box::new(self.unauthorized.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CacheServiceAdminBackupRead"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminBackupReadResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<u8>> = None;
+    let mut f_1: Option<InvalidRequest> = None;
+    let mut f_2: Option<Unauthorized> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_bytes()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = InvalidRequest::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = Unauthorized::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceAdminBackupReadResult {
+      result_value: f_0,
+      invalid: f_1,
+      unauthorized: f_2,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceAdminBackupReadResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::String, 0))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.invalid {
+      o_prot.write_field_begin(&TFieldIdentifier::new("invalid", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.unauthorized {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminBackupEndArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminBackupEndArgs {
+  token: String,
+  backup_id: String,
+}
+
+impl CacheServiceAdminBackupEndArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminBackupEndArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    let mut f_2: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_string()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceAdminBackupEndArgs.token", &f_1)?;
+    verify_required_field_exists("CacheServiceAdminBackupEndArgs.backup_id", &f_2)?;
+    let ret = CacheServiceAdminBackupEndArgs {
+      token: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      backup_id: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("admin_backup_end_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("token", TType::String, 1))?;
+    o_prot.write_string(&self.token)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("backup_id", TType::String, 2))?;
+    o_prot.write_string(&self.backup_id)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAdminBackupEndResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAdminBackupEndResult {
+  unauthorized: Option<Unauthorized>,
+}
+
+impl CacheServiceAdminBackupEndResult {
+  fn ok_or(self) -> thrift::Result<()> {
+    if self.unauthorized.is_some() {
+      Err(thrift::Error::User(Box::new(self.unauthorized.unwrap())))
+    } else {
+      Ok(())
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAdminBackupEndResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Unauthorized> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = Unauthorized::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceAdminBackupEndResult {
+      unauthorized: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceAdminBackupEndResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.unauthorized {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 1))?;
       fld_var.write_to_out_protocol(o_prot)?;
       o_prot.write_field_end()?
     }

@@ -41,6 +41,7 @@ pub trait TRaftPeerSyncClient {
   fn pre_vote(&mut self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
   fn transfer_leader(&mut self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
   fn relay(&mut self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
+  fn disk_alarm(&mut self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
 }
 
 pub trait TRaftPeerSyncClientMarker {}
@@ -364,6 +365,33 @@ impl <C: TThriftClient + TRaftPeerSyncClientMarker> TRaftPeerSyncClient for C {
       result.ok_or()
     }
   }
+  fn disk_alarm(&mut self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("disk_alarm", TMessageType::Call, self.sequence_number());
+        let call_args = RaftPeerDiskAlarmArgs { request };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("disk_alarm", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = RaftPeerDiskAlarmResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -382,6 +410,7 @@ pub trait RaftPeerSyncHandler {
   fn handle_pre_vote(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
   fn handle_transfer_leader(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
   fn handle_relay(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
+  fn handle_disk_alarm(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>>;
 }
 
 pub struct RaftPeerSyncProcessor<H: RaftPeerSyncHandler> {
@@ -426,6 +455,9 @@ impl <H: RaftPeerSyncHandler> RaftPeerSyncProcessor<H> {
   }
   fn process_relay(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TRaftPeerProcessFunctions::process_relay(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_disk_alarm(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TRaftPeerProcessFunctions::process_disk_alarm(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -839,6 +871,43 @@ impl TRaftPeerProcessFunctions {
       },
     }
   }
+  pub fn process_disk_alarm<H: RaftPeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = RaftPeerDiskAlarmArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_disk_alarm(args.request) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("disk_alarm", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = RaftPeerDiskAlarmResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("disk_alarm", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("disk_alarm", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: RaftPeerSyncHandler> TProcessor for RaftPeerSyncProcessor<H> {
@@ -877,6 +946,9 @@ impl <H: RaftPeerSyncHandler> TProcessor for RaftPeerSyncProcessor<H> {
       },
       "relay" => {
         self.process_relay(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "disk_alarm" => {
+        self.process_disk_alarm(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -2103,6 +2175,117 @@ impl RaftPeerRelayResult {
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let struct_ident = TStructIdentifier::new("RaftPeerRelayResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::String, 0))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// RaftPeerDiskAlarmArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct RaftPeerDiskAlarmArgs {
+  request: Vec<u8>,
+}
+
+impl RaftPeerDiskAlarmArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<RaftPeerDiskAlarmArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("RaftPeerDiskAlarmArgs.request", &f_1)?;
+    let ret = RaftPeerDiskAlarmArgs {
+      request: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("disk_alarm_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("request", TType::String, 1))?;
+    o_prot.write_bytes(&self.request)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// RaftPeerDiskAlarmResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct RaftPeerDiskAlarmResult {
+  result_value: Option<Vec<u8>>,
+}
+
+impl RaftPeerDiskAlarmResult {
+  fn ok_or(self) -> thrift::Result<Vec<u8>> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for RaftPeerDiskAlarm"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<RaftPeerDiskAlarmResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_bytes()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = RaftPeerDiskAlarmResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("RaftPeerDiskAlarmResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::String, 0))?;

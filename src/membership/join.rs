@@ -48,6 +48,24 @@ pub fn add_node(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Membership, String> {
     let err = |e: thrift::Error| describe_error(&e);
+    if replace.is_none() {
+        let members = client.admin_members(token).map_err(err)?;
+        if let Some(known) = members.members.iter().find(|m| m.id == id as i64) {
+            if known.voter && known.peer_addr == peer_addr {
+                progress(&format!(
+                    "node {id} is already a voter at {peer_addr}: nothing changed"
+                ));
+                return Ok(members);
+            }
+            if known.peer_addr != peer_addr {
+                return Err(format!(
+                    "node {id} is already a {} at {}, not at {peer_addr}: node ids are never reused; to move it, remove it (admin remove-node {id}) and add a new node, or replace it (admin replace-node {id} NEW_ID NEW_PEER_ADDR)",
+                    if known.voter { "voter" } else { "learner" },
+                    known.peer_addr
+                ));
+            }
+        }
+    }
     progress(&format!("adding node {id} at {peer_addr} as a learner"));
     client
         .admin_change(

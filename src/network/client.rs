@@ -61,6 +61,7 @@ pub enum Method {
     PreVote,
     TransferLeader,
     Relay,
+    DiskAlarm,
 }
 
 impl Method {
@@ -78,6 +79,7 @@ impl Method {
             Method::PreVote => "pre_vote",
             Method::TransferLeader => "transfer_leader",
             Method::Relay => "relay",
+            Method::DiskAlarm => "disk_alarm",
         }
     }
 }
@@ -177,6 +179,9 @@ pub struct PeerClients {
     failed: Mutex<HashMap<NodeId, Instant>>,
     /// Failed calls by peer and kind (`unreachable`, `no_answer`, `refused`), for `/metrics`.
     errors: Mutex<BTreeMap<(NodeId, &'static str), u64>>,
+    /// Peers whose last call failed for want of a link, since when: logged once when a peer
+    /// goes down and once when it answers again, not at every failed call.
+    down: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl PeerClients {
@@ -196,6 +201,7 @@ impl PeerClients {
             answered: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             errors: Mutex::new(BTreeMap::new()),
+            down: Mutex::new(HashMap::new()),
         })
     }
 
@@ -327,11 +333,15 @@ impl PeerClients {
                 .entry((to, kind))
                 .or_default() += 1;
         }
-        if let Err(PeerError::Unreachable { .. } | PeerError::NoAnswer { .. }) = answer {
-            self.failed
-                .lock()
-                .expect("failed lock")
-                .insert(to, Instant::now());
+        if let Err(e @ (PeerError::Unreachable { .. } | PeerError::NoAnswer { .. })) = &answer {
+            let now = Instant::now();
+            self.failed.lock().expect("failed lock").insert(to, now);
+            if let std::collections::hash_map::Entry::Vacant(down) =
+                self.down.lock().expect("down lock").entry(to)
+            {
+                down.insert(now);
+                tracing::warn!(peer = to, addr, error = %e, "a peer does not answer (logged again once it does)");
+            }
             // The other idle connections to that address most likely share the dead path: a
             // call on each would wait out its own timeout. The next call opens a new one.
             self.forget_idle(addr);
@@ -435,6 +445,14 @@ impl PeerClients {
             .lock()
             .expect("answered lock")
             .insert(to, Instant::now());
+        if let Some(since) = self.down.lock().expect("down lock").remove(&to) {
+            tracing::info!(
+                peer = to,
+                addr,
+                down_ms = since.elapsed().as_millis() as u64,
+                "a peer answers again"
+            );
+        }
         Ok((payload, at))
     }
 

@@ -423,6 +423,7 @@ pub(crate) mod tests {
             member,
             removed: false,
             incarnation: new_incarnation(),
+            restored_from: None,
         }
         .write(dir.path())
         .unwrap();

@@ -32,4 +32,8 @@ service RaftPeer {
     /// do not reach it (a one-way partition): the receiver makes the call and passes the
     /// answer back.
     binary relay(1: binary request),
+    /// A node's free disk space, sent to the leader while it is under the node's
+    /// --min-free-disk-bytes (and once when it has room again): the leader refuses writes that
+    /// add data meanwhile.
+    binary disk_alarm(1: binary request),
 }

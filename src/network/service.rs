@@ -77,6 +77,8 @@ pub struct PeerService<L, M> {
     incoming: tokio::sync::Mutex<Option<Incoming>>,
     /// Who called this node, for the leader's check that its followers reach it.
     inbound: Arc<Inbound>,
+    /// Where other nodes' disk alarms go (none: they are dropped).
+    disk: Option<Arc<crate::disk::DiskGuard>>,
 }
 
 /// A snapshot transfer being received.
@@ -106,7 +108,14 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
             inbox,
             incoming: tokio::sync::Mutex::new(None),
             inbound,
+            disk: None,
         }
+    }
+
+    /// Takes other nodes' disk alarms to `disk`.
+    pub fn with_disk(mut self, disk: Arc<crate::disk::DiskGuard>) -> Self {
+        self.disk = Some(disk);
+        self
     }
 
     /// Writes one snapshot chunk, and has openraft install the snapshot after the last one,
@@ -358,6 +367,13 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
                 let request: RelayRequest = decode(payload)?;
                 encode(&self.relay(request).await)
             }
+            PeerMethod::DiskAlarm => {
+                let alarm: crate::disk::DiskAlarm = decode(payload)?;
+                if let Some(disk) = &self.disk {
+                    disk.report(alarm);
+                }
+                encode(&())
+            }
         }
     }
 
@@ -468,6 +484,9 @@ impl RaftPeerSyncHandler for &Decoded {
     fn handle_relay(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
         self.record(PeerMethod::Relay, request)
     }
+    fn handle_disk_alarm(&self, request: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.record(PeerMethod::DiskAlarm, request)
+    }
 }
 
 /// The second pass: every method answers with the same encoded result.
@@ -516,6 +535,9 @@ impl RaftPeerSyncHandler for Answer {
         self.take()
     }
     fn handle_relay(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.take()
+    }
+    fn handle_disk_alarm(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
         self.take()
     }
 }

@@ -60,6 +60,11 @@ pub struct Identity {
     /// when it is next opened.
     #[serde(default)]
     pub incarnation: String,
+    /// For a data dir made by `raftcache restore`: the source cluster and the backup's index
+    /// (`source/index`). Its cluster id is then `restored_cluster_id` of the one its
+    /// `--initial-cluster` implies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
 }
 
 /// A fresh incarnation id.
@@ -270,6 +275,13 @@ impl Watermark {
     }
 }
 
+/// The cluster id of a cluster restored from a backup (`from`: its source cluster and index)
+/// with the flags that would bootstrap cluster `base`: neither the source's nor `base`'s, and
+/// the same on every node restored from that backup with those flags.
+pub fn restored_cluster_id(base: &str, from: &str) -> String {
+    format!("{:016x}", fnv1a(&format!("{base}/restored-from/{from}")))
+}
+
 /// A stable 64-bit FNV-1a hash, for deriving a cluster id from the bootstrap membership.
 pub fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
@@ -314,6 +326,7 @@ mod tests {
             member: false,
             removed: false,
             incarnation: String::new(),
+            restored_from: None,
         };
         id.write(dir.path()).unwrap();
         assert_eq!(Identity::read(dir.path()).unwrap(), Some(id));
@@ -329,6 +342,7 @@ mod tests {
             member: false,
             removed: false,
             incarnation: String::new(),
+            restored_from: None,
         };
         pending.write(dir.path()).unwrap();
         let identity = ClusterIdentity::load(dir.path()).unwrap();

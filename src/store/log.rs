@@ -57,12 +57,27 @@ struct Meta {
 }
 
 /// Counters of the log store's syncs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FlushStats {
     /// Syncs (`fdatasync` rounds) made since the node started.
     pub count: AtomicU64,
     /// Appends handed to the sync thread and not yet reported done.
     pub in_flight: AtomicU64,
+    /// How long each sync took (`/metrics`: a slow disk shows here first).
+    pub sync_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for FlushStats {
+    fn default() -> Self {
+        Self {
+            count: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            // 100 us to about 3.3 s, doubling.
+            sync_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_1, 2.0, 16),
+            ),
+        }
+    }
 }
 
 /// Why the log could not be opened.
@@ -256,7 +271,11 @@ impl Syncer {
                 (segments.take_sync_work(), segments.last_index())
             };
             self.flushes.count.fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
             let mut result = (self.sync)(&work);
+            self.flushes
+                .sync_seconds
+                .observe(started.elapsed().as_secs_f64());
             if result.is_ok() {
                 // Under the segments lock, so a truncation that lowered the watermark meanwhile
                 // is never overwritten with a higher index.
@@ -410,8 +429,8 @@ mod tests {
             segments: Arc::new(Mutex::new(segments)),
             watermark: watermark.clone(),
             flushes: Arc::new(FlushStats {
-                count: AtomicU64::new(0),
                 in_flight: AtomicU64::new(1),
+                ..FlushStats::default()
             }),
             sync,
         };

@@ -19,7 +19,7 @@ mod log;
 mod schema;
 mod segments;
 mod sm_flush;
-mod snapshot;
+pub(crate) mod snapshot;
 mod state_machine;
 mod value;
 
@@ -29,7 +29,9 @@ use integrity::{Identity, Watermark};
 use schema::{KEY_NODE_ID, LOG_DIR, TREE_DATA, TREE_SM_META};
 
 pub use clock::LogClock;
-pub use integrity::{fnv1a, write_durably, ClusterIdentity, FORMAT_VERSION, PENDING_CLUSTER_ID};
+pub use integrity::{
+    fnv1a, restored_cluster_id, write_durably, ClusterIdentity, FORMAT_VERSION, PENDING_CLUSTER_ID,
+};
 pub use log::{FlushStats, LogStore};
 pub use sm_flush::StateFlusher;
 pub use state_machine::{LiveEntry, ReplicaStats, SnapshotInbox, StateMachine, StateReader};
@@ -317,6 +319,7 @@ fn check_identity(
                 member: false,
                 removed: false,
                 incarnation: integrity::new_incarnation(),
+                restored_from: None,
             };
             identity
                 .write(dir)
@@ -339,12 +342,18 @@ fn check_identity(
                     expected: id,
                 });
             }
-            let differs = |c: &&str| *c != PENDING_CLUSTER_ID && *c != identity.cluster_id;
-            if let Some(expected) = cluster_id.filter(differs) {
+            // A restored data dir belongs to the cluster its flags imply, restored.
+            let expected = cluster_id
+                .filter(|c| *c != PENDING_CLUSTER_ID)
+                .map(|c| match &identity.restored_from {
+                    Some(from) => integrity::restored_cluster_id(c, from),
+                    None => c.to_string(),
+                });
+            if let Some(expected) = expected.filter(|e| *e != identity.cluster_id) {
                 return Err(OpenError::WrongCluster {
                     path: dir.to_path_buf(),
                     found: identity.cluster_id,
-                    expected: expected.to_string(),
+                    expected,
                 });
             }
             if !db_path.exists() {
@@ -430,6 +439,7 @@ mod tests {
             member: false,
             removed: false,
             incarnation: String::new(),
+            restored_from: None,
         };
         old.write(dir.path()).unwrap();
         std::fs::create_dir(dir.path().join("db")).unwrap();

@@ -2,22 +2,28 @@
 node of a 3-node cluster under load parses with Prometheus's own Python parser; the leader's
 lag gauge for a follower grows while that follower is paused and falls back once it resumes;
 `/ready` turns 503 on a node cut off from the quorum (the two others paused) and 200 again
-after; `/health`; and the port's limits (request head size, connection cap, methods, paths).
+after; `/health`; the port's limits (request head size, connection cap, methods, paths); and
+the dashboard and alert rules of cluster/monitoring against what the nodes serve.
 Waits poll with deadlines; nothing asserts a time.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
+import promql_parser
 import pytest
+import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from conftest import _free_port, _server_bin, start_cluster, stop_cluster
@@ -126,12 +132,19 @@ def test_every_node_serves_metrics_that_prometheus_parses_under_load(thriftpy2_l
                 "raftcache_raft_committed_index", "raftcache_raft_applied_index",
                 "raftcache_keys", "raftcache_bytes", "raftcache_read_hits",
                 "raftcache_log_syncs", "raftcache_connections_open", "raftcache_requests",
-                "raftcache_request_duration_seconds",
+                "raftcache_request_duration_seconds", "raftcache_log_sync_duration_seconds",
+                "raftcache_log_segments", "raftcache_log_bytes", "raftcache_snapshot_bytes",
+                "raftcache_disk_free_bytes", "raftcache_disk_size_bytes",
             ]:  # fmt: skip
                 assert name in fams, f"node {n.node_id}: no {name} in {sorted(fams)}"
             assert sample(fams, "raftcache_raft_leader_id") == leader.node_id
             assert sample(fams, "raftcache_raft_applied_index") > 0
             assert sample(fams, "raftcache_log_syncs", "_total") > 0
+            assert sample(fams, "raftcache_log_sync_duration_seconds", "_count") > 0
+            assert sample(fams, "raftcache_log_segments") >= 1
+            assert sample(fams, "raftcache_log_bytes") > 0
+            free, size = (sample(fams, f"raftcache_disk_{n}_bytes") for n in ("free", "size"))
+            assert 0 < free <= size
             assert sample(fams, "raftcache_connections_open", port="client") >= 0
         fams = families(leader)
         assert sample(fams, "raftcache_requests", "_total", method="put", outcome="ok") > 0
@@ -232,3 +245,84 @@ def test_connections_past_the_cap_get_a_503_and_the_port_serves_again_after(clus
     until("the port serves again", lambda: get(node, "/health")[0] == 200)
     fams = families(node)
     assert sample(fams, "raftcache_raft_state", state="shutdown") == 0
+
+
+MONITORING = Path(__file__).resolve().parents[2] / "cluster" / "monitoring"
+# Series Prometheus makes itself, not read from a node.
+PROMETHEUS_OWN = {"up"}
+
+
+def named_metrics(expr):
+    """The series names an expression reads (after checking that it parses as PromQL)."""
+    promql_parser.parse(expr.replace("$job", "x").replace("$instance", "x"))
+    return set(re.findall(r"\b(raftcache_[a-z_]+|up)\b(?!\s*\()", expr))
+
+
+def test_the_dashboard_and_the_alert_rules_read_only_metrics_a_node_serves(thriftpy2_lib, cluster):
+    """cluster/monitoring: every expression parses, names only series the nodes expose (a
+    follower paused for a moment makes the leader's peer errors appear), and the files are
+    well formed for Grafana and Prometheus."""
+    leader = until("a leader", lambda: leader_of(cluster))
+    follower = next(n for n in cluster if n is not leader)
+    served = set()
+
+    def scrape_all(paused=None):
+        for n in cluster:
+            if n is not paused:
+                for fam in families(n).values():
+                    served.update(s.name for s in fam.samples)
+
+    with Writer(thriftpy2_lib, leader) as writer:
+        until("writes are acknowledged", lambda: writer.acked > 20)
+        with thriftpy2_lib.connect(leader.host, leader.port) as c:
+            try:
+                c.get("monitoring-missing")
+            except Exception:
+                pass  # KeyNotFound: a read miss is counted either way
+        os.kill(follower.proc.pid, signal.SIGSTOP)
+        try:
+            # Whoever leads now (leadership may have moved since it was read) calls the
+            # paused node and gets no answer.
+            until(
+                f"a node counts calls to paused node {follower.node_id} that got no answer",
+                lambda: any(
+                    "raftcache_peer_rpc_errors_total" in {
+                        s.name for f in families(n).values() for s in f.samples
+                    }
+                    for n in cluster
+                    if n is not follower
+                ),
+            )
+            scrape_all(paused=follower)
+        finally:
+            os.kill(follower.proc.pid, signal.SIGCONT)
+    scrape_all()
+
+    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"]]
+    assert len(alerts) >= 8
+    for rule in alerts:
+        assert rule["alert"].startswith("Raftcache"), rule
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule
+        missing = named_metrics(rule["expr"]) - served - PROMETHEUS_OWN
+        assert not missing, f"alert {rule['alert']} reads series no node serves: {missing}"
+
+    dashboard = json.loads((MONITORING / "dashboard.json").read_text())
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "job", "instance"} <= variables
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    graphs = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len(graphs) >= 15
+    for panel in graphs:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            missing = named_metrics(target["expr"]) - served - PROMETHEUS_OWN
+            assert not missing, f"panel {panel['title']!r} reads series no node serves: {missing}"
+
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    assert config["scrape_configs"][0]["job_name"] == "raftcache"

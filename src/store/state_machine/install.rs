@@ -124,8 +124,18 @@ impl StateMachine {
             tracing::warn!(
                 "a snapshot install was interrupted; installing it again from the snapshot file"
             );
+            // The half-loaded state machine can only be finished from that file: the log
+            // behind it is purged, and the data before it half cleared.
+            if let Err(e) = snapshot::verify(&current) {
+                return Err(storage_err(
+                    "finishing an interrupted snapshot install",
+                    format!(
+                        "{e}. The install this node was making when it stopped had half loaded its state machine from that file, so this data dir cannot recover on its own: remove the node (`raftcache admin remove-node ID` through another member), empty its data dir, start it with --no-bootstrap and add it again (`raftcache admin add-node`; docs/operations.md, \"A node that came back without its data\")"
+                    ),
+                ));
+            }
             let meta = snapshot::read_meta(&current).map_err(read_err)?;
-            return self.install_current(&meta, Verified::No);
+            return self.install_current(&meta, Verified::Yes);
         }
         if !current.exists() {
             return Ok(());

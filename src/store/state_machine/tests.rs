@@ -84,6 +84,40 @@ async fn an_install_interrupted_by_a_crash_is_finished_on_the_next_open() {
     assert_eq!(applied, meta().last_log_id);
 }
 
+/// An install interrupted by a crash, whose snapshot file was then damaged on disk (fault-suite
+/// seed 102040: a bit flipped while the node was down), cannot be finished: the node refuses to
+/// start, saying that this data dir cannot recover on its own and what to do, instead of only
+/// that a checksum failed.
+#[tokio::test]
+async fn an_interrupted_install_from_a_damaged_file_refuses_to_start_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = snapshot_bytes(dir.path(), 1_000);
+    {
+        let (_log, mut sm) =
+            store::open(&dir.path().join("node"), 1, None, &StoreOptions::default())
+                .await
+                .unwrap();
+        receive(&mut sm, &bytes).await.unwrap();
+        sm.meta.insert(KEY_INSTALLING, b"test".as_slice()).unwrap();
+        sm.db.flush().unwrap();
+    }
+    let current = dir.path().join("node/snapshots").join(snapshot::CURRENT);
+    let mut damaged = std::fs::read(&current).unwrap();
+    damaged[100] ^= 0x04;
+    std::fs::write(&current, damaged).unwrap();
+    let Err(e) = store::open(&dir.path().join("node"), 1, None, &StoreOptions::default()).await
+    else {
+        panic!("a node whose interrupted install cannot be finished must not start");
+    };
+    let message = e.to_string();
+    assert!(
+        message.contains("the snapshot is damaged")
+            && message.contains("cannot recover on its own")
+            && message.contains("remove-node"),
+        "{message}"
+    );
+}
+
 /// A power cut can keep a published snapshot (renamed and its directory synced) and lose the
 /// state machine's applies up to it (sled flushed since, not synced). openraft then refused
 /// to start ("snapshot_last_log_id <= committed"): the state machine installs it on open.

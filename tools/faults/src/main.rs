@@ -92,8 +92,25 @@ struct Args {
     check_history: Option<PathBuf>,
 }
 
+/// Set by the first SIGINT or SIGTERM: the run under way ends as usual (its cluster taken down,
+/// its one-way cuts and power-cut disks undone), and no other starts. A second signal exits at
+/// once, leaving whatever the run had set up.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    if STOPPING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    // SAFETY: the handler only touches an atomic and calls _exit, both async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
     if let Some(path) = &args.check_history {
         return check_saved(path, args.checker_max_steps);
     }
@@ -144,6 +161,10 @@ fn main() -> ExitCode {
     );
     let mut reports = Vec::new();
     for i in 0..args.runs {
+        if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+            println!("raftcache-faults: interrupted: stopped after {i} runs");
+            break;
+        }
         let report = run::run(&config, seed + i);
         println!("{}", run_line(i + 1, args.runs, &report));
         if let Some(failure) = &report.failure {

@@ -53,6 +53,9 @@ const MISPLACED_REFUSAL: &str = "the other nodes would not reach it";
 const SNAPSHOT_RECEIVING: &str = "receiving a snapshot from the leader";
 /// What a node logs when its current snapshot fails its checksum.
 const SNAPSHOT_DAMAGED: &str = "the current snapshot is damaged";
+/// What a node logs when it refuses to start because the install it was making when it stopped
+/// can only be finished from a snapshot file that is now damaged.
+const STATE_UNRECOVERABLE: &str = "cannot recover on its own";
 /// Where a node's current snapshot is, in its data dir.
 const CURRENT_SNAPSHOT: &str = "snapshots/current";
 /// `serve` flags of every node: a snapshot every 1,000 entries and 100 entries kept behind it,
@@ -446,7 +449,13 @@ impl<'a> Run<'a> {
     /// Kills member `target`, flips one bit (chosen by `choice`) of its current snapshot file on
     /// its disk, durably, and starts it again after `hold`: within `REFUSAL_DEADLINE` it must
     /// log that the snapshot is damaged. It is asked to build one first (`admin snapshot`).
-    fn bit_flip(&mut self, target: u64, hold: Duration, choice: u64) -> Result<Injected> {
+    fn bit_flip(
+        &mut self,
+        target: u64,
+        hold: Duration,
+        choice: u64,
+        workload: &Workload,
+    ) -> Result<Injected> {
         // A snapshot to damage, however early in the run.
         if let Err(e) = self.admin_snapshot(target) {
             return Ok(Injected::Not(format!(
@@ -465,13 +474,35 @@ impl<'a> Run<'a> {
                 "node {target} had no snapshot yet (killed and started again)"
             )));
         };
+        // Usually the node rebuilds the snapshot from its data. If it was killed while
+        // installing a snapshot from the leader, that file was its only whole copy of the state:
+        // it must refuse to start, saying so, and is then replaced as an operator would.
         let noticed = poll(REFUSAL_DEADLINE, || {
-            self.cluster
-                .logs(target, Some(since))
-                .is_ok_and(|log| log.contains(SNAPSHOT_DAMAGED))
-                .then_some(())
-        })
-        .is_ok();
+            self.cluster.logs(target, Some(since)).ok().and_then(|log| {
+                if log.contains(STATE_UNRECOVERABLE) {
+                    Some(true)
+                } else {
+                    log.contains(SNAPSHOT_DAMAGED).then_some(false)
+                }
+            })
+        });
+        if let Ok(true) = noticed {
+            let rest: Vec<u64> = self
+                .members
+                .iter()
+                .copied()
+                .filter(|&id| id != target)
+                .collect();
+            let said = format!(
+                "node {target}'s snapshot ({len} bytes) had bit {bit} of byte {offset} flipped while it was down for {} ms, in the middle of an install: it refused to start, saying it cannot recover on its own",
+                hold.as_millis()
+            );
+            return Ok(match self.remove_and_add_again(target, rest, workload)? {
+                Ok(replaced) => Injected::Done(format!("{said}; {replaced}")),
+                Err(failed) => Injected::Not(format!("{said}; {failed}")),
+            });
+        }
+        let noticed = noticed.is_ok();
         if !noticed {
             self.unavailable.push(format!(
                 "bit-flip: node {target} did not log {SNAPSHOT_DAMAGED:?} within {} ms of its start with bit {bit} of byte {offset} of its {len}-byte snapshot flipped",
@@ -703,7 +734,7 @@ impl<'a> Run<'a> {
             FaultKind::SnapshotCrash => {
                 return self.snapshot_crash(&shuffled, step.hold, step.choice)
             }
-            FaultKind::BitFlip => return self.bit_flip(random, step.hold, step.choice),
+            FaultKind::BitFlip => return self.bit_flip(random, step.hold, step.choice, workload),
             FaultKind::PowerCut => {
                 let victims = match step.choice % 3 {
                     0 => self.members.clone(),
@@ -825,7 +856,24 @@ impl<'a> Run<'a> {
             ));
         }
 
-        // Repair: remove it through the leader of the rest, then add it again.
+        Ok(match self.remove_and_add_again(target, rest, workload)? {
+            Ok(replaced) => Injected::Done(format!(
+                "node {target} wiped, {seen} ({} ms), {replaced}",
+                hold.as_millis()
+            )),
+            Err(failed) => Injected::Not(format!("node {target} wiped, {seen}, {failed}")),
+        })
+    }
+
+    /// Repairs member `target` as an operator would: removes it through the leader of `rest`,
+    /// wipes it, starts it empty with `--no-bootstrap` and adds it again with its id. Says how
+    /// that went.
+    fn remove_and_add_again(
+        &mut self,
+        target: u64,
+        rest: Vec<u64>,
+        workload: &Workload,
+    ) -> Result<std::result::Result<String, String>> {
         let leader = self.wait_healthy_among(&rest)?;
         let addr = self.cluster.node(leader).addr();
         let mut client = CacheClient::connect(&addr, ADMIN_TIMEOUT)
@@ -842,14 +890,13 @@ impl<'a> Run<'a> {
             Ok(via) => {
                 self.members = self.current_members(via)?;
                 workload.set_targets(self.addrs());
-                Injected::Done(format!(
-                    "node {target} wiped, {seen} ({} ms), removed and added again; members now {:?}",
-                    hold.as_millis(),
+                Ok(format!(
+                    "removed and added again; members now {:?}",
                     self.members
                 ))
             }
-            Err(why) => Injected::Not(format!(
-                "node {target} wiped, {seen}, removed, but adding it again failed: {why}; members now {:?}",
+            Err(why) => Err(format!(
+                "removed, but adding it again failed: {why}; members now {:?}",
                 self.members
             )),
         })
