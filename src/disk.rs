@@ -56,11 +56,24 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
+/// Bytes available to this process, and the size, of the filesystem holding `path`.
+pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stat` a writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let block = stat.f_frsize as u64;
+    Some((stat.f_bavail as u64 * block, stat.f_blocks as u64 * block))
+}
+
 impl DiskGuard {
     /// `min_free`: `--min-free-disk-bytes`, or None for the default of the data dir's disk.
     pub fn new(id: NodeId, dir: PathBuf, min_free: Option<u64>) -> Arc<Self> {
         let min_free = min_free.unwrap_or_else(|| {
-            crate::metrics::disk_space(&dir).map_or(16 << 20, |(_, size)| default_min_free(size))
+            disk_space(&dir).map_or(16 << 20, |(_, size)| default_min_free(size))
         });
         Arc::new(Self {
             id,
@@ -78,7 +91,7 @@ impl DiskGuard {
     /// Measures this node's free space now; logs when it goes under or back over the minimum.
     /// Returns the alarm to report.
     pub fn measure(&self) -> Option<DiskAlarm> {
-        let (free, _) = crate::metrics::disk_space(&self.dir)?;
+        let (free, _) = disk_space(&self.dir)?;
         let low = self.min_free > 0 && free < self.min_free;
         let mut own = self.own_low.lock().expect("disk lock");
         match (own.is_some(), low) {

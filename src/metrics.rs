@@ -456,7 +456,7 @@ impl NodeHttp {
         scraped
             .snapshot_bytes
             .set(snapshot.map_or(0, |m| m.len()) as i64);
-        if let Some((free, size)) = disk_space(&s.data_dir) {
+        if let Some((free, size)) = crate::disk::disk_space(&s.data_dir) {
             scraped.disk_free_bytes.set(free as i64);
             scraped.disk_size_bytes.set(size as i64);
         }
@@ -483,19 +483,6 @@ fn dir_files(dir: &std::path::Path, suffix: &str) -> (u64, u64) {
         .fold((0, 0), |(n, bytes), e| {
             (n + 1, bytes + e.metadata().map_or(0, |m| m.len()))
         })
-}
-
-/// Bytes available to this process, and the size, of the filesystem holding `path`.
-pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a NUL-terminated string and `stat` a writable statvfs.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return None;
-    }
-    let block = stat.f_frsize as u64;
-    Some((stat.f_bavail as u64 * block, stat.f_blocks as u64 * block))
 }
 
 impl Routes for NodeHttp {

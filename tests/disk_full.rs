@@ -39,7 +39,7 @@ impl Tmpfs {
     }
 
     fn free(&self) -> u64 {
-        raftcache::metrics::disk_space(&self.0).unwrap().0
+        raftcache::disk::disk_space(&self.0).unwrap().0
     }
 }
 

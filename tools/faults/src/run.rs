@@ -487,12 +487,7 @@ impl<'a> Run<'a> {
             })
         });
         if let Ok(true) = noticed {
-            let rest: Vec<u64> = self
-                .members
-                .iter()
-                .copied()
-                .filter(|&id| id != target)
-                .collect();
+            let rest = self.members_except(target);
             let said = format!(
                 "node {target}'s snapshot ({len} bytes) had bit {bit} of byte {offset} flipped while it was down for {} ms, in the middle of an install: it refused to start, saying it cannot recover on its own",
                 hold.as_millis()
@@ -514,6 +509,11 @@ impl<'a> Run<'a> {
             hold.as_millis(),
             if noticed { "it said the snapshot is damaged" } else { "it did NOT notice" }
         )))
+    }
+
+    /// The members other than `id`.
+    fn members_except(&self, id: u64) -> Vec<u64> {
+        self.members.iter().copied().filter(|&n| n != id).collect()
     }
 
     /// `admin snapshot` on node `id`: the index of the snapshot it built.
@@ -575,12 +575,7 @@ impl<'a> Run<'a> {
             }
             FaultKind::PartitionLeader => {
                 let leader = self.leader_or(random);
-                let rest: Vec<u64> = self
-                    .members
-                    .iter()
-                    .copied()
-                    .filter(|&n| n != leader)
-                    .collect();
+                let rest = self.members_except(leader);
                 hold_partition(&mut self.cluster, &[vec![leader], rest], step.hold)?
             }
             FaultKind::PartitionBridge => {
@@ -814,12 +809,7 @@ impl<'a> Run<'a> {
                 self.members.len()
             )));
         }
-        let rest: Vec<u64> = self
-            .members
-            .iter()
-            .copied()
-            .filter(|&id| id != target)
-            .collect();
+        let rest = self.members_except(target);
         let since = unix_now();
         self.wipe_node(target)?;
         self.cluster.up(&[target])?;
