@@ -7,7 +7,7 @@
 //! machine's counters (keys, bytes, expired, evicted), the API's read counters, the log's sync
 //! count, the servers' connection counts and the peer clients' failed calls.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,7 @@ pub struct Sources {
     pub router: Arc<Router>,
     pub peers: Arc<PeerClients>,
     pub flushes: Arc<FlushStats>,
+    pub snapshots: Arc<crate::store::SnapshotCounts>,
     pub client_connections: ConnectionCounts,
     pub peer_connections: ConnectionCounts,
     /// Hits and misses of this node's reads.
@@ -119,6 +120,9 @@ struct Scraped {
     log_segments: Gauge,
     log_bytes: Gauge,
     snapshot_bytes: Gauge,
+    snapshot_builds: Family<Labels1, Counter>,
+    snapshot_last_build_seconds: Gauge<f64, AtomicU64>,
+    snapshot_installs: Family<Labels1, Counter>,
     disk_free_bytes: Gauge,
     disk_size_bytes: Gauge,
 }
@@ -160,6 +164,9 @@ impl Scraped {
             log_segments: Gauge::default(),
             log_bytes: Gauge::default(),
             snapshot_bytes: Gauge::default(),
+            snapshot_builds: Family::default(),
+            snapshot_last_build_seconds: Gauge::default(),
+            snapshot_installs: Family::default(),
             disk_free_bytes: Gauge::default(),
             disk_size_bytes: Gauge::default(),
         };
@@ -295,6 +302,21 @@ impl Scraped {
             "snapshot_bytes",
             "Size of the current snapshot file, 0 if none",
             scraped.snapshot_bytes.clone(),
+        );
+        r.register(
+            "snapshot_builds",
+            "Snapshot builds since the node started, by outcome (published; dropped, when an install overtook it or the current snapshot was as recent; failed)",
+            scraped.snapshot_builds.clone(),
+        );
+        r.register(
+            "snapshot_last_build_seconds",
+            "Time the last snapshot build took (applies go on meanwhile), 0 if none yet",
+            scraped.snapshot_last_build_seconds.clone(),
+        );
+        r.register(
+            "snapshot_installs",
+            "Snapshots received from a leader since the node started, by outcome (installed, refused)",
+            scraped.snapshot_installs.clone(),
         );
         r.register(
             "disk_free_bytes",
@@ -456,6 +478,30 @@ impl NodeHttp {
         scraped
             .snapshot_bytes
             .set(snapshot.map_or(0, |m| m.len()) as i64);
+        let snap = &s.snapshots;
+        for (outcome, count) in [
+            ("published", &snap.built),
+            ("dropped", &snap.dropped),
+            ("failed", &snap.build_failed),
+        ] {
+            let counter = scraped
+                .snapshot_builds
+                .get_or_create(&[("outcome", outcome)]);
+            mirror(&counter, count.load(Ordering::Relaxed));
+        }
+        for (outcome, count) in [
+            ("installed", &snap.installed),
+            ("refused", &snap.install_failed),
+        ] {
+            let counter = scraped
+                .snapshot_installs
+                .get_or_create(&[("outcome", outcome)]);
+            mirror(&counter, count.load(Ordering::Relaxed));
+        }
+        let last_build_ms = snap.last_build_ms.load(Ordering::Relaxed);
+        scraped
+            .snapshot_last_build_seconds
+            .set(last_build_ms as f64 / 1000.0);
         if let Some((free, size)) = crate::disk::disk_space(&s.data_dir) {
             scraped.disk_free_bytes.set(free as i64);
             scraped.disk_size_bytes.set(size as i64);

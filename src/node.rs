@@ -20,8 +20,8 @@ use crate::proposer::{BatchLimits, Proposer};
 use crate::router::{LocalState, Router, RouterLimits};
 use crate::server::{self, ServerHandle};
 use crate::store::{
-    self, ClusterIdentity, FlushStats, OpenError, SnapshotInbox, StateFlusher, StateReader,
-    StoreOptions,
+    self, ClusterIdentity, FlushStats, OpenError, SnapshotCounts, SnapshotInbox, StateFlusher,
+    StateReader, StoreOptions,
 };
 use crate::types::{Node, NodeId, Raft};
 
@@ -122,6 +122,7 @@ pub async fn start_with_listeners(
         state,
         state_flusher,
         flushes,
+        snapshots,
         identity,
         identities,
         inbox,
@@ -208,6 +209,7 @@ pub async fn start_with_listeners(
                 router,
                 peers: peers.clone(),
                 flushes: flushes.clone(),
+                snapshots,
                 client_connections: client_server.counts(),
                 peer_connections: peer_server.counts(),
                 reads: api_counters.reads.clone(),
@@ -444,6 +446,8 @@ struct Core {
     state_flusher: StateFlusher,
     /// The log store's flush counters, for `status`.
     flushes: Arc<FlushStats>,
+    /// The state machine's snapshot builds and installs, counted.
+    snapshots: Arc<SnapshotCounts>,
     /// The data dir's node id, cluster id and incarnation.
     identity: Arc<ClusterIdentity>,
     /// Who this node is to its peers, and who they are to it.
@@ -503,6 +507,7 @@ async fn open_core(
     let identity = Arc::new(identity);
     let state_flusher = log.state_flusher();
     let flushes = log.flush_stats();
+    let snapshots = sm.snapshot_counts();
     let state = sm.reader();
     let inbox = sm.inbox();
 
@@ -540,6 +545,7 @@ async fn open_core(
         state,
         state_flusher,
         flushes,
+        snapshots,
         identity,
         identities,
         inbox,

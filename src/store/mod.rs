@@ -34,7 +34,9 @@ pub use integrity::{
 };
 pub use log::{FlushStats, LogStore};
 pub use sm_flush::StateFlusher;
-pub use state_machine::{LiveEntry, ReplicaStats, SnapshotInbox, StateMachine, StateReader};
+pub use state_machine::{
+    LiveEntry, ReplicaStats, SnapshotCounts, SnapshotInbox, StateMachine, StateReader,
+};
 
 use crate::types::{NodeId, StorageError};
 

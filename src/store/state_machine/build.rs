@@ -12,7 +12,7 @@ use sled::transaction::ConflictableTransactionError;
 use super::super::schema::decode;
 use super::super::schema::{effect_key, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
 use super::super::snapshot;
-use super::SnapshotSlot;
+use super::{SnapshotCounts, SnapshotSlot};
 use crate::types::{LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// Builds a snapshot while applies go on: a copy of the data tree, then the changes applied
@@ -33,6 +33,8 @@ pub struct SnapshotBuilder {
     /// `SnapshotSlot::installs` when the build started: any other value when it ends means an
     /// install overtook it.
     pub(super) installs_before: u64,
+    /// Counts what became of the build.
+    pub(super) counts: Arc<SnapshotCounts>,
 }
 
 impl SnapshotBuilder {
@@ -95,6 +97,32 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = tokio::fs::File;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let started = std::time::Instant::now();
+        let built = self.build().await;
+        let counts = &self.counts;
+        match &built {
+            Ok((_, kept)) => {
+                let outcome = if *kept {
+                    &counts.built
+                } else {
+                    &counts.dropped
+                };
+                outcome.fetch_add(1, Ordering::Relaxed);
+                let took = started.elapsed().as_millis() as u64;
+                counts.last_build_ms.store(took, Ordering::Relaxed);
+            }
+            Err(_) => {
+                counts.build_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        built.map(|(snapshot, _)| snapshot)
+    }
+}
+
+impl SnapshotBuilder {
+    /// Builds the snapshot, and publishes it unless it was overtaken (then answers with the
+    /// current one): the snapshot, and whether the build was the one published.
+    async fn build(&mut self) -> Result<(Snapshot, bool), StorageError> {
         let failed = |e: String| -> StorageError { storage_err("writing a snapshot", e) };
         let from = match self.from.clone() {
             Ok(from) => from,
@@ -143,9 +171,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let file = std::fs::File::open(&current).map_err(write_err)?;
         drop(slot);
-        Ok(Snapshot {
+        let snapshot = Snapshot {
             meta,
             snapshot: tokio::fs::File::from_std(file),
-        })
+        };
+        Ok((snapshot, overtaken.is_none()))
     }
 }

@@ -20,7 +20,7 @@ mod reader;
 pub(super) mod tests;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::store::storage_err;
@@ -64,6 +64,23 @@ struct SnapshotSlot {
     pub(super) installs: u64,
 }
 
+/// What became of this node's snapshot builds and installs since it started, for the metrics.
+#[derive(Debug, Default)]
+pub struct SnapshotCounts {
+    /// Builds published as the current snapshot.
+    pub built: AtomicU64,
+    /// Builds dropped because an install overtook them or the current snapshot was as recent.
+    pub dropped: AtomicU64,
+    /// Builds that failed (a storage error).
+    pub build_failed: AtomicU64,
+    /// Milliseconds the last published or dropped build took.
+    pub last_build_ms: AtomicU64,
+    /// Snapshots received from a leader and installed.
+    pub installed: AtomicU64,
+    /// Snapshots received from a leader and refused (damaged, or not the one announced).
+    pub install_failed: AtomicU64,
+}
+
 /// The state machine openraft applies committed entries to.
 pub struct StateMachine {
     /// The node's sled database, for flushes.
@@ -87,6 +104,8 @@ pub struct StateMachine {
     receiving: Arc<Mutex<Option<PathBuf>>>,
     /// Serializes installs with the publishing of builds.
     slot: Arc<std::sync::Mutex<SnapshotSlot>>,
+    /// Builds and installs, counted.
+    counts: Arc<SnapshotCounts>,
     /// Told when an install is durably under way, so the log behind it may be purged.
     flusher: StateFlusher,
     /// Flushes this state machine about once a second, while it exists.
@@ -122,6 +141,7 @@ impl StateMachine {
             applies: ApplyLock::default(),
             clock: LogClock::default(),
             slot: Arc::default(),
+            counts: Arc::default(),
             flusher: flusher.clone(),
             _periodic_flush: flusher
                 .spawn_periodic(STATE_FLUSH_INTERVAL)
@@ -220,6 +240,11 @@ impl StateMachine {
         }
     }
 
+    /// This state machine's snapshot builds and installs, counted.
+    pub fn snapshot_counts(&self) -> Arc<SnapshotCounts> {
+        self.counts.clone()
+    }
+
     /// A handle for local reads.
     pub fn reader(&self) -> StateReader {
         StateReader {
@@ -247,6 +272,7 @@ impl StateMachine {
             snapshot_dir: self.snapshot_dir.clone(),
             slot: self.slot.clone(),
             installs_before,
+            counts: self.counts.clone(),
         }
     }
 
@@ -383,6 +409,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if installed.is_err() {
             let _ = std::fs::remove_file(&received);
             self.flusher.install_failed();
+            self.counts.install_failed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counts.installed.fetch_add(1, Ordering::Relaxed);
         }
         installed
     }
