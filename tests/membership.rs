@@ -460,6 +460,24 @@ fn the_safety_rules_refuse_with_their_reason_and_the_token_guards_admin_calls() 
         "does not answer",
     );
     admin_refused(a1, &["add-learner", "4", &dead_addr()], token, "--force");
+    // Refusals are logged with their reason where the call arrived; tokens never are.
+    let log = std::fs::read_to_string(&cluster.node(1).log_path).unwrap();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("admin change refused"))
+        .collect();
+    assert!(
+        refused.iter().any(|l| l.contains("does not answer")),
+        "{refused:?}"
+    );
+    assert!(
+        log.contains("admin call refused: it lacks the admin token"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("sesame") && !log.contains("\"wrong\""),
+        "{log}"
+    );
 
     phase(
         start,

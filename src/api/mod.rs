@@ -208,9 +208,20 @@ impl CacheApi {
     /// Refuses an admin call without this node's admin token (if it has one).
     fn check_token(&self, token: &str) -> thrift::Result<()> {
         match &self.admin_token {
-            Some(expected) if !same_token(expected, token) => Err(user_error(Unauthorized {
-                message: "admin calls need the admin token of this cluster (raftcache admin --token, or RAFTCACHE_ADMIN_TOKEN)".into(),
-            })),
+            Some(expected) if !same_token(expected, token) => {
+                // The token given is never logged.
+                tracing::warn!(
+                    given = if token.is_empty() {
+                        "none"
+                    } else {
+                        "a wrong one"
+                    },
+                    "admin call refused: it lacks the admin token"
+                );
+                Err(user_error(Unauthorized {
+                    message: "admin calls need the admin token of this cluster (raftcache admin --token, or RAFTCACHE_ADMIN_TOKEN)".into(),
+                }))
+            }
             _ => Ok(()),
         }
     }
@@ -222,10 +233,16 @@ impl CacheApi {
         request: Result<AdminRequest, String>,
     ) -> thrift::Result<Membership> {
         self.check_token(token)?;
-        let request = request.map_err(|message| user_error(AdminRefused { message }))?;
-        match self.admin.handle(request).await {
+        let request = request.map_err(|message| {
+            tracing::warn!(why = %message, "admin call refused");
+            user_error(AdminRefused { message })
+        })?;
+        match self.admin.handle(request.clone()).await {
             Ok(view) => Ok(to_membership(view)),
-            Err(AdminError::Refused(message)) => Err(user_error(AdminRefused { message })),
+            Err(AdminError::Refused(message)) => {
+                tracing::warn!(?request, why = %message, "admin change refused");
+                Err(user_error(AdminRefused { message }))
+            }
             Err(AdminError::Unavailable(message)) => Err(user_error(Unavailable { message })),
             Err(e @ AdminError::NotLeader { .. }) => Err(user_error(Unavailable {
                 message: e.to_string(),
