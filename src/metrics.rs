@@ -479,23 +479,14 @@ impl NodeHttp {
             .snapshot_bytes
             .set(snapshot.map_or(0, |m| m.len()) as i64);
         let snap = &s.snapshots;
-        for (outcome, count) in [
-            ("published", &snap.built),
-            ("dropped", &snap.dropped),
-            ("failed", &snap.build_failed),
+        for (family, outcome, count) in [
+            (&scraped.snapshot_builds, "published", &snap.built),
+            (&scraped.snapshot_builds, "dropped", &snap.dropped),
+            (&scraped.snapshot_builds, "failed", &snap.build_failed),
+            (&scraped.snapshot_installs, "installed", &snap.installed),
+            (&scraped.snapshot_installs, "refused", &snap.install_failed),
         ] {
-            let counter = scraped
-                .snapshot_builds
-                .get_or_create(&[("outcome", outcome)]);
-            mirror(&counter, count.load(Ordering::Relaxed));
-        }
-        for (outcome, count) in [
-            ("installed", &snap.installed),
-            ("refused", &snap.install_failed),
-        ] {
-            let counter = scraped
-                .snapshot_installs
-                .get_or_create(&[("outcome", outcome)]);
+            let counter = family.get_or_create(&[("outcome", outcome)]);
             mirror(&counter, count.load(Ordering::Relaxed));
         }
         let last_build_ms = snap.last_build_ms.load(Ordering::Relaxed);
