@@ -50,27 +50,37 @@ async fn receive(sm: &mut StateMachine, bytes: &[u8]) -> Result<(), StorageError
     sm.install_snapshot(&meta(), file).await
 }
 
+/// A node in `base/node` that received a snapshot of `keys` keys and was then stopped with its
+/// install marked as under way, after `damage` changed its state as a crash would have.
+async fn interrupted_install(
+    base: &std::path::Path,
+    keys: usize,
+    damage: impl FnOnce(&StateMachine),
+) {
+    let bytes = snapshot_bytes(base, keys);
+    let (_log, mut sm) = store::open(&base.join("node"), 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    receive(&mut sm, &bytes).await.unwrap();
+    sm.meta.insert(KEY_INSTALLING, b"test".as_slice()).unwrap();
+    damage(&sm);
+    sm.db.flush().unwrap();
+}
+
 #[tokio::test]
 async fn an_install_interrupted_by_a_crash_is_finished_on_the_next_open() {
     let dir = tempfile::tempdir().unwrap();
-    let bytes = snapshot_bytes(dir.path(), 10_000);
-    {
-        let (_log, mut sm) =
-            store::open(&dir.path().join("node"), 1, None, &StoreOptions::default())
-                .await
-                .unwrap();
-        receive(&mut sm, &bytes).await.unwrap();
-        // Simulate a crash half-way through a (re)install: the marker is set, the data is
-        // half cleared, last_applied is stale.
-        sm.meta.insert(KEY_INSTALLING, b"test".as_slice()).unwrap();
+    // Simulate a crash half-way through a (re)install: the marker is set, the data is half
+    // cleared, last_applied is stale.
+    interrupted_install(dir.path(), 10_000, |sm| {
         for i in 0..5000 {
             sm.data.remove(format!("k{i}").as_bytes()).unwrap();
         }
         sm.meta
             .insert(KEY_LAST_APPLIED, encode(&None::<LogId>))
             .unwrap();
-        sm.db.flush().unwrap();
-    }
+    })
+    .await;
     let (_log, mut sm) = store::open(&dir.path().join("node"), 1, None, &StoreOptions::default())
         .await
         .unwrap();
@@ -91,16 +101,7 @@ async fn an_install_interrupted_by_a_crash_is_finished_on_the_next_open() {
 #[tokio::test]
 async fn an_interrupted_install_from_a_damaged_file_refuses_to_start_and_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let bytes = snapshot_bytes(dir.path(), 1_000);
-    {
-        let (_log, mut sm) =
-            store::open(&dir.path().join("node"), 1, None, &StoreOptions::default())
-                .await
-                .unwrap();
-        receive(&mut sm, &bytes).await.unwrap();
-        sm.meta.insert(KEY_INSTALLING, b"test".as_slice()).unwrap();
-        sm.db.flush().unwrap();
-    }
+    interrupted_install(dir.path(), 1_000, |_| {}).await;
     let current = dir.path().join("node/snapshots").join(snapshot::CURRENT);
     let mut damaged = std::fs::read(&current).unwrap();
     damaged[100] ^= 0x04;
