@@ -153,7 +153,7 @@ impl Writer {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        File::open(dir)?.sync_all()
+        crate::store::fsync::sync_dir(dir)
     }
 
     /// Removes the partial file (the backup failed).

@@ -13,7 +13,7 @@
 mod apply;
 mod clock;
 mod expiry_index;
-mod fsync;
+pub(crate) mod fsync;
 pub(crate) mod integrity;
 mod log;
 mod schema;
