@@ -1,119 +1,189 @@
-//! Applying one log entry's requests to `sm_data`, inside the state machine's transaction.
-//! Every conditional and read-modify-write request is decided here, at apply time, against
-//! the state every replica has at that index, and every expiry check uses the leader's clock
+//! Applying committed log entries to the state machine's trees, without sled transactions.
+//!
+//! Every conditional and read-modify-write request is decided here, at apply time, against the
+//! state every replica has at that index, and every expiry check uses the leader's clock
 //! recorded in the entry (`Batch::now_ms`): so all replicas decide alike, and two racing
 //! clients cannot both win.
 //!
 //! Capacity (`--max-bytes`, `--max-keys`) is enforced here too, against the caps the leader
 //! wrote into the entry: a write that would grow the data past them is answered `Full` and
-//! changes nothing. Keys and bytes held are counted in `sm_meta` in the same transaction.
-//! An eviction (`Request::Evict`) is chosen by the leader and only carried out here.
+//! changes nothing. An eviction (`Request::Evict`) is chosen by the leader and only carried out
+//! here.
 //!
-//! While a snapshot is being built, each change is also recorded in `sm_effects` (the key
-//! and its new stored bytes, or its removal), keyed by log index: the builder replays those
-//! effects over its copy of `sm_data` (replaying the requests would not be exact: an
-//! increment or a compare-and-put gives another result on another state).
+//! ## The apply rule: the changes are journaled, then written
 //!
-//! Every key that carries an expiry also has an entry in `sm_expiry` (`expiry_index.rs`),
-//! written and removed in the same transaction as the value, so the expiry sweep reads only the
-//! keys that can expire. A key without expiry never touches it.
+//! A run of entries is first decided in memory (`Changes`): every request reads the state as
+//! the earlier requests of the run left it, and the run's effect becomes a list of plain writes:
+//! the keys' new stored bytes (or their removal), their entries in `sm_expiry`, the counters,
+//! the log clock, the membership, and `last_applied` last. That list is written whole, as one
+//! value, to `sm_meta`'s `apply_journal`, and then write by write to the trees.
+//!
+//! sled recovers from a crash or a power cut a prefix of what was written, in the order it was
+//! written (its log is replayed up to the first missing or damaged record). So after a crash
+//! either the journal of the run is missing, and so is every write of the run (openraft applies
+//! the run again from the log: `last_applied` is the one before it), or the journal is there,
+//! with some of its writes: opening the state machine writes them all again (`finish_journal`).
+//! Each write sets a key to given bytes or removes it, so writing it twice changes nothing, and
+//! no request is ever decided twice. sled's transactions would give the same atomicity, but the
+//! first one switches every later read of the whole process to a global lock, and each one
+//! writes and syncs sled's write buffer twice; runs are applied under the state machine's
+//! apply lock, which readers of several keys take too, so no read sees half a run.
+//!
+//! While a snapshot is being built, each run's changes to `sm_data` are also recorded in
+//! `sm_effects` (the key and its new stored bytes, or its removal), keyed by the run's last log
+//! index: the builder replays those over its copy of `sm_data` (replaying the requests would
+//! not be exact: an increment or a compare-and-put gives another result on another state).
+//!
+//! Every key that carries an expiry also has an entry in `sm_expiry` (`expiry_index.rs`), kept
+//! in step with the value in the same run, so the expiry sweep reads only the keys that can
+//! expire. A key without expiry never touches it.
 
-use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::store::storage_err;
 use openraft::EntryPayload;
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
-};
+use serde::{Deserialize, Serialize};
 
 use super::expiry_index;
 use super::schema::{
-    effect_key, encode, read_u64, TxResult, Usage, KEY_EVICTED, KEY_EXPIRED, KEY_LAST_APPLIED,
-    KEY_LOG_CLOCK, KEY_MEMBERSHIP,
+    decode, effect_key, encode, read_u64, Usage, KEY_BYTES, KEY_EVICTED, KEY_EXPIRED, KEY_JOURNAL,
+    KEY_KEYS, KEY_LAST_APPLIED, KEY_LOG_CLOCK, KEY_MEMBERSHIP,
 };
 use super::value::{self, Stored};
 use crate::types::{
-    BatchResponse, Capacity, Entry, Item, Request, Response, StorageError, StoredMembership,
+    BatchResponse, Capacity, Entry, Item, LogId, Request, Response, StorageError, StoredMembership,
 };
 
-/// One entry's view of the state machine's trees, inside the transaction.
-pub(super) struct EntryTx<'a> {
-    pub data: &'a TransactionalTree,
-    pub meta: &'a TransactionalTree,
-    /// Set while a snapshot is being built: where each change is recorded.
-    pub effects: Option<&'a TransactionalTree>,
-    /// `sm_expiry`: the keys that carry an expiry, by expiry.
-    pub expiry: &'a TransactionalTree,
-    pub index: u64,
-    /// The leader's clock when it proposed the entry.
-    pub now_ms: u64,
-    pub seq: Cell<u32>,
-    /// The caps the leader proposed the entry with.
-    pub capacity: Capacity,
+/// A run of entries is written (journal, then writes) once its changes reach about this many
+/// bytes, and at its end. An entry is never split.
+pub const JOURNAL_BYTES: usize = 1 << 20;
+
+/// The state machine's trees, as applies write them.
+pub(super) struct Trees<'a> {
+    pub data: &'a sled::Tree,
+    pub meta: &'a sled::Tree,
+    /// `sm_effects`: written only while a snapshot is being built.
+    pub effects: &'a sled::Tree,
+    pub expiry: &'a sled::Tree,
+}
+
+/// Which tree a journaled write goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Target {
+    Data,
+    Expiry,
+    Meta,
+}
+
+/// A run's writes, as journaled in `sm_meta`: each sets a key to bytes, or removes it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    /// The log id of the run's last entry: the `last_applied` the run writes last.
+    last: LogId,
+    writes: Vec<(Target, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Journal {
+    fn write(&self, trees: &Trees, upto: usize) -> sled::Result<()> {
+        for (target, key, value) in self.writes.iter().take(upto) {
+            let tree = match target {
+                Target::Data => trees.data,
+                Target::Expiry => trees.expiry,
+                Target::Meta => trees.meta,
+            };
+            match value {
+                Some(value) => tree.insert(key.as_slice(), value.as_slice())?,
+                None => tree.remove(key.as_slice())?,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// What a run of entries changes, decided in memory before any of it is written.
+#[derive(Debug, Default)]
+struct Changes {
+    /// Each key's new stored bytes, or `None` once removed.
+    data: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Index keys of `sm_expiry` to insert (`true`) or remove.
+    expiry: BTreeMap<Vec<u8>, bool>,
     /// Keys and bytes held, kept current by every change.
-    pub usage: &'a Cell<Usage>,
+    usage: Usage,
+    /// Keys removed by expiry and by eviction in this run.
+    expired: u64,
+    evicted: u64,
+    /// The membership of the run's last membership entry.
+    membership: Option<StoredMembership>,
+    /// About how many bytes the journal will hold.
+    bytes: usize,
+}
+
+/// One entry's requests, decided against the trees as the run changed them so far.
+struct EntryTx<'a> {
+    data: &'a sled::Tree,
+    changes: &'a mut Changes,
+    /// The leader's clock when it proposed the entry.
+    now_ms: u64,
+    /// The caps the leader proposed the entry with.
+    capacity: Capacity,
 }
 
 impl EntryTx<'_> {
+    /// The stored bytes of `key`, as the run left them.
+    fn stored(&self, key: &str) -> sled::Result<Option<Vec<u8>>> {
+        match self.changes.data.get(key.as_bytes()) {
+            Some(changed) => Ok(changed.clone()),
+            None => Ok(self.data.get(key.as_bytes())?.map(|raw| raw.to_vec())),
+        }
+    }
+
     /// The live value of `key` at this entry's time: absent if missing or expired.
-    fn live(&self, key: &str) -> TxResult<Option<Stored>> {
+    fn live(&self, key: &str) -> sled::Result<Option<Stored>> {
         Ok(self
-            .data
-            .get(key.as_bytes())?
+            .stored(key)?
             .map(|raw| value::decode(&raw))
             .filter(|stored| !stored.expired(self.now_ms)))
     }
 
-    fn record(&self, key: &str, raw: Option<&[u8]>) -> TxResult<()> {
-        if let Some(effects) = self.effects {
-            let seq = self.seq.get();
-            self.seq.set(seq + 1);
-            let effect: (&[u8], Option<&[u8]>) = (key.as_bytes(), raw);
-            effects.insert(&effect_key(self.index, seq), encode(&effect))?;
+    /// Sets `key` to `raw` (or removes it), keeping the counters and `sm_expiry` in step;
+    /// whether it held a value before.
+    fn change(&mut self, key: &str, raw: Option<Vec<u8>>) -> sled::Result<bool> {
+        let old = self.stored(key)?;
+        if old.is_none() && raw.is_none() {
+            return Ok(false);
         }
-        Ok(())
+        let old = old.as_deref().map(value::peek);
+        let new = raw.as_deref().map(value::peek);
+        let changes = &mut *self.changes;
+        if let Some((_, len)) = old {
+            changes.usage.remove((key.len() + len) as u64);
+        }
+        if let Some((_, len)) = new {
+            changes.usage.keys += 1;
+            changes.usage.bytes += (key.len() + len) as u64;
+        }
+        let (old_at, new_at) = (old.and_then(|(at, _)| at), new.and_then(|(at, _)| at));
+        if old_at != new_at {
+            if let Some(at) = old_at {
+                changes.index(expiry_index::index_key(at, key.as_bytes()), false);
+            }
+            if let Some(at) = new_at {
+                changes.index(expiry_index::index_key(at, key.as_bytes()), true);
+            }
+        }
+        changes.bytes += key.len() + raw.as_ref().map_or(0, Vec::len) + 16;
+        changes.data.insert(key.as_bytes().to_vec(), raw);
+        Ok(old.is_some())
     }
 
-    fn set(&self, key: &str, value: &str, expires_at_ms: Option<u64>) -> TxResult<()> {
+    fn set(&mut self, key: &str, value: &str, expires_at_ms: Option<u64>) -> sled::Result<()> {
         let raw = value::encode(value.as_bytes(), expires_at_ms);
-        let old = self.data.insert(key.as_bytes(), raw.as_slice())?;
-        self.derive(key, old.as_deref(), Some((value.len(), expires_at_ms)))?;
-        self.record(key, Some(&raw))
-    }
-
-    /// Keeps what is derived from `sm_data` in step with a key going from `old` (stored bytes)
-    /// to a value of `new` (its length and expiry), or to none: the counters, and the key's
-    /// entry in `sm_expiry`.
-    fn derive(
-        &self,
-        key: &str,
-        old: Option<&[u8]>,
-        new: Option<(usize, Option<u64>)>,
-    ) -> TxResult<()> {
-        let old = old.map(value::peek);
-        self.count(key, old.map(|(_, len)| len), new.map(|(len, _)| len));
-        let old_at = old.and_then(|(at, _)| at);
-        let new_at = new.and_then(|(_, at)| at);
-        expiry_index::moved(self.expiry, key.as_bytes(), old_at, new_at)
-    }
-
-    /// Counts a key whose value goes from `old_len` bytes (or none) to `new_len` (or none).
-    fn count(&self, key: &str, old_len: Option<usize>, new_len: Option<usize>) {
-        let mut usage = self.usage.get();
-        if let Some(len) = old_len {
-            usage.remove((key.len() + len) as u64);
-        }
-        if let Some(len) = new_len {
-            usage.keys += 1;
-            usage.bytes += (key.len() + len) as u64;
-        }
-        self.usage.set(usage);
+        self.change(key, Some(raw)).map(|_| ())
     }
 
     /// Why writing `writes` (key, value length) would take the data past the caps, if it
     /// would. A write that does not grow the data always fits.
-    fn no_room(&self, writes: &[(&str, usize)]) -> TxResult<Option<String>> {
+    fn no_room(&self, writes: &[(&str, usize)]) -> sled::Result<Option<String>> {
         if self.capacity == Capacity::default() {
             return Ok(None);
         }
@@ -121,10 +191,10 @@ impl EntryTx<'_> {
         let Usage {
             mut keys,
             mut bytes,
-        } = self.usage.get();
+        } = self.changes.usage;
         let mut grows = false;
         for (key, len) in distinct {
-            let old = self.data.get(key.as_bytes())?;
+            let old = self.stored(key)?;
             let old_len = old.map(|raw| key.len() + value::peek(&raw).1);
             let new_len = key.len() + len;
             grows |= old_len.is_none_or(|old| new_len > old);
@@ -141,31 +211,19 @@ impl EntryTx<'_> {
         }))
     }
 
-    fn put(&self, item: &Item) -> TxResult<()> {
+    fn put(&mut self, item: &Item) -> sled::Result<()> {
         self.set(&item.key, &item.value, item.expiry.at_ms())
     }
 
     /// Removes `key`; whether it was live.
-    fn remove(&self, key: &str) -> TxResult<bool> {
+    fn remove(&mut self, key: &str) -> sled::Result<bool> {
         let existed = self.live(key)?.is_some();
-        if let Some(old) = self.data.remove(key.as_bytes())? {
-            self.derive(key, Some(&old), None)?;
-            self.record(key, None)?;
-        }
+        self.change(key, None)?;
         Ok(existed)
     }
 
-    fn bump(&self, counter: &[u8], by: u64) -> TxResult<()> {
-        if by == 0 {
-            return Ok(());
-        }
-        let now = self.meta.get(counter)?.map_or(0, |raw| read_u64(&raw));
-        self.meta.insert(counter, &(now + by).to_be_bytes())?;
-        Ok(())
-    }
-
     /// Applies one request and returns its answer.
-    pub fn apply(&self, request: &Request) -> TxResult<Response> {
+    fn apply(&mut self, request: &Request) -> sled::Result<Response> {
         Ok(match request {
             Request::Put { key, value, expiry } => {
                 if let Some(full) = self.no_room(&[(key, value.len())])? {
@@ -223,19 +281,17 @@ impl EntryTx<'_> {
             Request::Evict { keys } => {
                 let mut evicted = 0;
                 for key in keys {
-                    if let Some(old) = self.data.remove(key.as_bytes())? {
-                        self.derive(key, Some(&old), None)?;
-                        self.record(key, None)?;
+                    if self.change(key, None)? {
                         evicted += 1;
                     }
                 }
-                self.bump(KEY_EVICTED, evicted)?;
+                self.changes.evicted += evicted;
                 Response::Count(evicted)
             }
         })
     }
 
-    fn increment(&self, key: &str, delta: i64) -> TxResult<Response> {
+    fn increment(&mut self, key: &str, delta: i64) -> sled::Result<Response> {
         let current = self.live(key)?;
         let (old, expires_at_ms) = match &current {
             None => (0, None),
@@ -266,89 +322,215 @@ impl EntryTx<'_> {
 
     /// Removes those of `keys` that are expired at this entry's time (a key written again
     /// since the sweep chose it stays).
-    fn expire(&self, keys: &[String]) -> TxResult<Response> {
+    fn expire(&mut self, keys: &[String]) -> sled::Result<Response> {
         let mut removed = 0;
         for key in keys {
             let expired = self
-                .data
-                .get(key.as_bytes())?
+                .stored(key)?
                 .is_some_and(|raw| value::peek(&raw).0.is_some_and(|at| self.now_ms >= at));
             if expired {
-                if let Some(old) = self.data.remove(key.as_bytes())? {
-                    self.derive(key, Some(&old), None)?;
-                }
-                self.record(key, None)?;
+                self.change(key, None)?;
                 removed += 1;
             }
         }
-        self.bump(KEY_EXPIRED, removed)?;
+        self.changes.expired += removed;
         Ok(Response::Count(removed))
     }
 }
 
-/// Applies entries in a single transaction and returns one response per entry. With
-/// `recording`, each change is also recorded in `effects` (a snapshot is being built).
+impl Changes {
+    /// `key` of `sm_expiry` is to be inserted (`present`) or removed.
+    fn index(&mut self, key: Vec<u8>, present: bool) {
+        self.bytes += key.len() + 8;
+        self.expiry.insert(key, present);
+    }
+}
+
+/// Runs of entries being applied: the changes decided so far, and what `sm_meta` holds of the
+/// counters and the clock they move.
+struct Run<'a> {
+    trees: &'a Trees<'a>,
+    changes: Changes,
+    /// Keys and bytes held, as `sm_meta` records them.
+    written_usage: Usage,
+    /// The log clock, as `sm_meta` records it, and as the entries decided so far move it.
+    written_clock: u64,
+    clock: u64,
+    /// Record each run's changes to `sm_data` in `sm_effects` (a snapshot is being built).
+    recording: bool,
+}
+
+impl<'a> Run<'a> {
+    fn start(trees: &'a Trees<'a>, recording: bool, log_clock_ms: u64) -> sled::Result<Self> {
+        let usage = Usage::read(trees.meta)?;
+        Ok(Run {
+            trees,
+            changes: Changes {
+                usage,
+                ..Changes::default()
+            },
+            written_usage: usage,
+            written_clock: log_clock_ms,
+            clock: log_clock_ms,
+            recording,
+        })
+    }
+
+    /// Decides `entry` into the run; its answers.
+    fn decide(&mut self, entry: &Entry) -> sled::Result<BatchResponse> {
+        let mut responses = Vec::new();
+        match &entry.payload {
+            EntryPayload::Blank => {}
+            EntryPayload::Normal(batch) => {
+                let mut tx = EntryTx {
+                    data: self.trees.data,
+                    changes: &mut self.changes,
+                    now_ms: batch.now_ms,
+                    capacity: batch.capacity,
+                };
+                for request in &batch.requests {
+                    responses.push(tx.apply(request)?);
+                }
+                self.clock = self.clock.max(batch.now_ms);
+            }
+            EntryPayload::Membership(m) => {
+                self.changes.membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()))
+            }
+        }
+        Ok(BatchResponse { responses })
+    }
+
+    /// The journal of the changes decided so far, the last entry being `last`, and a fresh run
+    /// after it.
+    fn journal(&mut self, last: LogId) -> sled::Result<Journal> {
+        let usage = self.changes.usage;
+        let changes = std::mem::replace(
+            &mut self.changes,
+            Changes {
+                usage,
+                ..Changes::default()
+            },
+        );
+        let meta = |key: &[u8], value: Vec<u8>| (Target::Meta, key.to_vec(), Some(value));
+        let mut writes = Vec::with_capacity(changes.data.len() + changes.expiry.len() + 7);
+        writes.extend(changes.data.into_iter().map(|(k, v)| (Target::Data, k, v)));
+        writes.extend(
+            (changes.expiry.into_iter())
+                .map(|(k, present)| (Target::Expiry, k, present.then(Vec::new))),
+        );
+        if usage != self.written_usage {
+            writes.push(meta(KEY_KEYS, usage.keys.to_be_bytes().to_vec()));
+            writes.push(meta(KEY_BYTES, usage.bytes.to_be_bytes().to_vec()));
+            self.written_usage = usage;
+        }
+        for (counter, by) in [
+            (KEY_EXPIRED, changes.expired),
+            (KEY_EVICTED, changes.evicted),
+        ] {
+            if by > 0 {
+                let held = self
+                    .trees
+                    .meta
+                    .get(counter)?
+                    .map_or(0, |raw| read_u64(&raw));
+                writes.push(meta(counter, (held + by).to_be_bytes().to_vec()));
+            }
+        }
+        if self.clock > self.written_clock {
+            writes.push(meta(KEY_LOG_CLOCK, self.clock.to_be_bytes().to_vec()));
+            self.written_clock = self.clock;
+        }
+        if let Some(membership) = &changes.membership {
+            writes.push(meta(KEY_MEMBERSHIP, encode(membership)));
+        }
+        writes.push(meta(KEY_LAST_APPLIED, encode(&Some(last))));
+        Ok(Journal { last, writes })
+    }
+
+    /// Writes the changes decided so far (the last entry being `last`): the journal, the
+    /// effects of a snapshot build, then the first `upto` writes (all of them, but in tests of
+    /// an interrupted run).
+    fn write(&mut self, last: LogId, upto: usize) -> sled::Result<()> {
+        let journal = self.journal(last)?;
+        let trees = self.trees;
+        trees.meta.insert(KEY_JOURNAL, encode(&journal))?;
+        if self.recording {
+            let changed = journal.writes.iter().filter(|(t, ..)| *t == Target::Data);
+            for (seq, (_, key, raw)) in changed.enumerate() {
+                let effect = effect_key(last.index, seq as u32);
+                trees.effects.insert(effect, encode(&(key, raw)))?;
+            }
+        }
+        journal.write(trees, upto)
+    }
+}
+
+/// Applies `entries` and returns one response per entry. With `recording`, each run's changes
+/// to `sm_data` are also recorded in `effects` (a snapshot is being built). `log_clock_ms` is
+/// the log clock as `sm_meta` holds it.
 pub(super) fn apply_batch(
-    data: &sled::Tree,
-    meta: &sled::Tree,
-    effects: &sled::Tree,
-    expiry: &sled::Tree,
+    trees: &Trees,
     recording: bool,
     log_clock_ms: u64,
     entries: &[Entry],
 ) -> Result<Vec<BatchResponse>, StorageError> {
-    let Some(last) = entries.last() else {
-        return Ok(Vec::new());
+    apply_upto(trees, recording, log_clock_ms, entries, usize::MAX)
+}
+
+/// `apply_batch`, with the writes of the last run stopped after `upto` of them, as a crash
+/// would stop them: for tests.
+#[cfg(test)]
+pub(super) fn apply_interrupted(
+    trees: &Trees,
+    entries: &[Entry],
+    upto: usize,
+) -> Result<Vec<BatchResponse>, StorageError> {
+    apply_upto(trees, false, 0, entries, upto)
+}
+
+fn apply_upto(
+    trees: &Trees,
+    recording: bool,
+    log_clock_ms: u64,
+    entries: &[Entry],
+    upto: usize,
+) -> Result<Vec<BatchResponse>, StorageError> {
+    let err = |e: sled::Error| storage_err("applying entries", e);
+    let mut run = Run::start(trees, recording, log_clock_ms).map_err(err)?;
+    let mut responses = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        responses.push(run.decide(entry).map_err(err)?);
+        let last = i + 1 == entries.len();
+        if last || run.changes.bytes >= JOURNAL_BYTES {
+            let upto = if last { upto } else { usize::MAX };
+            run.write(entry.log_id, upto).map_err(err)?;
+        }
+    }
+    Ok(responses)
+}
+
+/// Finishes the last run if a crash or a power cut stopped its writes: its journal is there
+/// and `last_applied` is still before it. Writing its writes again is harmless, each sets a key
+/// to given bytes or removes it. Returns the log id it finished at, if it did.
+pub(super) fn finish_journal(trees: &Trees) -> Result<Option<LogId>, StorageError> {
+    let err = |e: &dyn std::fmt::Display| storage_err("reading the state machine", e.to_string());
+    let Some(raw) = trees.meta.get(KEY_JOURNAL).map_err(|e| err(&e))? else {
+        return Ok(None);
     };
-    let trees = (data, meta, effects, expiry);
-    let result = trees.transaction(|(data, meta, effects, expiry)| {
-        let before = Usage::read(meta)?;
-        let usage = Cell::new(before);
-        let mut responses = Vec::with_capacity(entries.len());
-        let mut membership = None;
-        for entry in entries {
-            let mut entry_responses = Vec::new();
-            match &entry.payload {
-                EntryPayload::Blank => {}
-                EntryPayload::Normal(batch) => {
-                    let tx = EntryTx {
-                        data,
-                        meta,
-                        effects: recording.then_some(effects),
-                        expiry,
-                        index: entry.log_id.index,
-                        now_ms: batch.now_ms,
-                        seq: Cell::new(0),
-                        capacity: batch.capacity,
-                        usage: &usage,
-                    };
-                    for request in &batch.requests {
-                        entry_responses.push(tx.apply(request)?);
-                    }
-                }
-                EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()))
-                }
-            }
-            responses.push(BatchResponse {
-                responses: entry_responses,
-            });
-        }
-        if usage.get() != before {
-            usage.get().write(meta)?;
-        }
-        // `log_clock_ms` is what `sm_meta` holds (the in-memory clock is loaded from it and
-        // moved only after each committed apply): written only when the entries move it.
-        if let Some(at_ms) = log_time(entries).filter(|at_ms| *at_ms > log_clock_ms) {
-            meta.insert(KEY_LOG_CLOCK, at_ms.to_be_bytes().to_vec())?;
-        }
-        meta.insert(KEY_LAST_APPLIED, encode(&Some(last.log_id)))?;
-        if let Some(m) = &membership {
-            meta.insert(KEY_MEMBERSHIP, encode(m))?;
-        }
-        Ok::<_, ConflictableTransactionError<()>>(responses)
-    });
-    result.map_err(|e: TransactionError<()>| storage_err("applying entries", format!("{e:?}")))
+    let journal: Journal = decode(&raw).map_err(|e| err(&e))?;
+    let applied = trees.meta.get(KEY_LAST_APPLIED).map_err(|e| err(&e))?;
+    let applied = applied
+        .map(|raw| decode::<Option<LogId>>(&raw))
+        .transpose()
+        .map_err(|e| err(&e))?
+        .flatten();
+    if applied.map(|id| id.index) >= Some(journal.last.index) {
+        return Ok(None);
+    }
+    journal
+        .write(trees, usize::MAX)
+        .map_err(|e| storage_err("writing the state machine", e))?;
+    Ok(Some(journal.last))
 }
 
 /// The largest leader time among `entries` (the log clock they move to), if any carries one.

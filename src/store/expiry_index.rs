@@ -4,20 +4,16 @@
 //! An entry's key is the expiry (8 bytes, big-endian milliseconds: byte order is time order)
 //! followed by the data key; its value is empty. The index is derived from `sm_data` and is
 //! never sent in a snapshot:
-//! - applies keep it in the same sled transaction as the values (`apply.rs` calls `moved` for
-//!   every key whose expiry changes); a key without expiry, written or removed, never touches it;
+//! - applies keep it in step with the values, in the same journaled run (`apply.rs` writes an
+//!   entry's insert and removal for every key whose expiry changes); a key without expiry,
+//!   written or removed, never touches it;
 //! - installing a snapshot rebuilds it (`rebuild`), under the install marker;
 //! - a data dir written before the index existed lacks `KEY_EXPIRY_BUILT` (`schema.rs`) in `sm_meta` and gets it built
 //!   when it is opened.
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
-
-use super::schema::{read_u64, TxResult, Usage};
+use super::schema::{read_u64, Usage};
+use super::state_machine::ApplyLock;
 use super::value;
-
-/// Entries written per sled batch by `rebuild`.
-const REBUILD_CHUNK: usize = 4096;
 
 /// The index key of `key` expiring at `at_ms`.
 pub(super) fn index_key(at_ms: u64, key: &[u8]) -> Vec<u8> {
@@ -33,26 +29,6 @@ fn split(index_key: &[u8]) -> (u64, &[u8]) {
     (read_u64(at), key)
 }
 
-/// Inside an apply transaction: `key`'s expiry goes from `old_at` to `new_at` (`None`: no
-/// expiry, or no value). Nothing is written when both are the same.
-pub(super) fn moved(
-    index: &TransactionalTree,
-    key: &[u8],
-    old_at: Option<u64>,
-    new_at: Option<u64>,
-) -> TxResult<()> {
-    if old_at == new_at {
-        return Ok(());
-    }
-    if let Some(at) = old_at {
-        index.remove(index_key(at, key))?;
-    }
-    if let Some(at) = new_at {
-        index.insert(index_key(at, key), &[])?;
-    }
-    Ok(())
-}
-
 /// Replaces the index with one built from `data` in a single pass, and returns what the pass
 /// counted on the way: the keys and bytes held, and how many keys carry an expiry. Not atomic:
 /// the caller marks the index built only after it returned (and was flushed).
@@ -60,24 +36,16 @@ pub(super) fn rebuild(data: &sled::Tree, index: &sled::Tree) -> Result<(Usage, u
     index.clear()?;
     let mut usage = Usage::default();
     let mut indexed = 0;
-    let mut batch = sled::Batch::default();
-    let mut pending = 0;
     for pair in data.iter() {
         let (key, raw) = pair?;
         let (at, len) = value::peek(&raw);
         usage.keys += 1;
         usage.bytes += (key.len() + len) as u64;
         if let Some(at) = at {
-            batch.insert(index_key(at, &key), &[]);
+            index.insert(index_key(at, &key), &[])?;
             indexed += 1;
-            pending += 1;
-            if pending == REBUILD_CHUNK {
-                index.apply_batch(std::mem::take(&mut batch))?;
-                pending = 0;
-            }
         }
     }
-    index.apply_batch(batch)?;
     Ok((usage, indexed))
 }
 
@@ -87,6 +55,7 @@ pub(super) fn rebuild(data: &sled::Tree, index: &sled::Tree) -> Result<(Usage, u
 pub(super) fn due(
     data: &sled::Tree,
     index: &sled::Tree,
+    applies: &ApplyLock,
     limit: usize,
     now_ms: u64,
 ) -> Result<Vec<String>, sled::Error> {
@@ -104,41 +73,35 @@ pub(super) fn due(
         }
     }
     if !stale.is_empty() {
-        drop_stale(data, index, &stale)?;
+        drop_stale(data, index, applies, &stale)?;
     }
     Ok(expired)
 }
 
-/// Removes the entries of `stale` that still do not match their key, checked again inside a
-/// transaction over both trees: an apply racing with it cannot lose an entry it just wrote.
+/// Removes the entries of `stale` that still do not match their key, checked again under the
+/// apply lock: an apply cannot run meanwhile and lose an entry it just wrote.
 fn drop_stale(
     data: &sled::Tree,
     index: &sled::Tree,
+    applies: &ApplyLock,
     stale: &[sled::IVec],
 ) -> Result<(), sled::Error> {
-    let dropped = (data, index).transaction(|(data, index)| {
-        let mut dropped = 0;
-        for entry in stale {
-            let (at, key) = split(entry);
-            if data.get(key)?.and_then(|raw| value::peek(&raw).0) != Some(at) {
-                index.remove(entry)?;
-                dropped += 1;
-            }
+    let _no_apply = applies.read().expect("apply lock");
+    let mut dropped = 0;
+    for entry in stale {
+        let (at, key) = split(entry);
+        if data.get(key)?.and_then(|raw| value::peek(&raw).0) != Some(at) {
+            index.remove(entry)?;
+            dropped += 1;
         }
-        Ok::<_, ConflictableTransactionError<()>>(dropped)
-    });
-    match dropped {
-        Ok(0) => Ok(()),
-        Ok(dropped) => {
-            tracing::warn!(
-                dropped,
-                "expiry index entries that did not match their keys dropped"
-            );
-            Ok(())
-        }
-        Err(TransactionError::Storage(e)) => Err(e),
-        Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
     }
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            "expiry index entries that did not match their keys dropped"
+        );
+    }
+    Ok(())
 }
 
 /// Index entries as tests read them: (expiry, key).

@@ -10,10 +10,9 @@
 //! | `sm_meta` | `keys_held`, `bytes_held`, `expired_count`, `evicted_count`, `log_clock` | `u64`, big-endian |
 //! | `sm_meta` | `expiry_indexed` | empty, once `sm_expiry` indexes every key with an expiry |
 //! | `sm_meta` | `node_id` | the node id the data dir belongs to |
+//! | `sm_meta` | `apply_journal` | bincode: the last applied run's writes (`apply.rs`) |
 //! | `sm_expiry` | expiry (`u64` ms, big-endian) then the data key | empty |
 //! | `sm_effects` | entry index (`u64`) then the change's order in it (`u32`) | bincode `(key, Option<value>)` |
-
-use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 /// Where the log lives in a data dir.
 pub const LOG_DIR: &str = "log";
@@ -42,6 +41,8 @@ pub const KEY_EXPIRY_BUILT: &[u8] = b"expiry_indexed";
 pub const KEY_EXPIRED: &[u8] = b"expired_count";
 /// Keys removed by eviction.
 pub const KEY_EVICTED: &[u8] = b"evicted_count";
+/// The writes of the last run of applied entries, written before them (`apply.rs`).
+pub const KEY_JOURNAL: &[u8] = b"apply_journal";
 /// Keys held.
 pub const KEY_KEYS: &[u8] = b"keys_held";
 /// Bytes of keys and values held.
@@ -76,8 +77,6 @@ pub fn effect_key(index: u64, seq: u32) -> [u8; 12] {
     key
 }
 
-pub type TxResult<T> = Result<T, UnabortableTransactionError>;
-
 /// Keys and bytes of keys and values held, as `sm_meta` counts them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -87,19 +86,13 @@ pub struct Usage {
 
 impl Usage {
     /// The usage recorded in `sm_meta`.
-    pub fn read(meta: &TransactionalTree) -> TxResult<Usage> {
+    pub fn read(meta: &sled::Tree) -> sled::Result<Usage> {
         let counter =
-            |key: &[u8]| -> TxResult<u64> { Ok(meta.get(key)?.map_or(0, |r| read_u64(&r))) };
+            |key: &[u8]| -> sled::Result<u64> { Ok(meta.get(key)?.map_or(0, |r| read_u64(&r))) };
         Ok(Usage {
             keys: counter(KEY_KEYS)?,
             bytes: counter(KEY_BYTES)?,
         })
-    }
-
-    pub fn write(&self, meta: &TransactionalTree) -> TxResult<()> {
-        meta.insert(KEY_KEYS, self.keys.to_be_bytes().to_vec())?;
-        meta.insert(KEY_BYTES, self.bytes.to_be_bytes().to_vec())?;
-        Ok(())
     }
 
     /// One key of `key_bytes` bytes (key and value) less. Panics if the counters would go below

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use crate::store::storage_err;
 use openraft::RaftSnapshotBuilder;
-use sled::transaction::ConflictableTransactionError;
 
 use super::super::schema::decode;
 use super::super::schema::{effect_key, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
@@ -25,6 +24,8 @@ pub struct SnapshotBuilder {
     pub(super) data: sled::Tree,
     pub(super) meta: sled::Tree,
     pub(super) effects: sled::Tree,
+    /// Taken (shared) to read `last_applied` and the membership of one point in the applies.
+    pub(super) applies: super::ApplyLock,
     /// Cleared when the build ends: applies stop recording their changes.
     pub(super) recording: Arc<AtomicBool>,
     pub(super) snapshot_dir: PathBuf,
@@ -53,15 +54,11 @@ impl SnapshotBuilder {
         }
         out.end_records().map_err(|e| err(&e))?;
         // Read after the copy: every change the copy saw was applied at or before `upto`.
-        let (upto, membership) = self
-            .meta
-            .transaction(|m| {
-                Ok::<_, ConflictableTransactionError<()>>((
-                    m.get(KEY_LAST_APPLIED)?,
-                    m.get(KEY_MEMBERSHIP)?,
-                ))
-            })
-            .map_err(|e| format!("{e:?}"))?;
+        let (upto, membership) = {
+            let _between_applies = self.applies.read().expect("apply lock");
+            let upto = self.meta.get(KEY_LAST_APPLIED).map_err(|e| err(&e))?;
+            (upto, self.meta.get(KEY_MEMBERSHIP).map_err(|e| err(&e))?)
+        };
         let upto: Option<LogId> = upto
             .map(|raw| decode::<Option<LogId>>(&raw))
             .transpose()

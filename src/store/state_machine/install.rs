@@ -16,14 +16,14 @@ use super::super::{expiry_index, snapshot};
 use super::StateMachine;
 use crate::types::{LogId, Snapshot, SnapshotMeta, StorageError};
 
-/// Keys written to `sm_data` per sled batch when installing a snapshot.
+/// Records read from a snapshot file at a time when installing it.
 const INSTALL_CHUNK: usize = 4096;
 
 impl StateMachine {
     /// Replaces the whole state with the current snapshot file, streaming it in chunks. The file
     /// is checked whole first (unless the caller just did); the install is marked in `sm_meta`
-    /// (and flushed) before `sm_data` is touched, and unmarked in the same batch that records
-    /// the new `last_applied`. Once marked, a restart finishes the install from the file, so
+    /// (and flushed) before `sm_data` is touched, and unmarked after the new `last_applied`,
+    /// counters and membership are written. Once marked, a restart finishes the install from the file, so
     /// the log up to the snapshot's index may be purged (`StateFlusher::install_marked`).
     pub(super) fn install_current(
         &mut self,
@@ -52,28 +52,30 @@ impl StateMachine {
         self.data.clear().map_err(write_err)?;
         let data = &self.data;
         let records = snapshot::for_each_chunk(&path, INSTALL_CHUNK, |pairs| {
-            let mut batch = sled::Batch::default();
             for (k, v) in pairs {
                 match v {
-                    Some(v) => batch.insert(k, v),
-                    None => batch.remove(k),
+                    Some(v) => data.insert(k, v),
+                    None => data.remove(k),
                 }
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
             }
-            data.apply_batch(batch)
-                .map_err(|e| std::io::Error::other(e.to_string()))
+            Ok(())
         })
         .map_err(read_err)?;
         // The snapshot carries the data, not its counters nor its expiry index: count what was
-        // installed, and index it.
+        // installed, and index it. The marker goes last: until then a restart installs again.
         let (usage, _) = expiry_index::rebuild(&self.data, &self.expiry).map_err(write_err)?;
-        let mut batch = sled::Batch::default();
-        batch.insert(KEY_KEYS, &usage.keys.to_be_bytes());
-        batch.insert(KEY_BYTES, &usage.bytes.to_be_bytes());
-        batch.insert(KEY_LAST_APPLIED, encode(&meta.last_log_id));
-        batch.insert(KEY_MEMBERSHIP, encode(&meta.last_membership));
-        batch.insert(KEY_EXPIRY_BUILT, &[]);
-        batch.remove(KEY_INSTALLING);
-        self.meta.apply_batch(batch).map_err(write_err)?;
+        let meta_writes = [
+            (KEY_KEYS, usage.keys.to_be_bytes().to_vec()),
+            (KEY_BYTES, usage.bytes.to_be_bytes().to_vec()),
+            (KEY_LAST_APPLIED, encode(&meta.last_log_id)),
+            (KEY_MEMBERSHIP, encode(&meta.last_membership)),
+            (KEY_EXPIRY_BUILT, Vec::new()),
+        ];
+        for (key, value) in meta_writes {
+            self.meta.insert(key, value).map_err(write_err)?;
+        }
+        self.meta.remove(KEY_INSTALLING).map_err(write_err)?;
         self.flusher.sync_db().map_err(sync_err)?;
         tracing::info!(snapshot = ?meta.last_log_id, records, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot installed");
         Ok(())

@@ -1,12 +1,13 @@
 //! The cache's state machine in sled: `sm_data` holds the key-value pairs, `sm_meta` holds the
-//! last applied log id and the last membership. Applying a batch of entries is one sled
-//! transaction over both trees, so an entry's effect and `last_applied` never come apart: a
-//! restart neither applies an entry twice nor skips one.
+//! last applied log id and the last membership. A run of entries is applied as plain writes
+//! after a journal of them (`apply.rs`), so an entry's effect and `last_applied` never come
+//! apart: a restart finishes a run a crash interrupted, and neither applies an entry twice nor
+//! skips one.
 //!
 //! Stored values carry their absolute expiry (`value.rs`); reads on every node hide a value
 //! from its expiry on, by the node's own clock. Requests are applied by `apply.rs`. `sm_expiry`
 //! indexes the keys that carry an expiry by their expiry, for the leader's sweep; it is derived
-//! from `sm_data` (kept in the apply transaction, rebuilt when a snapshot is installed, built on
+//! from `sm_data` (kept by the applies, rebuilt when a snapshot is installed, built on
 //! open for a data dir that lacks it) and never sent in a snapshot.
 //!
 //! The current snapshot lives in `<data-dir>/snapshots/current` (written to a temp file, synced,
@@ -30,11 +31,11 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 pub use build::SnapshotBuilder;
 
-/// Entries applied in one transaction, at most.
+/// Entries applied (and answered) together, at most.
 const APPLY_CHUNK: usize = 4096;
 pub use reader::{ApplyLock, LiveEntry, ReplicaStats, StateReader};
 
-use super::apply::{apply_batch, log_time};
+use super::apply::{apply_batch, finish_journal, log_time, Trees};
 use super::clock::LogClock;
 use super::expiry_index;
 use super::schema::decode;
@@ -147,6 +148,9 @@ impl StateMachine {
                 .spawn_periodic(STATE_FLUSH_INTERVAL)
                 .map_err(io_err)?,
         };
+        if let Some(finished) = finish_journal(&sm.trees())? {
+            tracing::warn!(applied = ?finished, "the last applies were interrupted; their journaled writes are written again");
+        }
         sm.catch_up_with_current()?;
         sm.upgrade_current()?;
         let clock = sm
@@ -182,27 +186,29 @@ impl StateMachine {
         &self.expiry
     }
 
-    /// Applies `entries` in one transaction; one response per entry.
+    /// The trees, as applies write them.
+    pub(super) fn trees(&self) -> Trees<'_> {
+        Trees {
+            data: &self.data,
+            meta: &self.meta,
+            effects: &self.effects,
+            expiry: &self.expiry,
+        }
+    }
+
+    /// Applies `entries`; one response per entry.
     fn apply_chunk(&mut self, entries: &[Entry]) -> Result<Vec<BatchResponse>, StorageError> {
         let recording = self.recording.load(Ordering::Acquire);
         let _exclusive = self.applies.write().expect("apply lock");
         let at_ms = log_time(entries);
-        let responses = apply_batch(
-            &self.data,
-            &self.meta,
-            &self.effects,
-            &self.expiry,
-            recording,
-            self.clock.now_ms(),
-            entries,
-        );
+        let responses = apply_batch(&self.trees(), recording, self.clock.now_ms(), entries);
         if let Some(at_ms) = at_ms.filter(|_| responses.is_ok()) {
             self.clock.advance(at_ms);
         }
         responses
     }
 
-    /// Applies `chunk` in one transaction, then answers each entry's responder (if it has one),
+    /// Applies `chunk`, then answers each entry's responder (if it has one),
     /// and empties both.
     fn apply_and_answer(
         &mut self,
@@ -268,6 +274,7 @@ impl StateMachine {
             data: self.data.clone(),
             meta: self.meta.clone(),
             effects: self.effects.clone(),
+            applies: self.applies.clone(),
             recording,
             snapshot_dir: self.snapshot_dir.clone(),
             slot: self.slot.clone(),
@@ -338,8 +345,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, StorageError>> + Unpin + Send,
     {
-        // Applied in transactions of at most `APPLY_CHUNK` entries, each answered once its
-        // transaction committed. Not flushed here: the entries are already durable in the log
+        // Applied in chunks of at most `APPLY_CHUNK` entries, each answered once its writes
+        // are done. Not flushed here: the entries are already durable in the log
         // on a majority, and a restart re-applies whatever the state machine had not yet made
         // durable.
         let mut chunk = Vec::new();

@@ -16,9 +16,9 @@ pub struct StateReader {
     pub(super) meta: sled::Tree,
     /// The keys that carry an expiry, by expiry.
     pub(super) expiry: sled::Tree,
-    /// Held (shared) by reads of several keys, and (exclusive) by each apply transaction: a
-    /// sled transaction is atomic against other transactions, not against plain reads, and
-    /// `get_many` or `scan` read key by key saw half of a `put_many`.
+    /// Held (shared) by reads of several keys, and (exclusive) by each apply: the writes of a
+    /// run of entries are plain sled writes (`apply.rs`), and `get_many` or `scan` reading key
+    /// by key would otherwise see half of a `put_many`.
     pub(super) applies: ApplyLock,
     /// The log's time: reads hide a value from the moment it reaches the value's expiry.
     pub(super) clock: LogClock,
@@ -115,7 +115,7 @@ impl StateReader {
     /// Up to `limit` keys expired at `now_ms`, soonest expiry first, read from the expiry
     /// index: keys without an expiry, or with one still to come, are not looked at.
     pub fn expired_keys(&self, limit: usize, now_ms: u64) -> Result<Vec<String>, sled::Error> {
-        expiry_index::due(&self.data, &self.expiry, limit, now_ms)
+        expiry_index::due(&self.data, &self.expiry, &self.applies, limit, now_ms)
     }
 
     /// Keys, bytes and the replicated expiry and eviction counters.

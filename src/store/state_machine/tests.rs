@@ -668,3 +668,113 @@ async fn reads_hide_expired_values_by_the_log_clock_not_the_readers() {
         "kept across a restart"
     );
 }
+
+/// Everything a state machine holds that applies write: its data, its expiry index and its
+/// `sm_meta` but the journal itself, each in key order.
+fn everything(sm: &StateMachine) -> [Vec<(sled::IVec, sled::IVec)>; 3] {
+    let all = |tree: &sled::Tree| -> Vec<_> { tree.iter().map(|kv| kv.unwrap()).collect() };
+    let mut meta = all(&sm.meta);
+    meta.retain(|(key, _)| key.as_ref() != crate::store::schema::KEY_JOURNAL);
+    [dump(sm), all(&sm.expiry), meta]
+}
+
+/// sled keeps, after a crash or a power cut, a prefix of what was written. An apply whose
+/// journal was written can be stopped after any number of its writes; the next open must
+/// finish it, so that the node holds exactly what an apply that was not stopped leaves (the
+/// data, the expiry index, the counters, `last_applied`), and no request (an increment, a
+/// conditional write) is decided twice.
+#[tokio::test]
+async fn an_apply_stopped_after_its_journal_is_finished_on_the_next_open() {
+    let item = |key: &str, value: &str, expiry| crate::types::Item {
+        key: key.into(),
+        value: value.into(),
+        expiry,
+    };
+    let before = vec![entry(
+        1,
+        vec![
+            Request::Put {
+                key: "n".into(),
+                value: "1".into(),
+                expiry: Expiry::Never,
+            },
+            Request::Put {
+                key: "gone".into(),
+                value: "x".into(),
+                expiry: Expiry::AtMs(9_000),
+            },
+        ],
+    )];
+    let run = vec![
+        entry(
+            2,
+            vec![
+                Request::Increment {
+                    key: "n".into(),
+                    delta: 5,
+                },
+                Request::Remove { key: "gone".into() },
+                Request::PutIfAbsent {
+                    item: item("new", "a", Expiry::AtMs(5_000)),
+                },
+            ],
+        ),
+        entry_at(
+            3,
+            2_000,
+            vec![
+                Request::CompareAndPut {
+                    expected: "a".into(),
+                    item: item("new", "b", Expiry::AtMs(6_000)),
+                },
+                Request::Increment {
+                    key: "n".into(),
+                    delta: 10,
+                },
+                Request::Put {
+                    key: "m".into(),
+                    value: "zz".into(),
+                    expiry: Expiry::Never,
+                },
+            ],
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        let path = dir.path().join(name);
+        async move {
+            store::open(&path, 1, None, &StoreOptions::default())
+                .await
+                .unwrap()
+        }
+    };
+    let (_log, mut whole) = open("whole").await;
+    whole.apply_entries(before.clone()).await.unwrap();
+    whole.apply_entries(run.clone()).await.unwrap();
+    let expected = everything(&whole);
+    assert_eq!(whole.reader().get("n").unwrap().as_deref(), Some("16"));
+    // Stopped after 0, 1, 2... of its writes, until the last one (`last_applied`) is written.
+    let mut stopped_before_the_end = 0;
+    for upto in 0.. {
+        let name = format!("stopped-{upto}");
+        let finished = {
+            let (_log, mut sm) = open(&name).await;
+            sm.apply_entries(before.clone()).await.unwrap();
+            crate::store::apply::apply_interrupted(&sm.trees(), &run, upto).unwrap();
+            let (applied, _) = sm.applied_state().await.unwrap();
+            applied.map(|id| id.index) == Some(3)
+        };
+        let (_log, mut sm) = open(&name).await;
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|id| id.index), Some(3), "stopped after {upto}");
+        assert_eq!(everything(&sm), expected, "stopped after {upto} writes");
+        assert_eq!(sm.reader().get("n").unwrap().as_deref(), Some("16"));
+        if finished {
+            break;
+        }
+        stopped_before_the_end += 1;
+    }
+    // Stopped after 0 to 10 of its 11 writes: 4 keys, 3 expiry index entries, the counters
+    // of keys and bytes, the clock, then `last_applied`.
+    assert_eq!(stopped_before_the_end, 11);
+}
