@@ -56,6 +56,11 @@ struct Args {
     /// --max-batch-items, 1000 by default, and --max-batch-bytes of keys and values).
     #[arg(long, default_value_t = 500)]
     batch: usize,
+    /// Send a call that failed again, up to this many times, before going on to the next keys
+    /// (raftcache only). Each attempt counts as a call (in ops or errors); with `--sequential`
+    /// it keeps a leader change from leaving keys unwritten.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
     /// Server process ids whose CPU time (user + system) to report per operation.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
@@ -261,20 +266,25 @@ async fn run_task(
         keys.next_call(&args, &mut batch);
         request.clear();
         encode(args.backend, args.op, &batch, &value, &mut request);
-        let started = Instant::now();
-        stream.write_all(&request).await.expect("send");
-        answer.clear();
-        let ok = loop {
-            match measure(args.backend, args.op, &batch, &value, &answer) {
-                Ok(Some((_, ok))) => break ok,
-                Ok(None) => {}
-                Err(reason) => panic!("bad answer from {addr}: {reason}"),
+        for _ in 0..=args.retries {
+            let started = Instant::now();
+            stream.write_all(&request).await.expect("send");
+            answer.clear();
+            let ok = loop {
+                match measure(args.backend, args.op, &batch, &value, &answer) {
+                    Ok(Some((_, ok))) => break ok,
+                    Ok(None) => {}
+                    Err(reason) => panic!("bad answer from {addr}: {reason}"),
+                }
+                if stream.read_buf(&mut answer).await.expect("receive") == 0 {
+                    panic!("{addr} closed the connection");
+                }
+            };
+            tally.record(ok, started, batch.len());
+            if ok {
+                break;
             }
-            if stream.read_buf(&mut answer).await.expect("receive") == 0 {
-                panic!("{addr} closed the connection");
-            }
-        };
-        tally.record(ok, started, batch.len());
+        }
     }
     tally.done()
 }
@@ -336,14 +346,19 @@ fn run_client(args: Arc<Args>, index: usize, stop: Arc<AtomicBool>, budget: u64)
     while !stop.load(Ordering::Relaxed) && keys.done < budget {
         keys.next_call(&args, &mut batch);
         let key = &batch[0];
-        let started = Instant::now();
-        let ok = match args.op {
-            Op::Put => client.put(key, &value).is_ok(),
-            Op::PutMany => call(args.op, &batch, &value)(client.service()),
-            Op::Get => client.get(key, false).is_ok(),
-            Op::Lget => client.get(key, true).is_ok(),
-        };
-        tally.record(ok, started, batch.len());
+        for _ in 0..=args.retries {
+            let started = Instant::now();
+            let ok = match args.op {
+                Op::Put => client.put(key, &value).is_ok(),
+                Op::PutMany => call(args.op, &batch, &value)(client.service()),
+                Op::Get => client.get(key, false).is_ok(),
+                Op::Lget => client.get(key, true).is_ok(),
+            };
+            tally.record(ok, started, batch.len());
+            if ok {
+                break;
+            }
+        }
     }
     tally.done()
 }
@@ -434,6 +449,10 @@ fn main() {
     }
     if args.op == Op::PutMany && args.backend != Backend::Raftcache {
         eprintln!("raftcache-bench: --op put-many drives raftcache only");
+        std::process::exit(2);
+    }
+    if args.retries > 0 && args.backend != Backend::Raftcache {
+        eprintln!("raftcache-bench: --retries drives raftcache only");
         std::process::exit(2);
     }
     if args.batch == 0 {
