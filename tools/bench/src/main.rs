@@ -2,6 +2,8 @@
 //! over `--addrs`), sends one request, waits for the answer, and sends the next, until
 //! `--seconds` have passed or `--max-ops` requests were made. Prints throughput, latency
 //! percentiles, and (with `--pids`) the CPU time the server processes used per operation.
+//! `--op put-many` writes `--batch` entries per request (one `put_many` call): with
+//! `--sequential` it loads a large key space quickly, and prints the entries written too.
 //!
 //! By default the clients are tasks on one thread (as redis-benchmark and wrk run theirs), so
 //! the generator takes little of the CPU it shares with the nodes; `--threads` gives each client
@@ -34,7 +36,8 @@ struct Args {
     /// How long to run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Stop after this many operations in total, whichever comes first.
+    /// Stop after this many operations in total, whichever comes first (with `put-many`:
+    /// entries, not calls).
     #[arg(long, default_value_t = u64::MAX)]
     max_ops: u64,
     #[arg(long, value_enum, default_value = "put")]
@@ -49,6 +52,15 @@ struct Args {
     /// with `--max-ops N`, fills exactly N distinct keys.
     #[arg(long)]
     sequential: bool,
+    /// Entries per `put_many` call with `--op put-many` (the server takes at most its
+    /// --max-batch-items, 1000 by default, and --max-batch-bytes of keys and values).
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Send a call that failed again, up to this many times, before going on to the next keys
+    /// (raftcache only). Each attempt counts as a call (in ops or errors); with `--sequential`
+    /// it keeps a leader change from leaving keys unwritten.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
     /// Server process ids whose CPU time (user + system) to report per operation.
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
@@ -75,9 +87,23 @@ enum Backend {
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum Op {
     Put,
+    /// `put_many` of `--batch` entries per call: ops and latencies count calls, `items` the
+    /// entries written (raftcache only).
+    PutMany,
     Get,
     /// Linearizable get.
     Lget,
+}
+
+impl Args {
+    /// Keys per call: `--batch` for `put-many`, else one.
+    fn per_call(&self) -> u64 {
+        if self.op == Op::PutMany {
+            self.batch as u64
+        } else {
+            1
+        }
+    }
 }
 
 /// CPU time of a process in clock ticks (utime + stime from /proc/PID/stat).
@@ -124,6 +150,15 @@ impl Keys {
             format!("key-{}", (self.n >> 33) % args.keys)
         }
     }
+
+    /// The keys of the next call into `batch`: `args.per_call()` of them, fewer at the end of
+    /// the budget.
+    fn next_call(&mut self, args: &Args, batch: &mut Vec<String>) {
+        batch.clear();
+        while (batch.len() as u64) < args.per_call() && self.done < self.budget {
+            batch.push(self.next(args));
+        }
+    }
 }
 
 /// Runs `call` on a generated client that writes its request to `out` and reads its answer
@@ -139,34 +174,43 @@ fn with_client(
     call(&mut CacheServiceSyncClient::new(input, output))
 }
 
+/// The call of `op` on `keys` (one key, or a `put-many` batch).
 fn call<'a>(
     op: Op,
-    key: &'a str,
+    keys: &'a [String],
     value: &'a str,
 ) -> impl Fn(&mut dyn TCacheServiceSyncClient) -> bool + 'a {
     move |c: &mut dyn TCacheServiceSyncClient| match op {
         Op::Put => c
-            .put(CacheEntry::new(key.to_string(), value.to_string(), None))
+            .put(CacheEntry::new(keys[0].clone(), value.to_string(), None))
             .is_ok(),
-        Op::Get => c.get(key.to_string()).is_ok(),
+        Op::PutMany => c
+            .put_many(
+                keys.iter()
+                    .map(|key| CacheEntry::new(key.clone(), value.to_string(), None))
+                    .collect(),
+            )
+            .is_ok_and(|written| written.count as usize == keys.len()),
+        Op::Get => c.get(keys[0].clone()).is_ok(),
         Op::Lget => c
             .get_with(
-                key.to_string(),
+                keys[0].clone(),
                 ReadOptions::new(Some(Consistency::LINEARIZABLE), None),
             )
             .is_ok(),
     }
 }
 
-/// A request of `op` on `key` in `backend`'s wire format, into `out`.
-fn encode(backend: Backend, op: Op, key: &str, value: &str, out: &mut Vec<u8>) {
+/// A request of `op` on `keys` in `backend`'s wire format, into `out`.
+fn encode(backend: Backend, op: Op, keys: &[String], value: &str, out: &mut Vec<u8>) {
     match backend {
         Backend::Raftcache => {
-            with_client(out, &[], call(op, key, value));
+            with_client(out, &[], call(op, keys, value));
         }
         Backend::Redis => match op {
-            Op::Put => peers::resp_command(out, &[b"SET", key.as_bytes(), value.as_bytes()]),
-            Op::Get | Op::Lget => peers::resp_command(out, &[b"GET", key.as_bytes()]),
+            Op::Put => peers::resp_command(out, &[b"SET", keys[0].as_bytes(), value.as_bytes()]),
+            Op::Get | Op::Lget => peers::resp_command(out, &[b"GET", keys[0].as_bytes()]),
+            Op::PutMany => unreachable!("put-many drives raftcache only"),
         },
         Backend::Etcd => unreachable!("etcd speaks gRPC, not a byte stream"),
     }
@@ -177,7 +221,7 @@ fn encode(backend: Backend, op: Op, key: &str, value: &str, out: &mut Vec<u8>) {
 fn measure(
     backend: Backend,
     op: Op,
-    key: &str,
+    keys: &[String],
     value: &str,
     answer: &[u8],
 ) -> Result<Option<(usize, bool)>, String> {
@@ -185,7 +229,7 @@ fn measure(
         Backend::Raftcache => match frame::measure(answer, usize::MAX) {
             Measured::Complete(len) => Ok(Some((
                 len,
-                with_client(&mut Vec::new(), &answer[..len], call(op, key, value)),
+                with_client(&mut Vec::new(), &answer[..len], call(op, keys, value)),
             ))),
             Measured::Invalid(reason) => Err(reason.to_string()),
             Measured::Incomplete(_) => Ok(None),
@@ -205,7 +249,7 @@ async fn run_task(
     index: usize,
     stop: Arc<AtomicBool>,
     budget: u64,
-) -> (Vec<u32>, u64) {
+) -> ClientResult {
     if args.backend == Backend::Etcd {
         return run_etcd_task(args, index, stop, budget).await;
     }
@@ -217,25 +261,30 @@ async fn run_task(
     let value = "x".repeat(args.value_bytes);
     let mut tally = Tally::default();
     let mut keys = Keys::new(index, budget);
-    let (mut request, mut answer) = (Vec::new(), Vec::new());
+    let (mut batch, mut request, mut answer) = (Vec::new(), Vec::new(), Vec::new());
     while !stop.load(Ordering::Relaxed) && keys.done < budget {
-        let key = keys.next(&args);
+        keys.next_call(&args, &mut batch);
         request.clear();
-        encode(args.backend, args.op, &key, &value, &mut request);
-        let started = Instant::now();
-        stream.write_all(&request).await.expect("send");
-        answer.clear();
-        let ok = loop {
-            match measure(args.backend, args.op, &key, &value, &answer) {
-                Ok(Some((_, ok))) => break ok,
-                Ok(None) => {}
-                Err(reason) => panic!("bad answer from {addr}: {reason}"),
+        encode(args.backend, args.op, &batch, &value, &mut request);
+        for _ in 0..=args.retries {
+            let started = Instant::now();
+            stream.write_all(&request).await.expect("send");
+            answer.clear();
+            let ok = loop {
+                match measure(args.backend, args.op, &batch, &value, &answer) {
+                    Ok(Some((_, ok))) => break ok,
+                    Ok(None) => {}
+                    Err(reason) => panic!("bad answer from {addr}: {reason}"),
+                }
+                if stream.read_buf(&mut answer).await.expect("receive") == 0 {
+                    panic!("{addr} closed the connection");
+                }
+            };
+            tally.record(ok, started, batch.len());
+            if ok {
+                break;
             }
-            if stream.read_buf(&mut answer).await.expect("receive") == 0 {
-                panic!("{addr} closed the connection");
-            }
-        };
-        tally.record(ok, started);
+        }
     }
     tally.done()
 }
@@ -247,7 +296,7 @@ async fn run_etcd_task(
     index: usize,
     stop: Arc<AtomicBool>,
     budget: u64,
-) -> (Vec<u32>, u64) {
+) -> ClientResult {
     let addr = &args.addrs[index % args.addrs.len()];
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
@@ -277,61 +326,69 @@ async fn run_etcd_task(
                 "/etcdserverpb.KV/Range",
                 peers::etcd_range(key.as_bytes(), false),
             ),
+            Op::PutMany => unreachable!("put-many drives raftcache only"),
         };
         let started = Instant::now();
         let ok = peers::grpc_call(&mut send, addr, path, frame).await;
-        tally.record(ok, started);
+        tally.record(ok, started, 1);
     }
     tally.done()
 }
 
-fn run_client(
-    args: Arc<Args>,
-    index: usize,
-    stop: Arc<AtomicBool>,
-    budget: u64,
-) -> (Vec<u32>, u64) {
+fn run_client(args: Arc<Args>, index: usize, stop: Arc<AtomicBool>, budget: u64) -> ClientResult {
     let addr = &args.addrs[index % args.addrs.len()];
     let mut client = CacheClient::connect(addr, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     let value = "x".repeat(args.value_bytes);
     let mut tally = Tally::default();
     let mut keys = Keys::new(index, budget);
+    let mut batch = Vec::new();
     while !stop.load(Ordering::Relaxed) && keys.done < budget {
-        let key = keys.next(&args);
-        let started = Instant::now();
-        let ok = match args.op {
-            Op::Put => client.put(&key, &value).is_ok(),
-            Op::Get => client.get(&key, false).is_ok(),
-            Op::Lget => client.get(&key, true).is_ok(),
-        };
-        tally.record(ok, started);
+        keys.next_call(&args, &mut batch);
+        let key = &batch[0];
+        for _ in 0..=args.retries {
+            let started = Instant::now();
+            let ok = match args.op {
+                Op::Put => client.put(key, &value).is_ok(),
+                Op::PutMany => call(args.op, &batch, &value)(client.service()),
+                Op::Get => client.get(key, false).is_ok(),
+                Op::Lget => client.get(key, true).is_ok(),
+            };
+            tally.record(ok, started, batch.len());
+            if ok {
+                break;
+            }
+        }
     }
     tally.done()
 }
 
-type ClientResult = (Vec<u32>, u64);
+/// What `Tally::done` returns.
+type ClientResult = (Vec<u32>, u64, u64);
 
-/// One client's answered calls' latencies and its failed calls.
+/// One client's answered calls' latencies, its failed calls, and the keys its answered calls
+/// carried.
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u32>,
     errors: u64,
+    items: u64,
 }
 
 impl Tally {
-    /// A call sent at `started` that succeeded, or not.
-    fn record(&mut self, ok: bool, started: Instant) {
+    /// A call of `items` keys sent at `started` that succeeded, or not.
+    fn record(&mut self, ok: bool, started: Instant, items: usize) {
         if ok {
             let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
             self.latencies_us.push(us);
+            self.items += items as u64;
         } else {
             self.errors += 1;
         }
     }
 
     fn done(self) -> ClientResult {
-        (self.latencies_us, self.errors)
+        (self.latencies_us, self.errors, self.items)
     }
 }
 
@@ -390,6 +447,18 @@ fn main() {
         eprintln!("raftcache-bench: --threads drives raftcache only");
         std::process::exit(2);
     }
+    if args.op == Op::PutMany && args.backend != Backend::Raftcache {
+        eprintln!("raftcache-bench: --op put-many drives raftcache only");
+        std::process::exit(2);
+    }
+    if args.retries > 0 && args.backend != Backend::Raftcache {
+        eprintln!("raftcache-bench: --retries drives raftcache only");
+        std::process::exit(2);
+    }
+    if args.batch == 0 {
+        eprintln!("raftcache-bench: --batch must be at least 1");
+        std::process::exit(2);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let budget = args.max_ops / args.clients as u64;
     let cpu_before: u64 = args.pids.iter().map(|p| cpu_ticks(*p)).sum();
@@ -401,10 +470,11 @@ fn main() {
         run_tasks(&args, &stop, budget, deadline)
     };
     let mut all = Vec::new();
-    let mut errors = 0;
-    for (lat, err) in results {
+    let (mut errors, mut items) = (0, 0);
+    for (lat, err, written) in results {
         all.extend(lat);
         errors += err;
+        items += written;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_ticks_used = args
@@ -424,6 +494,9 @@ fn main() {
         "backend={:?} op={:?} clients={} ops={} errors={} seconds={:.2} ops_per_sec={:.0} p50_us={} p99_us={} max_us={}",
         args.backend, args.op, args.clients, all.len(), errors, elapsed, ops / elapsed, pct(0.50), pct(0.99), all.last().copied().unwrap_or(0)
     );
+    if args.op == Op::PutMany {
+        print!(" items={items} items_per_sec={:.0}", items as f64 / elapsed);
+    }
     if !args.pids.is_empty() && ops > 0.0 {
         // Clock ticks are 1/100 s on Linux.
         print!(
