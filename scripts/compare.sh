@@ -54,8 +54,9 @@ stop_all() {
 }
 trap stop_all EXIT
 
-etcd_client() { echo "127.0.0.1:$((BASE + 20 + $1))"; }
-etcd_peer() { echo "http://127.0.0.1:$((BASE + 30 + $1))"; }
+# Ports: raftcache BASE+1..23 (scripts/local-cluster.sh), etcd BASE+31..43, Redis BASE+50.
+etcd_client() { echo "127.0.0.1:$((BASE + 30 + $1))"; }
+etcd_peer() { echo "http://127.0.0.1:$((BASE + 40 + $1))"; }
 etcd_initial="e1=$(etcd_peer 1),e2=$(etcd_peer 2),e3=$(etcd_peer 3)"
 for i in 1 2 3; do
   etcd --name "e$i" --data-dir "$work/etcd$i" \
@@ -65,9 +66,9 @@ for i in 1 2 3; do
     --logger zap --log-level error >"$work/etcd$i.log" 2>&1 &
   etcd_pids+=($!)
 done
-redis_addr="127.0.0.1:$((BASE + 40))"
+redis_addr="127.0.0.1:$((BASE + 50))"
 mkdir -p "$work/redis"
-redis-server --bind 127.0.0.1 --port "$((BASE + 40))" --dir "$work/redis" --save '' \
+redis-server --bind 127.0.0.1 --port "$((BASE + 50))" --dir "$work/redis" --save '' \
   --appendonly yes --appendfsync always --daemonize no --logfile "$work/redis.log" &
 redis_pid=$!
 cluster_start
@@ -77,7 +78,11 @@ rc_leader=$(cluster_leader)
 etcd_endpoints="http://$(etcd_client 1),http://$(etcd_client 2),http://$(etcd_client 3)"
 etcd_leader=
 for _ in $(seq 1 100); do
-  etcd_leader=$(ETCDCTL_API=3 etcdctl --endpoints "$etcd_endpoints" endpoint status -w json 2>/dev/null |
+  for i in 1 2 3; do
+    kill -0 "${etcd_pids[$((i - 1))]}" 2>/dev/null ||
+      { echo "compare: etcd member $i exited; its log ($work/etcd$i.log) ends with:" >&2; tail -3 "$work/etcd$i.log" >&2; exit 1; }
+  done
+  etcd_leader=$(ETCDCTL_API=3 etcdctl --dial-timeout 500ms --command-timeout 2s --endpoints "$etcd_endpoints" endpoint status -w json 2>/dev/null |
     python3 -c '
 import json, sys
 for i, s in enumerate(json.load(sys.stdin), 1):
@@ -88,7 +93,7 @@ for i, s in enumerate(json.load(sys.stdin), 1):
 done
 [ -n "$etcd_leader" ] || { echo "compare: etcd elected no leader" >&2; exit 1; }
 for _ in $(seq 1 100); do
-  redis-cli -p "$((BASE + 40))" ping 2>/dev/null | grep -q PONG && break
+  redis-cli -p "$((BASE + 50))" ping 2>/dev/null | grep -q PONG && break
   sleep 0.1
 done
 
