@@ -114,19 +114,34 @@ impl SledFiles {
 
     /// Makes what sled's last `flush` wrote durable. Call right after it returned.
     pub fn sync(&self) -> io::Result<()> {
-        let blobs = self.dir.join("blobs");
         let mut synced = self.synced_blobs.lock().expect("synced blobs lock");
+        let listed = self.list_blobs()?;
+        self.sync_listed(&mut synced, listed)
+    }
+
+    /// The names in `blobs/`.
+    fn list_blobs(&self) -> io::Result<Vec<OsString>> {
+        match std::fs::read_dir(self.dir.join("blobs")) {
+            Ok(listed) => listed.map(|entry| entry.map(|e| e.file_name())).collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `sync`, with the blobs as listed. sled removes a blob on its own threads once the value
+    /// in it was replaced and the segment that replaced it filled up, so a listed blob may be
+    /// gone by the time it is opened: it holds nothing the database needs, and is skipped.
+    fn sync_listed(&self, synced: &mut HashSet<OsString>, listed: Vec<OsString>) -> io::Result<()> {
+        let blobs = self.dir.join("blobs");
         let mut new_blobs = false;
         let mut present = HashSet::new();
-        let listed = match std::fs::read_dir(&blobs) {
-            Ok(listed) => listed.collect::<io::Result<Vec<_>>>()?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        for entry in listed {
-            let name = entry.file_name();
+        for name in listed {
             if !synced.contains(&name) {
-                File::open(blobs.join(&name))?.sync_all()?;
+                match File::open(blobs.join(&name)) {
+                    Ok(file) => file.sync_all()?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
                 new_blobs = true;
             }
             present.insert(name);
@@ -182,5 +197,26 @@ mod tests {
             "the large value was written as a blob"
         );
         files.sync().unwrap();
+    }
+
+    /// sled removes a blob file on its own threads once the value in it was replaced: a sync
+    /// whose listing still names a blob that is gone when it opens it succeeds.
+    #[test]
+    fn a_blob_removed_after_the_listing_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let files = SledFiles::new(&dir.path().join("db"));
+        db.insert(b"large", vec![7u8; 1 << 20]).unwrap();
+        db.flush().unwrap();
+        let listed = files.list_blobs().unwrap();
+        assert_eq!(listed.len(), 1, "the large value was written as a blob");
+        std::fs::remove_file(dir.path().join("db/blobs").join(&listed[0])).unwrap();
+        let mut synced = files.synced_blobs.lock().unwrap();
+        files.sync_listed(&mut synced, listed).unwrap();
+        assert!(synced.is_empty(), "a removed blob is not counted as synced");
     }
 }
