@@ -237,6 +237,9 @@ fn read_entries(segments: &SegmentLog, start: u64, end: u64) -> Result<Vec<Entry
         .collect()
 }
 
+/// Entries read from the segments at a time by `entries_stream`.
+const STREAM_ENTRIES: u64 = 64;
+
 /// What the sync thread calls once an append is durable (or could not be made so).
 type Done = Box<dyn FnOnce(std::io::Result<()>) + Send>;
 /// How the sync thread makes written segments durable.
@@ -315,6 +318,47 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => u64::MAX,
         };
         self.entries(start, end)
+    }
+
+    /// The entries of `range`, read `STREAM_ENTRIES` at a time as the stream is polled:
+    /// applying a long range (a follower catching up, a node restarting) holds that many
+    /// entries in memory at once, never the whole range.
+    async fn entries_stream<RB>(
+        &mut self,
+        range: RB,
+    ) -> impl futures::Stream<Item = std::io::Result<Entry>> + Send
+    where
+        RB: RangeBounds<u64> + Clone + Debug + Send,
+    {
+        use futures::StreamExt;
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => *i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => *i + 1,
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        let store = self.clone();
+        futures::stream::unfold(Some(start), move |next| {
+            let store = store.clone();
+            async move {
+                let next = next.filter(|next| *next < end)?;
+                let upto = end.min(next.saturating_add(STREAM_ENTRIES));
+                match store.entries(next, upto) {
+                    Ok(chunk) if chunk.is_empty() => None,
+                    Ok(chunk) => {
+                        let after = next + chunk.len() as u64;
+                        let chunk = futures::stream::iter(chunk.into_iter().map(Ok));
+                        Some((chunk.left_stream(), Some(after)))
+                    }
+                    Err(e) => Some((futures::stream::iter([Err(e)]).right_stream(), None)),
+                }
+            }
+        })
+        .flatten()
     }
 
     async fn read_vote(&mut self) -> std::io::Result<Option<Vote>> {
@@ -484,5 +528,49 @@ mod tests {
         assert_eq!(rx.recv().unwrap(), Err("disk gone".to_string()));
         let (_, recorded) = Watermark::open(dir.path()).unwrap();
         assert_eq!(recorded.last_log_index, None);
+    }
+
+    /// `entries_stream` reads `STREAM_ENTRIES` at a time: over ranges that span several reads,
+    /// it yields exactly what `try_get_log_entries` returns.
+    #[tokio::test]
+    async fn the_entries_stream_reads_in_chunks_and_yields_the_whole_range() {
+        use futures::StreamExt;
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) =
+            crate::store::open(dir.path(), 1, None, &crate::store::StoreOptions::default())
+                .await
+                .unwrap();
+        let n = 3 * STREAM_ENTRIES + 5;
+        let entries: Vec<Entry> = (1..=n)
+            .map(|i| crate::store::state_machine::tests::entry(i, Vec::new()))
+            .collect();
+        // Readable once written; the sync that follows does not matter here.
+        log.append(entries, IOFlushed::noop()).await.unwrap();
+        let ranges = [
+            (1, n + 1),
+            (2, STREAM_ENTRIES + 2),
+            (STREAM_ENTRIES, 2 * STREAM_ENTRIES + 1),
+            (n - 3, n + 100),
+            (5, 5),
+        ];
+        for (start, end) in ranges {
+            let streamed: Vec<LogId> = log
+                .entries_stream(start..end)
+                .await
+                .map(|e| e.unwrap().log_id)
+                .collect()
+                .await;
+            let read: Vec<LogId> = log
+                .try_get_log_entries(start..end)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.log_id)
+                .collect();
+            assert_eq!(streamed, read, "{start}..{end}");
+        }
+        let all: Vec<_> = log.entries_stream(1..).await.collect().await;
+        assert_eq!(all.len() as u64, n);
     }
 }

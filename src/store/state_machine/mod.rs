@@ -33,6 +33,20 @@ pub use build::SnapshotBuilder;
 
 /// Entries applied (and answered) together, at most.
 const APPLY_CHUNK: usize = 4096;
+/// Bytes of requests (`Request::size_bytes`) applied together, about at most: a chunk ends
+/// after the entry that reaches it, so a long range of large entries (a follower catching up)
+/// is not held in memory whole.
+const APPLY_CHUNK_BYTES: usize = 4 << 20;
+
+/// About how many bytes of requests `entry` carries.
+fn entry_bytes(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(batch) => {
+            batch.requests.iter().map(|r| r.size_bytes()).sum()
+        }
+        _ => 0,
+    }
+}
 pub use reader::{ApplyLock, LiveEntry, ReplicaStats, StateReader};
 
 use super::apply::{apply_batch, finish_journal, log_time, Trees};
@@ -345,17 +359,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, StorageError>> + Unpin + Send,
     {
-        // Applied in chunks of at most `APPLY_CHUNK` entries, each answered once its writes
+        // Applied in chunks of at most `APPLY_CHUNK` entries (and about `APPLY_CHUNK_BYTES`),
+        // each answered once its writes
         // are done. Not flushed here: the entries are already durable in the log
         // on a majority, and a restart re-applies whatever the state machine had not yet made
         // durable.
         let mut chunk = Vec::new();
         let mut responders = Vec::new();
+        let mut bytes = 0;
         while let Some((entry, responder)) = entries.next().await.transpose()? {
+            bytes += entry_bytes(&entry);
             chunk.push(entry);
             responders.push(responder);
-            if chunk.len() == APPLY_CHUNK {
+            if chunk.len() == APPLY_CHUNK || bytes >= APPLY_CHUNK_BYTES {
                 self.apply_and_answer(&mut chunk, &mut responders)?;
+                bytes = 0;
             }
         }
         self.apply_and_answer(&mut chunk, &mut responders)
