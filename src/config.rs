@@ -261,7 +261,10 @@ pub struct NodeConfig {
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub snapshot_chunk_bytes: u64,
 
-    /// sled's page cache, in bytes.
+    /// sled's page cache, in bytes. It counts pages at their size on disk, not in memory: at
+    /// 10 million keys a node held about 3.5 times this in cache, plus about 0.6 GiB besides
+    /// (docs/benchmarks.md). Lower it to bound the RSS of a node with much data; reads that
+    /// miss the cache go to disk.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     pub cache_capacity_bytes: u64,
 
