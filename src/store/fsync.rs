@@ -176,15 +176,20 @@ mod tests {
         create_dir_durably(&deep).unwrap();
     }
 
-    #[test]
-    fn sled_files_sync_after_a_flush_with_and_without_blobs() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A sled database in `dir/db` that only explicit flushes write, and its files.
+    fn sled_and_files(dir: &Path) -> (sled::Db, SledFiles) {
         let db = sled::Config::new()
-            .path(dir.path().join("db"))
+            .path(dir.join("db"))
             .flush_every_ms(None)
             .open()
             .unwrap();
-        let files = SledFiles::new(&dir.path().join("db"));
+        (db, SledFiles::new(&dir.join("db")))
+    }
+
+    #[test]
+    fn sled_files_sync_after_a_flush_with_and_without_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, files) = sled_and_files(dir.path());
         db.insert(b"small", b"v".as_slice()).unwrap();
         db.flush().unwrap();
         files.sync().unwrap();
@@ -204,12 +209,7 @@ mod tests {
     #[test]
     fn a_blob_removed_after_the_listing_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .flush_every_ms(None)
-            .open()
-            .unwrap();
-        let files = SledFiles::new(&dir.path().join("db"));
+        let (db, files) = sled_and_files(dir.path());
         db.insert(b"large", vec![7u8; 1 << 20]).unwrap();
         db.flush().unwrap();
         let listed = files.list_blobs().unwrap();

@@ -237,6 +237,21 @@ fn read_entries(segments: &SegmentLog, start: u64, end: u64) -> Result<Vec<Entry
         .collect()
 }
 
+/// The first index of `range` and the one after its last.
+fn index_bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => *i + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(i) => *i + 1,
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
 /// Entries read from the segments at a time by `entries_stream`.
 const STREAM_ENTRIES: u64 = 64;
 
@@ -307,16 +322,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> std::io::Result<Vec<Entry>> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => *i + 1,
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(i) => *i + 1,
-            Bound::Excluded(i) => *i,
-            Bound::Unbounded => u64::MAX,
-        };
+        let (start, end) = index_bounds(&range);
         self.entries(start, end)
     }
 
@@ -331,16 +337,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         RB: RangeBounds<u64> + Clone + Debug + Send,
     {
         use futures::StreamExt;
-        let start = match range.start_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => *i + 1,
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(i) => *i + 1,
-            Bound::Excluded(i) => *i,
-            Bound::Unbounded => u64::MAX,
-        };
+        let (start, end) = index_bounds(&range);
         let store = self.clone();
         futures::stream::unfold(Some(start), move |next| {
             let store = store.clone();

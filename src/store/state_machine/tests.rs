@@ -206,6 +206,19 @@ async fn a_snapshot_cut_short_in_transfer_is_refused_and_changes_nothing() {
     );
 }
 
+/// The stores of node 1 in `base/name`, opened (created on first use).
+fn open_in(
+    base: &std::path::Path,
+    name: &str,
+) -> impl std::future::Future<Output = (store::LogStore, StateMachine)> + use<> {
+    let path = base.join(name);
+    async move {
+        store::open(&path, 1, None, &StoreOptions::default())
+            .await
+            .unwrap()
+    }
+}
+
 /// Every pair held by `sm`, in key order.
 fn dump(sm: &StateMachine) -> Vec<(sled::IVec, sled::IVec)> {
     sm.data.iter().map(|kv| kv.unwrap()).collect()
@@ -218,13 +231,8 @@ fn dump(sm: &StateMachine) -> Vec<(sled::IVec, sled::IVec)> {
 async fn a_build_overtaken_by_an_install_never_replaces_it() {
     let dir = tempfile::tempdir().unwrap();
     let open = |name: &str| {
-        let path = dir.path().join(name);
-        async move {
-            store::open(&path, 1, None, &StoreOptions::default())
-                .await
-                .unwrap()
-                .1
-        }
+        let opened = open_in(dir.path(), name);
+        async move { opened.await.1 }
     };
     let put = |key: &str, value: &str| Request::Put {
         key: key.into(),
@@ -740,14 +748,7 @@ async fn an_apply_stopped_after_its_journal_is_finished_on_the_next_open() {
         ),
     ];
     let dir = tempfile::tempdir().unwrap();
-    let open = |name: &str| {
-        let path = dir.path().join(name);
-        async move {
-            store::open(&path, 1, None, &StoreOptions::default())
-                .await
-                .unwrap()
-        }
-    };
+    let open = |name: &str| open_in(dir.path(), name);
     let (_log, mut whole) = open("whole").await;
     whole.apply_entries(before.clone()).await.unwrap();
     whole.apply_entries(run.clone()).await.unwrap();
