@@ -2,18 +2,20 @@
 //! `raftcache serve` runs a node; `get`, `put`, `remove`, `status` and `admin ...` talk to one.
 //! Exit status: 0 success, 1 key absent, 2 any error or refusal (message on stderr).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use raftcache::client::{describe_error, CacheClient};
+use raftcache::client::{describe_error, CacheClient, TlsOptions};
 use raftcache::config::NodeConfig;
 use raftcache::gen::cache::{
     AdminOp, CacheStats, Membership, NodeStatus, ReadOptions, TCacheServiceSyncClient, Unavailable,
 };
 use raftcache::membership::{add_node, CatchUp};
+use raftcache::tls::ClientFiles;
 
 /// raftcache: a persistent, replicated key-value cache (Thrift API, Raft replication, sled).
 #[derive(Parser, Debug)]
@@ -281,12 +283,41 @@ pub struct Conn {
     /// Seconds to wait for the connection and for each answer.
     #[arg(long, default_value_t = 10)]
     pub timeout_secs: u64,
+    /// Speak TLS, trusting node certificates signed by this CA (PEM).
+    #[arg(long, env = "RAFTCACHE_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for a node with --client-auth cert. Needs --tls-ca.
+    #[arg(long, env = "RAFTCACHE_TLS_CERT", requires_all = ["tls_ca", "tls_key"], value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "RAFTCACHE_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// The name the node's certificate must carry [default: the host of --addr].
+    #[arg(long, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
 }
 
 impl Conn {
     fn connect(&self) -> Result<CacheClient, String> {
-        CacheClient::connect(&self.addr, Duration::from_secs(self.timeout_secs))
-            .map_err(|e| format!("cannot connect to {}: {e}", self.addr))
+        let tls = self.tls_ca.as_ref().map(|ca| TlsOptions {
+            files: ClientFiles {
+                ca: ca.clone(),
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
+            },
+            server_name: self.tls_server_name.clone(),
+        });
+        CacheClient::connect_with(
+            &self.addr,
+            Duration::from_secs(self.timeout_secs),
+            tls.as_ref(),
+        )
+        .map_err(|e| format!("cannot connect to {}: {e}", self.addr))
     }
 }
 

@@ -1,9 +1,12 @@
 //! A blocking Rust client for the `CacheService`, over buffered transport and binary protocol
 //! (the seed's configuration). Used by the CLI and by tests.
 
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustls::{ClientConnection, StreamOwned};
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::transport::{TBufferedReadTransport, TBufferedWriteTransport};
 
@@ -11,20 +14,86 @@ use crate::gen::cache::{
     AdminChange, AdminOp, CacheEntry, CacheServiceSyncClient, Consistency, KeyNotFound, Membership,
     NodeStatus, ReadOptions, TCacheServiceSyncClient,
 };
+use crate::tls::{ClientFiles, ClientTls};
 
 type Inner = CacheServiceSyncClient<
-    TBinaryInputProtocol<TBufferedReadTransport<TcpStream>>,
-    TBinaryOutputProtocol<TBufferedWriteTransport<TcpStream>>,
+    TBinaryInputProtocol<TBufferedReadTransport<Link>>,
+    TBinaryOutputProtocol<TBufferedWriteTransport<Link>>,
 >;
+
+/// The bytes under a client: a socket, or TLS over one. Its clones share the connection: one
+/// reads answers, the other writes calls, never at once.
+#[derive(Clone)]
+enum Link {
+    Plain(Arc<TcpStream>),
+    Tls(Arc<Mutex<StreamOwned<ClientConnection, TcpStream>>>),
+}
+
+impl Read for Link {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Link::Plain(stream) => (&**stream).read(buf),
+            Link::Tls(stream) => stream.lock().expect("tls stream lock").read(buf),
+        }
+    }
+}
+
+impl Write for Link {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Link::Plain(stream) => (&**stream).write(buf),
+            Link::Tls(stream) => stream.lock().expect("tls stream lock").write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Link::Plain(stream) => (&**stream).flush(),
+            Link::Tls(stream) => stream.lock().expect("tls stream lock").flush(),
+        }
+    }
+}
+
+/// How a client speaks TLS to a node.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    /// The CA of the node's certificate, and the client's own certificate and key if the node
+    /// asks for one (`--client-auth cert`).
+    pub files: ClientFiles,
+    /// The name the node's certificate must carry; by default the host of the address dialed.
+    pub server_name: Option<String>,
+}
 
 /// One connection to one node.
 pub struct CacheClient {
     inner: Inner,
+    /// The TLS session, if any, to end with a close_notify when the client is dropped.
+    tls: Option<Arc<Mutex<StreamOwned<ClientConnection, TcpStream>>>>,
+}
+
+impl Drop for CacheClient {
+    fn drop(&mut self) {
+        if let Some(tls) = &self.tls {
+            let mut stream = tls.lock().expect("tls stream lock");
+            stream.conn.send_close_notify();
+            let _ = stream.flush();
+        }
+    }
 }
 
 impl CacheClient {
     /// Connects to `addr`; every call then waits at most `timeout` for its answer.
     pub fn connect(addr: &str, timeout: Duration) -> std::io::Result<Self> {
+        Self::connect_with(addr, timeout, None)
+    }
+
+    /// Connects to `addr`, over TLS when `tls` is given (the handshake is made here, so a
+    /// certificate the client does not trust fails the connect).
+    pub fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<&TlsOptions>,
+    ) -> std::io::Result<Self> {
         let sock = addr.to_socket_addrs()?.next().ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -35,11 +104,19 @@ impl CacheClient {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        let input =
-            TBinaryInputProtocol::new(TBufferedReadTransport::new(stream.try_clone()?), true);
-        let output = TBinaryOutputProtocol::new(TBufferedWriteTransport::new(stream), true);
+        let link = match tls {
+            None => Link::Plain(Arc::new(stream)),
+            Some(tls) => Link::Tls(Arc::new(Mutex::new(handshake(addr, stream, tls)?))),
+        };
+        let tls = match &link {
+            Link::Tls(stream) => Some(stream.clone()),
+            Link::Plain(_) => None,
+        };
+        let input = TBinaryInputProtocol::new(TBufferedReadTransport::new(link.clone()), true);
+        let output = TBinaryOutputProtocol::new(TBufferedWriteTransport::new(link), true);
         Ok(Self {
             inner: CacheServiceSyncClient::new(input, output),
+            tls,
         })
     }
 
@@ -144,5 +221,30 @@ pub fn describe_error(e: &thrift::Error) -> String {
             return format!("invalid request: {}", x.message);
         }
     }
-    e.to_string()
+    // thrift's own Display says only which kind of error it was; the message says why.
+    match e {
+        thrift::Error::Transport(t) => format!("transport error: {}", t.message),
+        thrift::Error::Protocol(p) => format!("protocol error: {}", p.message),
+        thrift::Error::Application(a) => format!("server error: {}", a.message),
+        other => other.to_string(),
+    }
+}
+
+/// Makes the TLS handshake with the node at `addr` over `stream`.
+fn handshake(
+    addr: &str,
+    mut stream: TcpStream,
+    tls: &TlsOptions,
+) -> std::io::Result<StreamOwned<ClientConnection, TcpStream>> {
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let config = ClientTls::build(&tls.files).map_err(|e| invalid(e.to_string()))?;
+    let name = crate::tls::server_name(addr, tls.server_name.as_deref())
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut connection = ClientConnection::new(config, name).map_err(|e| invalid(e.to_string()))?;
+    while connection.is_handshaking() {
+        connection
+            .complete_io(&mut stream)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
+    }
+    Ok(StreamOwned::new(connection, stream))
 }

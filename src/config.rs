@@ -19,6 +19,15 @@ pub use advertised::Advertised;
 /// `PeerClients` replaces with one line when a peer goes down and one when it is back.
 pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::core::heartbeat=error,openraft::replication=error,openraft::engine::handler::replication_handler=error";
 
+/// What a client must show before its calls are served (`--client-auth`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Nothing: anyone who reaches the client port is served.
+    None,
+    /// A TLS client certificate signed by `--tls-ca`.
+    Cert,
+}
+
 /// Flags of `raftcache serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodeConfig {
@@ -134,6 +143,26 @@ pub struct NodeConfig {
     /// the client port may change the membership. Client reads and writes never need it.
     #[arg(long, env = "RAFTCACHE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Serve the client port over TLS with this certificate chain (PEM, the node's own
+    /// certificate first; its names must include the address clients dial, or the name they
+    /// check). Needs --tls-key. Re-read, with the key and the CAs, on SIGHUP. Without it the
+    /// client port speaks plaintext.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA that signs client certificates (PEM), for --client-auth cert.
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// What a client must show before its calls are served: `none`; `cert`, a certificate
+    /// signed by --tls-ca, checked in the TLS handshake.
+    #[arg(long, value_enum, default_value_t = ClientAuth::None)]
+    pub client_auth: ClientAuth,
 
     /// How long the leader waits for a member's (or a new node's) peer port to answer when it
     /// checks who is reachable before a membership change, and for `admin members`.
@@ -412,6 +441,34 @@ impl NodeConfig {
             (None, true) => StartMode::Wait,
             (None, false) => StartMode::Bootstrap,
         }
+    }
+
+    /// The TLS files of the client port, if it speaks TLS; an error for flags that do not go
+    /// together.
+    pub fn client_tls(&self) -> Result<Option<crate::tls::ServerFiles>, String> {
+        let client_ca = match (self.client_auth, &self.tls_ca) {
+            (ClientAuth::Cert, None) => {
+                return Err(
+                    "--client-auth cert needs --tls-ca, the CA of the client certificates".into(),
+                )
+            }
+            (ClientAuth::Cert, Some(ca)) => Some(ca.clone()),
+            (_, Some(_)) => {
+                return Err(
+                    "--tls-ca is the CA of client certificates: it needs --client-auth cert".into(),
+                )
+            }
+            (_, None) => None,
+        };
+        Ok(self
+            .tls_cert
+            .clone()
+            .zip(self.tls_key.clone())
+            .map(|(cert, key)| crate::tls::ServerFiles {
+                cert,
+                key,
+                client_ca,
+            }))
     }
 
     pub fn join_timeout(&self) -> Duration {

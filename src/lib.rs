@@ -51,4 +51,5 @@ pub mod read_index;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod types;

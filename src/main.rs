@@ -57,8 +57,25 @@ fn serve(config: NodeConfig) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        let mut hangup =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hangup) => hangup,
+                Err(e) => {
+                    eprintln!("error: cannot handle SIGHUP: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+        let reloads = async {
+            while hangup.recv().await.is_some() {
+                match node.reload_tls() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificates and keys read again"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS files not reloaded; the ones in use stay"),
+                }
+            }
+        };
         let code = tokio::select! {
             _ = wait_for_signal() => ExitCode::SUCCESS,
+            _ = reloads => ExitCode::SUCCESS,
             reason = node.failed() => {
                 eprintln!("error: {reason}");
                 ExitCode::from(2)

@@ -66,6 +66,8 @@ pub struct RunningNode {
     failed: tokio::sync::watch::Receiver<Option<String>>,
     /// Whether the node waits to be added, is a member, or was removed.
     standing: Arc<Standing>,
+    /// The TLS of the client port, re-read by `reload_tls`.
+    client_tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// Binds the configured addresses and starts the node.
@@ -113,6 +115,13 @@ pub async fn start_with_listeners(
     } = listeners;
     let id = config.id;
     let data_dir = config.data_dir();
+    // Read before the storage is opened: a bad file stops the start with what is wrong.
+    let client_tls = config
+        .client_tls()
+        .map_err(StartError::Config)?
+        .map(crate::tls::ServerTls::load)
+        .transpose()
+        .map_err(|e| StartError::Config(format!("client TLS: {e}")))?;
     let advertised = config
         .advertised(peer_listener.local_addr()?, client_listener.local_addr()?)
         .map_err(StartError::Config)?;
@@ -173,7 +182,7 @@ pub async fn start_with_listeners(
     }
     .spawn();
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());
-    let peer_server = server::spawn("peer", peer_listener, peer_limits, peer_service)?;
+    let peer_server = server::spawn("peer", peer_listener, peer_limits, None, peer_service)?;
     let api_limits = ApiLimits {
         max_key_bytes: config.max_key_bytes,
         max_value_bytes: config.max_value_bytes,
@@ -200,7 +209,13 @@ pub async fn start_with_listeners(
         api_counters.clone(),
     );
     let client_limits = config.connection_limits(config.max_message_bytes);
-    let client_server = server::spawn("client", client_listener, client_limits, api)?;
+    let client_server = server::spawn(
+        "client",
+        client_listener,
+        client_limits,
+        client_tls.clone(),
+        api,
+    )?;
     let http_server = match http_listener {
         None => None,
         Some(listener) => {
@@ -257,6 +272,7 @@ pub async fn start_with_listeners(
         http_server,
         failed,
         standing,
+        client_tls,
     })
 }
 
@@ -688,6 +704,15 @@ fn refuse_unspecified_peer_addr(peer_addr: &str) -> Result<(), String> {
 impl RunningNode {
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// Reads the TLS certificates, keys and CAs again (SIGHUP): connections opened from now on
+    /// use them. A file that cannot be used leaves what is in use in place, and is reported.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let Some(tls) = &self.client_tls else {
+            return Ok(());
+        };
+        tls.reload().map_err(|e| format!("client TLS: {e}"))
     }
 
     pub fn client_addr(&self) -> SocketAddr {

@@ -110,7 +110,12 @@ impl Service for CacheApi {
     /// decode it into a `Call` (its answer is kept only if it could not decode the request:
     /// an exception), and, once the call has been carried out, once more to write the
     /// `Outcome` back with the request's method name and sequence number.
-    async fn call(&self, request: Vec<u8>, protocol: server::Protocol) -> Option<Vec<u8>> {
+    async fn call(
+        &self,
+        request: Vec<u8>,
+        protocol: server::Protocol,
+        _connection: &server::Connection,
+    ) -> Option<Vec<u8>> {
         // A multiplexed client's call of this service is served as a plain one.
         let request = server::wire::demultiplex(protocol, &request, SERVICE_NAME);
         let call = {

@@ -256,7 +256,12 @@ fn encode<T: Serialize>(value: &T) -> thrift::Result<Vec<u8>> {
 impl<L: LeaderSide, M: MembershipSide> Service for PeerService<L, M> {
     /// Two passes of the generated processor, as in `CacheApi::call`: one decodes the call,
     /// the other writes its answer back.
-    async fn call(&self, request: Vec<u8>, protocol: server::Protocol) -> Option<Vec<u8>> {
+    async fn call(
+        &self,
+        request: Vec<u8>,
+        protocol: server::Protocol,
+        _connection: &server::Connection,
+    ) -> Option<Vec<u8>> {
         let (method, payload) = {
             let decoded = Decoded::default();
             let processor = RaftPeerSyncProcessor::new(&decoded);

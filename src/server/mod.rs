@@ -22,13 +22,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use thrift::protocol::{
     TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
 };
 use thrift::server::TProcessor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+use crate::tls::ServerTls;
 
 pub mod frame;
 pub mod wire;
@@ -49,6 +52,15 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
 }
 
+/// What a service knows of the connection a request came on.
+#[derive(Debug, Default)]
+pub struct Connection {
+    /// The certificate the client presented (the first of its chain), verified against the
+    /// server's client CA by the TLS handshake; `None` without TLS or without client
+    /// certificates.
+    pub certificate: Option<CertificateDer<'static>>,
+}
+
 /// What a server does with each request.
 pub trait Service: Send + Sync + 'static {
     /// Answers one whole request message in `protocol` (strict binary, or compact), in the
@@ -57,6 +69,7 @@ pub trait Service: Send + Sync + 'static {
         &self,
         request: Vec<u8>,
         protocol: Protocol,
+        connection: &Connection,
     ) -> impl Future<Output = Option<Vec<u8>>> + Send;
 }
 
@@ -139,12 +152,13 @@ impl ServerHandle {
     }
 }
 
-/// Starts serving `service` on `listener`, on the current tokio runtime. `name` labels log
-/// lines.
+/// Starts serving `service` on `listener`, on the current tokio runtime, over TLS when `tls`
+/// is given. `name` labels log lines.
 pub fn spawn<S: Service>(
     name: &'static str,
     listener: std::net::TcpListener,
     limits: ConnectionLimits,
+    tls: Option<Arc<ServerTls>>,
     service: S,
 ) -> io::Result<ServerHandle> {
     listener.set_nonblocking(true)?;
@@ -156,6 +170,7 @@ pub fn spawn<S: Service>(
     let server = Arc::new(Server {
         name,
         limits,
+        tls,
         service,
         open: open.clone(),
         refused: counts.refused.clone(),
@@ -176,6 +191,9 @@ struct Server<S> {
     /// Label for log lines ("client" or "peer").
     name: &'static str,
     limits: ConnectionLimits,
+    /// When set, connections speak TLS; a plaintext client's first call is answered with an
+    /// exception that says so.
+    tls: Option<Arc<ServerTls>>,
     service: S,
     /// Connections open now, checked against `limits.max_connections`.
     open: Arc<AtomicUsize>,
@@ -183,6 +201,18 @@ struct Server<S> {
     refused: Arc<std::sync::atomic::AtomicU64>,
     /// Held only here; the handle watches it to know when the server is gone.
     alive: Arc<()>,
+}
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE: u8 = 22;
+
+/// What a connection without TLS gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plain {
+    /// Served: the server speaks no TLS, or the connection is past its handshake.
+    Serve,
+    /// Its first call is answered with an exception saying the port speaks TLS, then closed.
+    Refuse,
 }
 
 /// Why a connection ended; a clean close is routine, the rest is logged.
@@ -227,7 +257,7 @@ impl<S: Service> Server<S> {
             let server = self.clone();
             let stopping = stopping.clone();
             tokio::spawn(async move {
-                let end = server.serve(stream, stopping).await;
+                let end = server.open_connection(stream, stopping).await;
                 server.open.fetch_sub(1, Ordering::SeqCst);
                 match end {
                     End::ClosedByClient => {
@@ -244,10 +274,61 @@ impl<S: Service> Server<S> {
         }
     }
 
-    async fn serve(&self, mut stream: TcpStream, mut stopping: watch::Receiver<bool>) -> End {
+    /// Sets the socket up, makes the TLS handshake if the server speaks TLS, and serves the
+    /// connection.
+    async fn open_connection(&self, stream: TcpStream, mut stopping: watch::Receiver<bool>) -> End {
         if let Err(e) = stream.set_nodelay(true) {
             return End::Refused(format!("cannot set TCP_NODELAY: {e}"));
         }
+        let Some(tls) = &self.tls else {
+            return self
+                .serve(stream, Connection::default(), Plain::Serve, stopping)
+                .await;
+        };
+        // A TLS client speaks first, with a handshake record (content type 22).
+        let mut first = [0u8; 1];
+        let peeked = tokio::select! {
+            peeked = tokio::time::timeout(self.limits.idle_timeout, stream.peek(&mut first)) => peeked,
+            _ = stopping.wait_for(|stop| *stop) => return End::Stopping,
+        };
+        match peeked {
+            Err(_) => return End::Refused("idle timeout".into()),
+            Ok(Ok(0)) => return End::ClosedByClient,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return End::Refused(e.to_string()),
+        }
+        if first[0] != TLS_HANDSHAKE {
+            return self
+                .serve(stream, Connection::default(), Plain::Refuse, stopping)
+                .await;
+        }
+        let handshake = tls.acceptor().accept(stream);
+        let stream = tokio::select! {
+            done = tokio::time::timeout(self.limits.read_timeout, handshake) => match done {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return End::Refused(format!("TLS handshake failed: {e}")),
+                Err(_) => return End::Refused("read timeout in the TLS handshake".into()),
+            },
+            _ = stopping.wait_for(|stop| *stop) => return End::Stopping,
+        };
+        let connection = Connection {
+            certificate: stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| cert.clone().into_owned()),
+        };
+        self.serve(stream, connection, Plain::Serve, stopping).await
+    }
+
+    async fn serve<IO: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: IO,
+        connection: Connection,
+        plain: Plain,
+        mut stopping: watch::Receiver<bool>,
+    ) -> End {
         let max = self.limits.max_message_bytes;
         let mut buf: Vec<u8> = Vec::new();
         let mut detected: Option<wire::Wire> = None;
@@ -286,6 +367,10 @@ impl<S: Service> Server<S> {
                         return End::Refused("end of input in the middle of a message".into())
                     }
                     Ok(Ok(_)) => {}
+                    // A TLS client that closes without a close_notify, between messages.
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof && buf.is_empty() => {
+                        return End::ClosedByClient
+                    }
                     Ok(Err(e)) => return End::Refused(e.to_string()),
                 }
             };
@@ -297,13 +382,19 @@ impl<S: Service> Server<S> {
             if wire.framed {
                 request = wire::payload(wire, &request).to_vec();
             }
+            if plain == Plain::Refuse {
+                let refusal = wire::wrap(wire, wire::refuse_plaintext(wire.protocol, &request));
+                let _ = tokio::time::timeout(self.limits.read_timeout, stream.write_all(&refusal))
+                    .await;
+                return End::Refused("a plaintext client on a TLS port".into());
+            }
             if let Some(refusal) = wire::refuse_unless_call(wire.protocol, &request) {
                 let refusal = wire::wrap(wire, refusal);
                 let _ = tokio::time::timeout(self.limits.read_timeout, stream.write_all(&refusal))
                     .await;
                 return End::Refused("a message that is not a call".into());
             }
-            let Some(answer) = self.service.call(request, wire.protocol).await else {
+            let Some(answer) = self.service.call(request, wire.protocol, &connection).await else {
                 return End::Refused("undecodable request".into());
             };
             let answer = wire::wrap(wire, answer);

@@ -184,15 +184,52 @@ pub fn refuse_unless_call(protocol: Protocol, request: &[u8]) -> Option<Vec<u8>>
     if header.message_type == TMessageType::Call {
         return None;
     }
-    let refusal = ApplicationError::new(
-        ApplicationErrorKind::InvalidMessageType,
-        format!(
-            "raftcache answers only CALL messages; this {:?} message of `{}` was not executed",
-            header.message_type, header.name
-        ),
+    let message = format!(
+        "raftcache answers only CALL messages; this {:?} message of `{}` was not executed",
+        header.message_type, header.name
     );
-    let ident =
-        TMessageIdentifier::new(header.name, TMessageType::Exception, header.sequence_number);
+    exception(
+        protocol,
+        &header,
+        ApplicationErrorKind::InvalidMessageType,
+        message,
+    )
+}
+
+/// The exception that answers the first call of a client that spoke plaintext to a port that
+/// speaks TLS: a Thrift client shows its message, where a TLS alert would be bytes it cannot
+/// read.
+pub fn refuse_plaintext(protocol: Protocol, request: &[u8]) -> Vec<u8> {
+    let mut rest = request;
+    let header = match protocol {
+        Protocol::Binary => TBinaryInputProtocol::new(&mut rest, true).read_message_begin(),
+        Protocol::Compact => TCompactInputProtocol::new(&mut rest).read_message_begin(),
+    }
+    .unwrap_or_else(|_| TMessageIdentifier::new("", TMessageType::Call, 0));
+    let message = "this raftcache port speaks TLS: connect with TLS (the CA of the node's \
+                   certificate; see `raftcache serve --help`, --tls-cert)";
+    exception(
+        protocol,
+        &header,
+        ApplicationErrorKind::Unknown,
+        message.into(),
+    )
+    .unwrap_or_default()
+}
+
+/// An EXCEPTION message answering the call `header` with an application error.
+fn exception(
+    protocol: Protocol,
+    header: &TMessageIdentifier,
+    kind: ApplicationErrorKind,
+    message: String,
+) -> Option<Vec<u8>> {
+    let refusal = ApplicationError::new(kind, message);
+    let ident = TMessageIdentifier::new(
+        header.name.clone(),
+        TMessageType::Exception,
+        header.sequence_number,
+    );
     let mut out = Vec::new();
     let written = match protocol {
         Protocol::Binary => {

@@ -6,12 +6,14 @@
 //! - `history`: the clients that record such a history against a cluster.
 //! - `compose`: raftcache nodes in containers (a compose project), with faults: kill, stop,
 //!   pause, partitions.
+//! - `certs`: a test CA and the certificates it signs, as PEM files, for the TLS tests.
 //! - `ports`: free loopback ports for test nodes.
 //! - `wait`: waiting for a condition with a deadline (`wait_until`), never a fixed sleep.
 //! - `rng`: the one seeded generator behind every random schedule and workload, so a printed
 //!   seed replays a run.
 //! - `copy_dir`: a node's data dir copied next to a failed run's logs.
 
+pub mod certs;
 pub mod compose;
 pub mod history;
 pub mod linearizability;

@@ -1,0 +1,283 @@
+//! TLS on the client port, with certificates the tests make (`raftcache_testkit::certs`): TLS
+//! clients are served; a plaintext client, a client that trusts another CA, a client that
+//! stalls in its handshake, and (with `--client-auth cert`) a client without a certificate of
+//! the client CA are refused with a message, while the other clients go on; certificates
+//! rotated with SIGHUP serve new connections while writers keep going without a failed request.
+
+mod multi_process;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use multi_process::{bin, describe, ProcessCluster, CLIENT_TIMEOUT, DEADLINE};
+use raftcache::client::{CacheClient, TlsOptions};
+use raftcache::tls::ClientFiles;
+use raftcache_testkit::certs::{Ca, Issued};
+use raftcache_testkit::wait::wait_until;
+
+/// A client of the node's CA, with `cert` as its own certificate if given.
+fn options(ca: &Path, cert: Option<&Issued>) -> TlsOptions {
+    TlsOptions {
+        files: ClientFiles {
+            ca: ca.to_path_buf(),
+            cert: cert.map(|c| c.cert.clone()),
+            key: cert.map(|c| c.key.clone()),
+        },
+        server_name: None,
+    }
+}
+
+fn serve_flags(server: &Issued) -> Vec<String> {
+    vec![
+        format!("--tls-cert={}", server.cert.display()),
+        format!("--tls-key={}", server.key.display()),
+    ]
+}
+
+/// Connects with `tls` and asks for `status`: the error of whichever step failed.
+fn status_over(addr: &str, tls: Option<&TlsOptions>) -> Result<(), String> {
+    let mut client =
+        CacheClient::connect_with(addr, CLIENT_TIMEOUT, tls).map_err(|e| e.to_string())?;
+    client.status().map(|_| ()).map_err(describe)
+}
+
+#[test]
+fn a_tls_client_port_serves_tls_clients_and_refuses_the_others_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "cluster");
+    let rogue = Ca::new(dir.path(), "rogue");
+    let server = ca.issue("node", &["localhost", "127.0.0.1"]);
+    let cluster = ProcessCluster::single_with(|node| {
+        node.extra_args = serve_flags(&server);
+        node.extra_args.push("--read-timeout-ms=1000".into());
+        node.tls = Some(options(&ca.pem, None));
+    });
+    let node = cluster.node(1);
+    let addr = node.client_addr.to_string();
+
+    let mut client = node.client().expect("a TLS client connects");
+    client
+        .put("k", "v")
+        .map_err(describe)
+        .expect("put over TLS");
+    assert_eq!(
+        client.get("k", true).map_err(describe).unwrap().as_deref(),
+        Some("v")
+    );
+
+    // A plaintext client gets an exception that names the cause, not a hang.
+    let mut plain = CacheClient::connect(&addr, CLIENT_TIMEOUT).expect("TCP connect");
+    let refused = plain
+        .get("k", false)
+        .map_err(describe)
+        .expect_err("plaintext must be refused");
+    assert!(
+        refused.contains("speaks TLS"),
+        "plaintext refusal: {refused}"
+    );
+
+    // A client that trusts another CA refuses the node's certificate.
+    let wrong_ca = status_over(&addr, Some(&options(&rogue.pem, None)))
+        .expect_err("a client of another CA must not trust the node");
+    assert!(
+        wrong_ca.contains("invalid peer certificate"),
+        "wrong CA: {wrong_ca}"
+    );
+
+    // A client that stops in the middle of its handshake is dropped at the read timeout.
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    stalled.write_all(&[22, 3, 1, 0, 200, 1]).unwrap();
+    let mut byte = [0u8; 1];
+    match stalled.read(&mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a stalled handshake was not dropped: {other:?}"),
+    }
+
+    // The first client was not disturbed, and the CLI speaks TLS too.
+    assert_eq!(
+        client.get("k", false).map_err(describe).unwrap().as_deref(),
+        Some("v")
+    );
+    let out = std::process::Command::new(bin())
+        .args(["get", "k", "--addr", &addr, "--tls-ca"])
+        .arg(&ca.pem)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "raftcache get over TLS: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
+    let log = node.log_tail(200);
+    assert!(
+        log.contains("a plaintext client on a TLS port"),
+        "log:\n{log}"
+    );
+    assert!(
+        log.contains("read timeout in the TLS handshake"),
+        "log:\n{log}"
+    );
+}
+
+#[test]
+fn client_auth_cert_serves_only_clients_with_a_valid_certificate_of_the_client_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "cluster");
+    let clients_ca = Ca::new(dir.path(), "clients");
+    let rogue = Ca::new(dir.path(), "rogue");
+    let server = ca.issue("node", &["127.0.0.1"]);
+    let good = clients_ca.issue("app", &["app.example"]);
+    let expired = clients_ca.issue_expired("old-app", &["app.example"]);
+    let stranger = rogue.issue("stranger", &["app.example"]);
+    let cluster = ProcessCluster::single_with(|node| {
+        node.extra_args = serve_flags(&server);
+        node.extra_args.extend([
+            "--client-auth=cert".to_string(),
+            format!("--tls-ca={}", clients_ca.pem.display()),
+        ]);
+        node.tls = Some(options(&ca.pem, Some(&good)));
+    });
+    let node = cluster.node(1);
+    let addr = node.client_addr.to_string();
+    let mut client = node
+        .client()
+        .expect("a client with a good certificate connects");
+    client.put("k", "v").map_err(describe).expect("put");
+
+    // Each is told why by the TLS alert, and the node logs why.
+    for (what, cert, alert, logged) in [
+        (
+            "no certificate",
+            None,
+            "CertificateRequired",
+            "peer sent no certificates",
+        ),
+        (
+            "an expired certificate",
+            Some(&expired),
+            "CertificateExpired",
+            "certificate expired",
+        ),
+        (
+            "a certificate of another CA",
+            Some(&stranger),
+            "UnknownCA",
+            "UnknownIssuer",
+        ),
+    ] {
+        let refused = status_over(&addr, Some(&options(&ca.pem, cert)))
+            .expect_err(&format!("a client with {what} must be refused"));
+        assert!(
+            refused.contains(alert),
+            "{what}: expected the alert {alert}: {refused}"
+        );
+        wait_until(
+            DEADLINE,
+            &format!("the node logs the refusal of {what}"),
+            || node.log_tail(20).contains(logged),
+        );
+    }
+    assert_eq!(
+        client.get("k", false).map_err(describe).unwrap().as_deref(),
+        Some("v")
+    );
+}
+
+#[test]
+fn certificates_rotated_by_sighup_serve_new_connections_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "cluster");
+    let old = ca.issue("old", &["127.0.0.1", "old.raftcache.test"]);
+    let new = ca.issue("new", &["127.0.0.1", "new.raftcache.test"]);
+    let live = Issued {
+        cert: dir.path().join("live.pem"),
+        key: dir.path().join("live-key.pem"),
+    };
+    let install = |from: &Issued| {
+        // As a deployment does: write beside, then rename over.
+        for (src, dst) in [(&from.cert, &live.cert), (&from.key, &live.key)] {
+            let tmp = dst.with_extension("tmp");
+            std::fs::copy(src, &tmp).unwrap();
+            std::fs::rename(&tmp, dst).unwrap();
+        }
+    };
+    install(&old);
+    let cluster = ProcessCluster::single_with(|node| {
+        node.extra_args = serve_flags(&live);
+        node.tls = Some(options(&ca.pem, None));
+    });
+    let node = cluster.node(1);
+    let addr = node.client_addr.to_string();
+    let named = |name: &str| TlsOptions {
+        server_name: Some(name.into()),
+        ..options(&ca.pem, None)
+    };
+    status_over(&addr, Some(&named("old.raftcache.test"))).expect("the old certificate at first");
+
+    // Writers, each opening a new connection every 20 writes: none may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, written, addr) = (stop.clone(), written.clone(), addr.clone());
+            let tls = options(&ca.pem, None);
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) && n < 100_000 {
+                    let mut client =
+                        CacheClient::connect_with(&addr, CLIENT_TIMEOUT, Some(&tls))
+                            .map_err(|e| format!("writer {w}: connect after {n} writes: {e}"))?;
+                    for _ in 0..20 {
+                        client
+                            .put(&format!("w{w}-{n}"), "x")
+                            .map_err(|e| format!("writer {w}: put {n}: {}", describe(e)))?;
+                        n += 1;
+                        written.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let pid = node.pid().expect("running") as i32;
+    let hup = || {
+        // SAFETY: sending a signal to a child process of this test.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    };
+    wait_until(DEADLINE, "writes before the rotation", || {
+        written.load(Ordering::SeqCst) >= 200
+    });
+    install(&new);
+    hup();
+    wait_until(
+        DEADLINE,
+        "a new connection sees the new certificate",
+        || status_over(&addr, Some(&named("new.raftcache.test"))),
+    );
+    let old_name = status_over(&addr, Some(&named("old.raftcache.test")))
+        .expect_err("the old certificate is no longer presented");
+    assert!(old_name.contains("invalid peer certificate"), "{old_name}");
+    let at_rotation = written.load(Ordering::SeqCst);
+
+    // A reload that fails keeps the certificate in use.
+    std::fs::write(&live.key, "not a key").unwrap();
+    hup();
+    wait_until(DEADLINE, "the failed reload is logged", || {
+        node.log_tail(50).contains("TLS files not reloaded")
+    });
+    status_over(&addr, Some(&named("new.raftcache.test"))).expect("still the new certificate");
+
+    wait_until(DEADLINE, "writes after the rotation", || {
+        written.load(Ordering::SeqCst) >= at_rotation + 200
+    });
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        let n = writer.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+        assert!(n > 0);
+    }
+}
