@@ -164,6 +164,22 @@ pub struct NodeConfig {
     #[arg(long, value_enum, default_value_t = ClientAuth::None)]
     pub client_auth: ClientAuth,
 
+    /// Mutual TLS between nodes, with this node's peer certificate (PEM): signed by
+    /// --peer-tls-ca, naming this node as the DNS name `node-<id>.raftcache`. The node presents
+    /// it on its peer port and when it calls the others, and only talks to nodes that present
+    /// the certificate of the id they claim. Needs --peer-tls-key and --peer-tls-ca; every
+    /// node of the cluster needs them too. Re-read on SIGHUP.
+    #[arg(long, requires_all = ["peer_tls_key", "peer_tls_ca"], value_name = "PEM")]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// The private key of --peer-tls-cert (PEM).
+    #[arg(long, requires = "peer_tls_cert", value_name = "PEM")]
+    pub peer_tls_key: Option<PathBuf>,
+
+    /// The CA that signs every node's peer certificate (PEM).
+    #[arg(long, requires = "peer_tls_cert", value_name = "PEM")]
+    pub peer_tls_ca: Option<PathBuf>,
+
     /// How long the leader waits for a member's (or a new node's) peer port to answer when it
     /// checks who is reachable before a membership change, and for `admin members`.
     #[arg(long, default_value_t = 1_000)]
@@ -469,6 +485,27 @@ impl NodeConfig {
                 key,
                 client_ca,
             }))
+    }
+
+    /// The TLS files of the peer port and of this node's calls to the others, if peers speak
+    /// TLS.
+    pub fn peer_tls(&self) -> Option<(crate::tls::ServerFiles, crate::tls::ClientFiles)> {
+        let (cert, key, ca) = (
+            self.peer_tls_cert.clone()?,
+            self.peer_tls_key.clone()?,
+            self.peer_tls_ca.clone()?,
+        );
+        let server = crate::tls::ServerFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: Some(ca.clone()),
+        };
+        let client = crate::tls::ClientFiles {
+            ca,
+            cert: Some(cert),
+            key: Some(key),
+        };
+        Some((server, client))
     }
 
     pub fn join_timeout(&self) -> Duration {

@@ -66,8 +66,8 @@ pub struct RunningNode {
     failed: tokio::sync::watch::Receiver<Option<String>>,
     /// Whether the node waits to be added, is a member, or was removed.
     standing: Arc<Standing>,
-    /// The TLS of the client port, re-read by `reload_tls`.
-    client_tls: Option<Arc<crate::tls::ServerTls>>,
+    /// The TLS of the ports and of the calls to peers, re-read by `reload_tls`.
+    tls: NodeTls,
 }
 
 /// Binds the configured addresses and starts the node.
@@ -116,12 +116,7 @@ pub async fn start_with_listeners(
     let id = config.id;
     let data_dir = config.data_dir();
     // Read before the storage is opened: a bad file stops the start with what is wrong.
-    let client_tls = config
-        .client_tls()
-        .map_err(StartError::Config)?
-        .map(crate::tls::ServerTls::load)
-        .transpose()
-        .map_err(|e| StartError::Config(format!("client TLS: {e}")))?;
+    let tls = NodeTls::load(&config)?;
     let advertised = config
         .advertised(peer_listener.local_addr()?, client_listener.local_addr()?)
         .map_err(StartError::Config)?;
@@ -135,7 +130,7 @@ pub async fn start_with_listeners(
         identity,
         identities,
         inbox,
-    } = open_core(&config, faults, &advertised).await?;
+    } = open_core(&config, faults, &advertised, tls.peer_client.clone()).await?;
     log_leadership(id, &raft);
     let (standing, admin) = start_membership(&config, &raft, &peers, identity, &advertised);
     let disk = crate::disk::DiskGuard::new(id, config.data_dir(), config.min_free_disk_bytes);
@@ -161,7 +156,8 @@ pub async fn start_with_listeners(
         inbox,
         inbound.clone(),
     )
-    .with_disk(disk.clone());
+    .with_disk(disk.clone())
+    .with_peer_certificates(tls.peer_server.is_some());
     ReachWatch {
         id,
         raft: raft.clone(),
@@ -182,7 +178,13 @@ pub async fn start_with_listeners(
     }
     .spawn();
     let peer_limits = config.connection_limits(config.peer_max_message_bytes());
-    let peer_server = server::spawn("peer", peer_listener, peer_limits, None, peer_service)?;
+    let peer_server = server::spawn(
+        "peer",
+        peer_listener,
+        peer_limits,
+        tls.peer_server.clone(),
+        peer_service,
+    )?;
     let api_limits = ApiLimits {
         max_key_bytes: config.max_key_bytes,
         max_value_bytes: config.max_value_bytes,
@@ -213,7 +215,7 @@ pub async fn start_with_listeners(
         "client",
         client_listener,
         client_limits,
-        client_tls.clone(),
+        tls.client.clone(),
         api,
     )?;
     let http_server = match http_listener {
@@ -272,8 +274,66 @@ pub async fn start_with_listeners(
         http_server,
         failed,
         standing,
-        client_tls,
+        tls,
     })
+}
+
+/// The TLS of a node's ports and of its calls to the others, as its flags ask.
+struct NodeTls {
+    /// The client port's (`--tls-cert`).
+    client: Option<Arc<crate::tls::ServerTls>>,
+    /// The peer port's (`--peer-tls-cert`), requiring a certificate of the peer CA.
+    peer_server: Option<Arc<crate::tls::ServerTls>>,
+    /// This node's calls to the others, with the same certificate.
+    peer_client: Option<Arc<crate::tls::ClientTls>>,
+}
+
+impl NodeTls {
+    fn load(config: &NodeConfig) -> Result<Self, StartError> {
+        let client = config
+            .client_tls()
+            .map_err(StartError::Config)?
+            .map(crate::tls::ServerTls::load)
+            .transpose()
+            .map_err(|e| StartError::Config(format!("client TLS: {e}")))?;
+        let (peer_server, peer_client) = match config.peer_tls() {
+            None => (None, None),
+            Some((server, client)) => {
+                let peer = |e: crate::tls::TlsError| StartError::Config(format!("peer TLS: {e}"));
+                (
+                    Some(crate::tls::ServerTls::load(server).map_err(peer)?),
+                    Some(crate::tls::ClientTls::load(client).map_err(peer)?),
+                )
+            }
+        };
+        Ok(Self {
+            client,
+            peer_server,
+            peer_client,
+        })
+    }
+
+    /// Reads every file again; what fails to load leaves what is in use in place.
+    fn reload(&self) -> Result<(), String> {
+        let mut failed = Vec::new();
+        if let Some(tls) = &self.client {
+            tls.reload()
+                .unwrap_or_else(|e| failed.push(format!("client TLS: {e}")));
+        }
+        if let Some(tls) = &self.peer_server {
+            tls.reload()
+                .unwrap_or_else(|e| failed.push(format!("peer TLS: {e}")));
+        }
+        if let Some(tls) = &self.peer_client {
+            tls.reload()
+                .unwrap_or_else(|e| failed.push(format!("peer TLS (calls): {e}")));
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
 }
 
 /// Warns when a port given on the command line (`configured`, not 0) lies in the machine's
@@ -314,15 +374,18 @@ fn start_membership(
     // longer than a heartbeat, and than an election).
     let removal_grace = Duration::from_millis(2 * config.election_timeout_max_ms);
     let standing = Standing::watch(config.id, raft.clone(), identity, removal_grace);
-    let admin = Arc::new(Admin::new(
-        config.id,
-        raft.clone(),
-        peers.clone(),
-        standing.clone(),
-        advertised.client_addr.clone(),
-        config.peer_probe_timeout(),
-        config.request_deadline(),
-    ));
+    let admin = Arc::new(
+        Admin::new(
+            config.id,
+            raft.clone(),
+            peers.clone(),
+            standing.clone(),
+            advertised.client_addr.clone(),
+            config.peer_probe_timeout(),
+            config.request_deadline(),
+        )
+        .with_token(config.admin_token.clone()),
+    );
     admin.spawn_finisher();
     (standing, admin)
 }
@@ -505,6 +568,7 @@ async fn open_core(
     config: &NodeConfig,
     faults: Arc<Faults>,
     advertised: &Advertised,
+    peer_tls: Option<Arc<crate::tls::ClientTls>>,
 ) -> Result<Core, StartError> {
     let (id, data_dir) = (config.id, config.data_dir());
     let cluster_id = config.cluster_id();
@@ -537,6 +601,7 @@ async fn open_core(
         faults,
         Duration::from_secs(1),
         config.peer_max_message_bytes(),
+        peer_tls,
     );
     let raft = Raft::new(
         id,
@@ -709,10 +774,7 @@ impl RunningNode {
     /// Reads the TLS certificates, keys and CAs again (SIGHUP): connections opened from now on
     /// use them. A file that cannot be used leaves what is in use in place, and is reported.
     pub fn reload_tls(&self) -> Result<(), String> {
-        let Some(tls) = &self.client_tls else {
-            return Ok(());
-        };
-        tls.reload().map_err(|e| format!("client TLS: {e}"))
+        self.tls.reload()
     }
 
     pub fn client_addr(&self) -> SocketAddr {

@@ -22,7 +22,9 @@ use crate::gen::cache::{
     CacheServiceSyncProcessor, Consistency as WireConsistency, InvalidRequest, KeyNotFound, Member,
     MemberState, Membership, NodeStatus, ReadOptions, Unauthorized, Unavailable,
 };
-use crate::membership::{Admin, AdminError, AdminRequest, Change, MembersView, Standing};
+use crate::membership::{
+    same_token, Admin, AdminError, AdminRequest, Change, MembersView, Standing,
+};
 use crate::router::{Consistency, RouteError, Router};
 use crate::server::{self, Service};
 use crate::store::FlushStats;
@@ -249,6 +251,7 @@ impl CacheApi {
                 Err(user_error(AdminRefused { message }))
             }
             Err(AdminError::Unavailable(message)) => Err(user_error(Unavailable { message })),
+            Err(AdminError::Unauthorized(message)) => Err(user_error(Unauthorized { message })),
             Err(e @ AdminError::NotLeader { .. }) => Err(user_error(Unavailable {
                 message: e.to_string(),
             })),
@@ -489,12 +492,6 @@ fn unexpected(response: Response, method: &str) -> thrift::Error {
     user_error(Unavailable {
         message: format!("unexpected result {response:?} for {method}"),
     })
-}
-
-/// Compares tokens in time independent of where they first differ.
-fn same_token(expected: &str, given: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The wire form of an admin change, checked: ids positive, the arguments each op needs.

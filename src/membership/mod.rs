@@ -29,7 +29,8 @@ pub use join::{add_node, join_cluster, CatchUp, JoinRequest};
 pub use standing::{lists, Standing};
 
 pub use crate::network::messages::{
-    AdminError, AdminRequest, Change, MemberView, MembersView, NodeInfo, NodeInfoRequest,
+    AdminError, AdminRequest, Change, ForwardedAdmin, MemberView, MembersView, NodeInfo,
+    NodeInfoRequest,
 };
 
 use crate::leader::{AskError, LeaderView};
@@ -59,6 +60,16 @@ pub struct Admin {
     changing: tokio::sync::Mutex<()>,
     /// Proposals still running here, including ones whose caller gave up at its deadline.
     in_flight: Arc<AtomicUsize>,
+    /// `--admin-token`: sent with every request this node forwards to the leader, and
+    /// required of every request forwarded to this node.
+    token: Option<String>,
+}
+
+/// Whether `given` is the token `expected`, compared in constant time (the time taken does not
+/// tell how much of a guess was right).
+pub fn same_token(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Admin {
@@ -82,7 +93,14 @@ impl Admin {
             deadline,
             changing: tokio::sync::Mutex::new(()),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            token: None,
         }
+    }
+
+    /// With `--admin-token`: forwarded requests carry it, and requests forwarded here need it.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Carries out `request` on the leader: here, or forwarded to it. Waits for a leader up
@@ -167,12 +185,16 @@ impl Admin {
         deadline: Instant,
     ) -> Result<MembersView, AdminError> {
         let timeout = deadline.saturating_duration_since(Instant::now()) + self.deadline;
+        let forwarded = ForwardedAdmin {
+            token: self.token.clone().unwrap_or_default(),
+            request: request.clone(),
+        };
         self.leader
             .ask::<_, Result<MembersView, AdminError>>(
                 &self.peers,
                 leader,
                 PeerMethod::Admin,
-                request,
+                &forwarded,
                 timeout,
             )
             .await
@@ -248,7 +270,23 @@ impl MembershipSide for Admin {
         Admin::node_info(self, request)
     }
 
-    async fn admin_as_leader(&self, request: AdminRequest) -> Result<MembersView, AdminError> {
-        self.as_leader(request).await
+    async fn admin_as_leader(&self, request: ForwardedAdmin) -> Result<MembersView, AdminError> {
+        if let Some(expected) = &self.token {
+            if !same_token(expected, &request.token) {
+                // The token given is never logged.
+                tracing::warn!(
+                    given = if request.token.is_empty() {
+                        "none"
+                    } else {
+                        "a wrong one"
+                    },
+                    "forwarded admin call refused: it lacks the admin token"
+                );
+                return Err(AdminError::Unauthorized(
+                    "an admin request forwarded over the peer port lacked the admin token of this cluster: every node needs the same --admin-token".into(),
+                ));
+            }
+        }
+        self.as_leader(request.request).await
     }
 }

@@ -21,16 +21,21 @@ use openraft::raft::{
 use openraft::{AnyError, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use thrift::protocol::{
     TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol,
     TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier, TType,
 };
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+use rustls::pki_types::ServerName;
 
 use super::identity::{PeerIdentities, ReplyHeader};
 use super::{Faults, SnapshotChunk};
 use crate::server::frame::{self, Measured};
+use crate::tls::ClientTls;
 use crate::types::{Node, NodeId, Snapshot, TypeConfig, Vote};
 
 /// Idle pooled connections older than this are dropped rather than reused. An idle connection
@@ -151,9 +156,65 @@ impl SendGate {
     }
 }
 
+/// A connection to a peer: a socket, or TLS over one (`--peer-tls-cert`).
+enum PeerStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl PeerStream {
+    /// The socket under the connection.
+    fn socket(&self) -> &TcpStream {
+        match self {
+            PeerStream::Plain(stream) => stream,
+            PeerStream::Tls(stream) => stream.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            PeerStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PeerStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            PeerStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            PeerStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            PeerStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 struct Conn {
-    /// The socket, `TCP_NODELAY` set.
-    stream: TcpStream,
+    /// The connection, `TCP_NODELAY` set.
+    stream: PeerStream,
     /// When its last call ended: a connection idle past `POOL_MAX_IDLE` is not reused.
     last_used: Instant,
 }
@@ -172,6 +233,9 @@ pub struct PeerClients {
     connect_timeout: Duration,
     /// Largest answer accepted from a peer.
     max_message_bytes: usize,
+    /// With peer TLS on: how this node opens its connections, presenting its certificate and
+    /// checking that the node it reached presents the one of the id it meant to call.
+    tls: Option<Arc<ClientTls>>,
     /// When each node last answered a call of this node's.
     answered: Mutex<HashMap<NodeId, Instant>>,
     /// When a call of this node's to each node last failed for want of a link (unreachable,
@@ -190,6 +254,7 @@ impl PeerClients {
         faults: Arc<Faults>,
         connect_timeout: Duration,
         max_message_bytes: usize,
+        tls: Option<Arc<ClientTls>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             from: identities.own_id(),
@@ -198,6 +263,7 @@ impl PeerClients {
             pools: Mutex::new(HashMap::new()),
             connect_timeout,
             max_message_bytes,
+            tls,
             answered: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             errors: Mutex::new(BTreeMap::new()),
@@ -393,7 +459,7 @@ impl PeerClients {
         let mut conn = match self.take_pooled(addr) {
             Some(conn) => conn,
             None => {
-                let conn = tokio::time::timeout_at(deadline, self.connect(addr))
+                let conn = tokio::time::timeout_at(deadline, self.connect(to, addr))
                     .await
                     .map_err(|_| PeerError::Unreachable {
                         addr: addr.to_string(),
@@ -462,6 +528,8 @@ impl PeerClients {
             .write_all(message)
             .await
             .map_err(|e| e.to_string())?;
+        // TLS may hold the end of the message until flushed.
+        conn.stream.flush().await.map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         loop {
             let needed = match frame::measure(&buf, self.max_message_bytes) {
@@ -496,14 +564,15 @@ impl PeerClients {
         let mut pools = self.pools.lock().expect("pool lock");
         let pool = pools.get_mut(addr)?;
         while let Some(conn) = pool.pop() {
-            if conn.last_used.elapsed() < POOL_MAX_IDLE && still_open(&conn.stream) {
+            if conn.last_used.elapsed() < POOL_MAX_IDLE && still_open(conn.stream.socket()) {
                 return Some(conn);
             }
         }
         None
     }
 
-    async fn connect(&self, addr: &str) -> Result<Conn, PeerError> {
+    /// Opens a connection to node `to` at `addr` (over TLS with peer TLS on).
+    async fn connect(&self, to: NodeId, addr: &str) -> Result<Conn, PeerError> {
         let unreachable = |reason: String| PeerError::Unreachable {
             addr: addr.to_string(),
             reason,
@@ -546,6 +615,20 @@ impl PeerClients {
         stream
             .set_nodelay(true)
             .map_err(|e| unreachable(e.to_string()))?;
+        let stream = match &self.tls {
+            None => PeerStream::Plain(stream),
+            Some(tls) => {
+                let name = ServerName::try_from(crate::tls::peer_name(to))
+                    .map_err(|e| unreachable(e.to_string()))?;
+                let left = self.connect_timeout.saturating_sub(started.elapsed());
+                let handshake = tls.connector().connect(name, stream);
+                let stream = tokio::time::timeout(left, handshake)
+                    .await
+                    .map_err(|_| unreachable("TLS handshake timed out".into()))?
+                    .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+                PeerStream::Tls(Box::new(stream))
+            }
+        };
         Ok(Conn {
             stream,
             last_used: Instant::now(),
@@ -871,6 +954,7 @@ mod tests {
             Arc::new(Faults::default()),
             Duration::from_secs(1),
             1 << 20,
+            None,
         );
         (dir, peers)
     }
@@ -881,7 +965,7 @@ mod tests {
         let (addr, accepted) = black_hole().await;
         // Three idle connections in the pool, as calls that were answered leave them.
         for _ in 0..3 {
-            let conn = peers.connect(&addr).await.unwrap();
+            let conn = peers.connect(2, &addr).await.unwrap();
             peers.put_back(&addr, conn);
         }
         tokio::time::timeout(Duration::from_secs(1), async {
@@ -916,11 +1000,11 @@ mod tests {
     async fn an_idle_connection_past_its_idle_life_is_not_reused() {
         let (_dir, peers) = node_1_peers();
         let (addr, _accepted) = black_hole().await;
-        let mut conn = peers.connect(&addr).await.unwrap();
+        let mut conn = peers.connect(2, &addr).await.unwrap();
         conn.last_used = Instant::now() - POOL_MAX_IDLE;
         peers.put_back(&addr, conn);
         assert!(peers.take_pooled(&addr).is_none());
-        let conn = peers.connect(&addr).await.unwrap();
+        let conn = peers.connect(2, &addr).await.unwrap();
         peers.put_back(&addr, conn);
         assert!(peers.take_pooled(&addr).is_some(), "a fresh one is");
     }

@@ -364,7 +364,12 @@ impl PeerIdentities {
     }
 
     /// Logs a refusal of `peer` (at most once per interval per kind) and returns it as Err.
-    fn refuse<T>(&self, peer: NodeId, what: &'static str, reason: String) -> Result<T, String> {
+    pub(crate) fn refuse<T>(
+        &self,
+        peer: NodeId,
+        what: &'static str,
+        reason: String,
+    ) -> Result<T, String> {
         if self.should_log(peer, what) {
             tracing::error!(peer, %reason, "peer message refused");
         }

@@ -136,6 +136,15 @@ pub enum AdminRequest {
     },
 }
 
+/// An admin request one node forwards to the leader over the peer port, with the admin token
+/// (`--admin-token`): the leader checks it as the client port does, so that the peer port is no
+/// way around it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedAdmin {
+    pub token: String,
+    pub request: AdminRequest,
+}
+
 /// One member as the leader sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberView {
@@ -171,6 +180,9 @@ pub enum AdminError {
     /// says so, and `admin members` tells.
     #[error("{0}")]
     Unavailable(String),
+    /// The request lacked the admin token; nothing was done.
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 /// The leader's probe of a node's peer port: "are you node `id`? you belong to `cluster_id`",

@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::identity::{Admission, CallHeader, PeerIdentities, ReplyHeader};
 use super::messages::{
-    AdminError, AdminRequest, AskError, ForwardError, ForwardRequest, MembersView, NodeInfo,
+    AdminError, AskError, ForwardError, ForwardRequest, ForwardedAdmin, MembersView, NodeInfo,
     NodeInfoRequest, RelayRequest, RelayedCall, SnapshotChunk,
 };
 use super::reach::Inbound;
@@ -53,10 +53,11 @@ pub trait MembershipSide: Send + Sync + 'static {
     /// The leader's probe before it adds this node.
     fn node_info(&self, request: NodeInfoRequest) -> Result<NodeInfo, String>;
 
-    /// An admin request a follower forwarded to this node as leader.
+    /// An admin request a follower forwarded to this node as leader, with the admin token it
+    /// must carry.
     fn admin_as_leader(
         &self,
-        request: AdminRequest,
+        request: ForwardedAdmin,
     ) -> impl Future<Output = Result<MembersView, AdminError>> + Send;
 }
 
@@ -79,6 +80,9 @@ pub struct PeerService<L, M> {
     inbound: Arc<Inbound>,
     /// Where other nodes' disk alarms go (none: they are dropped).
     disk: Option<Arc<crate::disk::DiskGuard>>,
+    /// With peer TLS on: a call is refused unless the caller's certificate names the node
+    /// its header claims to be (`tls::peer_name`).
+    check_certificates: bool,
 }
 
 /// A snapshot transfer being received.
@@ -109,7 +113,14 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
             incoming: tokio::sync::Mutex::new(None),
             inbound,
             disk: None,
+            check_certificates: false,
         }
+    }
+
+    /// With `check`, every call must come with a peer certificate naming its sender.
+    pub fn with_peer_certificates(mut self, check: bool) -> Self {
+        self.check_certificates = check;
+        self
     }
 
     /// Takes other nodes' disk alarms to `disk`.
@@ -260,7 +271,7 @@ impl<L: LeaderSide, M: MembershipSide> Service for PeerService<L, M> {
         &self,
         request: Vec<u8>,
         protocol: server::Protocol,
-        _connection: &server::Connection,
+        connection: &server::Connection,
     ) -> Option<Vec<u8>> {
         let (method, payload) = {
             let decoded = Decoded::default();
@@ -271,7 +282,7 @@ impl<L: LeaderSide, M: MembershipSide> Service for PeerService<L, M> {
                 None => return Some(refusal),
             }
         };
-        let answer = self.admit_and_execute(method, &payload).await;
+        let answer = self.admit_and_execute(method, &payload, connection).await;
         server::process(
             &RaftPeerSyncProcessor::new(Answer(RefCell::new(Some(answer)))),
             &request,
@@ -288,6 +299,7 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
         &self,
         method: PeerMethod,
         payload: &[u8],
+        connection: &server::Connection,
     ) -> thrift::Result<Vec<u8>> {
         let mut body = payload;
         let header: CallHeader = bincode::deserialize_from(&mut body).map_err(|e| {
@@ -296,6 +308,23 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
                 format!("undecodable peer request header: {e}"),
             ))
         })?;
+        if self.check_certificates {
+            let claimed = crate::tls::peer_name(header.from.node_id);
+            let named = connection
+                .certificate
+                .as_ref()
+                .is_some_and(|cert| crate::tls::certificate_names(cert, &claimed));
+            if !named {
+                let reason = format!(
+                    "the caller claims to be node {} but its certificate does not name {claimed}",
+                    header.from.node_id
+                );
+                let refused =
+                    self.identities
+                        .refuse::<()>(header.from.node_id, "certificate", reason);
+                return encode(&ReplyHeader::Refused(refused.unwrap_err()));
+            }
+        }
         let admission = match method {
             PeerMethod::NodeInfo => Admission::Probe,
             _ => Admission::Member,
@@ -365,7 +394,7 @@ impl<L: LeaderSide, M: MembershipSide> PeerService<L, M> {
                 encode(&self.membership.node_info(request))
             }
             PeerMethod::Admin => {
-                let request: AdminRequest = decode(payload)?;
+                let request: ForwardedAdmin = decode(payload)?;
                 encode(&self.membership.admin_as_leader(request).await)
             }
             PeerMethod::Relay => {

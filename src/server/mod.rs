@@ -384,21 +384,24 @@ impl<S: Service> Server<S> {
             }
             if plain == Plain::Refuse {
                 let refusal = wire::wrap(wire, wire::refuse_plaintext(wire.protocol, &request));
-                let _ = tokio::time::timeout(self.limits.read_timeout, stream.write_all(&refusal))
-                    .await;
+                let _ =
+                    tokio::time::timeout(self.limits.read_timeout, write(&mut stream, &refusal))
+                        .await;
                 return End::Refused("a plaintext client on a TLS port".into());
             }
             if let Some(refusal) = wire::refuse_unless_call(wire.protocol, &request) {
                 let refusal = wire::wrap(wire, refusal);
-                let _ = tokio::time::timeout(self.limits.read_timeout, stream.write_all(&refusal))
-                    .await;
+                let _ =
+                    tokio::time::timeout(self.limits.read_timeout, write(&mut stream, &refusal))
+                        .await;
                 return End::Refused("a message that is not a call".into());
             }
             let Some(answer) = self.service.call(request, wire.protocol, &connection).await else {
                 return End::Refused("undecodable request".into());
             };
             let answer = wire::wrap(wire, answer);
-            match tokio::time::timeout(self.limits.read_timeout, stream.write_all(&answer)).await {
+            match tokio::time::timeout(self.limits.read_timeout, write(&mut stream, &answer)).await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return End::Refused(format!("cannot write the answer: {e}")),
                 Err(_) => return End::Refused("write timeout".into()),
@@ -408,4 +411,10 @@ impl<S: Service> Server<S> {
             }
         }
     }
+}
+
+/// Writes all of `bytes` and flushes them (TLS may hold the end of a message until flushed).
+async fn write<IO: AsyncWrite + Unpin>(stream: &mut IO, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }

@@ -1,11 +1,19 @@
-//! TLS on the client port, with certificates the tests make (`raftcache_testkit::certs`): TLS
-//! clients are served; a plaintext client, a client that trusts another CA, a client that
-//! stalls in its handshake, and (with `--client-auth cert`) a client without a certificate of
-//! the client CA are refused with a message, while the other clients go on; certificates
-//! rotated with SIGHUP serve new connections while writers keep going without a failed request.
+//! Who gets in: TLS on the client port and on the peer port, with certificates the tests make
+//! (`raftcache_testkit::certs`), and the admin token on admin calls forwarded over the peer port.
+//!
+//! - Client port: TLS clients are served; a plaintext client, a client that trusts another CA,
+//!   a client that stalls in its handshake, and (with `--client-auth cert`) a client without a
+//!   certificate of the client CA are refused with a message, while the other clients go on;
+//!   certificates rotated with SIGHUP serve new connections while writers keep going without a
+//!   failed request.
+//! - Peer port: nodes with certificates of the peer CA naming their ids replicate; a connection
+//!   without a certificate gets no answer; a node presenting another node's certificate is
+//!   refused both ways.
+//! - An admin call forwarded over the peer port without the admin token is refused.
 
 mod multi_process;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -15,6 +23,9 @@ use std::time::Duration;
 
 use multi_process::{bin, describe, ProcessCluster, CLIENT_TIMEOUT, DEADLINE};
 use raftcache::client::{CacheClient, TlsOptions};
+use raftcache::gen::peer::{RaftPeerSyncClient, TRaftPeerSyncClient};
+use raftcache::membership::{AdminError, AdminRequest, ForwardedAdmin, MembersView};
+use raftcache::network::identity::{CallHeader, ReplyHeader, Stamp};
 use raftcache::tls::ClientFiles;
 use raftcache_testkit::certs::{Ca, Issued};
 use raftcache_testkit::wait::wait_until;
@@ -280,4 +291,161 @@ fn certificates_rotated_by_sighup_serve_new_connections_while_writes_go_on() {
         let n = writer.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
         assert!(n > 0);
     }
+}
+
+/// The flags of node `id`'s peer certificate, `cert`.
+fn peer_flags(ca: &Ca, cert: &Issued) -> Vec<String> {
+    vec![
+        format!("--peer-tls-cert={}", cert.cert.display()),
+        format!("--peer-tls-key={}", cert.key.display()),
+        format!("--peer-tls-ca={}", ca.pem.display()),
+    ]
+}
+
+#[test]
+fn peers_talk_only_to_nodes_presenting_the_certificate_of_the_id_they_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer_ca = Ca::new(dir.path(), "peers");
+    let certs: Vec<Issued> = (1..=3)
+        .map(|id| peer_ca.issue(&format!("node-{id}"), &[&raftcache::tls::peer_name(id)]))
+        .collect();
+    // Node 3 is given node 2's certificate: it can prove only that it is node 2.
+    let mut cluster = ProcessCluster::create_with(3, &[]);
+    for node in &mut cluster.nodes {
+        let cert = if node.id == 3 {
+            &certs[1]
+        } else {
+            &certs[node.id as usize - 1]
+        };
+        node.extra_args = peer_flags(&peer_ca, cert);
+        node.spawn();
+    }
+    for node in &mut cluster.nodes {
+        node.wait_up();
+    }
+    let leader = cluster.wait_for_leader(&[1, 2]);
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut client = cluster.node(leader).client().unwrap();
+    client
+        .put("k", "v")
+        .map_err(describe)
+        .expect("a put through nodes 1 and 2");
+    let mut on_follower = cluster.node(follower).client().unwrap();
+    assert_eq!(
+        on_follower
+            .get("k", true)
+            .map_err(describe)
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+
+    // Node 3's calls are refused for their certificate, and calls to it fail their handshake.
+    wait_until(
+        DEADLINE,
+        "node 3's calls refused for their certificate",
+        || {
+            cluster
+                .node(leader)
+                .log_tail(400)
+                .contains("its certificate does not name node-3.raftcache")
+                || cluster
+                    .node(follower)
+                    .log_tail(400)
+                    .contains("its certificate does not name node-3.raftcache")
+        },
+    );
+    wait_until(
+        DEADLINE,
+        "the leader's calls to node 3 fail their handshake",
+        || {
+            cluster
+                .node(leader)
+                .log_tail(400)
+                .contains(r#"certificate not valid for name "node-3.raftcache""#)
+        },
+    );
+    let mut on_3 = cluster.node(3).client().unwrap();
+    assert_eq!(
+        on_3.get("k", false).map_err(describe).unwrap(),
+        None,
+        "node 3 took entries"
+    );
+
+    // A hand-made connection to a peer port without a certificate gets no answer.
+    let peer_addr = cluster.node(leader).peer_addr.to_string();
+    let tls = options(&peer_ca.pem, None);
+    let refused = std::thread::spawn(move || {
+        let mut client = CacheClient::connect_with(
+            &peer_addr,
+            CLIENT_TIMEOUT,
+            Some(&TlsOptions {
+                server_name: Some(raftcache::tls::peer_name(leader)),
+                ..tls
+            }),
+        )
+        .map_err(|e| e.to_string())?;
+        client.status().map(|_| ()).map_err(describe)
+    })
+    .join()
+    .unwrap()
+    .expect_err("a peer connection without a certificate must get no answer");
+    assert!(refused.contains("CertificateRequired"), "{refused}");
+}
+
+#[test]
+fn an_admin_call_forwarded_over_the_peer_port_needs_the_admin_token() {
+    let cluster = ProcessCluster::start_with(3, &["--admin-token=s3cret"]);
+    let leader = cluster.wait_for_leader(&[1, 2, 3]);
+    let follower = if leader == 1 { 2 } else { 1 };
+    let status = cluster.node(leader).status().unwrap();
+    let cluster_id = status.cluster_id.expect("status names the cluster");
+    // Called as the follower would: its id and the incarnation the leader knows it by.
+    let known: BTreeMap<u64, String> = serde_json::from_slice(
+        &std::fs::read(cluster.node(leader).data_dir.join("peers.json")).unwrap(),
+    )
+    .unwrap();
+    let ask = |token: &str| -> Result<MembersView, AdminError> {
+        let header = CallHeader {
+            from: Stamp {
+                cluster_id: cluster_id.clone(),
+                node_id: follower,
+                incarnation: known[&follower].clone(),
+            },
+            to: leader,
+            to_incarnation: None,
+            known: BTreeMap::new(),
+            known_as_of: None,
+        };
+        let mut payload = bincode::serialize(&header).unwrap();
+        payload.extend(
+            bincode::serialize(&ForwardedAdmin {
+                token: token.into(),
+                request: AdminRequest::Members,
+            })
+            .unwrap(),
+        );
+        let stream = TcpStream::connect(cluster.node(leader).peer_addr).unwrap();
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        let input = thrift::protocol::TBinaryInputProtocol::new(stream.try_clone().unwrap(), true);
+        let output = thrift::protocol::TBinaryOutputProtocol::new(stream, true);
+        let answer = RaftPeerSyncClient::new(input, output)
+            .admin(payload)
+            .unwrap();
+        let mut body = answer.as_slice();
+        match bincode::deserialize_from::<_, ReplyHeader>(&mut body).unwrap() {
+            ReplyHeader::Accepted(_) => bincode::deserialize(body).unwrap(),
+            ReplyHeader::Refused(reason) => panic!("the call itself was refused: {reason}"),
+        }
+    };
+    match ask("") {
+        Err(AdminError::Unauthorized(message)) => assert!(message.contains("admin token")),
+        other => panic!("a forwarded admin call without the token was answered: {other:?}"),
+    }
+    assert!(matches!(ask("guess"), Err(AdminError::Unauthorized(_))));
+    let members = ask("s3cret").expect("with the token");
+    assert_eq!(members.members.len(), 3);
+    let log = cluster.node(leader).log_tail(100);
+    assert!(log.contains("forwarded admin call refused"), "log:\n{log}");
+    assert!(!log.contains("guess"), "a token must never be logged");
 }
