@@ -76,8 +76,8 @@ struct CacheStats {
     7: required i64 applied_index,
 }
 
-/// An admin call without the right admin token (`--admin-token` on the server). Reads and
-/// writes never need one.
+/// An admin call without the right admin token (`--admin-token` on the server), or a wrong
+/// client token given to `authenticate`.
 exception Unauthorized {
     1: required string message,
 }
@@ -239,5 +239,12 @@ service CacheService {
         throws (1: InvalidRequest invalid, 2: Unauthorized unauthorized),
     /// Releases the backup's data on the node.
     void admin_backup_end(1: string token, 2: string backup_id)
+        throws (1: Unauthorized unauthorized),
+    /// Presents the client token of a node started with `--client-auth token`, once per
+    /// connection, before any other call: until then every call on the connection is refused
+    /// (InvalidRequest where the method declares it, Unauthorized for admin calls, an
+    /// application exception for `status` and `stats`). A wrong token is Unauthorized. A node
+    /// without client tokens accepts any, so clients can send one before the nodes require it.
+    void authenticate(1: string token)
         throws (1: Unauthorized unauthorized),
 }

@@ -13,6 +13,10 @@
 #   RAFTCACHE_BIN=path      binary to run (default: `cargo build --release`, target/release)
 #   LEADER_TIMEOUT=30       seconds to wait for a leader
 #   RUST_LOG=...            log filter of the nodes (default: the binary's, `serve --help`)
+#   TLS=1                   TLS on the client and the peer ports (mutual TLS between nodes),
+#                           with a test CA and certificates made by cluster/make-certs.sh in
+#                           cluster/.local/certs (kept across starts); clients pass
+#                           --tls-ca cluster/.local/certs/ca.pem
 #
 # A second start reuses the data under cluster/.local (--initial-cluster is ignored once a data
 # dir holds state): start with the same NODES and ports, or wipe first (stop-local.sh --wipe).
@@ -82,6 +86,18 @@ client_addr() { echo "127.0.0.1:$((base_client + $1 - 1))"; }
 peer_addr() { echo "127.0.0.1:$((base_peer + $1 - 1))"; }
 http_addr() { echo "127.0.0.1:$((base_http + $1 - 1))"; }
 
+tls_flags() { :; }
+client_tls=()
+if [ "${TLS:-0}" = 1 ]; then
+  certs="$local_dir/certs"
+  NODES="$nodes" "$here/make-certs.sh" "$certs" >/dev/null || die "cannot make the test certificates"
+  tls_flags() {
+    echo "--tls-cert $certs/node-$1.pem --tls-key $certs/node-$1-key.pem" \
+      "--peer-tls-cert $certs/node-$1.pem --peer-tls-key $certs/node-$1-key.pem --peer-tls-ca $certs/ca.pem"
+  }
+  client_tls=(--tls-ca "$certs/ca.pem")
+fi
+
 initial=""
 for id in $(seq 1 "$nodes"); do
   initial="${initial:+$initial,}$id=$(peer_addr "$id")/$(client_addr "$id")"
@@ -120,7 +136,8 @@ for id in $(seq 1 "$nodes"); do
   mkdir -p "$data"
   echo "=== $(date '+%F %T') start-local: starting node $id" >>"$log"
   # nohup: the nodes outlive this script and the terminal it ran in.
-  nohup "$bin" serve \
+  # shellcheck disable=SC2046
+  nohup "$bin" serve $(tls_flags "$id") \
     --id "$id" \
     --listen "$(client_addr "$id")" \
     --peer-listen "$(peer_addr "$id")" \
@@ -149,7 +166,7 @@ while :; do
   agreed=""
   ok=1
   for id in $(seq 1 "$nodes"); do
-    status="$("$bin" status --json --addr "$(client_addr "$id")" --timeout-secs 1 2>/dev/null)" || { ok=0; break; }
+    status="$("$bin" status --json --addr "$(client_addr "$id")" "${client_tls[@]}" --timeout-secs 1 2>/dev/null)" || { ok=0; break; }
     l="$(echo "$status" | json_field leader)"
     if ! is_number "$l"; then ok=0; break; fi
     if [ -z "$agreed" ]; then agreed="$l"; elif [ "$agreed" != "$l" ]; then ok=0; break; fi
@@ -161,7 +178,7 @@ while :; do
   fi
   if [ "$SECONDS" -ge "$deadline" ]; then
     for id in $(seq 1 "$nodes"); do
-      echo "--- node $id: $("$bin" status --json --addr "$(client_addr "$id")" --timeout-secs 1 2>&1 || true)" >&2
+      echo "--- node $id: $("$bin" status --json --addr "$(client_addr "$id")" "${client_tls[@]}" --timeout-secs 1 2>&1 || true)" >&2
     done
     fail "no leader elected within ${leader_timeout}s; logs: $local_dir/node-*.log"
   fi
@@ -180,9 +197,9 @@ cat <<EOF
 
 Logs: cluster/.local/node-N.log   PIDs: cluster/.local/pids
 Try (any node accepts writes; followers forward them to the leader):
-  $bin put greeting hello --addr $(client_addr 1)
-  $bin get greeting --addr $(client_addr "$nodes") --linearizable
-  $bin status --json --addr $(client_addr 1)
+  $bin put greeting hello --addr $(client_addr 1)${client_tls[*]:+ ${client_tls[*]}}
+  $bin get greeting --addr $(client_addr "$nodes") --linearizable${client_tls[*]:+ ${client_tls[*]}}
+  $bin status --json --addr $(client_addr 1)${client_tls[*]:+ ${client_tls[*]}}
   curl -s $(http_addr 1)/metrics        # Prometheus metrics; /ready and /health for probes
   $bin check ready --http $(http_addr 1)
 Stop with: cluster/stop-local.sh   (add --wipe to delete the data too)

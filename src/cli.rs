@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use raftcache::client::{describe_error, CacheClient, TlsOptions};
+use raftcache::client::{describe_error, CacheClient, ClientOptions, TlsOptions};
 use raftcache::config::NodeConfig;
 use raftcache::gen::cache::{
     AdminOp, CacheStats, Membership, NodeStatus, ReadOptions, TCacheServiceSyncClient, Unavailable,
@@ -300,6 +300,9 @@ pub struct Conn {
     /// The name the node's certificate must carry [default: the host of --addr].
     #[arg(long, requires = "tls_ca")]
     pub tls_server_name: Option<String>,
+    /// The client token of a node started with --client-auth token.
+    #[arg(long, env = "RAFTCACHE_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
 }
 
 impl Conn {
@@ -312,12 +315,12 @@ impl Conn {
             },
             server_name: self.tls_server_name.clone(),
         });
-        CacheClient::connect_with(
-            &self.addr,
-            Duration::from_secs(self.timeout_secs),
-            tls.as_ref(),
-        )
-        .map_err(|e| format!("cannot connect to {}: {e}", self.addr))
+        let options = ClientOptions {
+            tls,
+            token: self.client_token.clone(),
+        };
+        CacheClient::connect_with(&self.addr, Duration::from_secs(self.timeout_secs), &options)
+            .map_err(|e| format!("cannot connect to {}: {e}", self.addr))
     }
 }
 

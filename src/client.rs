@@ -64,6 +64,14 @@ pub struct TlsOptions {
     pub server_name: Option<String>,
 }
 
+/// How a client reaches a node: over TLS or not, and with the client token or not.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    pub tls: Option<TlsOptions>,
+    /// Presented with `authenticate` right after connecting (`--client-auth token` nodes).
+    pub token: Option<String>,
+}
+
 /// One connection to one node.
 pub struct CacheClient {
     inner: Inner,
@@ -84,15 +92,16 @@ impl Drop for CacheClient {
 impl CacheClient {
     /// Connects to `addr`; every call then waits at most `timeout` for its answer.
     pub fn connect(addr: &str, timeout: Duration) -> std::io::Result<Self> {
-        Self::connect_with(addr, timeout, None)
+        Self::connect_with(addr, timeout, &ClientOptions::default())
     }
 
-    /// Connects to `addr`, over TLS when `tls` is given (the handshake is made here, so a
-    /// certificate the client does not trust fails the connect).
+    /// Connects to `addr` as `options` say: over TLS (the handshake is made here, so a
+    /// certificate the client does not trust fails the connect), then `authenticate` with the
+    /// token (a refused token fails the connect).
     pub fn connect_with(
         addr: &str,
         timeout: Duration,
-        tls: Option<&TlsOptions>,
+        options: &ClientOptions,
     ) -> std::io::Result<Self> {
         let sock = addr.to_socket_addrs()?.next().ok_or_else(|| {
             std::io::Error::new(
@@ -104,7 +113,7 @@ impl CacheClient {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        let link = match tls {
+        let link = match &options.tls {
             None => Link::Plain(Arc::new(stream)),
             Some(tls) => Link::Tls(Arc::new(Mutex::new(handshake(addr, stream, tls)?))),
         };
@@ -114,10 +123,19 @@ impl CacheClient {
         };
         let input = TBinaryInputProtocol::new(TBufferedReadTransport::new(link.clone()), true);
         let output = TBinaryOutputProtocol::new(TBufferedWriteTransport::new(link), true);
-        Ok(Self {
+        let mut client = Self {
             inner: CacheServiceSyncClient::new(input, output),
             tls,
-        })
+        };
+        if let Some(token) = &options.token {
+            client.inner.authenticate(token.clone()).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("authenticate: {}", describe_error(&e)),
+                )
+            })?;
+        }
+        Ok(client)
     }
 
     /// The value of `key`, `None` when absent.

@@ -24,6 +24,8 @@ pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::core::heartbe
 pub enum ClientAuth {
     /// Nothing: anyone who reaches the client port is served.
     None,
+    /// The `--client-token`, presented once per connection (`authenticate`).
+    Token,
     /// A TLS client certificate signed by `--tls-ca`.
     Cert,
 }
@@ -159,10 +161,17 @@ pub struct NodeConfig {
     #[arg(long, requires = "tls_cert", value_name = "PEM")]
     pub tls_ca: Option<PathBuf>,
 
-    /// What a client must show before its calls are served: `none`; `cert`, a certificate
-    /// signed by --tls-ca, checked in the TLS handshake.
+    /// What a client must show before its calls are served: `none`; `token`, the
+    /// --client-token, given once per connection with the `authenticate` call; `cert`, a
+    /// certificate signed by --tls-ca, checked in the TLS handshake.
     #[arg(long, value_enum, default_value_t = ClientAuth::None)]
     pub client_auth: ClientAuth,
+
+    /// The token clients present with `authenticate` (--client-auth token). Compared in
+    /// constant time, never logged. Without TLS on the client port it crosses the network in
+    /// clear text.
+    #[arg(long, env = "RAFTCACHE_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
 
     /// Mutual TLS between nodes, with this node's peer certificate (PEM): signed by
     /// --peer-tls-ca, naming this node as the DNS name `node-<id>.raftcache`. The node presents
@@ -456,6 +465,19 @@ impl NodeConfig {
             },
             (None, true) => StartMode::Wait,
             (None, false) => StartMode::Bootstrap,
+        }
+    }
+
+    /// The token clients must present, with `--client-auth token`; an error for flags that
+    /// do not go together.
+    pub fn client_token(&self) -> Result<Option<String>, String> {
+        match (self.client_auth, &self.client_token) {
+            (ClientAuth::Token, Some(token)) if !token.is_empty() => Ok(Some(token.clone())),
+            (ClientAuth::Token, _) => {
+                Err("--client-auth token needs --client-token (or RAFTCACHE_CLIENT_TOKEN)".into())
+            }
+            (_, Some(_)) => Err("--client-token needs --client-auth token".into()),
+            (_, None) => Ok(None),
         }
     }
 

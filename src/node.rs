@@ -117,6 +117,7 @@ pub async fn start_with_listeners(
     let data_dir = config.data_dir();
     // Read before the storage is opened: a bad file stops the start with what is wrong.
     let tls = NodeTls::load(&config)?;
+    let client_token = config.client_token().map_err(StartError::Config)?;
     let advertised = config
         .advertised(peer_listener.local_addr()?, client_listener.local_addr()?)
         .map_err(StartError::Config)?;
@@ -196,6 +197,7 @@ pub async fn start_with_listeners(
         admin,
         standing: standing.clone(),
         admin_token: config.admin_token.clone(),
+        client_token,
         backups: Arc::new(crate::backup::Backups::new(
             config.data_dir().join("snapshots"),
             Duration::from_millis(config.idle_timeout_ms),

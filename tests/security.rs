@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use multi_process::{bin, describe, ProcessCluster, CLIENT_TIMEOUT, DEADLINE};
-use raftcache::client::{CacheClient, TlsOptions};
+use raftcache::client::{CacheClient, ClientOptions, TlsOptions};
 use raftcache::gen::peer::{RaftPeerSyncClient, TRaftPeerSyncClient};
 use raftcache::membership::{AdminError, AdminRequest, ForwardedAdmin, MembersView};
 use raftcache::network::identity::{CallHeader, ReplyHeader, Stamp};
@@ -51,8 +51,12 @@ fn serve_flags(server: &Issued) -> Vec<String> {
 
 /// Connects with `tls` and asks for `status`: the error of whichever step failed.
 fn status_over(addr: &str, tls: Option<&TlsOptions>) -> Result<(), String> {
+    let options = ClientOptions {
+        tls: tls.cloned(),
+        token: None,
+    };
     let mut client =
-        CacheClient::connect_with(addr, CLIENT_TIMEOUT, tls).map_err(|e| e.to_string())?;
+        CacheClient::connect_with(addr, CLIENT_TIMEOUT, &options).map_err(|e| e.to_string())?;
     client.status().map(|_| ()).map_err(describe)
 }
 
@@ -65,7 +69,7 @@ fn a_tls_client_port_serves_tls_clients_and_refuses_the_others_with_a_message() 
     let cluster = ProcessCluster::single_with(|node| {
         node.extra_args = serve_flags(&server);
         node.extra_args.push("--read-timeout-ms=1000".into());
-        node.tls = Some(options(&ca.pem, None));
+        node.options.tls = Some(options(&ca.pem, None));
     });
     let node = cluster.node(1);
     let addr = node.client_addr.to_string();
@@ -151,7 +155,7 @@ fn client_auth_cert_serves_only_clients_with_a_valid_certificate_of_the_client_c
             "--client-auth=cert".to_string(),
             format!("--tls-ca={}", clients_ca.pem.display()),
         ]);
-        node.tls = Some(options(&ca.pem, Some(&good)));
+        node.options.tls = Some(options(&ca.pem, Some(&good)));
     });
     let node = cluster.node(1);
     let addr = node.client_addr.to_string();
@@ -220,7 +224,7 @@ fn certificates_rotated_by_sighup_serve_new_connections_while_writes_go_on() {
     install(&old);
     let cluster = ProcessCluster::single_with(|node| {
         node.extra_args = serve_flags(&live);
-        node.tls = Some(options(&ca.pem, None));
+        node.options.tls = Some(options(&ca.pem, None));
     });
     let node = cluster.node(1);
     let addr = node.client_addr.to_string();
@@ -236,13 +240,15 @@ fn certificates_rotated_by_sighup_serve_new_connections_while_writes_go_on() {
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let (stop, written, addr) = (stop.clone(), written.clone(), addr.clone());
-            let tls = options(&ca.pem, None);
+            let tls = ClientOptions {
+                tls: Some(options(&ca.pem, None)),
+                token: None,
+            };
             std::thread::spawn(move || -> Result<u64, String> {
                 let mut n = 0u64;
                 while !stop.load(Ordering::SeqCst) && n < 100_000 {
-                    let mut client =
-                        CacheClient::connect_with(&addr, CLIENT_TIMEOUT, Some(&tls))
-                            .map_err(|e| format!("writer {w}: connect after {n} writes: {e}"))?;
+                    let mut client = CacheClient::connect_with(&addr, CLIENT_TIMEOUT, &tls)
+                        .map_err(|e| format!("writer {w}: connect after {n} writes: {e}"))?;
                     for _ in 0..20 {
                         client
                             .put(&format!("w{w}-{n}"), "x")
@@ -374,22 +380,12 @@ fn peers_talk_only_to_nodes_presenting_the_certificate_of_the_id_they_claim() {
 
     // A hand-made connection to a peer port without a certificate gets no answer.
     let peer_addr = cluster.node(leader).peer_addr.to_string();
-    let tls = options(&peer_ca.pem, None);
-    let refused = std::thread::spawn(move || {
-        let mut client = CacheClient::connect_with(
-            &peer_addr,
-            CLIENT_TIMEOUT,
-            Some(&TlsOptions {
-                server_name: Some(raftcache::tls::peer_name(leader)),
-                ..tls
-            }),
-        )
-        .map_err(|e| e.to_string())?;
-        client.status().map(|_| ()).map_err(describe)
-    })
-    .join()
-    .unwrap()
-    .expect_err("a peer connection without a certificate must get no answer");
+    let tls = TlsOptions {
+        server_name: Some(raftcache::tls::peer_name(leader)),
+        ..options(&peer_ca.pem, None)
+    };
+    let refused = status_over(&peer_addr, Some(&tls))
+        .expect_err("a peer connection without a certificate must get no answer");
     assert!(refused.contains("CertificateRequired"), "{refused}");
 }
 
@@ -448,4 +444,130 @@ fn an_admin_call_forwarded_over_the_peer_port_needs_the_admin_token() {
     let log = cluster.node(leader).log_tail(100);
     assert!(log.contains("forwarded admin call refused"), "log:\n{log}");
     assert!(!log.contains("guess"), "a token must never be logged");
+}
+
+#[test]
+fn client_auth_token_serves_a_connection_once_it_presents_the_token() {
+    use raftcache::gen::cache::TCacheServiceSyncClient;
+    let token = "client-s3cret";
+    let cluster = ProcessCluster::single_with(|node| {
+        node.extra_args = vec![
+            "--client-auth=token".into(),
+            format!("--client-token={token}"),
+        ];
+        node.options.token = Some(token.into());
+    });
+    let node = cluster.node(1);
+    let addr = node.client_addr.to_string();
+    let mut client = node.client().expect("a client with the token");
+    client
+        .put("k", "v")
+        .map_err(describe)
+        .expect("put after authenticate");
+
+    // Every call of a connection that has not authenticated is refused, each with an
+    // exception its method declares (or an application exception for status).
+    let mut anonymous = CacheClient::connect(&addr, CLIENT_TIMEOUT).unwrap();
+    let get = anonymous
+        .get("k", false)
+        .map_err(describe)
+        .expect_err("get without a token");
+    assert!(
+        get.starts_with("invalid request:") && get.contains("client token"),
+        "{get}"
+    );
+    let status = anonymous
+        .status()
+        .map_err(describe)
+        .expect_err("status without a token");
+    assert!(status.contains("client token"), "{status}");
+    let admin = anonymous
+        .admin_members("")
+        .map_err(describe)
+        .expect_err("admin without a token");
+    assert!(admin.starts_with("unauthorized:"), "{admin}");
+    let wrong = anonymous
+        .service()
+        .authenticate("guess".into())
+        .map_err(describe);
+    assert!(
+        wrong
+            .clone()
+            .expect_err("a wrong token")
+            .starts_with("unauthorized:"),
+        "{wrong:?}"
+    );
+    assert!(
+        anonymous.get("k", false).is_err(),
+        "a wrong token must not authenticate"
+    );
+    anonymous
+        .service()
+        .authenticate(token.into())
+        .map_err(describe)
+        .unwrap();
+    assert_eq!(
+        anonymous
+            .get("k", false)
+            .map_err(describe)
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+
+    // The CLI presents it with --client-token (or RAFTCACHE_CLIENT_TOKEN).
+    let cli = |extra: &[&str]| {
+        std::process::Command::new(bin())
+            .args(["get", "k", "--addr", &addr])
+            .args(extra)
+            .env_remove("RAFTCACHE_CLIENT_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let with = cli(&["--client-token", token]);
+    assert!(with.status.success(), "{with:?}");
+    assert_eq!(String::from_utf8_lossy(&with.stdout).trim(), "v");
+    let without = cli(&[]);
+    assert_eq!(without.status.code(), Some(2), "{without:?}");
+    assert!(String::from_utf8_lossy(&without.stderr).contains("client token"));
+
+    let log = node.log_tail(200);
+    assert!(log.contains("a wrong client token"), "log:\n{log}");
+    assert!(
+        !log.contains("guess") && !log.contains(token),
+        "a token must never be logged"
+    );
+}
+
+#[test]
+fn client_auth_flags_that_do_not_go_together_stop_the_start_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flags, expected) in [
+        (
+            vec!["--client-auth=token"],
+            "--client-auth token needs --client-token",
+        ),
+        (
+            vec!["--client-token=t"],
+            "--client-token needs --client-auth token",
+        ),
+        (
+            vec!["--client-auth=cert"],
+            "--client-auth cert needs --tls-ca",
+        ),
+    ] {
+        let out = std::process::Command::new(bin())
+            .arg("serve")
+            .args(&flags)
+            .arg("--listen=127.0.0.1:0")
+            .arg("--peer-listen=127.0.0.1:0")
+            .arg("--http-listen=none")
+            .arg(format!("--data-dir={}", dir.path().join("d").display()))
+            .env_remove("RAFTCACHE_CLIENT_TOKEN")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+    }
 }

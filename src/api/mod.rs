@@ -76,6 +76,8 @@ pub struct CacheApi {
     standing: Arc<Standing>,
     /// Admin calls must carry it when set (`--admin-token`).
     admin_token: Option<String>,
+    /// With `--client-auth token`: what a connection must present before its other calls.
+    client_token: Option<String>,
     /// Hits and misses of the reads this node served.
     reads: Arc<ReadCounters>,
     /// Requests by method and outcome, and their latency (`/metrics`).
@@ -89,6 +91,8 @@ pub struct AdminParts {
     pub admin: Arc<Admin>,
     pub standing: Arc<Standing>,
     pub admin_token: Option<String>,
+    /// `--client-token`, with `--client-auth token`.
+    pub client_token: Option<String>,
     pub backups: Arc<crate::backup::Backups>,
 }
 
@@ -116,7 +120,7 @@ impl Service for CacheApi {
         &self,
         request: Vec<u8>,
         protocol: server::Protocol,
-        _connection: &server::Connection,
+        connection: &server::Connection,
     ) -> Option<Vec<u8>> {
         // A multiplexed client's call of this service is served as a plain one.
         let request = server::wire::demultiplex(protocol, &request, SERVICE_NAME);
@@ -135,7 +139,15 @@ impl Service for CacheApi {
         };
         let started = std::time::Instant::now();
         let method = call.method();
-        let outcome = self.execute(call).await;
+        let outcome = match call {
+            Call::Authenticate { token } => Outcome::Done(self.authenticate(&token, connection)),
+            call if self.client_token.is_some()
+                && !connection.authenticated.load(Ordering::Relaxed) =>
+            {
+                Outcome::unauthenticated(&call)
+            }
+            call => self.execute(call).await,
+        };
         self.events
             .request(method, outcome.label(), started.elapsed());
         let answer = Answer(RefCell::new(Some(outcome)));
@@ -162,6 +174,7 @@ impl CacheApi {
             admin: admin.admin,
             standing: admin.standing,
             admin_token: admin.admin_token,
+            client_token: admin.client_token,
             reads: counters.reads,
             events: counters.events,
             backups: admin.backups,
@@ -209,6 +222,24 @@ impl CacheApi {
                 Outcome::Membership(self.admin_call(&token, request).await)
             }
             other => self.execute_data(other).await,
+        }
+    }
+
+    /// `authenticate`: marks the connection as authenticated if `token` is the client token
+    /// (any token, on a node without one).
+    fn authenticate(&self, token: &str, connection: &server::Connection) -> thrift::Result<()> {
+        match &self.client_token {
+            Some(expected) if !same_token(expected, token) => {
+                // The token given is never logged.
+                tracing::warn!("client refused: a wrong client token");
+                Err(user_error(Unauthorized {
+                    message: "wrong client token".into(),
+                }))
+            }
+            _ => {
+                connection.authenticated.store(true, Ordering::Relaxed);
+                Ok(())
+            }
         }
     }
 

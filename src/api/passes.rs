@@ -46,6 +46,9 @@ pub(super) enum Call {
         token: String,
         backup_id: String,
     },
+    Authenticate {
+        token: String,
+    },
     AdminChange {
         change: AdminChange,
         token: String,
@@ -95,6 +98,7 @@ impl Call {
             Call::AdminBackupBegin { .. } => "admin_backup_begin",
             Call::AdminBackupRead { .. } => "admin_backup_read",
             Call::AdminBackupEnd { .. } => "admin_backup_end",
+            Call::Authenticate { .. } => "authenticate",
             Call::AdminChange { .. } => "admin_change",
             Call::GetMany { .. } => "get_many",
             Call::PutMany { .. } => "put_many",
@@ -239,6 +243,9 @@ impl CacheServiceSyncHandler for &Decoded {
     fn handle_admin_backup_end(&self, token: String, backup_id: String) -> thrift::Result<()> {
         self.record(Call::AdminBackupEnd { token, backup_id })
     }
+    fn handle_authenticate(&self, token: String) -> thrift::Result<()> {
+        self.record(Call::Authenticate { token })
+    }
 }
 
 /// The second pass: hands the processor the outcome of the call it decodes again.
@@ -334,9 +341,54 @@ impl CacheServiceSyncHandler for Answer {
     fn handle_admin_backup_end(&self, _: String, _: String) -> thrift::Result<()> {
         answer!(self, Done)
     }
+    fn handle_authenticate(&self, _: String) -> thrift::Result<()> {
+        answer!(self, Done)
+    }
 }
 
 impl Outcome {
+    /// The answer to `call` on a connection that has not authenticated: the exception the
+    /// method declares for it (InvalidRequest for data calls, Unauthorized for admin calls),
+    /// else an application exception.
+    pub(super) fn unauthenticated(call: &Call) -> Outcome {
+        use crate::gen::cache::{InvalidRequest, Unauthorized};
+        const WHY: &str = "this node needs a client token: call authenticate(token) first on this connection (raftcache --client-token, or RAFTCACHE_CLIENT_TOKEN)";
+        let invalid = || {
+            thrift::Error::User(Box::new(InvalidRequest {
+                message: WHY.into(),
+            }))
+        };
+        let unauthorized = || {
+            thrift::Error::User(Box::new(Unauthorized {
+                message: WHY.into(),
+            }))
+        };
+        let application = || {
+            thrift::Error::Application(ApplicationError::new(ApplicationErrorKind::Unknown, WHY))
+        };
+        match call {
+            Call::Get { .. } | Call::GetWith { .. } => Outcome::Entry(Err(invalid())),
+            Call::Put { .. }
+            | Call::Remove { .. }
+            | Call::PutIfAbsent { .. }
+            | Call::CompareAndPut { .. } => Outcome::Flag(Err(invalid())),
+            Call::GetMany { .. } | Call::Scan { .. } => Outcome::Entries(Err(invalid())),
+            Call::PutMany { .. } | Call::RemoveMany { .. } => Outcome::Write(Err(invalid())),
+            Call::Increment { .. } => Outcome::Index(Err(invalid())),
+            Call::Status => Outcome::Status(Err(application())),
+            Call::Stats => Outcome::Stats(Err(application())),
+            Call::AdminSnapshot { .. } => Outcome::Index(Err(unauthorized())),
+            Call::AdminMembers { .. } | Call::AdminChange { .. } => {
+                Outcome::Membership(Err(unauthorized()))
+            }
+            Call::AdminBackupBegin { .. } => Outcome::Backup(Err(unauthorized())),
+            Call::AdminBackupRead { .. } => Outcome::Bytes(Err(unauthorized())),
+            Call::AdminBackupEnd { .. } | Call::Authenticate { .. } => {
+                Outcome::Done(Err(unauthorized()))
+            }
+        }
+    }
+
     /// The error the call ended with, if any.
     fn error(&self) -> Option<&thrift::Error> {
         match self {

@@ -1641,6 +1641,7 @@ pub trait TCacheServiceSyncClient {
   fn admin_backup_begin(&mut self, token: String) -> thrift::Result<BackupInfo>;
   fn admin_backup_read(&mut self, token: String, backup_id: String, offset: i64, max_bytes: i32) -> thrift::Result<Vec<u8>>;
   fn admin_backup_end(&mut self, token: String, backup_id: String) -> thrift::Result<()>;
+  fn authenticate(&mut self, token: String) -> thrift::Result<()>;
 }
 
 pub trait TCacheServiceSyncClientMarker {}
@@ -2207,6 +2208,33 @@ impl <C: TThriftClient + TCacheServiceSyncClientMarker> TCacheServiceSyncClient 
       result.ok_or()
     }
   }
+  fn authenticate(&mut self, token: String) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("authenticate", TMessageType::Call, self.sequence_number());
+        let call_args = CacheServiceAuthenticateArgs { token };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("authenticate", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CacheServiceAuthenticateResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -2234,6 +2262,7 @@ pub trait CacheServiceSyncHandler {
   fn handle_admin_backup_begin(&self, token: String) -> thrift::Result<BackupInfo>;
   fn handle_admin_backup_read(&self, token: String, backup_id: String, offset: i64, max_bytes: i32) -> thrift::Result<Vec<u8>>;
   fn handle_admin_backup_end(&self, token: String, backup_id: String) -> thrift::Result<()>;
+  fn handle_authenticate(&self, token: String) -> thrift::Result<()>;
 }
 
 pub struct CacheServiceSyncProcessor<H: CacheServiceSyncHandler> {
@@ -2305,6 +2334,9 @@ impl <H: CacheServiceSyncHandler> CacheServiceSyncProcessor<H> {
   }
   fn process_admin_backup_end(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TCacheServiceProcessFunctions::process_admin_backup_end(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_authenticate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCacheServiceProcessFunctions::process_authenticate(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -3665,6 +3697,66 @@ impl TCacheServiceProcessFunctions {
       },
     }
   }
+  pub fn process_authenticate<H: CacheServiceSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CacheServiceAuthenticateArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_authenticate(args.token) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("authenticate", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CacheServiceAuthenticateResult { unauthorized: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<Unauthorized>().is_some() {
+              let err = usr_err.downcast::<Unauthorized>().expect("downcast already checked");
+              let ret_err = CacheServiceAuthenticateResult{ unauthorized: Some(*err) };
+              let message_ident = TMessageIdentifier::new("authenticate", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("authenticate", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("authenticate", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("authenticate", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: CacheServiceSyncHandler> TProcessor for CacheServiceSyncProcessor<H> {
@@ -3730,6 +3822,9 @@ impl <H: CacheServiceSyncHandler> TProcessor for CacheServiceSyncProcessor<H> {
       },
       "admin_backup_end" => {
         self.process_admin_backup_end(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "authenticate" => {
+        self.process_authenticate(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -6693,6 +6788,110 @@ impl CacheServiceAdminBackupEndResult {
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let struct_ident = TStructIdentifier::new("CacheServiceAdminBackupEndResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.unauthorized {
+      o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAuthenticateArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAuthenticateArgs {
+  token: String,
+}
+
+impl CacheServiceAuthenticateArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAuthenticateArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CacheServiceAuthenticateArgs.token", &f_1)?;
+    let ret = CacheServiceAuthenticateArgs {
+      token: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("authenticate_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("token", TType::String, 1))?;
+    o_prot.write_string(&self.token)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CacheServiceAuthenticateResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CacheServiceAuthenticateResult {
+  unauthorized: Option<Unauthorized>,
+}
+
+impl CacheServiceAuthenticateResult {
+  fn ok_or(self) -> thrift::Result<()> {
+    if self.unauthorized.is_some() {
+      Err(thrift::Error::User(Box::new(self.unauthorized.unwrap())))
+    } else {
+      Ok(())
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CacheServiceAuthenticateResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Unauthorized> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = Unauthorized::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CacheServiceAuthenticateResult {
+      unauthorized: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CacheServiceAuthenticateResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.unauthorized {
       o_prot.write_field_begin(&TFieldIdentifier::new("unauthorized", TType::Struct, 1))?;

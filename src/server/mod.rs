@@ -59,6 +59,8 @@ pub struct Connection {
     /// server's client CA by the TLS handshake; `None` without TLS or without client
     /// certificates.
     pub certificate: Option<CertificateDer<'static>>,
+    /// Set once the client presented the client token (`authenticate`).
+    pub authenticated: std::sync::atomic::AtomicBool,
 }
 
 /// What a server does with each request.
@@ -312,6 +314,7 @@ impl<S: Service> Server<S> {
             _ = stopping.wait_for(|stop| *stop) => return End::Stopping,
         };
         let connection = Connection {
+            authenticated: Default::default(),
             certificate: stream
                 .get_ref()
                 .1

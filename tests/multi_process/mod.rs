@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use raftcache::client::{describe_error, CacheClient, TlsOptions};
+use raftcache::client::{describe_error, CacheClient, ClientOptions};
 use raftcache::gen::cache::NodeStatus;
 use raftcache_testkit::wait::{poll, wait_until};
 use tempfile::TempDir;
@@ -73,8 +73,8 @@ pub struct Node {
     /// More environment variables for the process (e.g. libfaketime's, to skew its clock).
     pub env: Vec<(String, String)>,
     pub log_path: PathBuf,
-    /// How clients reach the client port when it speaks TLS.
-    pub tls: Option<TlsOptions>,
+    /// How clients reach the client port (TLS, client token).
+    pub options: ClientOptions,
     child: Option<Child>,
 }
 
@@ -207,19 +207,15 @@ impl Node {
     }
 
     pub fn client(&self) -> Result<CacheClient, String> {
-        CacheClient::connect_with(
-            &self.client_addr.to_string(),
-            CLIENT_TIMEOUT,
-            self.tls.as_ref(),
-        )
-        .map_err(|e| format!("cannot connect to {}: {e}", self.client_addr))
+        CacheClient::connect_with(&self.client_addr.to_string(), CLIENT_TIMEOUT, &self.options)
+            .map_err(|e| format!("cannot connect to {}: {e}", self.client_addr))
     }
 
     pub fn status(&self) -> Result<NodeStatus, String> {
         let mut client = CacheClient::connect_with(
             &self.client_addr.to_string(),
             Duration::from_secs(2),
-            self.tls.as_ref(),
+            &self.options,
         )
         .map_err(|e| format!("cannot connect to {}: {e}", self.client_addr))?;
         client.status().map_err(describe)
@@ -313,7 +309,7 @@ impl ProcessCluster {
                 extra_args: Vec::new(),
                 env: Vec::new(),
                 log_path: dir.path().join(format!("node-{id}.log")),
-                tls: None,
+                options: ClientOptions::default(),
                 child: None,
             })
             .collect();
@@ -371,7 +367,7 @@ impl ProcessCluster {
             extra_args: extra.to_vec(),
             env: Vec::new(),
             log_path: self.dir.path().join(format!("node-{id}.log")),
-            tls: None,
+            options: ClientOptions::default(),
             child: None,
         });
         id

@@ -282,10 +282,12 @@ class Node:
             return f"node exited with status {proc.returncode} on SIGTERM (expected a clean 0)"
         return None
 
-    def wait_ready(self, lib: ThriftLib, deadline: float) -> None:
+    def wait_ready(self, lib: ThriftLib, deadline: float, connect=None) -> None:
         """Poll until the client port accepts a TCP connection, then until a put succeeds
-        (retrying on Unavailable and on connection errors while the node elects itself).
-        Raises _StartupError on timeout or if the process exits."""
+        (retrying on Unavailable and on connection errors while the node elects itself), over
+        `connect` (host, port, timeout_s) if given, else `lib.connect`. Raises _StartupError
+        on timeout or if the process exits."""
+        connect = connect or lib.connect
         assert self.proc is not None
         last: object = "no attempt yet"
 
@@ -318,7 +320,7 @@ class Node:
             remaining = deadline - time.monotonic()
             try:
                 timeout_s = max(1.0, min(RPC_TIMEOUT_S, remaining))
-                with lib.connect(self.host, self.port, timeout_s=timeout_s) as c:
+                with connect(self.host, self.port, timeout_s=timeout_s) as c:
                     c.put(entry)
                 return  # any answer that is not an exception: the write path works
             except lib.Unavailable as e:
@@ -397,9 +399,12 @@ def node(tmp_path_factory, thriftpy2_lib):
         pytest.fail(f"{problem}\n{n.output()}", pytrace=False)
 
 
-def start_cluster(base: Path, lib: ThriftLib, size: int, flags: list) -> list:
-    """Starts a `size`-node raftcache cluster with `flags` on every node and waits until each
-    node accepts a put. Returns the Node objects (stop them with `stop_cluster`)."""
+def start_cluster(
+    base: Path, lib: ThriftLib, size: int, flags: list, node_flags=None, connect=None
+) -> list:
+    """Starts a `size`-node raftcache cluster with `flags` on every node, and `node_flags(id)`
+    on node `id` if given, and waits until each node accepts a put (over `connect` if given,
+    see `Node.wait_ready`). Returns the Node objects (stop them with `stop_cluster`)."""
     binary = _server_bin()
     ports = _free_ports(3 * size)
     members = ",".join(f"{i + 1}={HOST}:{ports[size + i]}" for i in range(size))
@@ -418,14 +423,16 @@ def start_cluster(base: Path, lib: ThriftLib, size: int, flags: list) -> list:
                 stderr_path=d / "node.stderr.log",
                 stdout_path=d / "node.stdout.log",
                 node_id=i + 1,
-                extra=["--initial-cluster", members] + list(flags),
+                extra=["--initial-cluster", members]
+                + list(flags)
+                + (list(node_flags(i + 1)) if node_flags else []),
             )
         )
     try:
         for n in nodes:
             n.start()
         for n in nodes:
-            n.wait_ready(lib, time.monotonic() + STARTUP_DEADLINE_S)
+            n.wait_ready(lib, time.monotonic() + STARTUP_DEADLINE_S, connect)
     except Exception as e:
         for n in nodes:
             n.stop()
