@@ -11,6 +11,9 @@
 #   OP=get scripts/bench-ab.sh old=... new=...   # local gets of KEYS keys, written first
 #
 # A build is NAME=BINARY [extra serve flags]; the load generator is this tree's release build.
+# A build whose flags include --tls-cert is reached over TLS, trusting the CA in TLS_CA:
+# In a build's flags, {i} stands for the node's id (each node its own certificate):
+#   TLS_CA=certs/ca.pem scripts/bench-ab.sh plain=BIN "tls=BIN --tls-cert certs/node-{i}.pem --tls-key certs/node-{i}-key.pem"
 # RAW=1 also prints every run's line (to stderr) before the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,22 +45,24 @@ for round in $(seq 1 "$ROUNDS"); do
   for build in "${order[@]}"; do
     name=${build%%=*}
     read -r bin flags <<<"${build#*=}"
+    client_flags=()
+    if [[ " $flags " == *" --tls-cert"* ]]; then client_flags=(--tls-ca "${TLS_CA:?a build with --tls-cert needs TLS_CA}"); fi
     rm -rf "$work/data"
     for i in 1 2 3; do
       # shellcheck disable=SC2086
       "$bin" serve --id "$i" --listen "127.0.0.1:$((BASE + i))" --peer-listen "127.0.0.1:$((BASE + 10 + i))" \
-        --http-listen "127.0.0.1:$((BASE + 20 + i))" --data-dir "$work/data/n$i" --initial-cluster "$initial" $flags >"$work/$name-n$i.log" 2>&1 &
+        --http-listen "127.0.0.1:$((BASE + 20 + i))" --data-dir "$work/data/n$i" --initial-cluster "$initial" ${flags//\{i\}/$i} >"$work/$name-n$i.log" 2>&1 &
       pids+=($!)
     done
-    until "$bin" status --addr "127.0.0.1:$((BASE + 1))" --json 2>/dev/null | grep -q '"leader": *[1-9]'; do
+    until "$bin" status --addr "127.0.0.1:$((BASE + 1))" "${client_flags[@]}" --json 2>/dev/null | grep -q '"leader": *[1-9]'; do
       sleep 0.1
     done
     if [ "$OP" != put ]; then
-      "$bench" --addrs "$addrs" --clients 16 --op put --sequential --max-ops "$KEYS" --keys "$KEYS" \
+      "$bench" --addrs "$addrs" "${client_flags[@]}" --clients 16 --op put --sequential --max-ops "$KEYS" --keys "$KEYS" \
         --seconds 120 >/dev/null
     fi
     for clients in 1 64; do
-      line=$("$bench" --addrs "$addrs" --clients "$clients" --op "$OP" --keys "$KEYS" --seconds "$SECONDS_PER_RUN" \
+      line=$("$bench" --addrs "$addrs" "${client_flags[@]}" --clients "$clients" --op "$OP" --keys "$KEYS" --seconds "$SECONDS_PER_RUN" \
         --pids "$(IFS=,; echo "${pids[*]}")")
       echo "build=$name round=$round $line" >>"$work/results"
     done

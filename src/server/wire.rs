@@ -206,8 +206,8 @@ pub fn refuse_plaintext(protocol: Protocol, request: &[u8]) -> Vec<u8> {
         Protocol::Compact => TCompactInputProtocol::new(&mut rest).read_message_begin(),
     }
     .unwrap_or_else(|_| TMessageIdentifier::new("", TMessageType::Call, 0));
-    let message = "this raftcache port speaks TLS: connect with TLS (the CA of the node's \
-                   certificate; see `raftcache serve --help`, --tls-cert)";
+    let message = "this raftcache port speaks TLS: connect with TLS, trusting the CA of the \
+                   node's certificate (the raftcache CLI: --tls-ca FILE)";
     exception(
         protocol,
         &header,

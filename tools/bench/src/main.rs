@@ -30,6 +30,9 @@ struct Args {
     /// Client addresses of the nodes; client i connects to addrs[i % n].
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9090")]
     addrs: Vec<String>,
+    /// Speak TLS to raftcache, trusting node certificates signed by this CA (PEM).
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
     /// Concurrent clients, each with its own connection.
     #[arg(long, default_value_t = 1)]
     clients: usize,
@@ -243,6 +246,10 @@ fn measure(
     }
 }
 
+/// A client's connection: a socket, or TLS over one.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// One client as a task: its own connection, one request at a time.
 async fn run_task(
     args: Arc<Args>,
@@ -254,10 +261,27 @@ async fn run_task(
         return run_etcd_task(args, index, stop, budget).await;
     }
     let addr = &args.addrs[index % args.addrs.len()];
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream.set_nodelay(true).expect("nodelay");
+    tcp.set_nodelay(true).expect("nodelay");
+    let mut stream: Box<dyn Io> = match &args.tls_ca {
+        None => Box::new(tcp),
+        Some(ca) => {
+            let files = raftcache::tls::ClientFiles {
+                ca: ca.clone(),
+                ..Default::default()
+            };
+            let config = raftcache::tls::ClientTls::build(&files)
+                .unwrap_or_else(|e| panic!("--tls-ca: {e}"));
+            let name = raftcache::tls::server_name(addr, None).unwrap_or_else(|e| panic!("{e}"));
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .unwrap_or_else(|e| panic!("TLS handshake with {addr}: {e}"));
+            Box::new(tls)
+        }
+    };
     let value = "x".repeat(args.value_bytes);
     let mut tally = Tally::default();
     let mut keys = Keys::new(index, budget);
@@ -269,6 +293,7 @@ async fn run_task(
         for _ in 0..=args.retries {
             let started = Instant::now();
             stream.write_all(&request).await.expect("send");
+            stream.flush().await.expect("send");
             answer.clear();
             let ok = loop {
                 match measure(args.backend, args.op, &batch, &value, &answer) {
