@@ -117,6 +117,9 @@ pub enum Command {
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 5)]
         timeout_secs: u64,
+        /// Speak HTTPS (a node with --http-tls), trusting its certificate's CA (PEM).
+        #[arg(long, env = "RAFTCACHE_TLS_CA", value_name = "PEM")]
+        tls_ca: Option<PathBuf>,
     },
     /// Show a node's view of the cluster. Exits 1 (and says why) for a node that cannot
     /// serve: one that knows no leader, was removed, or waits to be added.
@@ -345,15 +348,24 @@ fn client_command(command: Command) -> Result<ExitCode, String> {
             what,
             http,
             timeout_secs,
+            tls_ca,
         } => {
+            let tls = tls_ca.map(|ca| TlsOptions {
+                files: ClientFiles {
+                    ca,
+                    ..Default::default()
+                },
+                server_name: None,
+            });
             let path = match what {
                 CheckWhat::Ready => "/ready",
                 CheckWhat::Health => "/health",
             };
-            let (status, body) = raftcache::http::get(
+            let (status, body) = raftcache::http::get_with(
                 &http,
                 path,
                 std::time::Duration::from_secs(timeout_secs.max(1)),
+                tls.as_ref(),
             )?;
             print!("{body}");
             Ok(if status == 200 {

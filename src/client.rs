@@ -249,7 +249,7 @@ pub fn describe_error(e: &thrift::Error) -> String {
 }
 
 /// Makes the TLS handshake with the node at `addr` over `stream`.
-fn handshake(
+pub(crate) fn handshake(
     addr: &str,
     mut stream: TcpStream,
     tls: &TlsOptions,

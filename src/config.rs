@@ -63,6 +63,11 @@ pub struct NodeConfig {
     #[arg(long, default_value = "127.0.0.1:9290", value_name = "HOST:PORT|none", value_parser = parse_http_listen)]
     pub http_listen: HttpListen,
 
+    /// Serve the HTTP port over TLS (HTTPS), with the client port's certificate and key
+    /// (--tls-cert, --tls-key); clients are not asked for certificates.
+    #[arg(long, requires = "tls_cert")]
+    pub http_tls: bool,
+
     /// HTTP connections served at once; further ones get a 503 and are closed.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     pub http_max_connections: u64,

@@ -8,13 +8,17 @@
 //! (`--http-max-connections`, further ones get a 503 and are closed), the size of a request's
 //! head (`--http-max-request-bytes`, 431 past it) and how long a client may take to send it
 //! (`--read-timeout-ms`). Only `GET` and `HEAD` are served; the body of a request is never read.
+//! With `--http-tls` it speaks HTTPS, with the client port's certificate and key; a handshake
+//! is bounded by the read timeout, and a connection over the cap is closed without an answer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::tls::ServerTls;
 use tokio::sync::{watch, Semaphore};
 
 /// The HTTP port's limits.
@@ -56,6 +60,16 @@ pub trait Routes: Send + Sync + 'static {
 /// `GET path` on the HTTP port at `addr` (a blocking client, for the CLI and tests): its
 /// status and body.
 pub fn get(addr: &str, path: &str, timeout: std::time::Duration) -> Result<(u16, String), String> {
+    get_with(addr, path, timeout, None)
+}
+
+/// `get`, over TLS when `tls` is given (`--http-tls`).
+pub fn get_with(
+    addr: &str,
+    path: &str,
+    timeout: std::time::Duration,
+    tls: Option<&crate::client::TlsOptions>,
+) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let failed = |e: std::io::Error| format!("{addr}: {e}");
@@ -64,16 +78,23 @@ pub fn get(addr: &str, path: &str, timeout: std::time::Duration) -> Result<(u16,
         .map_err(failed)?
         .next()
         .ok_or_else(|| format!("{addr}: the name has no address"))?;
-    let mut stream = std::net::TcpStream::connect_timeout(&target, timeout).map_err(failed)?;
+    let stream = std::net::TcpStream::connect_timeout(&target, timeout).map_err(failed)?;
     stream.set_read_timeout(Some(timeout)).map_err(failed)?;
     stream.set_write_timeout(Some(timeout)).map_err(failed)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(failed)?;
+    let mut stream: Box<dyn ReadWrite> = match tls {
+        None => Box::new(stream),
+        Some(tls) => Box::new(crate::client::handshake(addr, stream, tls).map_err(failed)?),
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(failed)?;
+    stream.flush().map_err(failed)?;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(failed)?;
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => {}
+        // A TLS server may close without a close_notify once it has answered.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => {}
+        Err(e) => return Err(failed(e)),
+    }
     let answer = String::from_utf8_lossy(&answer);
     let (head, body) = answer
         .split_once("\r\n\r\n")
@@ -85,6 +106,10 @@ pub fn get(addr: &str, path: &str, timeout: std::time::Duration) -> Result<(u16,
         .ok_or_else(|| format!("{addr}: not an HTTP answer: {head:?}"))?;
     Ok((status, body.to_string()))
 }
+
+/// A blocking byte stream: a socket, or TLS over one.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 /// A running HTTP server. Dropping it leaves the server running; `stop` ends it.
 pub struct HttpHandle {
@@ -103,10 +128,11 @@ impl HttpHandle {
     }
 }
 
-/// Serves `routes` on `listener` until stopped.
+/// Serves `routes` on `listener` until stopped, over TLS when `tls` is given.
 pub fn spawn<R: Routes>(
     listener: std::net::TcpListener,
     limits: HttpLimits,
+    tls: Option<Arc<ServerTls>>,
     routes: Arc<R>,
 ) -> std::io::Result<HttpHandle> {
     listener.set_nonblocking(true)?;
@@ -130,6 +156,10 @@ pub fn spawn<R: Routes>(
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, max = limits.max_connections, "http: connection refused: too many connections (--http-max-connections)");
+                if tls.is_some() {
+                    // A 503 in clear text would be noise to a TLS client: just close.
+                    continue;
+                }
                 let reply = Reply::text(
                     503,
                     format!(
@@ -151,8 +181,21 @@ pub fn spawn<R: Routes>(
                 continue;
             };
             let routes = routes.clone();
+            let acceptor = tls.as_ref().map(|tls| tls.acceptor());
             tokio::spawn(async move {
-                if let Err(reason) = serve(stream, limits, routes.as_ref()).await {
+                let served = match acceptor {
+                    None => serve(stream, limits, routes.as_ref()).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(limits.read_timeout, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => serve(stream, limits, routes.as_ref()).await,
+                            Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                            Err(_) => Err("read timeout in the TLS handshake".into()),
+                        }
+                    }
+                };
+                if let Err(reason) = served {
                     tracing::debug!(%peer, %reason, "http: connection closed");
                 }
                 drop(slot);
@@ -163,8 +206,8 @@ pub fn spawn<R: Routes>(
 }
 
 /// Reads one request head, answers it, closes.
-async fn serve<R: Routes>(
-    mut stream: TcpStream,
+async fn serve<R: Routes, IO: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: IO,
     limits: HttpLimits,
     routes: &R,
 ) -> Result<(), String> {
@@ -216,7 +259,7 @@ async fn serve<R: Routes>(
 /// (the rest of a request head too large, or the request of a refused connection), for a
 /// moment: closing a socket with unread input resets the connection, and the client could lose
 /// the answer before reading it.
-async fn linger(stream: &mut TcpStream) {
+async fn linger<IO: AsyncRead + Unpin>(stream: &mut IO) {
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(LINGER, async {
         let mut left = LINGER_MAX_BYTES;
@@ -241,7 +284,7 @@ enum Head {
 }
 
 /// Reads until the blank line that ends a request head.
-async fn read_head(stream: &mut TcpStream, max: usize) -> std::io::Result<Head> {
+async fn read_head<IO: AsyncRead + Unpin>(stream: &mut IO, max: usize) -> std::io::Result<Head> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
@@ -291,8 +334,8 @@ fn path_of(target: &str) -> &str {
     target.split(['?', '#']).next().unwrap_or(target)
 }
 
-async fn write_reply(
-    stream: &mut TcpStream,
+async fn write_reply<IO: AsyncWrite + Unpin>(
+    stream: &mut IO,
     reply: &Reply,
     head_only: bool,
 ) -> std::io::Result<()> {

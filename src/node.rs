@@ -237,7 +237,12 @@ pub async fn start_with_listeners(
                 batch_sizes: batch_sizes.clone(),
             };
             let routes = crate::metrics::NodeHttp::new(sources, &api_counters.events);
-            Some(crate::http::spawn(listener, config.http_limits(), routes)?)
+            Some(crate::http::spawn(
+                listener,
+                config.http_limits(),
+                tls.http.clone(),
+                routes,
+            )?)
         }
     };
     tracing::info!(
@@ -288,6 +293,8 @@ struct NodeTls {
     peer_server: Option<Arc<crate::tls::ServerTls>>,
     /// This node's calls to the others, with the same certificate.
     peer_client: Option<Arc<crate::tls::ClientTls>>,
+    /// The HTTP port's (`--http-tls`): the client port's certificate, no client certificates.
+    http: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl NodeTls {
@@ -298,6 +305,28 @@ impl NodeTls {
             .map(crate::tls::ServerTls::load)
             .transpose()
             .map_err(|e| StartError::Config(format!("client TLS: {e}")))?;
+        let http = match (&client, config.http_tls) {
+            (_, false) => None,
+            (None, true) => {
+                return Err(StartError::Config(
+                    "--http-tls serves the HTTP port with the client port's certificate: it needs --tls-cert and --tls-key".into(),
+                ))
+            }
+            (Some(_), true) => {
+                let files = config
+                    .client_tls()
+                    .map_err(StartError::Config)?
+                    .map(|files| crate::tls::ServerFiles {
+                        client_ca: None,
+                        ..files
+                    })
+                    .expect("client TLS is on");
+                Some(
+                    crate::tls::ServerTls::load(files)
+                        .map_err(|e| StartError::Config(format!("HTTP TLS: {e}")))?,
+                )
+            }
+        };
         let (peer_server, peer_client) = match config.peer_tls() {
             None => (None, None),
             Some((server, client)) => {
@@ -312,6 +341,7 @@ impl NodeTls {
             client,
             peer_server,
             peer_client,
+            http,
         })
     }
 
@@ -325,6 +355,10 @@ impl NodeTls {
         if let Some(tls) = &self.peer_server {
             tls.reload()
                 .unwrap_or_else(|e| failed.push(format!("peer TLS: {e}")));
+        }
+        if let Some(tls) = &self.http {
+            tls.reload()
+                .unwrap_or_else(|e| failed.push(format!("HTTP TLS: {e}")));
         }
         if let Some(tls) = &self.peer_client {
             tls.reload()

@@ -571,3 +571,34 @@ fn client_auth_flags_that_do_not_go_together_stop_the_start_with_a_message() {
         assert!(stderr.contains(expected), "{flags:?}: {stderr}");
     }
 }
+
+#[test]
+fn with_http_tls_the_http_port_speaks_https_with_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "cluster");
+    let server = ca.issue("node", &["127.0.0.1"]);
+    let cluster = ProcessCluster::single_with(|node| {
+        node.extra_args = serve_flags(&server);
+        node.extra_args.push("--http-tls".into());
+        node.options.tls = Some(options(&ca.pem, None));
+    });
+    let http = cluster.node(1).http_addr.to_string();
+    let timeout = Duration::from_secs(5);
+    let tls = options(&ca.pem, None);
+    let (status, body) = raftcache::http::get_with(&http, "/metrics", timeout, Some(&tls))
+        .expect("GET /metrics over TLS");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("raftcache_"), "{body}");
+    // Plain HTTP gets no HTTP answer.
+    let plain = raftcache::http::get(&http, "/health", timeout);
+    assert!(plain.is_err(), "plain HTTP to an HTTPS port: {plain:?}");
+    let out = std::process::Command::new(bin())
+        .args(["check", "health", "--http", &http, "--tls-ca"])
+        .arg(&ca.pem)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "raftcache check health over TLS: {out:?}"
+    );
+}
