@@ -178,6 +178,11 @@ pub struct NodeConfig {
     #[arg(long, env = "RAFTCACHE_CLIENT_TOKEN", hide_env_values = true)]
     pub client_token: Option<String>,
 
+    /// With --join, reach the member's client port over TLS, trusting its certificate's CA
+    /// (PEM). The client token, if the members ask for one, is this node's --client-token.
+    #[arg(long, value_name = "PEM")]
+    pub join_tls_ca: Option<PathBuf>,
+
     /// Mutual TLS between nodes, with this node's peer certificate (PEM): signed by
     /// --peer-tls-ca, naming this node as the DNS name `node-<id>.raftcache`. The node presents
     /// it on its peer port and when it calls the others, and only talks to nodes that present

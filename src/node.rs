@@ -519,6 +519,19 @@ fn spawn_join(
         },
         // The member may forward to the leader, which may wait its own deadline for a commit.
         call_timeout: 3 * config.request_deadline(),
+        connect: crate::client::ClientOptions {
+            tls: config
+                .join_tls_ca
+                .clone()
+                .map(|ca| crate::client::TlsOptions {
+                    files: crate::tls::ClientFiles {
+                        ca,
+                        ..Default::default()
+                    },
+                    server_name: None,
+                }),
+            token: config.client_token.clone(),
+        },
     };
     let timeout = config.join_timeout();
     let (raft, standing) = (raft.clone(), standing.clone());

@@ -24,7 +24,7 @@ use std::time::Duration;
 use multi_process::{bin, describe, ProcessCluster, CLIENT_TIMEOUT, DEADLINE};
 use raftcache::client::{CacheClient, ClientOptions, TlsOptions};
 use raftcache::gen::peer::{RaftPeerSyncClient, TRaftPeerSyncClient};
-use raftcache::membership::{AdminError, AdminRequest, ForwardedAdmin, MembersView};
+use raftcache::membership::{AdminError, AdminRequest, Change, ForwardedAdmin, MembersView};
 use raftcache::network::identity::{CallHeader, ReplyHeader, Stamp};
 use raftcache::tls::ClientFiles;
 use raftcache_testkit::certs::{Ca, Issued};
@@ -401,7 +401,7 @@ fn an_admin_call_forwarded_over_the_peer_port_needs_the_admin_token() {
         &std::fs::read(cluster.node(leader).data_dir.join("peers.json")).unwrap(),
     )
     .unwrap();
-    let ask = |token: &str| -> Result<MembersView, AdminError> {
+    let ask = |token: &str, request: AdminRequest| -> Result<MembersView, AdminError> {
         let header = CallHeader {
             from: Stamp {
                 cluster_id: cluster_id.clone(),
@@ -417,7 +417,7 @@ fn an_admin_call_forwarded_over_the_peer_port_needs_the_admin_token() {
         payload.extend(
             bincode::serialize(&ForwardedAdmin {
                 token: token.into(),
-                request: AdminRequest::Members,
+                request,
             })
             .unwrap(),
         );
@@ -434,13 +434,25 @@ fn an_admin_call_forwarded_over_the_peer_port_needs_the_admin_token() {
             ReplyHeader::Refused(reason) => panic!("the call itself was refused: {reason}"),
         }
     };
-    match ask("") {
+    // A change (removing the follower, which the rules allow) and a read of the membership.
+    let remove = AdminRequest::Change {
+        change: Change::Remove { id: follower },
+        force: false,
+    };
+    match ask("", remove.clone()) {
         Err(AdminError::Unauthorized(message)) => assert!(message.contains("admin token")),
-        other => panic!("a forwarded admin call without the token was answered: {other:?}"),
+        other => panic!("a forwarded admin change without the token was answered: {other:?}"),
     }
-    assert!(matches!(ask("guess"), Err(AdminError::Unauthorized(_))));
-    let members = ask("s3cret").expect("with the token");
-    assert_eq!(members.members.len(), 3);
+    assert!(matches!(
+        ask("guess", AdminRequest::Members),
+        Err(AdminError::Unauthorized(_))
+    ));
+    let members = ask("s3cret", AdminRequest::Members).expect("with the token");
+    assert_eq!(
+        members.members.len(),
+        3,
+        "the change without the token was made"
+    );
     let log = cluster.node(leader).log_tail(100);
     assert!(log.contains("forwarded admin call refused"), "log:\n{log}");
     assert!(!log.contains("guess"), "a token must never be logged");
@@ -601,4 +613,39 @@ fn with_http_tls_the_http_port_speaks_https_with_the_client_certificate() {
         out.status.success(),
         "raftcache check health over TLS: {out:?}"
     );
+}
+
+#[test]
+fn a_node_joins_a_cluster_over_tls_with_the_client_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "cluster");
+    let server = ca.issue("node", &["127.0.0.1"]);
+    let token = "join-client-token";
+    let mut flags = serve_flags(&server);
+    flags.extend([
+        "--client-auth=token".to_string(),
+        format!("--client-token={token}"),
+    ]);
+    let client = ClientOptions {
+        tls: Some(options(&ca.pem, None)),
+        token: Some(token.into()),
+    };
+    let mut cluster = ProcessCluster::single_with(|node| {
+        node.extra_args = flags.clone();
+        node.options = client.clone();
+    });
+    let first = cluster.node(1).client_addr;
+    let mut joining = flags.clone();
+    joining.extend([
+        format!("--join={first}"),
+        format!("--join-tls-ca={}", ca.pem.display()),
+    ]);
+    let id = cluster.add_node(&joining);
+    cluster.node_mut(id).options = client;
+    cluster.node_mut(id).start();
+    wait_until(DEADLINE, "the joining node is a voter", || {
+        let status = cluster.node(1).status()?;
+        let voters = status.members.iter().filter(|m| m.voter).count();
+        (voters == 2).then_some(()).ok_or(format!("{status:?}"))
+    });
 }

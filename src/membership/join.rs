@@ -162,6 +162,8 @@ pub struct JoinRequest {
     pub catch_up: CatchUp,
     /// Socket timeout of each call to the member: longer than a change may take there.
     pub call_timeout: Duration,
+    /// How to reach the member's client port: TLS (`--join-tls-ca`), the client token.
+    pub connect: crate::client::ClientOptions,
 }
 
 /// `serve --join`: asks the cluster of `member_addr` to add this node, retrying failed steps
@@ -196,8 +198,9 @@ pub fn join_cluster(
 }
 
 fn join_once(request: &JoinRequest, deadline: Instant) -> Result<(), String> {
-    let mut client = CacheClient::connect(&request.member_addr, request.call_timeout)
-        .map_err(|e| format!("cannot connect to {}: {e}", request.member_addr))?;
+    let mut client =
+        CacheClient::connect_with(&request.member_addr, request.call_timeout, &request.connect)
+            .map_err(|e| format!("cannot connect to {}: {e}", request.member_addr))?;
     let mut tell = |step: &str| tracing::info!(step, "joining");
     let remaining = deadline.saturating_duration_since(Instant::now());
     let catch_up = CatchUp {
