@@ -347,23 +347,22 @@ impl NodeTls {
 
     /// Reads every file again; what fails to load leaves what is in use in place.
     fn reload(&self) -> Result<(), String> {
-        let mut failed = Vec::new();
-        if let Some(tls) = &self.client {
-            tls.reload()
-                .unwrap_or_else(|e| failed.push(format!("client TLS: {e}")));
-        }
-        if let Some(tls) = &self.peer_server {
-            tls.reload()
-                .unwrap_or_else(|e| failed.push(format!("peer TLS: {e}")));
-        }
-        if let Some(tls) = &self.http {
-            tls.reload()
-                .unwrap_or_else(|e| failed.push(format!("HTTP TLS: {e}")));
-        }
-        if let Some(tls) = &self.peer_client {
-            tls.reload()
-                .unwrap_or_else(|e| failed.push(format!("peer TLS (calls): {e}")));
-        }
+        let reloads = [
+            ("client TLS", self.client.as_ref().map(|tls| tls.reload())),
+            (
+                "peer TLS",
+                self.peer_server.as_ref().map(|tls| tls.reload()),
+            ),
+            ("HTTP TLS", self.http.as_ref().map(|tls| tls.reload())),
+            (
+                "peer TLS (calls)",
+                self.peer_client.as_ref().map(|tls| tls.reload()),
+            ),
+        ];
+        let failed: Vec<String> = reloads
+            .into_iter()
+            .filter_map(|(what, reloaded)| Some(format!("{what}: {}", reloaded?.err()?)))
+            .collect();
         if failed.is_empty() {
             Ok(())
         } else {
