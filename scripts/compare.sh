@@ -6,11 +6,14 @@
 #   scripts/compare.sh                          # every load point, 3 interleaved rounds
 #   ROUNDS=5 SECONDS_PER_RUN=10 scripts/compare.sh
 #   POINTS="put:1:leader put:64:all" scripts/compare.sh
+#   TLS=1 scripts/compare.sh                    # and a 4th store: raftcache with TLS on both ports
 #
 # The three, each on loopback with every write synced before it is acknowledged:
 #   raftcache  3 nodes (scripts/local-cluster.sh);
 #   etcd       3 members (Debian's etcd-server; its WAL fsyncs every commit);
-#   Redis      1 server, appendonly with appendfsync always (no replication).
+#   Redis      1 server, appendonly with appendfsync always (no replication);
+#   with TLS=1, raftcache-tls: a second 3-node raftcache with TLS on the client port and
+#              mutual TLS between its nodes (certificates from cluster/make-certs.sh).
 # A point is OP:CLIENTS:TARGET, OP one of put, get (a local read: raftcache's default read,
 # etcd's serializable Range, Redis's GET), lget (a linearizable read: raftcache and etcd
 # only), TARGET `leader` (every client on the leader) or `all` (spread over the three; a
@@ -47,14 +50,16 @@ bench=target/release/raftcache-bench
 
 etcd_pids=()
 redis_pid=
+tls_pids=()
 stop_all() {
-  for p in "${etcd_pids[@]}" $redis_pid; do kill "$p" 2>/dev/null || true; done
-  for p in "${etcd_pids[@]}" $redis_pid; do wait "$p" 2>/dev/null || true; done
+  for p in "${etcd_pids[@]}" $redis_pid "${tls_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${etcd_pids[@]}" $redis_pid "${tls_pids[@]}"; do wait "$p" 2>/dev/null || true; done
   cluster_stop
 }
 trap stop_all EXIT
 
-# Ports: raftcache BASE+1..23 (scripts/local-cluster.sh), etcd BASE+31..43, Redis BASE+50.
+# Ports: raftcache BASE+1..23 (scripts/local-cluster.sh), etcd BASE+31..43, Redis BASE+50,
+# raftcache-tls BASE+61..73.
 etcd_client() { echo "127.0.0.1:$((BASE + 30 + $1))"; }
 etcd_peer() { echo "http://127.0.0.1:$((BASE + 40 + $1))"; }
 etcd_initial="e1=$(etcd_peer 1),e2=$(etcd_peer 2),e3=$(etcd_peer 3)"
@@ -72,9 +77,33 @@ redis-server --bind 127.0.0.1 --port "$((BASE + 50))" --dir "$work/redis" --save
   --appendonly yes --appendfsync always --daemonize no --logfile "$work/redis.log" &
 redis_pid=$!
 cluster_start
+tls_addr() { echo "127.0.0.1:$((BASE + 60 + $1))"; }
+tls_addrs() { echo "$(tls_addr 1),$(tls_addr 2),$(tls_addr 3)"; }
+if [ "${TLS:-0}" = 1 ]; then
+  certs="$work/certs"
+  cluster/make-certs.sh "$certs" >/dev/null
+  tls_initial="1=127.0.0.1:$((BASE + 71)),2=127.0.0.1:$((BASE + 72)),3=127.0.0.1:$((BASE + 73))"
+  for i in 1 2 3; do
+    "$BIN" serve --id "$i" --listen "$(tls_addr "$i")" --peer-listen "127.0.0.1:$((BASE + 70 + i))" \
+      --http-listen none --data-dir "$work/tls-n$i" --initial-cluster "$tls_initial" \
+      --tls-cert "$certs/node-$i.pem" --tls-key "$certs/node-$i-key.pem" --peer-tls-cert "$certs/node-$i.pem" \
+      --peer-tls-key "$certs/node-$i-key.pem" --peer-tls-ca "$certs/ca.pem" >"$work/tls-n$i.log" 2>&1 &
+    tls_pids+=($!)
+  done
+fi
 
 # Ready, and who leads.
 rc_leader=$(cluster_leader)
+tls_leader=0
+if [ "${TLS:-0}" = 1 ]; then
+  for _ in $(seq 1 100); do
+    tls_leader=$("$BIN" status --addr "$(tls_addr 1)" --tls-ca "$certs/ca.pem" --json 2>/dev/null |
+      python3 -c "import json,sys; print(json.load(sys.stdin)['leader'] or 0)" || echo 0)
+    [ "$tls_leader" != 0 ] && break
+    sleep 0.2
+  done
+  [ "$tls_leader" != 0 ] || { echo "compare: the TLS cluster elected no leader" >&2; exit 1; }
+fi
 etcd_endpoints="http://$(etcd_client 1),http://$(etcd_client 2),http://$(etcd_client 3)"
 etcd_leader=
 for _ in $(seq 1 100); do
@@ -102,6 +131,8 @@ targets() { # STORE TARGET
   case "$1:$2" in
     raftcache:leader) cluster_addr "$rc_leader" ;;
     raftcache:all) cluster_addrs ;;
+    raftcache-tls:leader) tls_addr "$tls_leader" ;;
+    raftcache-tls:all) tls_addrs ;;
     etcd:leader) etcd_client "$etcd_leader" ;;
     etcd:all) echo "$(etcd_client 1),$(etcd_client 2),$(etcd_client 3)" ;;
     redis:*) echo "$redis_addr" ;;
@@ -110,18 +141,21 @@ targets() { # STORE TARGET
 server_pids() {
   case "$1" in
     raftcache) (IFS=,; echo "${pids[*]}") ;;
+    raftcache-tls) (IFS=,; echo "${tls_pids[*]}") ;;
     etcd) (IFS=,; echo "${etcd_pids[*]}") ;;
     redis) echo "$redis_pid" ;;
   esac
 }
 run() { # STORE OP CLIENTS TARGET [more bench flags]
-  local store=$1 op=$2 clients=$3 target=$4
+  local store=$1 op=$2 clients=$3 target=$4 backend=$1
   shift 4
-  "$bench" --backend "$store" --addrs "$(targets "$store" "$target")" --op "$op" --clients "$clients" \
+  if [ "$store" = raftcache-tls ]; then set -- --tls-ca "$certs/ca.pem" "$@"; backend=raftcache; fi
+  "$bench" --backend "$backend" --addrs "$(targets "$store" "$target")" --op "$op" --clients "$clients" \
     --pids "$(server_pids "$store")" --value-bytes "$VALUE_BYTES" --keys "$KEYS" "$@"
 }
 
 stores=(raftcache etcd redis)
+if [ "${TLS:-0}" = 1 ]; then stores+=(raftcache-tls); fi
 for store in "${stores[@]}"; do
   run "$store" put 16 leader --sequential --max-ops "$KEYS" --seconds 120 >/dev/null
 done
@@ -141,7 +175,7 @@ for round in $(seq 1 "$ROUNDS"); do
       if [ "$store" = redis ] && [ "$op" = lget ]; then continue; fi
       if [ "$store" = redis ] && [ "$target" = all ]; then continue; fi
       line=$(run "$store" "$op" "$clients" "$target" --seconds "$SECONDS_PER_RUN")
-      echo "round=$round target=$target $line" >>"$OUT"
+      echo "round=$round target=$target store=$store $line" >>"$OUT"
       echo "round $round: $store $op x$clients on $target: $(echo "$line" | grep -o 'ops_per_sec=[0-9]*')" >&2
     done
   done
@@ -160,7 +194,7 @@ for line in open(path):
 
 def med(store, op, clients, target, key):
     values = [float(r[key]) for r in runs
-              if r["backend"].lower() == store and r["op"].lower() == op
+              if r.get("store", r["backend"].lower()) == store and r["op"].lower() == op
               and r["clients"] == clients and r["target"] == target and key in r]
     return statistics.median(values) if values else None
 
@@ -171,21 +205,21 @@ for point in points:
     op, clients, target = point.split(":")
     load = f"{op} x{clients} on {target}"
     got = {}
-    for store in ("raftcache", "etcd", "redis"):
+    for store in ("raftcache", "raftcache-tls", "etcd", "redis"):
         ops = med(store, op, clients, target, "ops_per_sec")
         if ops is None:
             continue
         got[store] = (ops, med(store, op, clients, target, "server_cpu_us_per_op"))
-        errors = sum(int(r["errors"]) for r in runs if r["backend"].lower() == store
+        errors = sum(int(r["errors"]) for r in runs if r.get("store", r["backend"].lower()) == store
                      and r["op"].lower() == op and r["clients"] == clients and r["target"] == target)
         print(f"| {load} | {store} | {ops:,.0f} | {med(store, op, clients, target, 'p50_us') / 1000:.2f} "
               f"| {med(store, op, clients, target, 'p99_us') / 1000:.2f} | {got[store][1]:.1f} | {errors} |")
-    for peer in ("etcd", "redis"):
-        if "raftcache" in got and peer in got:
-            (ops, cpu), (peer_ops, peer_cpu) = got["raftcache"], got[peer]
-            ratios.append(f"| {load} | {peer} | {ops / peer_ops:.2f}x | {cpu / peer_cpu:.2f}x |")
+    for ours, peer in (("raftcache", "etcd"), ("raftcache", "redis"), ("raftcache-tls", "raftcache")):
+        if ours in got and peer in got:
+            (ops, cpu), (peer_ops, peer_cpu) = got[ours], got[peer]
+            ratios.append(f"| {load} | {ours} against {peer} | {ops / peer_ops:.2f}x | {cpu / peer_cpu:.2f}x |")
 print()
-print("| load | raftcache against | throughput | server CPU per op |")
+print("| load | store against store | throughput | server CPU per op |")
 print("|---|---|---:|---:|")
 print("\n".join(ratios))
 EOF
