@@ -33,6 +33,7 @@ PATH_PREFIXES = ("src", "tests", "testkit", "powerfs", "tools", "scripts", "clus
 # Types the docs name that live in raftcache's dependencies, so no file here declares them, with
 # the crate that has each. Add a name only after checking that the crate has it.
 EXTERNAL = {
+    "PageCache": "sled (its page cache)",
     "Queue": "sled (its thread pool)",
     "RPCError": "openraft",
     "RaftError": "openraft",
