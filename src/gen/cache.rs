@@ -4324,10 +4324,9 @@ impl CacheServiceGetWithArgs {
     }
     i_prot.read_struct_end()?;
     verify_required_field_exists("CacheServiceGetWithArgs.key", &f_1)?;
-    verify_required_field_exists("CacheServiceGetWithArgs.options", &f_2)?;
     let ret = CacheServiceGetWithArgs {
       key: f_1.expect("auto-generated code should have checked for presence of required fields"),
-      options: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      options: f_2.unwrap_or_default(),
     };
     Ok(ret)
   }
@@ -5162,10 +5161,9 @@ impl CacheServiceGetManyArgs {
     }
     i_prot.read_struct_end()?;
     verify_required_field_exists("CacheServiceGetManyArgs.keys", &f_1)?;
-    verify_required_field_exists("CacheServiceGetManyArgs.options", &f_2)?;
     let ret = CacheServiceGetManyArgs {
       keys: f_1.expect("auto-generated code should have checked for presence of required fields"),
-      options: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      options: f_2.unwrap_or_default(),
     };
     Ok(ret)
   }
@@ -6144,12 +6142,11 @@ impl CacheServiceScanArgs {
     verify_required_field_exists("CacheServiceScanArgs.prefix", &f_1)?;
     verify_required_field_exists("CacheServiceScanArgs.start_after", &f_2)?;
     verify_required_field_exists("CacheServiceScanArgs.limit", &f_3)?;
-    verify_required_field_exists("CacheServiceScanArgs.options", &f_4)?;
     let ret = CacheServiceScanArgs {
       prefix: f_1.expect("auto-generated code should have checked for presence of required fields"),
       start_after: f_2.expect("auto-generated code should have checked for presence of required fields"),
       limit: f_3.expect("auto-generated code should have checked for presence of required fields"),
-      options: f_4.expect("auto-generated code should have checked for presence of required fields"),
+      options: f_4.unwrap_or_default(),
     };
     Ok(ret)
   }

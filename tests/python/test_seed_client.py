@@ -90,6 +90,16 @@ def test_get_with_linearizable(lib, client):
     assert client.get_with(key, opts).value == "v2"
 
 
+def test_calls_without_their_read_options_get_the_defaults(lib, client):
+    key = fresh_key("no-options")
+    assert client.put(lib.CacheEntry(key=key, value="v")) is True
+    # An argument that is None is not sent at all (thriftpy2 also lets it be left out of the
+    # call); the server takes the default options.
+    assert [e.value for e in client.get_many([key, fresh_key("absent")], None)] == ["v"]
+    assert [e.key for e in client.scan(key, "", 10, None)] == [key]
+    assert client.get_with(key, None).value == "v"
+
+
 def test_get_with_missing_key_raises_key_not_found(lib, client):
     missing = fresh_key("linearizable-missing")
     opts = lib.ReadOptions(consistency=lib.Consistency.LINEARIZABLE)
