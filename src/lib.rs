@@ -5,7 +5,7 @@
 //! replica, or linearizably on request. The modules follow a request's path:
 //!
 //! - `server`: our Thrift accept loop (connection cap, message size limit, timeouts), used by
-//!   both the client port and the peer port.
+//!   both the client port and the peer port; `tls`: their TLS (rustls), re-read on SIGHUP.
 //! - `api`: the client `CacheService` handler: checks limits, maps errors to declared exceptions.
 //! - `router`: how a request is served: a local read, a linearizable read (read index, then
 //!   catch-up), or a write retried until its deadline.

@@ -99,16 +99,42 @@ pub struct ServerFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// The TLS side of a server, re-read on `reload`.
-pub struct ServerTls {
-    files: ServerFiles,
-    config: RwLock<Arc<ServerConfig>>,
+/// A rustls configuration built from files, and built again from them on `reload`.
+struct Reloading<F, C> {
+    files: F,
+    build: fn(&F) -> Result<Arc<C>, TlsError>,
+    current: RwLock<Arc<C>>,
 }
+
+impl<F, C> Reloading<F, C> {
+    fn load(files: F, build: fn(&F) -> Result<Arc<C>, TlsError>) -> Result<Self, TlsError> {
+        let current = RwLock::new(build(&files)?);
+        Ok(Self {
+            files,
+            build,
+            current,
+        })
+    }
+
+    /// Reads the files again; on failure what was in use stays in use.
+    fn reload(&self) -> Result<(), TlsError> {
+        let config = (self.build)(&self.files)?;
+        *self.current.write().expect("tls config lock") = config;
+        Ok(())
+    }
+
+    /// The configuration as last read.
+    fn current(&self) -> Arc<C> {
+        self.current.read().expect("tls config lock").clone()
+    }
+}
+
+/// The TLS side of a server, re-read on `reload`.
+pub struct ServerTls(Reloading<ServerFiles, ServerConfig>);
 
 impl ServerTls {
     pub fn load(files: ServerFiles) -> Result<Arc<Self>, TlsError> {
-        let config = RwLock::new(Self::build(&files)?);
-        Ok(Arc::new(Self { files, config }))
+        Ok(Arc::new(Self(Reloading::load(files, Self::build)?)))
     }
 
     fn build(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsError> {
@@ -138,14 +164,12 @@ impl ServerTls {
 
     /// Reads the files again; on failure what was in use stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = Self::build(&self.files)?;
-        *self.config.write().expect("tls config lock") = config;
-        Ok(())
+        self.0.reload()
     }
 
     /// An acceptor for a new connection, with the files as last read.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.config.read().expect("tls config lock").clone())
+        tokio_rustls::TlsAcceptor::from(self.0.current())
     }
 }
 
@@ -160,15 +184,11 @@ pub struct ClientFiles {
 }
 
 /// The TLS side of a client, re-read on `reload`.
-pub struct ClientTls {
-    files: ClientFiles,
-    config: RwLock<Arc<ClientConfig>>,
-}
+pub struct ClientTls(Reloading<ClientFiles, ClientConfig>);
 
 impl ClientTls {
     pub fn load(files: ClientFiles) -> Result<Arc<Self>, TlsError> {
-        let config = RwLock::new(Self::build(&files)?);
-        Ok(Arc::new(Self { files, config }))
+        Ok(Arc::new(Self(Reloading::load(files, Self::build)?)))
     }
 
     /// The configuration for a client, from its files.
@@ -193,14 +213,12 @@ impl ClientTls {
 
     /// Reads the files again; on failure what was in use stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = Self::build(&self.files)?;
-        *self.config.write().expect("tls config lock") = config;
-        Ok(())
+        self.0.reload()
     }
 
     /// A connector for a new connection, with the files as last read.
     pub fn connector(&self) -> tokio_rustls::TlsConnector {
-        tokio_rustls::TlsConnector::from(self.config.read().expect("tls config lock").clone())
+        tokio_rustls::TlsConnector::from(self.0.current())
     }
 }
 
