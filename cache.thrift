@@ -48,12 +48,91 @@ struct ReadOptions {
     2: optional i64 min_index,
 }
 
-/// A write of several keys, as one log entry.
+/// What a write did.
 struct WriteResult {
     /// The log index of the write: usable as `ReadOptions.min_index`.
     1: required i64 index,
-    /// `put_many`: entries written; `remove_many`: keys that existed.
+    /// `put_many`: entries written; `remove_many`: keys that existed; `put_with`,
+    /// `put_bytes`: 1; `remove_with`: 1 if the key existed; `put_if_absent_with`,
+    /// `compare_and_put_with`: 1 if it wrote; `increment_with`: 1.
     2: required i32 count,
+    /// `increment_with`: the new value.
+    3: optional i64 value,
+    /// True when this is the answer of an earlier attempt of the same request (same
+    /// `WriteOptions.client_id` and `seq`), returned instead of applying it again.
+    4: optional bool repeated,
+}
+
+/// Makes a write exactly-once across retries. A client picks a random, non-zero `client_id`
+/// once, numbers its writes 1, 2, 3, ... (`seq`), and sends a write again after a timeout or
+/// an `Unavailable` with the same `client_id` and `seq`, on any node: the cluster applies it
+/// once and answers every attempt with the first answer (`WriteResult.repeated`). The answers
+/// are kept, replicated and in snapshots, for `--session-ttl-ms` after the client's last write
+/// and for at most `--max-sessions` clients (the least recently seen is forgotten first); a
+/// retry that comes later is applied again. Without `client_id` a write is applied each time
+/// it is sent (the seed's behaviour).
+struct WriteOptions {
+    1: optional i64 client_id,
+    /// Positive; increasing per client id.
+    2: optional i64 seq,
+    /// Every write of this client numbered below this has had its answer: the cluster may
+    /// forget those answers (absent or 0: keep them while they fit, at most
+    /// --max-session-answers per client).
+    3: optional i64 lowest_unanswered,
+}
+
+/// A key and a value of any bytes (`put_bytes`, `get_bytes`): a pickled object, a protobuf.
+/// `binary` and `string` are the same bytes on the wire; a value that is not UTF-8 text can
+/// only be read back with `get_bytes` (a `get` of it is InvalidRequest).
+struct ByteEntry {
+    1: required string key,
+    2: required binary value,
+    /// As in `CacheEntry`.
+    3: optional i64 ttl_ms,
+}
+
+/// A `watch` asked for changes older than what the node keeps (`--watch-history-bytes` of
+/// recent changes, kept in memory since the node started or last installed a snapshot).
+/// Read the keys again (`scan`, after noting `stats().applied_index`) and watch from that index.
+exception Compacted {
+    1: required string message,
+    /// The smallest `after_index` the node can answer now.
+    2: required i64 oldest_index,
+}
+
+enum EventKind {
+    /// The key was written (`value` holds the new value).
+    PUT = 1,
+    /// The key was removed by a client.
+    REMOVE = 2,
+    /// The key expired (its TTL ran out).
+    EXPIRE = 3,
+    /// The key was evicted to make room (`--eviction lru`).
+    EVICT = 4,
+}
+
+/// One change of one key.
+struct WatchEvent {
+    /// The log entry that made it.
+    1: required i64 index,
+    /// Its place among the changes of that entry, from 1.
+    2: required i32 offset,
+    3: required EventKind kind,
+    4: required string key,
+    /// PUT: the new value (its bytes: decode text as UTF-8).
+    5: optional binary value,
+    /// PUT with a TTL: when the key expires (milliseconds since the Unix epoch, the leader's
+    /// clock).
+    6: optional i64 expires_at_ms,
+}
+
+/// The changes a `watch` found, and where the next `watch` resumes.
+struct WatchResult {
+    1: required list<WatchEvent> events,
+    /// Pass as the next call's `after_index` and `after_offset`: then nothing is missed and
+    /// nothing repeated. It moves on even when no event matched.
+    2: required i64 resume_index,
+    3: required i32 resume_offset,
 }
 
 /// The cache is at its capacity (`--max-bytes`, `--max-keys`) and evicts nothing
@@ -247,4 +326,42 @@ service CacheService {
     /// without client tokens accepts any, so clients can send one before the nodes require it.
     void authenticate(1: string token)
         throws (1: Unauthorized unauthorized),
+    /// `put` with `WriteOptions` (exactly-once retries); answers the write's log index.
+    WriteResult put_with(1: CacheEntry entry, 2: WriteOptions options)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
+    /// `remove` with `WriteOptions`; `count` is 1 when the key existed.
+    WriteResult remove_with(1: string key, 2: WriteOptions options)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable),
+    /// `put_if_absent` with `WriteOptions`; `count` is 1 when it wrote.
+    WriteResult put_if_absent_with(1: CacheEntry entry, 2: WriteOptions options)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
+    /// `compare_and_put` with `WriteOptions`; `count` is 1 when it wrote.
+    WriteResult compare_and_put_with(1: string key, 2: string expected_value, 3: CacheEntry entry,
+            4: WriteOptions options)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
+    /// `increment` with `WriteOptions`; `value` is the sum.
+    WriteResult increment_with(1: string key, 2: i64 delta, 3: WriteOptions options)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
+    /// `put_many` with `WriteOptions`.
+    WriteResult put_many_with(1: list<CacheEntry> entries, 2: WriteOptions options)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
+    /// `remove_many` with `WriteOptions`.
+    WriteResult remove_many_with(1: list<string> keys, 2: WriteOptions options)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable),
+    /// Writes a value of any bytes (see `ByteEntry`).
+    WriteResult put_bytes(1: ByteEntry entry, 2: WriteOptions options)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: CacheFull full),
+    /// Reads a value as bytes, whatever it holds (text written by `put` too).
+    ByteEntry get_bytes(1: string key, 2: ReadOptions options)
+        throws (1: KeyNotFound not_found, 2: InvalidRequest invalid, 3: Unavailable unavailable),
+    /// The changes to keys starting with `prefix` made after position (`after_index`,
+    /// `after_offset`), in log order, from this node's own replica (any node, a follower too).
+    /// The position is a `WatchResult`'s resume position, or `after_index` alone (with
+    /// `after_offset` 0) for everything after that entry. Waits up to `timeout_ms` (at most the
+    /// request deadline, --request-deadline-ms) for the first change, then answers with up to
+    /// `max_events` (at most --max-scan-items), possibly none. Compacted when the node no
+    /// longer holds the changes right after that position.
+    WatchResult watch(1: string prefix, 2: i64 after_index, 3: i32 max_events, 4: i32 timeout_ms,
+            5: i32 after_offset)
+        throws (1: InvalidRequest invalid, 2: Unavailable unavailable, 3: Compacted compacted),
 }

@@ -10,10 +10,11 @@ thrift --gen rs -out "$out" cache.thrift
 thrift --gen rs -out "$out" src/network/peer.thrift
 # Thrift cannot mark an argument optional (it ignores `optional` in argument lists), and the
 # generated Rust processor refuses a call that leaves any argument out. A client that omits a
-# call's ReadOptions (`get_many(keys)`, `scan(prefix, start_after, limit)`, `get_with(key)`:
-# Python clients make every argument optional) is served with the default options instead.
-sed -i -E '/verify_required_field_exists\("CacheService[A-Za-z]+Args\.options"/d;
-  s/^( *options: f_[0-9]+)\.expect\("auto-generated code should have checked for presence of required fields"\),/\1.unwrap_or_default(),/' "$out/cache.rs"
+# call's ReadOptions or WriteOptions (`get_many(keys)`, `put_many(entries)`: Python clients
+# make every argument optional, and clients of an older cache.thrift do not know the newer
+# arguments) or `watch`'s `after_offset` is served with the defaults instead.
+sed -i -E '/verify_required_field_exists\("CacheService[A-Za-z]+Args\.(options|after_offset)"/d;
+  s/^( *(options|after_offset): f_[0-9]+)\.expect\("auto-generated code should have checked for presence of required fields"\),/\1.unwrap_or_default(),/' "$out/cache.rs"
 if [ "${1:-}" = "--check" ]; then
   for f in cache.rs peer.rs; do
     if ! diff -u "src/gen/$f" "$out/$f"; then

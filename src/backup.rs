@@ -553,6 +553,7 @@ async fn restore_into(
         &crate::store::StoreOptions {
             cache_capacity_bytes: config.cache_capacity_bytes,
             log_segment_bytes: config.log_segment_bytes,
+            watch_history_bytes: config.watch_history_bytes,
         },
     )
     .await

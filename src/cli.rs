@@ -12,7 +12,8 @@ use serde_json::json;
 use raftcache::client::{describe_error, CacheClient, ClientOptions, TlsOptions};
 use raftcache::config::NodeConfig;
 use raftcache::gen::cache::{
-    AdminOp, CacheStats, Membership, NodeStatus, ReadOptions, TCacheServiceSyncClient, Unavailable,
+    AdminOp, CacheStats, EventKind, Membership, NodeStatus, ReadOptions, TCacheServiceSyncClient,
+    Unavailable,
 };
 use raftcache::membership::{add_node, CatchUp};
 use raftcache::tls::ClientFiles;
@@ -80,6 +81,31 @@ pub enum Command {
         limit: i32,
         /// Print one JSON array of {"key", "value", "ttl_ms"} objects instead of lines (for
         /// values that may hold a tab or a newline).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the changes to keys starting with PREFIX as they happen, from the node's own
+    /// replica, one per line: INDEX.OFFSET, the kind (put, remove, expire, evict), the key, and
+    /// for a put the value. Runs until stopped (or --count changes). Exits 1 with the oldest
+    /// index still held when the node no longer holds the changes asked for: read the keys
+    /// again (`scan`) and watch from there.
+    Watch {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Print the changes made after this log index [default: from now on].
+        #[arg(long)]
+        from: Option<i64>,
+        /// With --from: resume inside entry --from, at its change OFFSET (a resume position
+        /// printed by an earlier watch, INDEX.OFFSET).
+        #[arg(long, default_value_t = 0, requires = "from")]
+        offset: i32,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Print one JSON object per line: {"index", "offset", "kind", "key", "value",
+        /// "expires_at_ms"} (a value that is not UTF-8 as "value_hex").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -327,6 +353,101 @@ impl Conn {
     }
 }
 
+/// How long each watch call waits for a change (the node caps it at its request deadline).
+const WATCH_POLL_MS: i32 = 5_000;
+
+/// `raftcache watch`: long polls the node and prints each change.
+fn watch(
+    conn: &Conn,
+    prefix: String,
+    from: Option<i64>,
+    offset: i32,
+    count: Option<u64>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    use std::io::Write;
+    let mut client = conn.connect()?;
+    let (mut index, mut offset) = match from {
+        Some(index) => (index, offset),
+        None => (
+            client
+                .service()
+                .stats()
+                .map_err(|e| describe_error(&e))?
+                .applied_index,
+            0,
+        ),
+    };
+    let mut printed = 0u64;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let answer = client
+            .service()
+            .watch(prefix.clone(), index, 1000, WATCH_POLL_MS, offset);
+        let result = match answer {
+            Ok(result) => result,
+            Err(thrift::Error::User(e)) if e.is::<raftcache::gen::cache::Compacted>() => {
+                let compacted = e
+                    .downcast_ref::<raftcache::gen::cache::Compacted>()
+                    .expect("checked");
+                eprintln!("{}", compacted.message);
+                return Ok(ExitCode::from(1));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{} (resume with --from {index} --offset {offset})",
+                    describe_error(&e)
+                ))
+            }
+        };
+        for event in result.events {
+            let kind = match event.kind {
+                EventKind::PUT => "put",
+                EventKind::REMOVE => "remove",
+                EventKind::EXPIRE => "expire",
+                EventKind::EVICT => "evict",
+                _ => "unknown",
+            };
+            let line = if json {
+                let mut object = json!({
+                    "index": event.index, "offset": event.offset, "kind": kind,
+                    "key": event.key, "expires_at_ms": event.expires_at_ms,
+                });
+                match event.value.map(String::from_utf8) {
+                    Some(Ok(text)) => object["value"] = json!(text),
+                    Some(Err(bytes)) => {
+                        let hex: String = bytes
+                            .into_bytes()
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect();
+                        object["value_hex"] = json!(hex);
+                    }
+                    None => object["value"] = serde_json::Value::Null,
+                }
+                object.to_string()
+            } else {
+                let value = event
+                    .value
+                    .map(|v| format!("\t{}", String::from_utf8_lossy(&v)))
+                    .unwrap_or_default();
+                format!(
+                    "{}.{}\t{kind}\t{}{value}",
+                    event.index, event.offset, event.key
+                )
+            };
+            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+            printed += 1;
+            if count.is_some_and(|count| printed >= count) {
+                out.flush().map_err(|e| e.to_string())?;
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        out.flush().map_err(|e| e.to_string())?;
+        (index, offset) = (result.resume_index, result.resume_offset);
+    }
+}
+
 /// Runs a client command (anything but `serve`) and returns the process exit code.
 pub fn run_client(command: Command) -> ExitCode {
     match client_command(command) {
@@ -450,6 +571,14 @@ fn client_command(command: Command) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Watch {
+            prefix,
+            from,
+            offset,
+            count,
+            json,
+            conn,
+        } => watch(&conn, prefix, from, offset, count, json),
         Command::Stats { json, conn } => {
             let stats = conn.connect()?.service().stats().map_err(err)?;
             println!("{}", stats_text(&stats, json));

@@ -228,9 +228,30 @@ pub struct NodeConfig {
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_batch_bytes: usize,
 
-    /// Most entries one scan returns, whatever limit the client asks for.
+    /// Most entries one scan returns, whatever limit the client asks for (and most events one
+    /// watch returns).
     #[arg(long, default_value_t = 1000)]
     pub max_scan_items: usize,
+
+    /// Bytes of recent changes of keys kept in memory for `watch` (0: none; every watch is then
+    /// Compacted). A watcher further behind gets Compacted and reads the keys again.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub watch_history_bytes: usize,
+
+    /// A client's exactly-once answers (WriteOptions.client_id) are forgotten this long after
+    /// its last write; a retry that comes later is applied again.
+    #[arg(long, default_value_t = 600_000)]
+    pub session_ttl_ms: u64,
+
+    /// Clients whose exactly-once answers are kept, at most; past it, expired ones and then the
+    /// least recently seen are forgotten.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_sessions: u64,
+
+    /// Answers kept per client, at most (the oldest is forgotten first; a retry of a forgotten
+    /// one is InvalidRequest, never applied twice).
+    #[arg(long, default_value_t = 1_000)]
+    pub max_session_answers: u64,
 
     /// Most bytes of keys and values the cache holds (0: no cap). Past it, see --eviction.
     #[arg(long, default_value_t = 0)]

@@ -197,7 +197,7 @@ impl Request {
     /// Whether the request may add data (refused while a disk is nearly full).
     pub fn adds_data(&self) -> bool {
         matches!(
-            self,
+            self.inner(),
             Request::Put { .. }
                 | Request::PutMany { .. }
                 | Request::PutIfAbsent { .. }

@@ -167,7 +167,7 @@ impl Eviction {
 
 /// The keys a request removes.
 fn removed(request: &Request) -> Vec<&str> {
-    match request {
+    match request.inner() {
         Request::Remove { key } => vec![key.as_str()],
         Request::RemoveMany { keys } | Request::Expire { keys } | Request::Evict { keys } => {
             keys.iter().map(String::as_str).collect()
@@ -178,7 +178,7 @@ fn removed(request: &Request) -> Vec<&str> {
 
 /// The keys a request writes, with the length of the value it writes (an upper bound).
 fn written(request: &Request) -> Vec<(&str, usize)> {
-    match request {
+    match request.inner() {
         Request::Put { key, value, .. } => vec![(key.as_str(), value.len())],
         Request::PutMany { items } => items
             .iter()

@@ -441,6 +441,11 @@ fn start_router(
         max_in_flight: config.batch_max_in_flight,
         max_pending: config.max_pending_writes,
         forward_timeout: config.request_deadline(),
+        sessions: crate::types::SessionLimits {
+            ttl_ms: config.session_ttl_ms,
+            max_sessions: config.max_sessions,
+            max_answers: config.max_session_answers,
+        },
     };
     let capacity = crate::types::Capacity {
         max_bytes: config.max_bytes,
@@ -627,6 +632,7 @@ async fn open_core(
         &StoreOptions {
             cache_capacity_bytes: config.cache_capacity_bytes,
             log_segment_bytes: config.log_segment_bytes,
+            watch_history_bytes: config.watch_history_bytes,
         },
     )
     .await?;

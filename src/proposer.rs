@@ -33,7 +33,7 @@ use crate::eviction::Eviction;
 use crate::leader::{AskError, LeaderView};
 use crate::network::{ForwardError, ForwardRequest, PeerClients, PeerMethod};
 use crate::store::LogClock;
-use crate::types::{now_ms, Applied, Batch, NodeId, Raft, Request, TypeConfig};
+use crate::types::{now_ms, Applied, Batch, NodeId, Raft, Request, SessionLimits, TypeConfig};
 
 /// Bounds on proposal batching.
 #[derive(Debug, Clone)]
@@ -48,6 +48,9 @@ pub struct BatchLimits {
     pub max_pending: usize,
     /// How long a batch forwarded to the leader may take (the request deadline).
     pub forward_timeout: Duration,
+    /// How tracked writes' answers are kept (`--session-ttl-ms`, `--max-sessions`,
+    /// `--max-session-answers`): the leader's, written into each tracked request it proposes.
+    pub sessions: SessionLimits,
 }
 
 /// Where a write came from, which decides whether it may be forwarded.
@@ -256,6 +259,9 @@ impl Batcher {
             .into_iter()
             .map(|mut p| {
                 p.request.resolve_expiry(now_ms);
+                if let Request::Tracked { session, .. } = &mut p.request {
+                    session.limits = self.limits.sessions;
+                }
                 (p.request, p.reply)
             })
             .unzip();
@@ -384,7 +390,7 @@ mod tests {
         Pending {
             request: Request::Put {
                 key: key.into(),
-                value: "v".repeat(value_len),
+                value: "v".repeat(value_len).into_bytes(),
                 expiry: crate::types::Expiry::Never,
             },
             origin: Origin::Client,
@@ -399,6 +405,7 @@ mod tests {
             max_in_flight: 1,
             max_pending: 64,
             forward_timeout: Duration::from_secs(1),
+            sessions: SessionLimits::default(),
         }
     }
 

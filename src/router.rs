@@ -291,6 +291,11 @@ impl Router {
         results
     }
 
+    /// How long a request may wait (`--request-deadline-ms`).
+    pub fn request_deadline(&self) -> Duration {
+        self.request_deadline
+    }
+
     /// The index this node's replica has applied up to (0 before anything).
     pub fn applied_index(&self) -> u64 {
         self.raft

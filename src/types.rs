@@ -63,11 +63,12 @@ impl Expiry {
     }
 }
 
-/// One key and value to write.
+/// One key and value to write. A value is any bytes (`put_bytes`); bincode writes `Vec<u8>`
+/// exactly as it writes a `String`, so entries written when values were text read the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     pub key: String,
-    pub value: String,
+    pub value: Vec<u8>,
     pub expiry: Expiry,
 }
 
@@ -83,7 +84,7 @@ impl Item {
 pub enum Request {
     Put {
         key: String,
-        value: String,
+        value: Vec<u8>,
         expiry: Expiry,
     },
     Remove {
@@ -121,6 +122,49 @@ pub enum Request {
     Evict {
         keys: Vec<String>,
     },
+    /// `request`, applied at most once per (client, seq): the state machine keeps each
+    /// client's recent answers (`store::sessions`) and answers a request it has seen with its
+    /// first answer (`Response::Repeated`). Appended last, so entries written before it
+    /// existed read the same.
+    Tracked {
+        session: SessionRequest,
+        request: Box<Request>,
+    },
+}
+
+/// Who sent a tracked request, and how long its answer is kept (`WriteOptions` in the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRequest {
+    /// Picked at random by the client, never 0.
+    pub client: u64,
+    /// The request's number, from 1, increasing per client.
+    pub seq: u64,
+    /// Every request of the client numbered below this has had its answer (0: unknown).
+    pub lowest_unanswered: u64,
+    /// The leader's limits when it proposed the request (`--session-ttl-ms`,
+    /// `--max-sessions`, `--max-session-answers`): every replica keeps and forgets alike.
+    pub limits: SessionLimits,
+}
+
+/// How many clients' answers are kept, how many answers each, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLimits {
+    /// A client's answers are forgotten this long after its last tracked request.
+    pub ttl_ms: u64,
+    /// Clients whose answers are kept, at most; the least recently seen is forgotten first.
+    pub max_sessions: u64,
+    /// Answers kept per client, at most; the oldest is forgotten first.
+    pub max_answers: u64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            ttl_ms: 600_000,
+            max_sessions: 100_000,
+            max_answers: 1_000,
+        }
+    }
 }
 
 impl Request {
@@ -137,6 +181,7 @@ impl Request {
             Request::PutIfAbsent { item } => item.size_bytes(),
             Request::CompareAndPut { expected, item } => expected.len() + item.size_bytes(),
             Request::Increment { key, .. } => key.len() + 24,
+            Request::Tracked { request, .. } => request.size_bytes() + 48,
         }
     }
 
@@ -146,8 +191,19 @@ impl Request {
     pub fn is_idempotent(&self) -> bool {
         matches!(
             self,
-            Request::Put { .. } | Request::Remove { .. } | Request::PutMany { .. }
+            Request::Put { .. }
+                | Request::Remove { .. }
+                | Request::PutMany { .. }
+                | Request::Tracked { .. }
         )
+    }
+
+    /// The request itself, without its tracking.
+    pub fn inner(&self) -> &Request {
+        match self {
+            Request::Tracked { request, .. } => request.inner(),
+            other => other,
+        }
     }
 
     /// Fixes every relative expiry against the leader's clock, as the leader proposes it.
@@ -162,6 +218,7 @@ impl Request {
             Request::PutIfAbsent { item } | Request::CompareAndPut { item, .. } => {
                 item.expiry = item.expiry.resolve(now_ms)
             }
+            Request::Tracked { request, .. } => request.resolve_expiry(now_ms),
             _ => {}
         }
     }
@@ -185,6 +242,8 @@ pub enum Response {
     Refused(String),
     /// The write would take the data past the entry's `Capacity`: it changed nothing.
     Full(String),
+    /// A tracked request seen before: its first answer, and it was not applied again.
+    Repeated(Box<Response>),
 }
 
 /// A response together with the log index of the entry that carried its request.

@@ -306,6 +306,17 @@ impl CacheApi {
         consistency: Consistency,
         min_index: Option<u64>,
     ) -> thrift::Result<CacheEntry> {
+        let (entry, ttl_from) = self.read_live(key, consistency, min_index).await?;
+        to_wire(entry, ttl_from)
+    }
+
+    /// The live entry of `key` (KeyNotFound if none), and the time its TTL is counted from.
+    async fn read_live(
+        &self,
+        key: String,
+        consistency: Consistency,
+        min_index: Option<u64>,
+    ) -> thrift::Result<(crate::store::LiveEntry, u64)> {
         self.check_key(&key)?;
         let state = self.readable(consistency, min_index).await?;
         let now_ms = state.log_clock().now_ms();
@@ -315,7 +326,7 @@ impl CacheApi {
         self.count_reads(1, u64::from(found.is_some()));
         self.router.note_reads([key.as_str()]);
         match found {
-            Some(entry) => Ok(to_wire(entry, ttl_clock(state))),
+            Some(entry) => Ok((entry, ttl_clock(state))),
             None => Err(user_error(KeyNotFound { key })),
         }
     }
@@ -346,26 +357,46 @@ impl CacheApi {
         self.read(key, consistency, min_index).await
     }
 
-    /// Carries out a write; one the caps refused is `CacheFull`.
-    async fn write(&self, request: Request) -> thrift::Result<Applied> {
-        let applied = self.router.write(request).await.map_err(route_error)?;
-        if let Response::Full(message) = applied.response {
-            return Err(user_error(CacheFull { message }));
+    /// Carries out a write; one the caps refused is `CacheFull`, one the state machine refused
+    /// (an increment of a value that is not a number, a retry whose answer was forgotten)
+    /// `InvalidRequest`. A tracked write seen before answers as it first did (`repeated`).
+    async fn write(&self, request: Request) -> thrift::Result<Written> {
+        let applied: Applied = self.router.write(request).await.map_err(route_error)?;
+        let (response, repeated) = match applied.response {
+            Response::Repeated(first) => (*first, true),
+            response => (response, false),
+        };
+        match response {
+            Response::Full(message) => Err(user_error(CacheFull { message })),
+            Response::Refused(message) => Err(invalid(message)),
+            response => Ok(Written {
+                index: applied.index,
+                response,
+                repeated,
+            }),
         }
-        Ok(applied)
     }
 
     /// Checks an entry to write against the key and value limits and its TTL.
     fn check_entry(&self, entry: &CacheEntry) -> thrift::Result<Expiry> {
-        self.check_key(&entry.key)?;
-        if entry.value.len() > self.limits.max_value_bytes {
+        self.check_write(&entry.key, entry.value.len(), entry.ttl_ms)
+    }
+
+    /// Checks a key, a value's length and a TTL to write against the limits.
+    fn check_write(
+        &self,
+        key: &str,
+        value_len: usize,
+        ttl_ms: Option<i64>,
+    ) -> thrift::Result<Expiry> {
+        self.check_key(key)?;
+        if value_len > self.limits.max_value_bytes {
             return Err(invalid(format!(
-                "value is {} bytes; the limit is {} bytes (--max-value-bytes)",
-                entry.value.len(),
+                "value is {value_len} bytes; the limit is {} bytes (--max-value-bytes)",
                 self.limits.max_value_bytes
             )));
         }
-        match entry.ttl_ms {
+        match ttl_ms {
             None => Ok(Expiry::Never),
             Some(ttl) if ttl > 0 => Ok(Expiry::AfterMs(ttl as u64)),
             Some(ttl) => Err(invalid(format!(
@@ -378,7 +409,7 @@ impl CacheApi {
         let expiry = self.check_entry(&entry)?;
         self.write(Request::Put {
             key: entry.key,
-            value: entry.value,
+            value: entry.value.into_bytes(),
             expiry,
         })
         .await?;
@@ -507,14 +538,34 @@ fn ttl_clock(state: &crate::store::StateReader) -> u64 {
     state.log_clock().leader_now_ms(crate::types::now_ms())
 }
 
-/// An entry as the client sees it, with the time left counted from `now_ms`.
-fn to_wire(entry: crate::store::LiveEntry, now_ms: u64) -> CacheEntry {
-    CacheEntry {
-        key: entry.key,
-        value: entry.value,
-        ttl_ms: entry
-            .expires_at_ms
-            .map(|at| at.saturating_sub(now_ms).max(1) as i64),
+/// The answer of a write that was applied (or had been, for a repeated tracked write).
+struct Written {
+    index: u64,
+    response: Response,
+    /// The first answer of a tracked write seen before; it was not applied again.
+    repeated: bool,
+}
+
+/// The time to live left of a value expiring at `expires_at_ms`, counted from `now_ms`.
+fn ttl_left(expires_at_ms: Option<u64>, now_ms: u64) -> Option<i64> {
+    expires_at_ms.map(|at| at.saturating_sub(now_ms).max(1) as i64)
+}
+
+/// An entry as the client sees it, with the time left counted from `now_ms`. A value that is
+/// not UTF-8 text (written by `put_bytes`) cannot be a Thrift string: InvalidRequest, never a
+/// value changed on the way.
+fn to_wire(entry: crate::store::LiveEntry, now_ms: u64) -> thrift::Result<CacheEntry> {
+    let ttl_ms = ttl_left(entry.expires_at_ms, now_ms);
+    match String::from_utf8(entry.value) {
+        Ok(value) => Ok(CacheEntry {
+            key: entry.key,
+            value,
+            ttl_ms,
+        }),
+        Err(_) => Err(invalid(format!(
+            "the value of {:?} is not UTF-8 text (it was written by put_bytes): read it with get_bytes",
+            entry.key
+        ))),
     }
 }
 

@@ -7,8 +7,8 @@ use std::cell::RefCell;
 use thrift::{ApplicationError, ApplicationErrorKind};
 
 use crate::gen::cache::{
-    AdminChange, BackupInfo, CacheEntry, CacheServiceSyncHandler, CacheStats, Membership,
-    NodeStatus, ReadOptions, WriteResult,
+    AdminChange, BackupInfo, ByteEntry, CacheEntry, CacheServiceSyncHandler, CacheStats,
+    Membership, NodeStatus, ReadOptions, WatchResult, WriteOptions, WriteResult,
 };
 
 /// One decoded client call.
@@ -59,9 +59,11 @@ pub(super) enum Call {
     },
     PutMany {
         entries: Vec<CacheEntry>,
+        options: WriteOptions,
     },
     RemoveMany {
         keys: Vec<String>,
+        options: WriteOptions,
     },
     PutIfAbsent {
         entry: CacheEntry,
@@ -82,6 +84,54 @@ pub(super) enum Call {
         options: ReadOptions,
     },
     Stats,
+    /// `put_with`, `remove_with`, `put_if_absent_with`, `compare_and_put_with`,
+    /// `increment_with` and `put_bytes`: a write answered with a `WriteResult`.
+    Write {
+        write: Write,
+        options: WriteOptions,
+    },
+    GetBytes {
+        key: String,
+        options: ReadOptions,
+    },
+    Watch {
+        prefix: String,
+        after_index: i64,
+        max_events: i32,
+        timeout_ms: i32,
+        after_offset: i32,
+    },
+}
+
+/// A write of the calls that take `WriteOptions` one at a time.
+pub(super) enum Write {
+    Put(CacheEntry),
+    PutBytes(ByteEntry),
+    Remove(String),
+    PutIfAbsent(CacheEntry),
+    CompareAndPut {
+        key: String,
+        expected: String,
+        entry: CacheEntry,
+    },
+    Increment {
+        key: String,
+        delta: i64,
+    },
+}
+
+impl Write {
+    /// The method's name in `cache.thrift`.
+    pub(super) fn method(&self) -> &'static str {
+        match self {
+            Write::Put(_) => "put_with",
+            Write::PutBytes(_) => "put_bytes",
+            Write::Remove(_) => "remove_with",
+            Write::PutIfAbsent(_) => "put_if_absent_with",
+            Write::CompareAndPut { .. } => "compare_and_put_with",
+            Write::Increment { .. } => "increment_with",
+        }
+    }
 }
 
 impl Call {
@@ -108,6 +158,9 @@ impl Call {
             Call::Increment { .. } => "increment",
             Call::Scan { .. } => "scan",
             Call::Stats => "stats",
+            Call::Write { write, .. } => write.method(),
+            Call::GetBytes { .. } => "get_bytes",
+            Call::Watch { .. } => "watch",
         }
     }
 }
@@ -125,6 +178,8 @@ pub(super) enum Outcome {
     Backup(thrift::Result<BackupInfo>),
     Bytes(thrift::Result<Vec<u8>>),
     Done(thrift::Result<()>),
+    ByteEntry(thrift::Result<ByteEntry>),
+    Watch(thrift::Result<WatchResult>),
 }
 
 /// The first pass: records the call the processor decoded. What it returns is never sent.
@@ -183,10 +238,30 @@ impl CacheServiceSyncHandler for &Decoded {
         self.record(Call::GetMany { keys, options })
     }
     fn handle_put_many(&self, entries: Vec<CacheEntry>) -> thrift::Result<WriteResult> {
-        self.record(Call::PutMany { entries })
+        self.record(Call::PutMany {
+            entries,
+            options: WriteOptions::default(),
+        })
     }
     fn handle_remove_many(&self, keys: Vec<String>) -> thrift::Result<WriteResult> {
-        self.record(Call::RemoveMany { keys })
+        self.record(Call::RemoveMany {
+            keys,
+            options: WriteOptions::default(),
+        })
+    }
+    fn handle_put_many_with(
+        &self,
+        entries: Vec<CacheEntry>,
+        options: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        self.record(Call::PutMany { entries, options })
+    }
+    fn handle_remove_many_with(
+        &self,
+        keys: Vec<String>,
+        options: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        self.record(Call::RemoveMany { keys, options })
     }
     fn handle_put_if_absent(&self, entry: CacheEntry) -> thrift::Result<bool> {
         self.record(Call::PutIfAbsent { entry })
@@ -245,6 +320,92 @@ impl CacheServiceSyncHandler for &Decoded {
     }
     fn handle_authenticate(&self, token: String) -> thrift::Result<()> {
         self.record(Call::Authenticate { token })
+    }
+    fn handle_put_with(
+        &self,
+        entry: CacheEntry,
+        options: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        self.record(Call::Write {
+            write: Write::Put(entry),
+            options,
+        })
+    }
+    fn handle_remove_with(
+        &self,
+        key: String,
+        options: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        self.record(Call::Write {
+            write: Write::Remove(key),
+            options,
+        })
+    }
+    fn handle_put_if_absent_with(
+        &self,
+        entry: CacheEntry,
+        options: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        self.record(Call::Write {
+            write: Write::PutIfAbsent(entry),
+            options,
+        })
+    }
+    fn handle_compare_and_put_with(
+        &self,
+        key: String,
+        expected: String,
+        entry: CacheEntry,
+        options: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        self.record(Call::Write {
+            write: Write::CompareAndPut {
+                key,
+                expected,
+                entry,
+            },
+            options,
+        })
+    }
+    fn handle_increment_with(
+        &self,
+        key: String,
+        delta: i64,
+        options: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        self.record(Call::Write {
+            write: Write::Increment { key, delta },
+            options,
+        })
+    }
+    fn handle_put_bytes(
+        &self,
+        entry: ByteEntry,
+        options: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        self.record(Call::Write {
+            write: Write::PutBytes(entry),
+            options,
+        })
+    }
+    fn handle_get_bytes(&self, key: String, options: ReadOptions) -> thrift::Result<ByteEntry> {
+        self.record(Call::GetBytes { key, options })
+    }
+    fn handle_watch(
+        &self,
+        prefix: String,
+        after_index: i64,
+        max_events: i32,
+        timeout_ms: i32,
+        after_offset: i32,
+    ) -> thrift::Result<WatchResult> {
+        self.record(Call::Watch {
+            prefix,
+            after_index,
+            max_events,
+            timeout_ms,
+            after_offset,
+        })
     }
 }
 
@@ -305,6 +466,20 @@ impl CacheServiceSyncHandler for Answer {
     fn handle_remove_many(&self, _: Vec<String>) -> thrift::Result<WriteResult> {
         answer!(self, Write)
     }
+    fn handle_put_many_with(
+        &self,
+        _: Vec<CacheEntry>,
+        _: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        answer!(self, Write)
+    }
+    fn handle_remove_many_with(
+        &self,
+        _: Vec<String>,
+        _: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        answer!(self, Write)
+    }
     fn handle_put_if_absent(&self, _: CacheEntry) -> thrift::Result<bool> {
         answer!(self, Flag)
     }
@@ -344,6 +519,52 @@ impl CacheServiceSyncHandler for Answer {
     fn handle_authenticate(&self, _: String) -> thrift::Result<()> {
         answer!(self, Done)
     }
+    fn handle_put_with(&self, _: CacheEntry, _: WriteOptions) -> thrift::Result<WriteResult> {
+        answer!(self, Write)
+    }
+    fn handle_remove_with(&self, _: String, _: WriteOptions) -> thrift::Result<WriteResult> {
+        answer!(self, Write)
+    }
+    fn handle_put_if_absent_with(
+        &self,
+        _: CacheEntry,
+        _: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        answer!(self, Write)
+    }
+    fn handle_compare_and_put_with(
+        &self,
+        _: String,
+        _: String,
+        _: CacheEntry,
+        _: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        answer!(self, Write)
+    }
+    fn handle_increment_with(
+        &self,
+        _: String,
+        _: i64,
+        _: WriteOptions,
+    ) -> thrift::Result<WriteResult> {
+        answer!(self, Write)
+    }
+    fn handle_put_bytes(&self, _: ByteEntry, _: WriteOptions) -> thrift::Result<WriteResult> {
+        answer!(self, Write)
+    }
+    fn handle_get_bytes(&self, _: String, _: ReadOptions) -> thrift::Result<ByteEntry> {
+        answer!(self, ByteEntry)
+    }
+    fn handle_watch(
+        &self,
+        _: String,
+        _: i64,
+        _: i32,
+        _: i32,
+        _: i32,
+    ) -> thrift::Result<WatchResult> {
+        answer!(self, Watch)
+    }
 }
 
 impl Outcome {
@@ -373,7 +594,11 @@ impl Outcome {
             | Call::PutIfAbsent { .. }
             | Call::CompareAndPut { .. } => Outcome::Flag(Err(invalid())),
             Call::GetMany { .. } | Call::Scan { .. } => Outcome::Entries(Err(invalid())),
-            Call::PutMany { .. } | Call::RemoveMany { .. } => Outcome::Write(Err(invalid())),
+            Call::PutMany { .. } | Call::RemoveMany { .. } | Call::Write { .. } => {
+                Outcome::Write(Err(invalid()))
+            }
+            Call::GetBytes { .. } => Outcome::ByteEntry(Err(invalid())),
+            Call::Watch { .. } => Outcome::Watch(Err(invalid())),
             Call::Increment { .. } => Outcome::Index(Err(invalid())),
             Call::Status => Outcome::Status(Err(application())),
             Call::Stats => Outcome::Stats(Err(application())),
@@ -403,6 +628,8 @@ impl Outcome {
             Outcome::Backup(r) => r.as_ref().err(),
             Outcome::Bytes(r) => r.as_ref().err(),
             Outcome::Done(r) => r.as_ref().err(),
+            Outcome::ByteEntry(r) => r.as_ref().err(),
+            Outcome::Watch(r) => r.as_ref().err(),
         }
     }
 
@@ -429,6 +656,8 @@ impl Outcome {
             "unauthorized"
         } else if e.is::<AdminRefused>() {
             "refused"
+        } else if e.is::<crate::gen::cache::Compacted>() {
+            "compacted"
         } else {
             "error"
         }

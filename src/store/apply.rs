@@ -45,13 +45,16 @@ use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 
 use super::expiry_index;
+use super::history::{Event, EventKind};
 use super::schema::{
     decode, effect_key, encode, read_u64, Usage, KEY_BYTES, KEY_EVICTED, KEY_EXPIRED, KEY_JOURNAL,
-    KEY_KEYS, KEY_LAST_APPLIED, KEY_LOG_CLOCK, KEY_MEMBERSHIP,
+    KEY_KEYS, KEY_LAST_APPLIED, KEY_LOG_CLOCK, KEY_MEMBERSHIP, KEY_SESSIONS,
 };
+use super::sessions::{self, Decision, Session};
 use super::value::{self, Stored};
 use crate::types::{
-    BatchResponse, Capacity, Entry, Item, LogId, Request, Response, StorageError, StoredMembership,
+    BatchResponse, Capacity, Entry, Item, LogId, Request, Response, SessionLimits, SessionRequest,
+    StorageError, StoredMembership,
 };
 
 /// A run of entries is written (journal, then writes) once its changes reach about this many
@@ -116,6 +119,8 @@ struct Changes {
     membership: Option<StoredMembership>,
     /// About how many bytes the journal will hold.
     bytes: usize,
+    /// Each change of a key, in order, for `watch` (when the run records them).
+    events: Vec<Event>,
 }
 
 /// One entry's requests, decided against the trees as the run changed them so far.
@@ -126,6 +131,13 @@ struct EntryTx<'a> {
     now_ms: u64,
     /// The caps the leader proposed the entry with.
     capacity: Capacity,
+    /// The entry's log index, and how many changes of keys it made so far (for `watch`).
+    index: u64,
+    offset: u32,
+    /// What the request being applied does to the keys it changes.
+    kind: EventKind,
+    /// Whether to record each change as an `Event`.
+    record: bool,
 }
 
 impl EntryTx<'_> {
@@ -172,13 +184,105 @@ impl EntryTx<'_> {
             }
         }
         changes.bytes += key.len() + raw.as_ref().map_or(0, Vec::len) + 16;
+        if self.record {
+            self.offset += 1;
+            let (kind, value, expires_at_ms) = match raw.as_deref().map(value::decode) {
+                Some(stored) => (EventKind::Put, Some(stored.value), stored.expires_at_ms),
+                None => (self.kind, None, None),
+            };
+            changes.events.push(Event {
+                index: self.index,
+                offset: self.offset,
+                kind,
+                key: key.to_owned(),
+                value,
+                expires_at_ms,
+            });
+        }
         changes.data.insert(key.as_bytes().to_vec(), raw);
         Ok(old.is_some())
     }
 
-    fn set(&mut self, key: &str, value: &str, expires_at_ms: Option<u64>) -> sled::Result<()> {
-        let raw = value::encode(value.as_bytes(), expires_at_ms);
+    fn set(&mut self, key: &str, value: &[u8], expires_at_ms: Option<u64>) -> sled::Result<()> {
+        let raw = value::encode(value, expires_at_ms);
         self.change(key, Some(raw)).map(|_| ())
+    }
+
+    /// The stored record of `key` (one of raftcache's own, not a client key), as the run left it.
+    fn record(&self, key: &[u8]) -> sled::Result<Option<Vec<u8>>> {
+        match self.changes.data.get(key) {
+            Some(changed) => Ok(changed.clone()),
+            None => Ok(self.data.get(key)?.map(|raw| raw.to_vec())),
+        }
+    }
+
+    /// Sets a record of raftcache's own (not a client key: not counted, indexed nor watched).
+    fn set_record(&mut self, key: Vec<u8>, raw: Option<Vec<u8>>) {
+        self.changes.bytes += key.len() + raw.as_ref().map_or(0, Vec::len) + 16;
+        self.changes.data.insert(key, raw);
+    }
+
+    /// Applies a tracked request at most once: its first answer if its client's session holds
+    /// one, else applies it and keeps the answer (`sessions.rs`).
+    fn apply_tracked(
+        &mut self,
+        tracking: &SessionRequest,
+        request: &Request,
+    ) -> sled::Result<Response> {
+        let key = sessions::key(tracking.client);
+        let held = self.record(&key)?.map(|raw| {
+            decode::<Session>(&value::decode(&raw).value)
+                .expect("a session record of the state machine is damaged")
+        });
+        let new = held.is_none();
+        let mut session = held
+            .filter(|session| !session.expired(self.now_ms, tracking.limits.ttl_ms))
+            .unwrap_or_default();
+        let response = match session.decide(tracking, self.now_ms) {
+            Decision::Answer(response) => response,
+            Decision::Apply => {
+                let response = self.apply(request)?;
+                session.remember(tracking, response.clone());
+                response
+            }
+        };
+        if new {
+            if self.changes.usage.sessions >= tracking.limits.max_sessions.max(1) {
+                self.prune_sessions(&tracking.limits)?;
+            }
+            self.changes.usage.sessions += 1;
+        }
+        self.set_record(key, Some(value::encode(&encode(&session), None)));
+        Ok(response)
+    }
+
+    /// Makes room for a new session: forgets every expired session, then the least recently
+    /// seen until a tenth of `max_sessions` is free (so that the scan is rare).
+    fn prune_sessions(&mut self, limits: &SessionLimits) -> sled::Result<()> {
+        let (start, end) = sessions::key_range();
+        let mut held: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        for pair in self.data.range(start.clone()..end.clone()) {
+            let (key, raw) = pair?;
+            held.insert(key.to_vec(), last_seen(&raw));
+        }
+        for (key, raw) in self.changes.data.range(start..end) {
+            match raw {
+                Some(raw) => held.insert(key.clone(), last_seen(raw)),
+                None => held.remove(key),
+            };
+        }
+        let keep = limits.max_sessions.max(1) - (limits.max_sessions / 10).max(1);
+        let mut by_age: Vec<(u64, Vec<u8>)> = held.into_iter().map(|(k, at)| (at, k)).collect();
+        by_age.sort();
+        let excess = by_age.len().saturating_sub(keep as usize);
+        for (i, (at, key)) in by_age.into_iter().enumerate() {
+            let expired = self.now_ms.saturating_sub(at) >= limits.ttl_ms;
+            if i < excess || expired {
+                self.set_record(key, None);
+                self.changes.usage.sessions = self.changes.usage.sessions.saturating_sub(1);
+            }
+        }
+        Ok(())
     }
 
     /// Why writing `writes` (key, value length) would take the data past the caps, if it
@@ -191,6 +295,7 @@ impl EntryTx<'_> {
         let Usage {
             mut keys,
             mut bytes,
+            ..
         } = self.changes.usage;
         let mut grows = false;
         for (key, len) in distinct {
@@ -215,6 +320,17 @@ impl EntryTx<'_> {
         self.set(&item.key, &item.value, item.expiry.at_ms())
     }
 
+    /// Applies one request and returns its answer, its changes recorded as `kind`.
+    fn apply(&mut self, request: &Request) -> sled::Result<Response> {
+        self.kind = match request {
+            Request::Remove { .. } | Request::RemoveMany { .. } => EventKind::Remove,
+            Request::Expire { .. } => EventKind::Expire,
+            Request::Evict { .. } => EventKind::Evict,
+            _ => EventKind::Put,
+        };
+        self.decide(request)
+    }
+
     /// Removes `key`; whether it was live.
     fn remove(&mut self, key: &str) -> sled::Result<bool> {
         let existed = self.live(key)?.is_some();
@@ -222,8 +338,8 @@ impl EntryTx<'_> {
         Ok(existed)
     }
 
-    /// Applies one request and returns its answer.
-    fn apply(&mut self, request: &Request) -> sled::Result<Response> {
+    /// Decides one request and returns its answer.
+    fn decide(&mut self, request: &Request) -> sled::Result<Response> {
         Ok(match request {
             Request::Put { key, value, expiry } => {
                 if let Some(full) = self.no_room(&[(key, value.len())])? {
@@ -288,6 +404,7 @@ impl EntryTx<'_> {
                 self.changes.evicted += evicted;
                 Response::Count(evicted)
             }
+            Request::Tracked { session, request } => self.apply_tracked(session, request)?,
         })
     }
 
@@ -316,7 +433,7 @@ impl EntryTx<'_> {
         if let Some(full) = self.no_room(&[(key, text.len())])? {
             return Ok(Response::Full(full));
         }
-        self.set(key, &text, expires_at_ms)?;
+        self.set(key, text.as_bytes(), expires_at_ms)?;
         Ok(Response::Incremented(new))
     }
 
@@ -358,10 +475,17 @@ struct Run<'a> {
     clock: u64,
     /// Record each run's changes to `sm_data` in `sm_effects` (a snapshot is being built).
     recording: bool,
+    /// Record each change of a key as an `Event` (for `watch`).
+    watching: bool,
 }
 
 impl<'a> Run<'a> {
-    fn start(trees: &'a Trees<'a>, recording: bool, log_clock_ms: u64) -> sled::Result<Self> {
+    fn start(
+        trees: &'a Trees<'a>,
+        recording: bool,
+        watching: bool,
+        log_clock_ms: u64,
+    ) -> sled::Result<Self> {
         let usage = Usage::read(trees.meta)?;
         Ok(Run {
             trees,
@@ -373,6 +497,7 @@ impl<'a> Run<'a> {
             written_clock: log_clock_ms,
             clock: log_clock_ms,
             recording,
+            watching,
         })
     }
 
@@ -387,6 +512,10 @@ impl<'a> Run<'a> {
                     changes: &mut self.changes,
                     now_ms: batch.now_ms,
                     capacity: batch.capacity,
+                    index: entry.log_id.index,
+                    offset: 0,
+                    kind: EventKind::Put,
+                    record: self.watching,
                 };
                 for request in &batch.requests {
                     responses.push(tx.apply(request)?);
@@ -404,10 +533,12 @@ impl<'a> Run<'a> {
     /// after it.
     fn journal(&mut self, last: LogId) -> sled::Result<Journal> {
         let usage = self.changes.usage;
+        let events = std::mem::take(&mut self.changes.events);
         let changes = std::mem::replace(
             &mut self.changes,
             Changes {
                 usage,
+                events,
                 ..Changes::default()
             },
         );
@@ -418,11 +549,14 @@ impl<'a> Run<'a> {
             (changes.expiry.into_iter())
                 .map(|(k, present)| (Target::Expiry, k, present.then(Vec::new))),
         );
-        if usage != self.written_usage {
+        if (usage.keys, usage.bytes) != (self.written_usage.keys, self.written_usage.bytes) {
             writes.push(meta(KEY_KEYS, usage.keys.to_be_bytes().to_vec()));
             writes.push(meta(KEY_BYTES, usage.bytes.to_be_bytes().to_vec()));
-            self.written_usage = usage;
         }
+        if usage.sessions != self.written_usage.sessions {
+            writes.push(meta(KEY_SESSIONS, usage.sessions.to_be_bytes().to_vec()));
+        }
+        self.written_usage = usage;
         for (counter, by) in [
             (KEY_EXPIRED, changes.expired),
             (KEY_EVICTED, changes.evicted),
@@ -465,15 +599,23 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Applies `entries` and returns one response per entry. With `recording`, each run's changes
-/// to `sm_data` are also recorded in `effects` (a snapshot is being built). `log_clock_ms` is
-/// the log clock as `sm_meta` holds it.
+/// How a run of entries is applied besides its writes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Recording {
+    /// Record each run's changes to `sm_data` in `effects` (a snapshot is being built).
+    pub effects: bool,
+    /// Return each change of a key as an `Event`, in order (for `watch`).
+    pub events: bool,
+}
+
+/// Applies `entries` and returns one response per entry, and the changes of keys as events
+/// (when `recording.events`). `log_clock_ms` is the log clock as `sm_meta` holds it.
 pub(super) fn apply_batch(
     trees: &Trees,
-    recording: bool,
+    recording: Recording,
     log_clock_ms: u64,
     entries: &[Entry],
-) -> Result<Vec<BatchResponse>, StorageError> {
+) -> Result<(Vec<BatchResponse>, Vec<Event>), StorageError> {
     apply_upto(trees, recording, log_clock_ms, entries, usize::MAX)
 }
 
@@ -485,18 +627,19 @@ pub(super) fn apply_interrupted(
     entries: &[Entry],
     upto: usize,
 ) -> Result<Vec<BatchResponse>, StorageError> {
-    apply_upto(trees, false, 0, entries, upto)
+    apply_upto(trees, Recording::default(), 0, entries, upto).map(|(responses, _)| responses)
 }
 
 fn apply_upto(
     trees: &Trees,
-    recording: bool,
+    recording: Recording,
     log_clock_ms: u64,
     entries: &[Entry],
     upto: usize,
-) -> Result<Vec<BatchResponse>, StorageError> {
+) -> Result<(Vec<BatchResponse>, Vec<Event>), StorageError> {
     let err = |e: sled::Error| storage_err("applying entries", e);
-    let mut run = Run::start(trees, recording, log_clock_ms).map_err(err)?;
+    let mut run =
+        Run::start(trees, recording.effects, recording.events, log_clock_ms).map_err(err)?;
     let mut responses = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         responses.push(run.decide(entry).map_err(err)?);
@@ -506,7 +649,12 @@ fn apply_upto(
             run.write(entry.log_id, upto).map_err(err)?;
         }
     }
-    Ok(responses)
+    Ok((responses, std::mem::take(&mut run.changes.events)))
+}
+
+/// When the session stored in `raw` last saw its client (0 if unreadable: forgotten first).
+fn last_seen(raw: &[u8]) -> u64 {
+    decode::<Session>(&value::decode(raw).value).map_or(0, |session| session.last_seen_ms)
 }
 
 /// Finishes the last run if a crash or a power cut stopped its writes: its journal is there

@@ -11,7 +11,7 @@
 //! - a data dir written before the index existed lacks `KEY_EXPIRY_BUILT` (`schema.rs`) in `sm_meta` and gets it built
 //!   when it is opened.
 
-use super::schema::{read_u64, Usage};
+use super::schema::{is_internal, read_u64, Usage};
 use super::state_machine::ApplyLock;
 use super::value;
 
@@ -38,6 +38,10 @@ pub(super) fn rebuild(data: &sled::Tree, index: &sled::Tree) -> Result<(Usage, u
     let mut indexed = 0;
     for pair in data.iter() {
         let (key, raw) = pair?;
+        if is_internal(&key) {
+            usage.sessions += 1;
+            continue;
+        }
         let (at, len) = value::peek(&raw);
         usage.keys += 1;
         usage.bytes += (key.len() + len) as u64;

@@ -14,10 +14,12 @@ mod apply;
 mod clock;
 mod expiry_index;
 pub(crate) mod fsync;
+pub mod history;
 pub(crate) mod integrity;
 mod log;
 mod schema;
 mod segments;
+mod sessions;
 mod sm_flush;
 pub(crate) mod snapshot;
 mod state_machine;
@@ -91,6 +93,8 @@ pub struct StoreOptions {
     pub cache_capacity_bytes: u64,
     /// Size at which a log segment is closed (`--log-segment-bytes`).
     pub log_segment_bytes: u64,
+    /// Bytes of recent changes kept for `watch` (`--watch-history-bytes`; 0 keeps none).
+    pub watch_history_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -98,6 +102,7 @@ impl Default for StoreOptions {
         Self {
             cache_capacity_bytes: 256 * 1024 * 1024,
             log_segment_bytes: log::SEGMENT_BYTES,
+            watch_history_bytes: 64 << 20,
         }
     }
 }
@@ -189,6 +194,7 @@ pub async fn open(
         sm_meta,
         &flusher,
         dir.join("snapshots"),
+        opts.watch_history_bytes,
     )
     .await
     .map_err(storage)?;

@@ -5,9 +5,10 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `sm_data` | the cache key | `value.rs`: the value and its absolute expiry |
+//! | `sm_data` | `0xFF`, `s`, client id (`u64`) | `value.rs` of bincode `sessions::Session` (never a client key: those are UTF-8) |
 //! | `sm_meta` | `last_applied`, `membership` | bincode `Option<LogId>`, `StoredMembership` |
 //! | `sm_meta` | `installing_snapshot` | the snapshot id, while an install is under way |
-//! | `sm_meta` | `keys_held`, `bytes_held`, `expired_count`, `evicted_count`, `log_clock` | `u64`, big-endian |
+//! | `sm_meta` | `keys_held`, `bytes_held`, `sessions_held`, `expired_count`, `evicted_count`, `log_clock` | `u64`, big-endian |
 //! | `sm_meta` | `expiry_indexed` | empty, once `sm_expiry` indexes every key with an expiry |
 //! | `sm_meta` | `node_id` | the node id the data dir belongs to |
 //! | `sm_meta` | `apply_journal` | bincode: the last applied run's writes (`apply.rs`) |
@@ -47,6 +48,17 @@ pub const KEY_JOURNAL: &[u8] = b"apply_journal";
 pub const KEY_KEYS: &[u8] = b"keys_held";
 /// Bytes of keys and values held.
 pub const KEY_BYTES: &[u8] = b"bytes_held";
+/// Clients whose answers are kept (`sessions.rs`): records of `sm_data` that are not keys.
+pub const KEY_SESSIONS: &[u8] = b"sessions_held";
+/// The first byte of every record of `sm_data` that is not a client's key. Keys are UTF-8
+/// text, and no UTF-8 text holds the byte `0xFF`: such records sort after every key, travel in
+/// snapshots with the data, and are never seen by reads, scans or the counters of keys.
+pub const INTERNAL_PREFIX: u8 = 0xFF;
+
+/// Whether a key of `sm_data` is one of raftcache's records, not a client's key.
+pub fn is_internal(key: &[u8]) -> bool {
+    key.first() == Some(&INTERNAL_PREFIX)
+}
 
 /// Encodes a value for storage. raftcache's own types always serialize; a failure is a bug.
 pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -82,6 +94,8 @@ pub fn effect_key(index: u64, seq: u32) -> [u8; 12] {
 pub struct Usage {
     pub keys: u64,
     pub bytes: u64,
+    /// Clients whose answers are kept (not keys: `sessions.rs`).
+    pub sessions: u64,
 }
 
 impl Usage {
@@ -92,6 +106,7 @@ impl Usage {
         Ok(Usage {
             keys: counter(KEY_KEYS)?,
             bytes: counter(KEY_BYTES)?,
+            sessions: counter(KEY_SESSIONS)?,
         })
     }
 
@@ -127,7 +142,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "below zero")]
     fn counters_never_underflow() {
-        let mut usage = Usage { keys: 0, bytes: 0 };
+        let mut usage = Usage::default();
         usage.remove(3);
     }
 }

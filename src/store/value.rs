@@ -20,11 +20,6 @@ impl Stored {
     pub fn expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|at| now_ms >= at)
     }
-
-    /// The value as text (values are written as Thrift strings).
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.value).into_owned()
-    }
 }
 
 /// The bytes stored for `value` with `expires_at_ms`.

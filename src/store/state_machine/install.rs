@@ -11,6 +11,7 @@ use crate::store::storage_err;
 use super::super::schema::encode;
 use super::super::schema::{
     KEY_BYTES, KEY_EXPIRY_BUILT, KEY_INSTALLING, KEY_KEYS, KEY_LAST_APPLIED, KEY_MEMBERSHIP,
+    KEY_SESSIONS,
 };
 use super::super::{expiry_index, snapshot};
 use super::StateMachine;
@@ -68,6 +69,7 @@ impl StateMachine {
         let meta_writes = [
             (KEY_KEYS, usage.keys.to_be_bytes().to_vec()),
             (KEY_BYTES, usage.bytes.to_be_bytes().to_vec()),
+            (KEY_SESSIONS, usage.sessions.to_be_bytes().to_vec()),
             (KEY_LAST_APPLIED, encode(&meta.last_log_id)),
             (KEY_MEMBERSHIP, encode(&meta.last_membership)),
             (KEY_EXPIRY_BUILT, Vec::new()),

@@ -49,9 +49,10 @@ fn entry_bytes(entry: &Entry) -> usize {
 }
 pub use reader::{ApplyLock, LiveEntry, ReplicaStats, StateReader};
 
-use super::apply::{apply_batch, finish_journal, log_time, Trees};
+use super::apply::{apply_batch, finish_journal, log_time, Recording, Trees};
 use super::clock::LogClock;
 use super::expiry_index;
+use super::history::History;
 use super::schema::decode;
 use super::schema::{
     read_u64, KEY_EXPIRY_BUILT, KEY_LAST_APPLIED, KEY_LOG_CLOCK, KEY_MEMBERSHIP, TREE_EFFECTS,
@@ -125,6 +126,8 @@ pub struct StateMachine {
     flusher: StateFlusher,
     /// Flushes this state machine about once a second, while it exists.
     _periodic_flush: PeriodicFlush,
+    /// The recent changes of keys, for `watch`.
+    history: Arc<History>,
 }
 
 impl StateMachine {
@@ -134,6 +137,7 @@ impl StateMachine {
         meta: sled::Tree,
         flusher: &StateFlusher,
         snapshot_dir: PathBuf,
+        history_bytes: usize,
     ) -> Result<Self, StorageError> {
         let io_err = |e: std::io::Error| -> StorageError { storage_err("writing a snapshot", e) };
         std::fs::create_dir_all(&snapshot_dir).map_err(io_err)?;
@@ -161,6 +165,7 @@ impl StateMachine {
             _periodic_flush: flusher
                 .spawn_periodic(STATE_FLUSH_INTERVAL)
                 .map_err(io_err)?,
+            history: Arc::new(History::new(history_bytes, 0)),
         };
         if let Some(finished) = finish_journal(&sm.trees())? {
             tracing::warn!(applied = ?finished, "the last applies were interrupted; their journaled writes are written again");
@@ -180,6 +185,8 @@ impl StateMachine {
             sm.build_expiry_index()
                 .map_err(|e| storage_err("writing the state machine", e))?;
         }
+        let applied = sm.read_meta::<Option<LogId>>(KEY_LAST_APPLIED)?.flatten();
+        sm.history.reset(applied.map_or(0, |id| id.index));
         Ok(sm)
     }
 
@@ -212,14 +219,26 @@ impl StateMachine {
 
     /// Applies `entries`; one response per entry.
     fn apply_chunk(&mut self, entries: &[Entry]) -> Result<Vec<BatchResponse>, StorageError> {
-        let recording = self.recording.load(Ordering::Acquire);
+        let recording = Recording {
+            effects: self.recording.load(Ordering::Acquire),
+            events: self.history.enabled(),
+        };
         let _exclusive = self.applies.write().expect("apply lock");
         let at_ms = log_time(entries);
-        let responses = apply_batch(&self.trees(), recording, self.clock.now_ms(), entries);
-        if let Some(at_ms) = at_ms.filter(|_| responses.is_ok()) {
+        let (responses, events) =
+            apply_batch(&self.trees(), recording, self.clock.now_ms(), entries)?;
+        if let Some(at_ms) = at_ms {
             self.clock.advance(at_ms);
         }
-        responses
+        if let Some(last) = entries.last() {
+            self.history.record(events, last.log_id.index);
+        }
+        Ok(responses)
+    }
+
+    /// The recent changes of keys applied here, for `watch`.
+    pub fn history(&self) -> Arc<History> {
+        self.history.clone()
     }
 
     /// Applies `chunk`, then answers each entry's responder (if it has one),
@@ -273,6 +292,7 @@ impl StateMachine {
             expiry: self.expiry.clone(),
             applies: self.applies.clone(),
             clock: self.clock.clone(),
+            history: self.history.clone(),
         }
     }
 
@@ -431,6 +451,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         drop(file);
         let installed = self.install_received(&received, meta);
+        if installed.is_ok() {
+            self.history
+                .reset(meta.last_log_id.map_or(0, |id| id.index));
+        }
         if installed.is_err() {
             let _ = std::fs::remove_file(&received);
             self.flusher.install_failed();

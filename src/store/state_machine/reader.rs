@@ -3,7 +3,10 @@
 
 use super::super::clock::LogClock;
 use super::super::expiry_index;
-use super::super::schema::{read_u64, KEY_BYTES, KEY_EVICTED, KEY_EXPIRED, KEY_KEYS};
+use super::super::history::History;
+use super::super::schema::{
+    is_internal, read_u64, INTERNAL_PREFIX, KEY_BYTES, KEY_EVICTED, KEY_EXPIRED, KEY_KEYS,
+};
 use super::super::value::{self, Stored};
 
 /// A read-only handle on the replica's data, for serving local reads. Every read hides values
@@ -22,6 +25,8 @@ pub struct StateReader {
     pub(super) applies: ApplyLock,
     /// The log's time: reads hide a value from the moment it reaches the value's expiry.
     pub(super) clock: LogClock,
+    /// The recent changes of keys, for `watch`.
+    pub(super) history: std::sync::Arc<History>,
 }
 
 /// The lock that makes a read of several keys see one point in the apply order.
@@ -31,7 +36,8 @@ pub type ApplyLock = std::sync::Arc<std::sync::RwLock<()>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveEntry {
     pub key: String,
-    pub value: String,
+    /// Any bytes (`put_bytes`); text for the values `put` writes.
+    pub value: Vec<u8>,
     pub expires_at_ms: Option<u64>,
 }
 
@@ -48,6 +54,11 @@ pub struct ReplicaStats {
 
 impl StateReader {
     /// The log's clock, by which every read of this replica hides expired values.
+    /// The recent changes of keys applied here, for `watch`.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
     pub fn log_clock(&self) -> &LogClock {
         &self.clock
     }
@@ -57,7 +68,7 @@ impl StateReader {
     pub fn get(&self, key: &str) -> Result<Option<String>, sled::Error> {
         Ok(self
             .entry(key, self.clock.now_ms())?
-            .map(|entry| entry.value))
+            .map(|entry| String::from_utf8_lossy(&entry.value).into_owned()))
     }
 
     /// The live entry of `key` at `now_ms`.
@@ -104,7 +115,7 @@ impl StateReader {
                 break;
             }
             let (key, raw) = pair?;
-            if !key.starts_with(prefix.as_bytes()) {
+            if !key.starts_with(prefix.as_bytes()) || is_internal(&key) {
                 break;
             }
             out.extend(live(&key, &raw, now_ms));
@@ -142,19 +153,19 @@ impl StateReader {
     /// Every key held, in byte order (stops at a read error).
     pub fn keys(&self) -> impl Iterator<Item = String> + '_ {
         self.data
-            .iter()
+            .range(..vec![INTERNAL_PREFIX])
             .keys()
             .map_while(Result::ok)
             .map(|k| String::from_utf8_lossy(&k).into_owned())
     }
 
-    /// Number of keys held on this replica.
+    /// Number of keys held on this replica (counted one by one).
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.keys().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.keys().next().is_none()
     }
 }
 
@@ -163,7 +174,7 @@ fn live(key: &[u8], raw: &[u8], now_ms: u64) -> Option<LiveEntry> {
     let stored: Stored = value::decode(raw);
     (!stored.expired(now_ms)).then(|| LiveEntry {
         key: String::from_utf8_lossy(key).into_owned(),
-        value: stored.text(),
+        value: stored.value,
         expires_at_ms: stored.expires_at_ms,
     })
 }

@@ -308,7 +308,7 @@ async fn a_damaged_current_snapshot_is_rebuilt_before_it_is_sent() {
                 i,
                 vec![Request::Put {
                     key: format!("k{i:04}"),
-                    value: format!("val-{i:04}"),
+                    value: format!("val-{i:04}").into_bytes(),
                     expiry: Expiry::Never,
                 }],
             )
@@ -383,7 +383,7 @@ async fn a_snapshot_built_while_applies_go_on_equals_the_state_at_its_index() {
         .unwrap();
     let put = |i: u64, v: &str| Request::Put {
         key: format!("k{i}"),
-        value: v.to_string(),
+        value: v.into(),
         expiry: Expiry::Never,
     };
     let mut entries = Vec::new();
@@ -549,13 +549,13 @@ async fn conditional_writes_and_expiry_are_decided_by_the_entry_time() {
     assert_eq!(answers[6], Response::Incremented(i64::MAX));
     assert!(matches!(answers[7], Response::Refused(_)));
     let reader = sm.reader();
-    assert_eq!(reader.entry("a", 1_499).unwrap().unwrap().value, "4");
+    assert_eq!(reader.entry("a", 1_499).unwrap().unwrap().value, b"4");
     assert_eq!(
         reader.entry("a", 1_500).unwrap(),
         None,
         "hidden from its expiry on"
     );
-    assert_eq!(reader.entry("text", 0).unwrap().unwrap().value, "x");
+    assert_eq!(reader.entry("text", 0).unwrap().unwrap().value, b"x");
     // At 2,000 "a" has expired: put_if_absent writes, and the sweep leaves the new value.
     let later = vec![
         Request::PutIfAbsent {
@@ -778,4 +778,198 @@ async fn an_apply_stopped_after_its_journal_is_finished_on_the_next_open() {
     // Stopped after 0 to 10 of its 11 writes: 4 keys, 3 expiry index entries, the counters
     // of keys and bytes, the clock, then `last_applied`.
     assert_eq!(stopped_before_the_end, 11);
+}
+
+fn tracked(client: u64, seq: u64, request: Request) -> Request {
+    Request::Tracked {
+        session: crate::types::SessionRequest {
+            client,
+            seq,
+            lowest_unanswered: seq,
+            limits: crate::types::SessionLimits::default(),
+        },
+        request: Box::new(request),
+    }
+}
+
+#[tokio::test]
+async fn a_tracked_write_is_applied_once_here_and_after_a_snapshot_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut source) = store::open(&dir.path().join("a"), 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    let increment = || Request::Increment {
+        key: "n".into(),
+        delta: 1,
+    };
+    let answers = source
+        .apply_entries(vec![
+            entry(1, vec![tracked(7, 1, increment())]),
+            // The same write again (a retry after a change of leader), and another client's.
+            entry(
+                2,
+                vec![tracked(7, 1, increment()), tracked(8, 1, increment())],
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers[0].responses, vec![Response::Incremented(1)]);
+    assert_eq!(
+        answers[1].responses,
+        vec![
+            Response::Repeated(Box::new(Response::Incremented(1))),
+            Response::Incremented(2)
+        ]
+    );
+    let reader = source.reader();
+    assert_eq!(reader.get("n").unwrap().as_deref(), Some("2"));
+    // The sessions are not keys: not counted, listed nor scanned.
+    assert_eq!(reader.stats().unwrap().keys, 1);
+    assert_eq!(reader.keys().collect::<Vec<_>>(), ["n"]);
+    assert_eq!(reader.scan("", "", 10, 0).unwrap().len(), 1);
+
+    let built = source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut target = install_copy(&source, &built, &dir.path().join("b")).await;
+    let after = target
+        .apply_entries(vec![entry(
+            3,
+            vec![tracked(7, 1, increment()), tracked(7, 2, increment())],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        after[0].responses,
+        vec![
+            Response::Repeated(Box::new(Response::Incremented(1))),
+            Response::Incremented(3)
+        ],
+        "the snapshot carried client 7's answers"
+    );
+    assert_eq!(target.reader().stats().unwrap().keys, 1);
+}
+
+#[tokio::test]
+async fn sessions_past_the_cap_forget_the_least_recently_seen_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = store::open(&dir.path().join("a"), 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    let limits = crate::types::SessionLimits {
+        ttl_ms: 1_000_000,
+        max_sessions: 10,
+        max_answers: 10,
+    };
+    let put = |client: u64| Request::Tracked {
+        session: crate::types::SessionRequest {
+            client,
+            seq: 1,
+            lowest_unanswered: 1,
+            limits,
+        },
+        request: Box::new(Request::Put {
+            key: format!("k{client}"),
+            value: b"v".to_vec(),
+            expiry: Expiry::Never,
+        }),
+    };
+    // Clients 1..=10 fill the cap, one per entry (client 1 seen first).
+    let entries = (1..=10)
+        .map(|c| entry_at(c, c * 10, vec![put(c)]))
+        .collect();
+    sm.apply_entries(entries).await.unwrap();
+    // Client 11 makes room: the least recently seen (client 1) is forgotten.
+    let answers = sm
+        .apply_entries(vec![entry_at(11, 200, vec![put(11), put(1), put(10)])])
+        .await
+        .unwrap();
+    assert_eq!(answers[0].responses[0], Response::Put);
+    assert_eq!(
+        answers[0].responses[1],
+        Response::Put,
+        "client 1's answer was forgotten"
+    );
+    assert_eq!(
+        answers[0].responses[2],
+        Response::Repeated(Box::new(Response::Put)),
+        "client 10's answer is kept"
+    );
+    let held = sm
+        .reader()
+        .meta
+        .get(crate::store::schema::KEY_SESSIONS)
+        .unwrap();
+    assert!(held.is_some_and(|raw| crate::store::schema::read_u64(&raw) <= 10));
+}
+
+#[tokio::test]
+async fn every_change_of_a_key_is_an_event_in_log_order() {
+    use crate::store::history::{EventKind, Position, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = store::open(&dir.path().join("a"), 1, None, &StoreOptions::default())
+        .await
+        .unwrap();
+    let put = |key: &str, value: &str, expiry| Request::Put {
+        key: key.into(),
+        value: value.into(),
+        expiry,
+    };
+    sm.apply_entries(vec![
+        entry_at(
+            1,
+            1_000,
+            vec![
+                put("w/a", "1", Expiry::AtMs(1_500)),
+                put("other", "x", Expiry::Never),
+                tracked(
+                    5,
+                    1,
+                    Request::Increment {
+                        key: "w/n".into(),
+                        delta: 2,
+                    },
+                ),
+            ],
+        ),
+        entry_at(
+            2,
+            2_000,
+            vec![
+                Request::Expire {
+                    keys: vec!["w/a".into()],
+                },
+                Request::Remove {
+                    key: "w/missing".into(),
+                },
+                Request::RemoveMany {
+                    keys: vec!["w/n".into(), "other".into()],
+                },
+            ],
+        ),
+    ])
+    .await
+    .unwrap();
+    let Read::Events { events, resume } = sm.history().read("w/", Position::after_entry(0), 100)
+    else {
+        panic!("the history holds everything since the node opened")
+    };
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| (e.index, e.offset, e.kind, e.key.as_str(), e.value.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, 1, EventKind::Put, "w/a", Some(b"1".to_vec())),
+            (1, 3, EventKind::Put, "w/n", Some(b"2".to_vec())),
+            (2, 1, EventKind::Expire, "w/a", None),
+            (2, 2, EventKind::Remove, "w/n", None),
+        ]
+    );
+    assert_eq!(events[0].expires_at_ms, Some(1_500));
+    assert_eq!(resume, Position::after_entry(2));
 }
