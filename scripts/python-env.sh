@@ -4,7 +4,10 @@
 #   2. the pins in tests/python/requirements.txt installed into it (skipped when the venv
 #      already holds exactly that file's pins);
 #   3. Apache Thrift Python code generated from cache.thrift into target/py-gen (never checked
-#      in; regenerated on every run so it can't go stale).
+#      in; regenerated on every run so it can't go stale);
+#   4. the client package clients/python (`raftcache`) installed into it, again on every run
+#      (no build isolation: a few seconds; setuptools and wheel are fetched once if missing)
+#      so the tests never see a stale copy.
 # Then: .venv-test/bin/pytest tests/python -q
 set -euo pipefail
 
@@ -14,6 +17,7 @@ req="$repo/tests/python/requirements.txt"
 idl="$repo/cache.thrift"
 gen="$repo/target/py-gen"
 stamp="$venv/.requirements.sha256"
+pkg="$repo/clients/python"
 
 say() { echo "python-env: $*"; }
 die() { echo "python-env: error: $*" >&2; exit 1; }
@@ -56,6 +60,20 @@ mv "$tmp" "$gen"
 trap - EXIT
 say "generated $(thrift --version | sed 's/^Thrift version /thrift /') python code: $gen/cache"
 
+# 4. The client package, built with the venv's own setuptools and wheel (installed once, the
+#    first time) rather than in an isolated build env that pip would make again on every run.
+#    setuptools builds in place (build/, *.egg-info): removed before and after.
+"$venv/bin/python" -c 'import setuptools, wheel' 2>/dev/null \
+  || "$venv/bin/python" -m pip install --disable-pip-version-check -q 'setuptools>=61' wheel \
+  || die "pip install setuptools wheel failed"
+rm -rf "$pkg/build" "$pkg"/*.egg-info  # a file deleted from the package must not linger there
+"$venv/bin/python" -m pip install --disable-pip-version-check -q --no-build-isolation \
+  --force-reinstall --no-deps "$pkg" || die "pip install $pkg failed"
+rm -rf "$pkg/build" "$pkg"/*.egg-info
+"$venv/bin/python" -m pip check --disable-pip-version-check >/dev/null \
+  || die "pip check: the venv's packages do not fit together (the raftcache package's thriftpy2 pin?)"
+say "installed the raftcache client package from $pkg"
+
 # Smoke check: both client libraries accept the IDL.
 "$venv/bin/python" - "$idl" "$gen" <<'PY' || die "import check failed"
 import sys
@@ -64,6 +82,7 @@ import thriftpy2
 thriftpy2.load(idl, module_name="cache_thrift")
 sys.path.insert(0, gen)
 from cache import CacheService, ttypes  # noqa: F401
+import raftcache  # noqa: F401  (loads its own copy of the IDL)
 from importlib.metadata import version
 print("python-env: ok: thriftpy2 %s and thrift %s both load cache.thrift"
       % (version("thriftpy2"), version("thrift")))
