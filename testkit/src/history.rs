@@ -58,6 +58,21 @@ impl Shared {
     pub fn now_us(&self) -> u64 {
         self.clock.elapsed().as_micros() as u64
     }
+
+    /// Whether the clients were told to stop.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// A node clients may use, picked at random.
+    pub fn pick(&self, rng: &mut Rng) -> Option<String> {
+        pick_target(self, rng)
+    }
+
+    /// The nodes clients may use.
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
+    }
 }
 
 /// Limits of one client.

@@ -15,11 +15,13 @@
 
 pub mod certs;
 pub mod compose;
+pub mod counters;
 pub mod history;
 pub mod linearizability;
 pub mod ports;
 pub mod rng;
 pub mod wait;
+pub mod watcher;
 
 /// Copies the contents of directory `from` into `to` (created if needed) with `cp -a`, keeping
 /// what a failed run left on a disk that goes away with the test.

@@ -15,10 +15,12 @@ use raftcache::membership::{add_node, CatchUp};
 use raftcache_powerfs::{CutReport, Disk};
 use raftcache_testkit::compose::Project;
 use raftcache_testkit::copy_dir;
+use raftcache_testkit::counters::{CounterReport, Counters};
 use raftcache_testkit::history::{ClientLimits, Shared, Workload, CALL_TIMEOUT};
 use raftcache_testkit::linearizability::{self, Call, Limits, Operation, Outcome, Verdict};
 use raftcache_testkit::rng::Rng;
 use raftcache_testkit::wait::poll;
+use raftcache_testkit::watcher::Watcher;
 
 use crate::schedule::{plan_first, FaultKind, Schedule, Step};
 
@@ -27,6 +29,10 @@ use crate::schedule::{plan_first, FaultKind, Schedule, Step};
 const HEALTHY_DEADLINE: Duration = Duration::from_secs(120);
 /// How long the nodes may take to hold the same contents once the clients stopped.
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(60);
+/// Clients that increment counters of their own with exactly-once retries, beside the others.
+const COUNTER_CLIENTS: u64 = 2;
+/// How long the watcher may take, once the faults are healed, to read every change.
+const WATCH_DRAIN: Duration = Duration::from_secs(60);
 /// Pause between two tries of a final read.
 const POLL: Duration = Duration::from_millis(250);
 /// How long a step that targets the leader waits for one before it picks another node.
@@ -146,6 +152,13 @@ pub fn run(config: &RunConfig, seed: u64) -> RunReport {
     report
 }
 
+/// The clients that run beside the history's: the exactly-once counters (stopped with the
+/// workload) and the watcher (stopped once the faults are healed).
+struct SideClients {
+    counters: Vec<CounterReport>,
+    watcher: Watcher,
+}
+
 /// The run's log of what happened when, printed as it goes and kept with a failed run.
 struct Journal {
     path: PathBuf,
@@ -257,16 +270,29 @@ impl<'a> Run<'a> {
             self.config.limits,
         );
         let shared = workload.shared.clone();
+        let counters = Counters::start(COUNTER_CLIENTS, schedule.seed, shared.clone());
+        let watcher = Watcher::start(schedule.seed, shared.clone());
         let faults = self.inject_all(schedule, report, journal, &workload);
         let answered = workload.answered();
         let mut history = workload.finish();
+        let counters = counters.finish();
         journal.line(format!(
-            "clients stopped: {} operations, {answered} answered",
-            history.len()
+            "clients stopped: {} operations, {answered} answered; counters: {}",
+            history.len(),
+            counters
+                .iter()
+                .map(|c| format!(
+                    "{} answered {} ({} retries, {} repeated answers)",
+                    c.key, c.answered, c.retries, c.repeated
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         report.operations = history.len();
-        let checked =
-            faults.and_then(|()| self.heal_and_check(&mut history, &shared, report, journal));
+        let checked = faults.and_then(|()| {
+            let side = SideClients { counters, watcher };
+            self.heal_and_check(&mut history, side, &shared, report, journal)
+        });
         if checked.is_err() {
             self.save_history(&history)?;
         }
@@ -279,6 +305,7 @@ impl<'a> Run<'a> {
     fn heal_and_check(
         &mut self,
         history: &mut Vec<Operation>,
+        side: SideClients,
         shared: &Shared,
         report: &mut RunReport,
         journal: &mut Journal,
@@ -287,6 +314,14 @@ impl<'a> Run<'a> {
         self.cluster.heal()?;
         let leader = self.wait_healthy()?;
         journal.line(format!("healed; node {leader} leads"));
+        // The watcher reads up to the leader's last entry before the nodes restart (their
+        // histories are in memory).
+        let applied = connect(&self.cluster.node(leader).addr())?
+            .service()
+            .stats()
+            .map_err(|e| anyhow!("stats of node {leader}: {}", describe_error(&e)))?
+            .applied_index;
+        let watched = side.watcher.finish(applied as u64, WATCH_DRAIN);
         self.cluster.kill_at_once(&self.members)?;
         for &id in &self.members {
             self.cluster.start(id)?;
@@ -296,13 +331,26 @@ impl<'a> Run<'a> {
             "every node killed and started again; node {leader} leads"
         ));
 
-        let final_reads = self.read_back(history, leader, shared)?;
+        let mut final_reads = self.read_back(history, leader, shared)?;
+        let mut failures = self.unavailable.clone();
+        for counter in &side.counters {
+            failures.extend(counter.wrong.iter().cloned());
+            let value = self.read_counter(leader, counter)?;
+            if let Err(e) = counter.check(value) {
+                failures.push(e);
+            }
+            if let Some(value) = value {
+                final_reads.insert(counter.key.clone(), value.to_string());
+            }
+        }
+        let (watch_failures, watch_summary) = watched.check(history, &final_reads);
+        journal.line(watch_summary);
+        failures.extend(watch_failures);
         report.operations = history.len();
         report.multi_key = history
             .iter()
             .filter(|op| matches!(op.call, Call::PutMany(_) | Call::GetMany(_)))
             .count();
-        let mut failures = self.unavailable.clone();
 
         let lost = lost_writes(history, &final_reads);
         report.own_keys_checked = history
@@ -1125,6 +1173,28 @@ impl<'a> Run<'a> {
             }
         }
         Ok(values)
+    }
+
+    /// The value of a counter, read linearizably through `leader`.
+    fn read_counter(&self, leader: u64, counter: &CounterReport) -> Result<Option<i64>> {
+        let addr = self.cluster.node(leader).addr();
+        let deadline = Instant::now() + HEALTHY_DEADLINE;
+        loop {
+            match connect(&addr)?.get(&counter.key, true) {
+                Ok(value) => {
+                    return value
+                        .map(|v| v.parse::<i64>())
+                        .transpose()
+                        .map_err(|e| anyhow!("counter {} is not a number: {e}", counter.key))
+                }
+                Err(e) if Instant::now() >= deadline => bail!(
+                    "the final read of counter {} through node {leader} failed: {}",
+                    counter.key,
+                    describe_error(&e)
+                ),
+                Err(_) => sleep(POLL),
+            }
+        }
     }
 
     /// Waits until every member's own contents equal `expected`; the differences if not.

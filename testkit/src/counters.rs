@@ -1,0 +1,154 @@
+//! Exactly-once counters for the fault suite: clients that each increment a counter of their
+//! own, one increment at a time, tagged with a client id and a sequence number
+//! (`WriteOptions`), and retry every failed increment with the same number, on any node, until
+//! it is answered. The cluster must apply each increment once: the answer to increment `n` is
+//! `n`, and the counter ends at the number of answered increments (one more if the last one
+//! was still unanswered when the client stopped).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::history::{Shared, CALL_TIMEOUT};
+use crate::rng::Rng;
+use raftcache::client::CacheClient;
+use raftcache::gen::cache::{TCacheServiceSyncClient, Unavailable, WriteOptions};
+
+/// Pause after a failed attempt before the client tries a node again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// What one counter client did.
+#[derive(Debug, Default)]
+pub struct CounterReport {
+    pub key: String,
+    pub client_id: i64,
+    /// Increments answered (numbered 1 to this).
+    pub answered: u64,
+    /// Whether the client stopped with an increment sent but unanswered.
+    pub pending: bool,
+    /// Attempts that failed and were sent again.
+    pub retries: u64,
+    /// Answers that were the first answer of an earlier attempt (`WriteResult.repeated`).
+    pub repeated: u64,
+    /// Answers that contradict exactly-once (an increment counted twice or not at all).
+    pub wrong: Vec<String>,
+}
+
+impl CounterReport {
+    /// Whether `value`, the counter read at the end, fits the answers.
+    pub fn check(&self, value: Option<i64>) -> Result<(), String> {
+        let value = value.unwrap_or(0);
+        let answered = self.answered as i64;
+        let fits = value == answered || (self.pending && value == answered + 1);
+        if fits {
+            Ok(())
+        } else {
+            Err(format!(
+                "counter {} ends at {value} after {answered} answered increments{} ({} retries): an increment was counted {}",
+                self.key,
+                if self.pending { " and one unanswered" } else { "" },
+                self.retries,
+                if value > answered { "twice" } else { "not at all" }
+            ))
+        }
+    }
+}
+
+/// Counter clients running beside a workload; they stop when it stops.
+pub struct Counters {
+    threads: Vec<JoinHandle<CounterReport>>,
+}
+
+impl Counters {
+    pub fn start(clients: u64, seed: u64, shared: Arc<Shared>) -> Self {
+        let threads = (0..clients)
+            .map(|i| {
+                let shared = shared.clone();
+                let seed = seed ^ (i + 101).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                std::thread::Builder::new()
+                    .name(format!("counter-{i}"))
+                    .spawn(move || counter(i, seed, &shared))
+                    .expect("spawn a counter thread")
+            })
+            .collect();
+        Self { threads }
+    }
+
+    /// Waits for every counter client (stop the workload first).
+    pub fn finish(self) -> Vec<CounterReport> {
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("a counter thread panicked"))
+            .collect()
+    }
+}
+
+fn counter(i: u64, seed: u64, shared: &Shared) -> CounterReport {
+    let mut rng = Rng::new(seed);
+    let mut report = CounterReport {
+        key: format!("ctr-{i}"),
+        client_id: (rng.next_u64() >> 1).max(1) as i64,
+        ..CounterReport::default()
+    };
+    let mut conn: Option<CacheClient> = None;
+    let mut seq = 0i64;
+    while !shared.stopped() {
+        seq += 1;
+        let options = WriteOptions {
+            client_id: Some(report.client_id),
+            seq: Some(seq),
+            lowest_unanswered: Some(seq),
+        };
+        loop {
+            if shared.stopped() {
+                report.pending = true;
+                return report;
+            }
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match shared
+                    .pick(&mut rng)
+                    .and_then(|addr| CacheClient::connect(&addr, CALL_TIMEOUT).ok())
+                {
+                    Some(c) => conn.insert(c),
+                    None => {
+                        std::thread::sleep(RETRY_PAUSE);
+                        continue;
+                    }
+                },
+            };
+            match c
+                .service()
+                .increment_with(report.key.clone(), 1, options.clone())
+            {
+                Ok(result) => {
+                    report.answered += 1;
+                    if result.repeated == Some(true) {
+                        report.repeated += 1;
+                    }
+                    if result.value != Some(report.answered as i64) {
+                        report.wrong.push(format!(
+                            "increment {seq} of {} (the {} answered) answered {:?}",
+                            report.key, report.answered, result.value
+                        ));
+                    }
+                    break;
+                }
+                Err(thrift::Error::User(e)) if !e.is::<Unavailable>() => {
+                    // A declared refusal is a definite answer: nothing was applied.
+                    report
+                        .wrong
+                        .push(format!("increment {seq} of {} refused: {e}", report.key));
+                    break;
+                }
+                Err(_) => {
+                    // Sent, maybe applied: the same number again, on a node picked anew.
+                    report.retries += 1;
+                    conn = None;
+                    std::thread::sleep(RETRY_PAUSE);
+                }
+            }
+        }
+    }
+    report
+}
