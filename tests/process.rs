@@ -824,6 +824,70 @@ fn every_command_that_prints_data_prints_json_with_json() {
     );
 }
 
+/// `raftcache watch` prints each change under its prefix as it happens, in log order, with its
+/// position; `--from` resumes after an earlier position, `--json` prints one object per line,
+/// and a position the node no longer holds exits 1 and says where to watch from.
+#[test]
+fn watch_prints_each_change_as_it_happens_and_resumes_from_a_position() {
+    let cluster = ProcessCluster::single_with(|node| {
+        node.extra_args = vec!["--watch-history-bytes".into(), "2000".into()];
+    });
+    let addr = cluster.node(1).client_addr.to_string();
+    let cli = |args: &[&str]| {
+        Command::new(multi_process::bin())
+            .args(args)
+            .args(["--addr", &addr])
+            .output()
+            .expect("run raftcache")
+    };
+    assert!(cli(&["put", "w/a", "1"]).status.success());
+    // Watching from now on: only the changes made after it started.
+    let watcher = Command::new(multi_process::bin())
+        .args(["watch", "w/", "--count", "3", "--addr", &addr])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(cli(&["put", "other", "x"]).status.success());
+    assert!(cli(&["incr", "w/n", "5"]).status.success());
+    assert!(cli(&["remove", "w/a"]).status.success());
+    assert!(cli(&["put", "w/b", "two words"]).status.success());
+    let out = watcher.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    let kinds: Vec<(&str, &str)> = lines.iter().map(|l| (l[1], l[2])).collect();
+    assert_eq!(
+        kinds,
+        [("put", "w/n"), ("remove", "w/a"), ("put", "w/b")],
+        "{text}"
+    );
+    assert_eq!(lines[2][3], "two words");
+    // Resuming after the first of them prints the other two, as JSON.
+    let first = lines[0][0].split('.').next().unwrap();
+    let resumed = cli(&["watch", "w/", "--from", first, "--count", "2", "--json"]);
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&resumed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["kind"], "remove");
+    assert_eq!(
+        (&events[1]["key"], &events[1]["value"]),
+        (&"w/b".into(), &"two words".into())
+    );
+    // Past --watch-history-bytes, the first changes are no longer held.
+    let big = "v".repeat(500);
+    for i in 0..10 {
+        assert!(cli(&["put", &format!("w/big{i}"), &big]).status.success());
+    }
+    let gone = cli(&["watch", "w/", "--from", "0"]);
+    let said = String::from_utf8_lossy(&gone.stderr);
+    assert_eq!(gone.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("read the keys again and watch from index"),
+        "{said}"
+    );
+}
+
 /// A peer that goes down is logged once by each node that calls it, and once more when it
 /// answers again: not a line per failed heartbeat and append (openraft's own warnings, several
 /// a second, are off by default). Elections and leader changes are logged at INFO.

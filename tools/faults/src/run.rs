@@ -343,7 +343,7 @@ impl<'a> Run<'a> {
                 final_reads.insert(counter.key.clone(), value.to_string());
             }
         }
-        let (watch_failures, watch_summary) = watched.check(history, &final_reads);
+        let (watch_failures, watch_summary) = watched.check(history, &final_reads, &[PROBE_PREFIX]);
         journal.line(watch_summary);
         failures.extend(watch_failures);
         report.operations = history.len();
