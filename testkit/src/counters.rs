@@ -30,11 +30,36 @@ pub struct CounterReport {
     pub retries: u64,
     /// Answers that were the first answer of an earlier attempt (`WriteResult.repeated`).
     pub repeated: u64,
-    /// Answers that contradict exactly-once (an increment counted twice or not at all).
+    /// Answers that contradict exactly-once (an increment counted twice or not at all), and
+    /// the first few of them.
+    pub wrong_answers: u64,
     pub wrong: Vec<String>,
 }
 
+/// Wrong answers described in a report, at most.
+const WRONG_SHOWN: usize = 5;
+
 impl CounterReport {
+    /// A line that says what went wrong in the answers, if anything did.
+    pub fn wrong_answers(&self) -> Option<String> {
+        (self.wrong_answers > 0).then(|| {
+            format!(
+                "{} answers of counter {} contradict exactly-once, e.g. {}",
+                self.wrong_answers,
+                self.key,
+                self.wrong.join("; ")
+            )
+        })
+    }
+
+    /// Records an answer that contradicts exactly-once.
+    fn wrong(&mut self, what: String) {
+        self.wrong_answers += 1;
+        if self.wrong.len() < WRONG_SHOWN {
+            self.wrong.push(what);
+        }
+    }
+
     /// Whether `value`, the counter read at the end, fits the answers.
     pub fn check(&self, value: Option<i64>) -> Result<(), String> {
         let value = value.unwrap_or(0);
@@ -127,18 +152,17 @@ fn counter(i: u64, seed: u64, shared: &Shared) -> CounterReport {
                         report.repeated += 1;
                     }
                     if result.value != Some(report.answered as i64) {
-                        report.wrong.push(format!(
-                            "increment {seq} of {} (the {} answered) answered {:?}",
-                            report.key, report.answered, result.value
-                        ));
+                        let what = format!(
+                            "increment {seq} (the {} answered) answered {:?}",
+                            report.answered, result.value
+                        );
+                        report.wrong(what);
                     }
                     break;
                 }
                 Err(thrift::Error::User(e)) if !e.is::<Unavailable>() => {
                     // A declared refusal is a definite answer: nothing was applied.
-                    report
-                        .wrong
-                        .push(format!("increment {seq} of {} refused: {e}", report.key));
+                    report.wrong(format!("increment {seq} refused: {e}"));
                     break;
                 }
                 Err(_) => {

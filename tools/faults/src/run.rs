@@ -334,7 +334,7 @@ impl<'a> Run<'a> {
         let mut final_reads = self.read_back(history, leader, shared)?;
         let mut failures = self.unavailable.clone();
         for counter in &side.counters {
-            failures.extend(counter.wrong.iter().cloned());
+            failures.extend(counter.wrong_answers());
             let value = self.read_counter(leader, counter)?;
             if let Err(e) = counter.check(value) {
                 failures.push(e);
