@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::history::{Shared, CALL_TIMEOUT};
+use crate::history::Shared;
 use crate::rng::Rng;
 use raftcache::client::CacheClient;
 use raftcache::gen::cache::{TCacheServiceSyncClient, Unavailable, WriteOptions};
@@ -129,18 +129,8 @@ fn counter(i: u64, seed: u64, shared: &Shared) -> CounterReport {
                 report.pending = true;
                 return report;
             }
-            let c = match conn.as_mut() {
-                Some(c) => c,
-                None => match shared
-                    .pick(&mut rng)
-                    .and_then(|addr| CacheClient::connect(&addr, CALL_TIMEOUT).ok())
-                {
-                    Some(c) => conn.insert(c),
-                    None => {
-                        std::thread::sleep(RETRY_PAUSE);
-                        continue;
-                    }
-                },
+            let Some(c) = shared.connection(&mut conn, &mut rng) else {
+                continue;
             };
             match c
                 .service()

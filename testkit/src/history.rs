@@ -64,9 +64,25 @@ impl Shared {
         self.stop.load(Ordering::Relaxed)
     }
 
-    /// A node clients may use, picked at random.
-    pub fn pick(&self, rng: &mut Rng) -> Option<String> {
-        pick_target(self, rng)
+    /// The connection in `conn`, or a new one to a node picked at random; `None` (after a
+    /// pause) when no node could be reached.
+    pub fn connection<'c>(
+        &self,
+        conn: &'c mut Option<CacheClient>,
+        rng: &mut Rng,
+    ) -> Option<&'c mut CacheClient> {
+        if conn.is_none() {
+            let connected = pick_target(self, rng)
+                .and_then(|addr| CacheClient::connect(&addr, CALL_TIMEOUT).ok());
+            match connected {
+                Some(c) => *conn = Some(c),
+                None => {
+                    std::thread::sleep(RETRY_PAUSE);
+                    return None;
+                }
+            }
+        }
+        conn.as_mut()
     }
 
     /// The nodes clients may use.
@@ -152,19 +168,8 @@ fn client(id: u64, seed: u64, shared: &Shared, limits: ClientLimits) -> Vec<Oper
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => {
-                let connected = pick_target(shared, &mut rng)
-                    .and_then(|addr| CacheClient::connect(&addr, CALL_TIMEOUT).ok());
-                match connected {
-                    Some(c) => conn.insert(c),
-                    None => {
-                        std::thread::sleep(RETRY_PAUSE);
-                        continue;
-                    }
-                }
-            }
+        let Some(c) = shared.connection(&mut conn, &mut rng) else {
+            continue;
         };
         let value = format!("c{id}-{n}");
         let (key, call) = next_call(id, value, &mut own_keys, &mut rng, &limits);

@@ -120,18 +120,8 @@ fn watch(seed: u64, shared: &Shared, stop: &AtomicBool, until: &AtomicU64) -> Wa
         if target > 0 && index as u64 >= target {
             break;
         }
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match shared
-                .pick(&mut rng)
-                .and_then(|addr| CacheClient::connect(&addr, CALL_TIMEOUT).ok())
-            {
-                Some(c) => conn.insert(c),
-                None => {
-                    std::thread::sleep(RETRY_PAUSE);
-                    continue;
-                }
-            },
+        let Some(c) = shared.connection(&mut conn, &mut rng) else {
+            continue;
         };
         match c
             .service()

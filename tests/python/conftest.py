@@ -446,3 +446,43 @@ def stop_cluster(nodes: list) -> None:
     bad = [f"{p}\n{n.output()}" for n, p in problems if p]
     if bad:
         pytest.fail("\n".join(bad), pytrace=False)
+
+
+def make_certs(out: Path) -> Path:
+    """Certificates for a CA and nodes 1 to 5, made by cluster/make-certs.sh (openssl), as a
+    user trying TLS would make them."""
+    subprocess.run([str(REPO / "cluster" / "make-certs.sh"), str(out)], check=True)
+    return out
+
+
+def tls_cluster_parts(certs: Path, token: str, service, default_timeout_s: float):
+    """What start_cluster needs for a cluster with TLS on both ports and client tokens: each
+    node's flags (its certificate on the client and peer ports, mutual TLS between nodes,
+    `--client-auth token`), and a thriftpy2 connection that trusts the CA and authenticates."""
+    from thriftpy2.protocol import TBinaryProtocolFactory
+    from thriftpy2.rpc import make_client
+    from thriftpy2.transport import TBufferedTransportFactory
+
+    @contextlib.contextmanager
+    def connect(host, port, timeout_s=default_timeout_s):
+        client = make_client(
+            service, host, port, cafile=str(certs / "ca.pem"),
+            trans_factory=TBufferedTransportFactory(), proto_factory=TBinaryProtocolFactory(),
+            timeout=int(timeout_s * 1000),
+        )  # fmt: skip
+        try:
+            client.authenticate(token)
+            yield client
+        finally:
+            client.close()
+
+    def node_flags(i):
+        cert, key = certs / f"node-{i}.pem", certs / f"node-{i}-key.pem"
+        return [
+            "--tls-cert", str(cert), "--tls-key", str(key),
+            "--peer-tls-cert", str(cert), "--peer-tls-key", str(key),
+            "--peer-tls-ca", str(certs / "ca.pem"),
+            "--client-auth", "token", "--client-token", token,
+        ]  # fmt: skip
+
+    return node_flags, connect

@@ -18,7 +18,6 @@ import logging
 import pickle
 import signal
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -26,7 +25,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOST, REPO, STARTUP_DEADLINE_S, start_cluster, stop_cluster
+from conftest import (
+    HOST,
+    REPO,
+    STARTUP_DEADLINE_S,
+    make_certs,
+    start_cluster,
+    stop_cluster,
+    tls_cluster_parts,
+)
 
 raftcache = pytest.importorskip("raftcache", reason="run `bash scripts/python-env.sh` first")
 thrift = raftcache.thrift
@@ -751,36 +758,12 @@ TOKEN = "pytest-package-token"
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("certs")
-    subprocess.run([str(REPO / "cluster" / "make-certs.sh"), str(out)], check=True)
-    return out
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def test_tls_and_a_client_token(make_cluster, certs):
     """A cluster with TLS on both ports and client tokens (as tests/python/test_tls.py)."""
-    import contextlib
-
-    from thriftpy2.rpc import make_client
-
-    @contextlib.contextmanager
-    def connect(host, port, timeout_s=10):
-        client = make_client(thrift.CacheService, host, port, cafile=str(certs / "ca.pem"),
-                             timeout=int(timeout_s * 1000))  # fmt: skip
-        try:
-            client.authenticate(TOKEN)
-            yield client
-        finally:
-            client.close()
-
-    def node_flags(i):
-        cert, key = certs / f"node-{i}.pem", certs / f"node-{i}-key.pem"
-        return [
-            "--tls-cert", str(cert), "--tls-key", str(key),
-            "--peer-tls-cert", str(cert), "--peer-tls-key", str(key),
-            "--peer-tls-ca", str(certs / "ca.pem"),
-            "--client-auth", "token", "--client-token", TOKEN,
-        ]  # fmt: skip
-
+    node_flags, connect = tls_cluster_parts(certs, TOKEN, thrift.CacheService, 10)
     cluster = make_cluster(node_flags=node_flags, connect=connect)
     ca = str(certs / "ca.pem")
     with raftcache.Client(cluster.addrs, tls_ca=ca, token=TOKEN, read_from="any") as c:

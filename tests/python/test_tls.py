@@ -12,56 +12,26 @@ client of another CA is refused.
 
 from __future__ import annotations
 
-import contextlib
 import ssl
-import subprocess
 
 import pytest
 
-from conftest import REPO, RPC_TIMEOUT_S, start_cluster, stop_cluster
+from conftest import REPO, RPC_TIMEOUT_S, make_certs, start_cluster, stop_cluster, tls_cluster_parts
 
 TOKEN = "pytest-client-token"
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("certs")
-    subprocess.run([str(REPO / "cluster" / "make-certs.sh"), str(out)], check=True)
-    return out
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory, thriftpy2_lib, certs):
-    from thriftpy2.protocol import TBinaryProtocolFactory
-    from thriftpy2.rpc import make_client
-    from thriftpy2.transport import TBufferedTransportFactory
-
     import thriftpy2
 
     cache = thriftpy2.load(str(REPO / "cache.thrift"), module_name="cache_thrift")
-
-    @contextlib.contextmanager
-    def connect(host, port, timeout_s=RPC_TIMEOUT_S):
-        client = make_client(
-            cache.CacheService, host, port, cafile=str(certs / "ca.pem"),
-            trans_factory=TBufferedTransportFactory(), proto_factory=TBinaryProtocolFactory(),
-            timeout=int(timeout_s * 1000),
-        )  # fmt: skip
-        try:
-            client.authenticate(TOKEN)
-            yield client
-        finally:
-            client.close()
-
-    def node_flags(i):
-        cert, key = certs / f"node-{i}.pem", certs / f"node-{i}-key.pem"
-        return [
-            "--tls-cert", str(cert), "--tls-key", str(key),
-            "--peer-tls-cert", str(cert), "--peer-tls-key", str(key),
-            "--peer-tls-ca", str(certs / "ca.pem"),
-            "--client-auth", "token", "--client-token", TOKEN,
-        ]  # fmt: skip
-
+    node_flags, connect = tls_cluster_parts(certs, TOKEN, cache.CacheService, RPC_TIMEOUT_S)
     nodes = start_cluster(
         tmp_path_factory.mktemp("tls"), thriftpy2_lib, 3, [], node_flags=node_flags, connect=connect
     )
@@ -139,7 +109,7 @@ def test_a_client_of_another_ca_refuses_the_node(tls_cluster, tmp_path):
     from thriftpy2.transport import TTransportException
 
     other = tmp_path / "other"
-    subprocess.run([str(REPO / "cluster" / "make-certs.sh"), str(other)], check=True)
+    make_certs(other)
     cache = thriftpy2.load(str(REPO / "cache.thrift"), module_name="cache_thrift")
     node = tls_cluster[0]
     with pytest.raises(TTransportException) as refused:
