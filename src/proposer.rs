@@ -457,6 +457,18 @@ mod tests {
             delta: 1,
         };
         assert!(!increment.is_idempotent());
+        // With a client id and a number, the state machine applies it once however often it
+        // is sent: it may be retried like a put.
+        let tracked = Request::Tracked {
+            session: crate::types::SessionRequest {
+                client: 9,
+                seq: 1,
+                lowest_unanswered: 1,
+                limits: SessionLimits::default(),
+            },
+            request: Box::new(increment),
+        };
+        assert!(tracked.is_idempotent());
     }
 
     #[tokio::test]

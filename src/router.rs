@@ -197,15 +197,26 @@ impl Router {
 
     /// Proposes a write through Raft (here, or on the leader) and returns its result once it is
     /// committed on a majority and applied.
+    ///
+    /// A tracked write (`Request::Tracked`) is applied at most once whatever happens, so one
+    /// whose outcome is unknown (the leader it was forwarded to died, or lost its leadership
+    /// with the entry) is sent again until the deadline rather than answered "unknown".
     pub async fn write(&self, request: Request) -> Result<Applied, RouteError> {
         self.refuse_if_not_member()?;
         let deadline = Instant::now() + self.request_deadline;
+        let tracked = matches!(request, Request::Tracked { .. });
         let mut last_reason = String::from("no leader");
+        let mut maybe_applied = false;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
+                let outcome = if maybe_applied {
+                    "an attempt may or may not have been applied (send it again with the same WriteOptions: it is applied once)"
+                } else {
+                    "it was not applied"
+                };
                 return Err(RouteError::Unavailable(format!(
-                    "no leader accepted the write within the request deadline of {} ms ({last_reason}); it was not applied",
+                    "no leader accepted the write within the request deadline of {} ms ({last_reason}); {outcome}",
                     self.request_deadline.as_millis()
                 )));
             }
@@ -217,6 +228,10 @@ impl Router {
                 Ok(Ok(applied)) => {
                     self.settle_locally(applied.index, deadline).await;
                     return Ok(applied);
+                }
+                Ok(Err(ForwardError::Failed(reason))) if tracked => {
+                    maybe_applied = true;
+                    last_reason = reason;
                 }
                 Ok(Err(ForwardError::Failed(reason))) => {
                     return Err(RouteError::Unavailable(reason))
