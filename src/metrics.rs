@@ -109,6 +109,8 @@ struct Scraped {
     follower_lag: Family<PeerLabels, Gauge>,
     keys: Gauge,
     bytes: Gauge,
+    sessions: Gauge,
+    watch_history_bytes: Gauge,
     hits: Counter,
     misses: Counter,
     expired: Counter,
@@ -153,6 +155,8 @@ impl Scraped {
             follower_lag: Family::default(),
             keys: Gauge::default(),
             bytes: Gauge::default(),
+            sessions: Gauge::default(),
+            watch_history_bytes: Gauge::default(),
             hits: Counter::default(),
             misses: Counter::default(),
             expired: Counter::default(),
@@ -227,6 +231,16 @@ impl Scraped {
             "bytes",
             "Bytes of keys and values held by this replica",
             scraped.bytes.clone(),
+        );
+        r.register(
+            "sessions",
+            "Clients whose exactly-once answers this replica keeps (WriteOptions.client_id)",
+            scraped.sessions.clone(),
+        );
+        r.register(
+            "watch_history_bytes",
+            "Bytes of recent changes of keys this node keeps for watch (--watch-history-bytes at most)",
+            scraped.watch_history_bytes.clone(),
         );
         r.register(
             "read_hits",
@@ -448,9 +462,13 @@ impl NodeHttp {
         if let Ok(replica) = s.router.state().stats() {
             scraped.keys.set(replica.keys as i64);
             scraped.bytes.set(replica.bytes as i64);
+            scraped.sessions.set(replica.sessions as i64);
             mirror(&scraped.expired, replica.expired);
             mirror(&scraped.evicted, replica.evicted);
         }
+        scraped
+            .watch_history_bytes
+            .set(s.router.state().history().held_bytes() as i64);
         mirror(&scraped.hits, s.reads.hits.load(Ordering::Relaxed));
         mirror(&scraped.misses, s.reads.misses.load(Ordering::Relaxed));
         mirror(&scraped.log_syncs, s.flushes.count.load(Ordering::Relaxed));

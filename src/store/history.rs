@@ -126,6 +126,11 @@ impl History {
         }
     }
 
+    /// Bytes of events held now.
+    pub fn held_bytes(&self) -> usize {
+        self.held.lock().expect("history lock").bytes
+    }
+
     /// Whether events are kept at all.
     pub fn enabled(&self) -> bool {
         self.max_bytes > 0

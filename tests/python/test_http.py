@@ -121,7 +121,14 @@ class Writer:
 
 
 def test_every_node_serves_metrics_that_prometheus_parses_under_load(thriftpy2_lib, cluster):
+    import raftcache
+
     leader = until("a leader", lambda: leader_of(cluster))
+    # One exactly-once write: its client's session is kept on every replica.
+    with raftcache.Client([f"{leader.host}:{leader.port}"]) as c:
+        c.put("http-session", "v")
+    for n in cluster:
+        until(f"node {n.node_id} keeps a session", lambda: sample(families(n), "raftcache_sessions") >= 1)
     with Writer(thriftpy2_lib, leader) as writer:
         until("writes are acknowledged", lambda: writer.acked > 50)
         for n in cluster:
@@ -131,6 +138,7 @@ def test_every_node_serves_metrics_that_prometheus_parses_under_load(thriftpy2_l
                 "raftcache_raft_leader_changes", "raftcache_raft_last_log_index",
                 "raftcache_raft_committed_index", "raftcache_raft_applied_index",
                 "raftcache_keys", "raftcache_bytes", "raftcache_read_hits",
+                "raftcache_sessions", "raftcache_watch_history_bytes",
                 "raftcache_log_syncs", "raftcache_connections_open", "raftcache_requests",
                 "raftcache_request_duration_seconds", "raftcache_log_sync_duration_seconds",
                 "raftcache_log_segments", "raftcache_log_bytes", "raftcache_snapshot_bytes",
@@ -143,6 +151,7 @@ def test_every_node_serves_metrics_that_prometheus_parses_under_load(thriftpy2_l
             assert sample(fams, "raftcache_log_sync_duration_seconds", "_count") > 0
             assert sample(fams, "raftcache_log_segments") >= 1
             assert sample(fams, "raftcache_log_bytes") > 0
+            assert sample(fams, "raftcache_watch_history_bytes") > 0, "the writes are in the history"
             free, size = (sample(fams, f"raftcache_disk_{n}_bytes") for n in ("free", "size"))
             assert 0 < free <= size
             assert sample(fams, "raftcache_connections_open", port="client") >= 0

@@ -6,6 +6,7 @@ use super::super::expiry_index;
 use super::super::history::History;
 use super::super::schema::{
     is_internal, read_u64, INTERNAL_PREFIX, KEY_BYTES, KEY_EVICTED, KEY_EXPIRED, KEY_KEYS,
+    KEY_SESSIONS,
 };
 use super::super::value::{self, Stored};
 
@@ -48,17 +49,19 @@ pub struct ReplicaStats {
     pub keys: u64,
     /// Bytes of keys and values held.
     pub bytes: u64,
+    /// Clients whose exactly-once answers are kept.
+    pub sessions: u64,
     pub expired: u64,
     pub evicted: u64,
 }
 
 impl StateReader {
-    /// The log's clock, by which every read of this replica hides expired values.
     /// The recent changes of keys applied here, for `watch`.
     pub fn history(&self) -> &History {
         &self.history
     }
 
+    /// The log's clock, by which every read of this replica hides expired values.
     pub fn log_clock(&self) -> &LogClock {
         &self.clock
     }
@@ -137,6 +140,7 @@ impl StateReader {
         };
         stats.keys = counter(KEY_KEYS)?;
         stats.bytes = counter(KEY_BYTES)?;
+        stats.sessions = counter(KEY_SESSIONS)?;
         stats.expired = counter(KEY_EXPIRED)?;
         stats.evicted = counter(KEY_EVICTED)?;
         Ok(stats)
