@@ -357,7 +357,8 @@ service CacheService {
     /// The changes to keys starting with `prefix` made after position (`after_index`,
     /// `after_offset`), in log order, from this node's own replica (any node, a follower too).
     /// The position is a `WatchResult`'s resume position, or `after_index` alone (with
-    /// `after_offset` 0) for everything after that entry. Waits up to `timeout_ms` (at most the
+    /// `after_offset` 0) for everything after that entry; after one event, it is the event's
+    /// `index` and its `offset` + 1 (`after_offset` N: from the entry's change N on). Waits up to `timeout_ms` (at most the
     /// request deadline, --request-deadline-ms) for the first change, then answers with up to
     /// `max_events` (at most --max-scan-items), possibly none. Compacted when the node no
     /// longer holds the changes right after that position.

@@ -794,3 +794,19 @@ def test_tls_and_a_client_token(make_cluster, certs):
         with pytest.raises(raftcache.Unavailable) as unreachable:
             c.get("tls-n")
         assert "certificate verify failed" in str(unreachable.value)
+
+
+def test_a_watch_resumed_from_the_middle_of_an_entry_repeats_nothing(shared_cluster):
+    """One entry holds several changes (a put_many): a watch left after its first event and
+    started again from `position` hands out the second next, not the first again."""
+    prefix = f"mid-{uuid.uuid4().hex}/"
+    with raftcache.Client(shared_cluster.addrs) as c:
+        start = c.stats().applied_index
+        c.put_many({f"{prefix}{i}": f"v{i}" for i in range(3)})
+        first = c.watch(prefix, after_index=start)
+        event = next(iter(first))
+        assert (event.key, event.offset) == (f"{prefix}0", 1)
+        index, offset = first.position
+        rest = c.watch(prefix, after_index=index, after_offset=offset)
+        after = [next(iter(rest)) for _ in range(2)]
+        assert [(e.key, e.offset) for e in after] == [(f"{prefix}1", 2), (f"{prefix}2", 3)]

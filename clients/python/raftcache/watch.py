@@ -103,7 +103,9 @@ class Watch:
             self._pending.extend(self.poll())
             self._batch_end = self.position
         event = self._pending.popleft()
-        # Where a new watch would resume: after this event, or after the whole batch once it
-        # is all handed out (the batch's resume position may be past its last event).
-        self._index, self._offset = self._batch_end if not self._pending else event.position
+        # Where a new watch would resume: after this event (its entry's changes from the next
+        # one on: offset + 1), or after the whole batch once it is all handed out (the batch's
+        # resume position may be past its last event).
+        after_event = (event.index, event.offset + 1)
+        self._index, self._offset = self._batch_end if not self._pending else after_event
         return event
