@@ -810,3 +810,27 @@ def test_a_watch_resumed_from_the_middle_of_an_entry_repeats_nothing(shared_clus
         rest = c.watch(prefix, after_index=index, after_offset=offset)
         after = [next(iter(rest)) for _ in range(2)]
         assert [(e.key, e.offset) for e in after] == [(f"{prefix}1", 2), (f"{prefix}2", 3)]
+
+
+def test_a_watch_asks_every_node_before_it_gives_up_on_compacted(make_cluster):
+    """A node that holds fewer changes (restarted, a snapshot installed, or here a tiny
+    --watch-history-bytes) answers Compacted; the watch goes on through a node that holds them,
+    and raises Compacted only when every node does."""
+    cluster = make_cluster(node_flags=lambda i: ["--watch-history-bytes", "1"] if i == 1 else [])
+    short, *others = cluster.addrs
+    prefix = f"few-{uuid.uuid4().hex}/"
+    with raftcache.Client(cluster.addrs) as c:
+        start = c.stats().applied_index
+        c.put_many({f"{prefix}{i}": f"v{i}" for i in range(3)})
+        index = c.index
+
+    def applied(addr):
+        with raftcache.Client([addr]) as one:
+            return one.stats().applied_index
+
+    wait_for("every node applied the writes", lambda: all(applied(a) >= index for a in cluster.addrs))
+    with raftcache.Client([short] + others) as c:
+        watch = c.watch(prefix, after_index=start)
+        assert [e.key for e in (next(iter(watch)) for _ in range(3))] == [f"{prefix}{i}" for i in range(3)]
+    with raftcache.Client([short]) as c, pytest.raises(raftcache.Compacted):
+        next(iter(c.watch(prefix, after_index=start)))

@@ -3,7 +3,9 @@
 Every call runs `Router.call`: it tries a node; on a transport error, a timeout or an
 Unavailable answer it moves on to the next node and tries again, with a short pause after each
 full round of failures, until the Client's retry deadline. A declared answer (KeyNotFound,
-InvalidRequest, CacheFull, Unauthorized, Compacted) ends the call at once. The caller makes the
+InvalidRequest, CacheFull, Unauthorized) ends the call at once; so does Compacted, once every
+node gave it (a node that restarted or installed a snapshot holds fewer changes than the others,
+so a watch asks them all before it gives up). The caller makes the
 arguments again for each attempt, so a write carries its own WriteOptions on every attempt (the
 same client_id and seq).
 
@@ -25,7 +27,7 @@ from thriftpy2.thrift import TApplicationException, TException
 
 from ._idl import cache as _thrift
 from .connection import TRANSPORT_ERRORS, NodePool, Settings, is_timeout
-from .errors import ServerError, Unauthorized, final_error
+from .errors import Compacted, ServerError, Unauthorized, final_error
 
 log = logging.getLogger("raftcache")
 
@@ -106,11 +108,21 @@ class Router:
         maybe_sent = False
         attempts = failures = 0
         fresh_retry_done = False
+        compacted: dict = {}  # node -> its Compacted
         while time.monotonic() < deadline:
             attempts += 1
             pool = self.pools[node]
             try:
                 result = self._attempt(pool, method, make_args, timeout_s)
+            except Compacted as e:
+                compacted[node] = e
+                if len(compacted) == len(self.pools):
+                    raise min(compacted.values(), key=lambda c: c.oldest_index) from None
+                log.debug("%s: %s:%s no longer holds those changes; asking the next node",
+                          method, pool.host, pool.port)  # fmt: skip
+                node = next(i for i in range(node + 1, node + 1 + len(self.pools))
+                            if i % len(self.pools) not in compacted) % len(self.pools)  # fmt: skip
+                continue
             except _Failed as f:
                 last, maybe_sent = f.error, maybe_sent or f.sent
                 if f.stale_connection and not fresh_retry_done:
