@@ -23,10 +23,10 @@ impl CacheApi {
     pub(super) async fn execute_data(&self, call: Call) -> Outcome {
         match call {
             Call::GetMany { keys, options } => Outcome::Entries(self.get_many(keys, options).await),
-            Call::PutMany { entries, options } => {
-                Outcome::Write(self.put_many(entries, options).await)
-            }
-            Call::RemoveMany { keys, options } => {
+            Call::PutMany {
+                entries, options, ..
+            } => Outcome::Write(self.put_many(entries, options).await),
+            Call::RemoveMany { keys, options, .. } => {
                 Outcome::Write(self.remove_many(keys, options).await)
             }
             Call::Write { write, options } => {

@@ -57,13 +57,17 @@ pub(super) enum Call {
         keys: Vec<String>,
         options: ReadOptions,
     },
+    /// `put_many`, or `put_many_with` (`with_options`).
     PutMany {
         entries: Vec<CacheEntry>,
         options: WriteOptions,
+        with_options: bool,
     },
+    /// `remove_many`, or `remove_many_with` (`with_options`).
     RemoveMany {
         keys: Vec<String>,
         options: WriteOptions,
+        with_options: bool,
     },
     PutIfAbsent {
         entry: CacheEntry,
@@ -151,8 +155,16 @@ impl Call {
             Call::Authenticate { .. } => "authenticate",
             Call::AdminChange { .. } => "admin_change",
             Call::GetMany { .. } => "get_many",
-            Call::PutMany { .. } => "put_many",
-            Call::RemoveMany { .. } => "remove_many",
+            Call::PutMany {
+                with_options: false,
+                ..
+            } => "put_many",
+            Call::PutMany { .. } => "put_many_with",
+            Call::RemoveMany {
+                with_options: false,
+                ..
+            } => "remove_many",
+            Call::RemoveMany { .. } => "remove_many_with",
             Call::PutIfAbsent { .. } => "put_if_absent",
             Call::CompareAndPut { .. } => "compare_and_put",
             Call::Increment { .. } => "increment",
@@ -241,12 +253,14 @@ impl CacheServiceSyncHandler for &Decoded {
         self.record(Call::PutMany {
             entries,
             options: WriteOptions::default(),
+            with_options: false,
         })
     }
     fn handle_remove_many(&self, keys: Vec<String>) -> thrift::Result<WriteResult> {
         self.record(Call::RemoveMany {
             keys,
             options: WriteOptions::default(),
+            with_options: false,
         })
     }
     fn handle_put_many_with(
@@ -254,14 +268,22 @@ impl CacheServiceSyncHandler for &Decoded {
         entries: Vec<CacheEntry>,
         options: WriteOptions,
     ) -> thrift::Result<WriteResult> {
-        self.record(Call::PutMany { entries, options })
+        self.record(Call::PutMany {
+            entries,
+            options,
+            with_options: true,
+        })
     }
     fn handle_remove_many_with(
         &self,
         keys: Vec<String>,
         options: WriteOptions,
     ) -> thrift::Result<WriteResult> {
-        self.record(Call::RemoveMany { keys, options })
+        self.record(Call::RemoveMany {
+            keys,
+            options,
+            with_options: true,
+        })
     }
     fn handle_put_if_absent(&self, entry: CacheEntry) -> thrift::Result<bool> {
         self.record(Call::PutIfAbsent { entry })

@@ -127,6 +127,7 @@ def test_every_node_serves_metrics_that_prometheus_parses_under_load(thriftpy2_l
     # One exactly-once write: its client's session is kept on every replica.
     with raftcache.Client([f"{leader.host}:{leader.port}"]) as c:
         c.put("http-session", "v")
+        c.put_many({"http-session-2": "v"})
     for n in cluster:
         until(f"node {n.node_id} keeps a session", lambda: sample(families(n), "raftcache_sessions") >= 1)
     with Writer(thriftpy2_lib, leader) as writer:
@@ -157,6 +158,9 @@ def test_every_node_serves_metrics_that_prometheus_parses_under_load(thriftpy2_l
             assert sample(fams, "raftcache_connections_open", port="client") >= 0
         fams = families(leader)
         assert sample(fams, "raftcache_requests", "_total", method="put", outcome="ok") > 0
+        # Each method under its own name, the *_with ones (WriteOptions) included.
+        for method in ("put_with", "put_many_with"):
+            assert sample(fams, "raftcache_requests", "_total", method=method, outcome="ok") >= 1, method
         assert sample(fams, "raftcache_request_duration_seconds", "_count", method="put") > 0
         followers = {s.labels["follower"] for s in fams["raftcache_raft_follower_lag_entries"].samples}
         assert followers == {str(n.node_id) for n in cluster if n is not leader}
