@@ -166,3 +166,32 @@ fn counter(i: u64, seed: u64, shared: &Shared) -> CounterReport {
     }
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_fits_its_answers_or_says_how_it_does_not() {
+        let report = |pending| CounterReport {
+            key: "ctr-0".into(),
+            answered: 5,
+            pending,
+            ..CounterReport::default()
+        };
+        assert!(report(false).check(Some(5)).is_ok());
+        assert!(
+            report(true).check(Some(5)).is_ok(),
+            "the pending one never applied"
+        );
+        assert!(
+            report(true).check(Some(6)).is_ok(),
+            "the pending one applied"
+        );
+        let twice = report(false).check(Some(6)).unwrap_err();
+        assert!(twice.contains("counted twice"), "{twice}");
+        let lost = report(true).check(Some(4)).unwrap_err();
+        assert!(lost.contains("not at all"), "{lost}");
+        assert!(report(false).check(None).is_err(), "5 answered, none held");
+    }
+}

@@ -328,3 +328,118 @@ impl WatchReport {
         (failures, summary)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str, invoke_us: u64, outcome: Outcome) -> Operation {
+        Operation {
+            client: 0,
+            key: key.into(),
+            call: Call::Put(value.into()),
+            invoke_us,
+            return_us: invoke_us + 1,
+            outcome,
+        }
+    }
+
+    fn seen(index: i64, kind: EventKind, key: &str, value: Option<&str>) -> Seen {
+        Seen {
+            index,
+            offset: 1,
+            kind,
+            key: key.into(),
+            value: value.map(str::to_string),
+        }
+    }
+
+    fn state(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_complete_stream_passes_and_each_kind_of_damage_is_named() {
+        let history = vec![
+            put("a", "1", 10, Outcome::Written),
+            put("b", "2", 20, Outcome::Written),
+            put("c", "3", 30, Outcome::Unknown),
+        ];
+        let complete = WatchReport {
+            events: vec![
+                seen(1, EventKind::PUT, "a", Some("1")),
+                seen(2, EventKind::PUT, "b", Some("2")),
+                seen(3, EventKind::REMOVE, "a", None),
+                seen(4, EventKind::PUT, "probe-x", Some("probe")),
+            ],
+            ..WatchReport::default()
+        };
+        let (failures, _) = complete.check(&history, &state(&[("b", "2")]), &["probe-"]);
+        assert!(failures.is_empty(), "{failures:?}");
+
+        // An acknowledged write never seen (and so a replay that misses it).
+        let mut lost = WatchReport {
+            events: complete.events.clone(),
+            ..WatchReport::default()
+        };
+        lost.events.remove(1);
+        let (failures, _) = lost.check(&history, &state(&[("b", "2")]), &["probe-"]);
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains("never seen by the watcher")),
+            "{failures:?}"
+        );
+        assert!(
+            failures
+                .iter()
+                .any(|f| f.contains("DIFFER") || f.contains("differ")),
+            "{failures:?}"
+        );
+
+        // A value no client wrote; and the run's own keys left out only when named.
+        let (failures, _) = complete.check(&history, &state(&[("b", "2")]), &[]);
+        assert!(
+            failures.iter().any(|f| f.contains("no client wrote")),
+            "{failures:?}"
+        );
+    }
+
+    #[test]
+    fn after_a_gap_only_the_writes_made_since_are_required() {
+        let history = vec![
+            put("a", "1", 10, Outcome::Written),
+            put("b", "2", 50, Outcome::Written),
+        ];
+        let after_gap = WatchReport {
+            events: vec![seen(9, EventKind::PUT, "b", Some("2"))],
+            gaps: vec![Gap {
+                after_index: 2,
+                oldest_index: 8,
+                at_us: 40,
+            }],
+            ..WatchReport::default()
+        };
+        // "a" was written before the gap: not required, and no replay is attempted.
+        let (failures, summary) = after_gap.check(&history, &state(&[("a", "1"), ("b", "2")]), &[]);
+        assert!(failures.is_empty(), "{failures:?}");
+        assert!(
+            summary.contains("1 gaps") && summary.contains("1 acknowledged"),
+            "{summary}"
+        );
+        // "b" was written after it: required.
+        let missing = WatchReport {
+            events: vec![],
+            gaps: after_gap.gaps.clone(),
+            ..WatchReport::default()
+        };
+        let (failures, _) = missing.check(&history, &state(&[("a", "1"), ("b", "2")]), &[]);
+        assert!(
+            failures.iter().any(|f| f.contains("never seen")),
+            "{failures:?}"
+        );
+    }
+}
