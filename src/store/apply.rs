@@ -143,10 +143,7 @@ struct EntryTx<'a> {
 impl EntryTx<'_> {
     /// The stored bytes of `key`, as the run left them.
     fn stored(&self, key: &str) -> sled::Result<Option<Vec<u8>>> {
-        match self.changes.data.get(key.as_bytes()) {
-            Some(changed) => Ok(changed.clone()),
-            None => Ok(self.data.get(key.as_bytes())?.map(|raw| raw.to_vec())),
-        }
+        self.record(key.as_bytes())
     }
 
     /// The live value of `key` at this entry's time: absent if missing or expired.
@@ -208,7 +205,8 @@ impl EntryTx<'_> {
         self.change(key, Some(raw)).map(|_| ())
     }
 
-    /// The stored record of `key` (one of raftcache's own, not a client key), as the run left it.
+    /// The stored bytes of `key` of `sm_data` (a client's key or one of raftcache's own
+    /// records), as the run left them.
     fn record(&self, key: &[u8]) -> sled::Result<Option<Vec<u8>>> {
         match self.changes.data.get(key) {
             Some(changed) => Ok(changed.clone()),
@@ -231,8 +229,7 @@ impl EntryTx<'_> {
     ) -> sled::Result<Response> {
         let key = sessions::key(tracking.client);
         let held = self.record(&key)?.map(|raw| {
-            decode::<Session>(&value::decode(&raw).value)
-                .expect("a session record of the state machine is damaged")
+            Session::from_stored(&raw).expect("a session record of the state machine is damaged")
         });
         let new = held.is_none();
         let mut session = held
@@ -252,7 +249,7 @@ impl EntryTx<'_> {
             }
             self.changes.usage.sessions += 1;
         }
-        self.set_record(key, Some(value::encode(&encode(&session), None)));
+        self.set_record(key, Some(session.to_stored()));
         Ok(response)
     }
 
@@ -654,7 +651,7 @@ fn apply_upto(
 
 /// When the session stored in `raw` last saw its client (0 if unreadable: forgotten first).
 fn last_seen(raw: &[u8]) -> u64 {
-    decode::<Session>(&value::decode(raw).value).map_or(0, |session| session.last_seen_ms)
+    Session::from_stored(raw).map_or(0, |session| session.last_seen_ms)
 }
 
 /// Finishes the last run if a crash or a power cut stopped its writes: its journal is there

@@ -151,7 +151,7 @@ impl History {
                 held.bytes -= oldest.bytes();
                 held.dropped = oldest.position();
             }
-            if held.events.is_empty() && !self.enabled() {
+            if !self.enabled() {
                 held.dropped = Position::after_entry(applied);
             }
             held.applied = held.applied.max(applied);

@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::schema::INTERNAL_PREFIX;
+use super::schema::{decode, encode, INTERNAL_PREFIX};
+use super::value;
 use crate::types::{Response, SessionRequest};
 
 /// The second byte of a session's record key.
@@ -64,6 +65,17 @@ pub enum Decision {
 }
 
 impl Session {
+    /// The session stored in `raw` (a record of `sm_data`).
+    pub fn from_stored(raw: &[u8]) -> Result<Session, bincode::Error> {
+        decode(&value::decode(raw).value)
+    }
+
+    /// What `sm_data` stores for the session: bincode, as a value without expiry (so the
+    /// expiry index and the counters' upkeep read it as any value).
+    pub fn to_stored(&self) -> Vec<u8> {
+        value::encode(&encode(self), None)
+    }
+
     /// Whether the session has gone unused for the limits' time to live at `now_ms`.
     pub fn expired(&self, now_ms: u64, ttl_ms: u64) -> bool {
         now_ms.saturating_sub(self.last_seen_ms) >= ttl_ms

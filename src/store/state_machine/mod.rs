@@ -451,15 +451,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         drop(file);
         let installed = self.install_received(&received, meta);
-        if installed.is_ok() {
-            self.history
-                .reset(meta.last_log_id.map_or(0, |id| id.index));
-        }
         if installed.is_err() {
             let _ = std::fs::remove_file(&received);
             self.flusher.install_failed();
             self.counts.install_failed.fetch_add(1, Ordering::Relaxed);
         } else {
+            // The changes up to the snapshot are not known one by one.
+            self.history
+                .reset(meta.last_log_id.map_or(0, |id| id.index));
             self.counts.installed.fetch_add(1, Ordering::Relaxed);
         }
         installed
